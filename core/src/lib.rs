@@ -1,1 +1,30 @@
-//! Being written.
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod authority;
+pub mod cache;
+mod coalesce;
+pub mod credential;
+pub mod error;
+pub mod http;
+mod response;
+pub mod result;
+pub mod retry;
+pub mod runtime;
+pub mod scopes;
+pub mod telemetry;
+
+pub use app::{AcquireTokenForClient, ConfidentialClientApplication};
+pub use authority::Authority;
+pub use cache::{PartitionCache, TokenSecret};
+pub use credential::{AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential};
+pub use error::{Error, IdpError, Result};
+pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};
+pub use result::{
+    AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
+};
+pub use retry::RetryPolicy;
+pub use runtime::{ManualClock, Runtime};
+pub use scopes::{IntoScopeSet, ScopeSet};

@@ -1,0 +1,489 @@
+//! Confidential client applications: services and daemons holding a credential.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::pipeline::{FetchStats, Pipeline};
+use crate::authority::Authority;
+use crate::cache::{AccessToken, AccessTokenQuery, PartitionCache, PartitionKey, TokenCache};
+use crate::coalesce::SingleFlight;
+use crate::credential::{AssertionContext, ClientCredential};
+use crate::error::{Error, Result};
+use crate::http::{HttpTransport, SendOptions};
+use crate::response::TokenResponse;
+use crate::result::{
+    AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
+};
+use crate::retry::RetryPolicy;
+use crate::runtime::{Runtime, unix_seconds};
+use crate::scopes::{IntoScopeSet, ScopeSet};
+use crate::telemetry;
+
+/// A token counts as expired this long before `expires_on` (MSAL's default), so a token handed
+/// out is still valid when it reaches the resource.
+pub const DEFAULT_EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
+
+/// Tokens living at least this long get a `refresh_on` at half their lifetime.
+const HALF_LIFE_REFRESH_MIN_LIFETIME: u64 = 2 * 3600;
+
+/// Everything a flight (one coalesced identity-provider call) returns.
+type FlightResult = (Arc<AccessToken>, FetchStats);
+
+/// Key of an in-flight request: partition + realm + scopes.
+type FlightKey = (PartitionKey, Arc<str>, Arc<str>);
+
+/// A confidential client: acquires tokens for itself (client credentials) with a secret,
+/// a certificate or an assertion, caches them, and coalesces concurrent misses.
+///
+/// Cloning is cheap and shares cache and configuration.
+///
+/// ```no_run
+/// # async fn demo(
+/// #     transport: std::sync::Arc<dyn tokenwell_core::HttpTransport>,
+/// #     runtime: std::sync::Arc<dyn tokenwell_core::Runtime>,
+/// #     cache: std::sync::Arc<dyn tokenwell_core::cache::PartitionCache>,
+/// # ) -> Result<(), tokenwell_core::Error> {
+/// use tokenwell_core::{ClientCredential, ConfidentialClientApplication};
+///
+/// let app = ConfidentialClientApplication::builder("my-client-id")
+///     .authority("https://login.microsoftonline.com/contoso.onmicrosoft.com")
+///     .credential(ClientCredential::secret("s3cr3t"))
+///     .transport(transport)
+///     .runtime(runtime)
+///     .cache(cache)
+///     .build()?;
+/// let result = app.acquire_token_for_client(["api://downstream/.default"]).await?;
+/// println!("Bearer {}", result.access_token().expose_secret());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConfidentialClientApplication {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client_id: String,
+    authority: Authority,
+    default_partition: PartitionKey,
+    credential: ClientCredential,
+    pipeline: Pipeline,
+    cache: TokenCache,
+    expiry_buffer_secs: u64,
+    flights: SingleFlight<FlightKey, FlightResult>,
+}
+
+impl ConfidentialClientApplication {
+    /// Start configuring an application for `client_id`.
+    pub fn builder(client_id: impl Into<String>) -> ConfidentialClientApplicationBuilder {
+        ConfidentialClientApplicationBuilder {
+            client_id: client_id.into(),
+            authority: None,
+            credential: None,
+            transport: None,
+            runtime: None,
+            cache: None,
+            send_options: SendOptions::default(),
+            expiry_buffer: DEFAULT_EXPIRY_BUFFER,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Acquire a token for the application itself (client credentials grant). Scopes are usually
+    /// one `{resource}/.default`. Await the returned request, or set options on it first.
+    pub fn acquire_token_for_client(&self, scopes: impl IntoScopeSet) -> AcquireTokenForClient<'_> {
+        AcquireTokenForClient {
+            app: self,
+            scopes: scopes.into_scope_set(),
+            force_refresh: false,
+            tenant: None,
+        }
+    }
+
+    /// The application's client id.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The configured authority.
+    pub fn authority(&self) -> &Authority {
+        &self.inner.authority
+    }
+
+    /// The token cache (L1) of this application.
+    pub fn cache(&self) -> &TokenCache {
+        &self.inner.cache
+    }
+}
+
+impl fmt::Debug for ConfidentialClientApplication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfidentialClientApplication")
+            .field("client_id", &self.inner.client_id)
+            .field("authority", &self.inner.authority.url())
+            .field("credential", &self.inner.credential)
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configuration of a [`ConfidentialClientApplication`].
+#[must_use]
+pub struct ConfidentialClientApplicationBuilder {
+    client_id: String,
+    authority: Option<String>,
+    credential: Option<ClientCredential>,
+    transport: Option<Arc<dyn HttpTransport>>,
+    runtime: Option<Arc<dyn Runtime>>,
+    cache: Option<Arc<dyn PartitionCache>>,
+    send_options: SendOptions,
+    expiry_buffer: Duration,
+    retry: RetryPolicy,
+}
+
+impl ConfidentialClientApplicationBuilder {
+    /// Authority URL with the tenant: `https://login.microsoftonline.com/{tenant}`.
+    pub fn authority(mut self, url: impl Into<String>) -> Self {
+        self.authority = Some(url.into());
+        self
+    }
+
+    /// The client credential (secret, certificate or assertion).
+    pub fn credential(mut self, credential: ClientCredential) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// The HTTP transport (`tokenwell-http-reqwest`, `tokenwell-http-hyper`).
+    pub fn transport(mut self, transport: Arc<dyn HttpTransport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Clock, timer and spawner (`tokenwell-runtime-tokio`, or a manual clock in tests).
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The in-memory partition cache (`tokenwell-cache-memory`). Several applications may share
+    /// one: partitions are keyed by client id.
+    pub fn cache(mut self, cache: Arc<dyn PartitionCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Timeout of one HTTP exchange (default 30 s).
+    pub fn http_timeout(mut self, timeout: Duration) -> Self {
+        self.send_options.timeout = timeout;
+        self
+    }
+
+    /// Largest accepted response body (default 1 MiB).
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.send_options.max_response_bytes = bytes;
+        self
+    }
+
+    /// How long before `expires_on` a token stops being served from the cache (default 5 min).
+    pub fn expiry_buffer(mut self, buffer: Duration) -> Self {
+        self.expiry_buffer = buffer;
+        self
+    }
+
+    /// Retry rules for token requests (default: one retry on 5xx / timeout / connect error).
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Validate and build.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when a required part is missing or the authority is invalid.
+    pub fn build(self) -> Result<ConfidentialClientApplication> {
+        fn missing(what: &str, hint: &str) -> Error {
+            Error::configuration(format!("no {what} configured: {hint}"))
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(Error::configuration("the client id is empty"));
+        }
+        let authority =
+            Authority::parse(self.authority.as_deref().ok_or_else(|| {
+                missing("authority", "call .authority(\"https://host/tenant\")")
+            })?)?;
+        let credential = self
+            .credential
+            .ok_or_else(|| missing("credential", "call .credential(ClientCredential::…)"))?;
+        let transport = self.transport.ok_or_else(|| {
+            missing(
+                "HTTP transport",
+                "pass e.g. tokenwell_http_reqwest::ReqwestTransport",
+            )
+        })?;
+        let runtime = self
+            .runtime
+            .ok_or_else(|| missing("runtime", "pass e.g. tokenwell_runtime_tokio::TokioRuntime"))?;
+        let cache = self
+            .cache
+            .ok_or_else(|| missing("cache", "pass e.g. tokenwell_cache_memory::MemoryCache"))?;
+        if self.send_options.max_response_bytes == 0 {
+            return Err(Error::configuration("max_response_bytes must be above 0"));
+        }
+        let default_partition = PartitionKey::for_app(&self.client_id, authority.tenant());
+        Ok(ConfidentialClientApplication {
+            inner: Arc::new(Inner {
+                client_id: self.client_id,
+                default_partition,
+                authority,
+                credential,
+                pipeline: Pipeline {
+                    transport,
+                    runtime,
+                    send_options: self.send_options,
+                    retry: self.retry,
+                },
+                cache: TokenCache::new(cache),
+                expiry_buffer_secs: self.expiry_buffer.as_secs(),
+                flights: SingleFlight::new(),
+            }),
+        })
+    }
+}
+
+/// A client-credentials request; await it, or set options first.
+#[must_use = "a request does nothing until awaited"]
+pub struct AcquireTokenForClient<'a> {
+    app: &'a ConfidentialClientApplication,
+    scopes: ScopeSet,
+    force_refresh: bool,
+    tenant: Option<String>,
+}
+
+impl AcquireTokenForClient<'_> {
+    /// Skip the cache and ask the identity provider (the new token is cached).
+    pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
+        self.force_refresh = force_refresh;
+        self
+    }
+
+    /// Ask another tenant than the authority's (multi-tenant applications).
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Run the request.
+    ///
+    /// # Errors
+    /// [`Error`]: the identity provider's answer, transport failures, malformed responses,
+    /// credential problems, local throttling.
+    pub async fn execute(self) -> Result<AuthenticationResult> {
+        let started = Instant::now();
+        let inner = &self.app.inner;
+        if self.scopes.is_empty() {
+            return Err(Error::configuration("no scopes requested"));
+        }
+        let overridden;
+        let (authority, partition) = match &self.tenant {
+            Some(t) if t != inner.authority.tenant() => {
+                overridden = inner.authority.with_tenant(t);
+                let key = PartitionKey::for_app(&inner.client_id, t);
+                (&overridden, key)
+            }
+            _ => (&inner.authority, inner.default_partition.clone()),
+        };
+        let now = unix_seconds(inner.pipeline.runtime.now());
+
+        let mut stale: Option<Arc<AccessToken>> = None;
+        let reason = if self.force_refresh {
+            CacheRefreshReason::ForceRefreshOrClaims
+        } else {
+            match inner.cache.get(&partition) {
+                Some(snapshot) => {
+                    let query = AccessTokenQuery {
+                        home_account_id: None,
+                        environment: authority.environment(),
+                        realm: authority.tenant(),
+                        token_type: "Bearer",
+                        key_id: None,
+                        scopes: &self.scopes,
+                    };
+                    match snapshot.find_access_token(&query) {
+                        Some(token) if !token.is_expired(now, inner.expiry_buffer_secs) => {
+                            telemetry::cache_hit("l1");
+                            let mut metadata = AuthenticationResultMetadata::new(
+                                TokenSource::CacheL1,
+                                CacheRefreshReason::NotApplicable,
+                            );
+                            let elapsed = started.elapsed();
+                            metadata.total_duration = elapsed;
+                            metadata.cache_duration = elapsed;
+                            return Ok(AuthenticationResult::new(Arc::clone(token), metadata));
+                        }
+                        Some(token) => {
+                            if !token.is_hard_expired(now) {
+                                stale = Some(Arc::clone(token));
+                            }
+                            CacheRefreshReason::Expired
+                        }
+                        None => CacheRefreshReason::NoCachedAccessToken,
+                    }
+                }
+                None => CacheRefreshReason::NoCachedAccessToken,
+            }
+        };
+        let cache_duration = started.elapsed();
+        telemetry::cache_miss();
+
+        let flight_key: FlightKey = (
+            partition.clone(),
+            authority.tenant().into(),
+            self.scopes.normalized().into(),
+        );
+        let (flight, leader) = inner.flights.join_or_start(flight_key, || {
+            fetch_for_client(
+                Arc::clone(inner),
+                authority.clone(),
+                partition.clone(),
+                self.scopes.clone(),
+            )
+            .boxed()
+        });
+        if !leader {
+            telemetry::coalesced_waiter();
+        }
+        match flight.await {
+            Ok((token, stats)) => {
+                let mut metadata =
+                    AuthenticationResultMetadata::new(TokenSource::IdentityProvider, reason);
+                metadata.total_duration = started.elapsed();
+                metadata.cache_duration = cache_duration;
+                metadata.http_duration = stats.http_duration;
+                metadata.retries = stats.retries;
+                Ok(AuthenticationResult::new(token, metadata))
+            }
+            Err(error) => match stale {
+                // Inside the expiry buffer but still valid: a transient failure does not take
+                // the service down; serve the cached token and say why.
+                Some(token) if error.is_transient() => {
+                    tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
+                    telemetry::stale_served();
+                    let mut metadata = AuthenticationResultMetadata::new(
+                        TokenSource::CacheL1,
+                        CacheRefreshReason::Expired,
+                    );
+                    metadata.total_duration = started.elapsed();
+                    metadata.cache_duration = cache_duration;
+                    metadata.refresh_failure = Some(error.to_string());
+                    Ok(AuthenticationResult::new(token, metadata))
+                }
+                _ => Err(error),
+            },
+        }
+    }
+}
+
+impl<'a> IntoFuture for AcquireTokenForClient<'a> {
+    type Output = Result<AuthenticationResult>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.execute())
+    }
+}
+
+/// One identity-provider call for the client-credentials grant, then the cache write.
+fn fetch_for_client(
+    inner: Arc<Inner>,
+    authority: Authority,
+    partition: PartitionKey,
+    scopes: ScopeSet,
+) -> BoxFuture<'static, Result<FlightResult>> {
+    async move {
+        let endpoint = authority.token_endpoint();
+        let scope_param = scopes.to_target();
+        let (response, stats) = inner
+            .pipeline
+            .token_request(&endpoint, || {
+                let context = AssertionContext::new(
+                    &inner.client_id,
+                    &endpoint,
+                    inner.pipeline.runtime.now(),
+                );
+                let credential = inner.credential.clone();
+                let client_id = inner.client_id.clone();
+                let scope = scope_param.clone();
+                async move {
+                    let mut form = vec![
+                        ("grant_type", "client_credentials".to_owned()),
+                        ("client_id", client_id),
+                        ("scope", scope),
+                    ];
+                    credential.apply(&mut form, context).await?;
+                    Ok(form)
+                }
+            })
+            .await?;
+        let now = unix_seconds(inner.pipeline.runtime.now());
+        let entry = access_token_from_response(
+            &response,
+            authority.environment(),
+            &inner.client_id,
+            authority.tenant(),
+            &scopes,
+            now,
+        );
+        let entry = Arc::new(entry);
+        let stored = Arc::clone(&entry);
+        inner.cache.update(&partition, move |current| {
+            current
+                .cloned()
+                .unwrap_or_default()
+                .with_access_token((*stored).clone(), now)
+        });
+        tracing::debug!(partition = %partition, expires_on = entry.expires_on, "cached a new access token");
+        Ok((entry, stats))
+    }
+    .boxed()
+}
+
+/// Build the cache entry for a token response, with MSAL's `refresh_on` rule.
+pub(crate) fn access_token_from_response(
+    response: &TokenResponse,
+    environment: &str,
+    client_id: &str,
+    realm: &str,
+    requested: &ScopeSet,
+    now: u64,
+) -> AccessToken {
+    let target = match response.scope.as_deref() {
+        Some(granted) if !ScopeSet::parse(granted).is_empty() => ScopeSet::parse(granted),
+        _ => requested.clone(),
+    };
+    let mut entry = AccessToken::new(
+        environment,
+        client_id,
+        realm,
+        target,
+        response.token_type.clone(),
+        response.access_token.clone(),
+        now,
+        now + response.expires_in,
+    );
+    entry.extended_expires_on = now + response.ext_expires_in.unwrap_or(response.expires_in);
+    entry.refresh_on = match response.refresh_in {
+        Some(refresh_in) if refresh_in < response.expires_in => Some(now + refresh_in),
+        Some(_) => None,
+        None if response.expires_in >= HALF_LIFE_REFRESH_MIN_LIFETIME => {
+            Some(now + response.expires_in / 2)
+        }
+        None => None,
+    };
+    entry
+}

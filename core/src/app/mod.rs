@@ -1,0 +1,9 @@
+//! Applications: the entry points users hold, one per client id.
+
+pub mod confidential;
+pub(crate) mod pipeline;
+
+pub use confidential::{
+    AcquireTokenForClient, ConfidentialClientApplication, ConfidentialClientApplicationBuilder,
+    DEFAULT_EXPIRY_BUFFER,
+};

@@ -1,0 +1,157 @@
+//! Cache entries, after MSAL's unified cache schema (the fields its libraries persist).
+//!
+//! Timestamps are Unix seconds; MSAL's JSON writes them as strings, the export does that.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scopes::ScopeSet;
+
+/// A token or secret string whose `Debug` never shows the value. Cloning is cheap.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TokenSecret(Arc<str>);
+
+impl TokenSecret {
+    /// Wrap a secret value.
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        TokenSecret(value.into())
+    }
+
+    /// The secret itself. Named so every use is easy to find in review.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Length in bytes (for memory accounting), without exposing the value.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for an empty secret.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenSecret(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
+impl Serialize for ScopeSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_target())
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let target = String::deserialize(deserializer)?;
+        Ok(ScopeSet::parse(&target))
+    }
+}
+
+/// MSAL `credential_type` of an access token.
+pub const CREDENTIAL_TYPE_ACCESS_TOKEN: &str = "AccessToken";
+
+/// One cached access token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AccessToken {
+    /// `uid.utid` of the user; `None` for application tokens.
+    pub home_account_id: Option<String>,
+    /// Host of the authority the token came from (`login.microsoftonline.com`).
+    pub environment: String,
+    /// Client (application) id the token was issued to.
+    pub client_id: String,
+    /// Tenant id.
+    pub realm: String,
+    /// Granted scopes (MSAL's `target`).
+    pub target: ScopeSet,
+    /// `Bearer`, `pop` …
+    pub token_type: String,
+    /// The access token.
+    pub secret: TokenSecret,
+    /// When it was cached.
+    pub cached_at: u64,
+    /// When it expires.
+    pub expires_on: u64,
+    /// When it expires for resilience purposes (`ext_expires_in`).
+    pub extended_expires_on: u64,
+    /// When to renew it proactively, if the identity provider or the lifetime calls for it.
+    pub refresh_on: Option<u64>,
+    /// Key id for proof-of-possession tokens.
+    pub key_id: Option<String>,
+}
+
+impl AccessToken {
+    /// A new entry; optional fields start empty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        environment: impl Into<String>,
+        client_id: impl Into<String>,
+        realm: impl Into<String>,
+        target: ScopeSet,
+        token_type: impl Into<String>,
+        secret: TokenSecret,
+        cached_at: u64,
+        expires_on: u64,
+    ) -> Self {
+        AccessToken {
+            home_account_id: None,
+            environment: environment.into(),
+            client_id: client_id.into(),
+            realm: realm.into(),
+            target,
+            token_type: token_type.into(),
+            secret,
+            cached_at,
+            expires_on,
+            extended_expires_on: expires_on,
+            refresh_on: None,
+            key_id: None,
+        }
+    }
+
+    /// MSAL's cache key: `home_account_id-environment-accesstoken-client_id-realm-target`,
+    /// lower-cased.
+    pub fn msal_cache_key(&self) -> String {
+        format!(
+            "{}-{}-accesstoken-{}-{}-{}",
+            self.home_account_id.as_deref().unwrap_or(""),
+            self.environment,
+            self.client_id,
+            self.realm,
+            self.target.to_target()
+        )
+        .to_lowercase()
+    }
+
+    /// True when the token is unusable at `now` given the expiry `buffer_secs` (5 min default).
+    pub fn is_expired(&self, now: u64, buffer_secs: u64) -> bool {
+        now.saturating_add(buffer_secs) >= self.expires_on
+    }
+
+    /// True when the token has really expired (no buffer).
+    pub fn is_hard_expired(&self, now: u64) -> bool {
+        now >= self.expires_on
+    }
+
+    /// Rough heap + inline size, for the L1's byte bound.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.home_account_id.as_ref().map_or(0, String::len)
+            + self.environment.len()
+            + self.client_id.len()
+            + self.realm.len()
+            + self.target.normalized().len() * 2
+            + self.token_type.len()
+            + self.secret.len()
+            + self.key_id.as_ref().map_or(0, String::len)
+            + 64
+    }
+}

@@ -1,0 +1,344 @@
+//! Partitions: the unit of L1/L2 traffic, each an immutable snapshot with a hash index.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use hashbrown::{Equivalent, HashMap};
+use sha2::{Digest, Sha256};
+
+use super::model::AccessToken;
+use crate::scopes::ScopeSet;
+
+/// Names one partition: one blob in L2, one slot in L1.
+///
+/// Build it with the constructor of the flow, so two flows never share a partition by accident.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey(Arc<str>);
+
+impl PartitionKey {
+    /// Application tokens (client credentials): client id + tenant.
+    pub fn for_app(client_id: &str, tenant: &str) -> Self {
+        Self::build("app", client_id, tenant)
+    }
+
+    /// On-behalf-of: client id + SHA-256 of the incoming user assertion (never the assertion).
+    pub fn for_on_behalf_of(client_id: &str, user_assertion: &str) -> Self {
+        let digest = Sha256::digest(user_assertion.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Self::build("obo", client_id, &hex)
+    }
+
+    /// User tokens: client id + home account id (`uid.utid`).
+    pub fn for_user(client_id: &str, home_account_id: &str) -> Self {
+        Self::build("user", client_id, home_account_id)
+    }
+
+    /// Managed identity: the identity (system-assigned, or a user-assigned id) + resource.
+    pub fn for_managed_identity(identity: &str, resource: &str) -> Self {
+        Self::build("mi", identity, resource)
+    }
+
+    fn build(kind: &str, a: &str, b: &str) -> Self {
+        PartitionKey(format!("{kind}:{a}:{b}").to_lowercase().into())
+    }
+
+    /// The key as a string (used as the L2 key, under a prefix).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Rebuild a key from [`as_str`](Self::as_str) (e.g. read back from a store).
+    pub fn from_raw(raw: impl Into<Arc<str>>) -> Self {
+        PartitionKey(raw.into())
+    }
+}
+
+impl fmt::Debug for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PartitionKey({})", self.0)
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What identifies an access token inside a partition (everything but the scopes' order/case).
+#[derive(Clone, PartialEq, Eq)]
+struct AccessTokenKey {
+    home_account_id: Option<Box<str>>,
+    environment: Box<str>,
+    realm: Box<str>,
+    token_type: Box<str>,
+    key_id: Option<Box<str>>,
+    scopes: Box<str>,
+}
+
+/// A borrowed lookup for an access token: what a request asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct AccessTokenQuery<'a> {
+    /// `uid.utid` for user tokens, `None` for application tokens.
+    pub home_account_id: Option<&'a str>,
+    /// Authority host.
+    pub environment: &'a str,
+    /// Tenant.
+    pub realm: &'a str,
+    /// Token type, compared case-insensitively (`Bearer`).
+    pub token_type: &'a str,
+    /// Proof-of-possession key id.
+    pub key_id: Option<&'a str>,
+    /// Requested scopes.
+    pub scopes: &'a ScopeSet,
+}
+
+fn hash_key_fields<H: Hasher>(
+    state: &mut H,
+    home_account_id: Option<&str>,
+    environment: &str,
+    realm: &str,
+    token_type: &str,
+    key_id: Option<&str>,
+    scopes: &str,
+) {
+    home_account_id.hash(state);
+    environment.hash(state);
+    realm.hash(state);
+    // Case-insensitive without allocating: hash the lower-cased bytes.
+    for b in token_type.bytes() {
+        state.write_u8(b.to_ascii_lowercase());
+    }
+    state.write_u8(0xff);
+    key_id.hash(state);
+    scopes.hash(state);
+}
+
+impl Hash for AccessTokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_key_fields(
+            state,
+            self.home_account_id.as_deref(),
+            &self.environment,
+            &self.realm,
+            &self.token_type,
+            self.key_id.as_deref(),
+            &self.scopes,
+        )
+    }
+}
+
+impl Hash for AccessTokenQuery<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_key_fields(
+            state,
+            self.home_account_id,
+            self.environment,
+            self.realm,
+            self.token_type,
+            self.key_id,
+            self.scopes.normalized(),
+        )
+    }
+}
+
+impl AccessTokenQuery<'_> {
+    /// Everything but the scopes matches `entry`.
+    fn matches_identity(&self, entry: &AccessToken) -> bool {
+        self.home_account_id == entry.home_account_id.as_deref()
+            && self.environment == entry.environment
+            && self.realm == entry.realm
+            && self.token_type.eq_ignore_ascii_case(&entry.token_type)
+            && self.key_id == entry.key_id.as_deref()
+    }
+}
+
+impl Equivalent<AccessTokenKey> for AccessTokenQuery<'_> {
+    fn equivalent(&self, key: &AccessTokenKey) -> bool {
+        self.home_account_id == key.home_account_id.as_deref()
+            && self.environment == &*key.environment
+            && self.realm == &*key.realm
+            && self.token_type.eq_ignore_ascii_case(&key.token_type)
+            && self.key_id == key.key_id.as_deref()
+            && self.scopes.normalized() == &*key.scopes
+    }
+}
+
+impl AccessTokenKey {
+    fn of(entry: &AccessToken) -> Self {
+        AccessTokenKey {
+            home_account_id: entry.home_account_id.as_deref().map(Into::into),
+            environment: entry.environment.as_str().into(),
+            realm: entry.realm.as_str().into(),
+            token_type: entry.token_type.as_str().into(),
+            key_id: entry.key_id.as_deref().map(Into::into),
+            scopes: entry.target.normalized().into(),
+        }
+    }
+}
+
+/// An immutable snapshot of one partition's entries.
+///
+/// Writers build a new snapshot ([`with_access_token`](Self::with_access_token)) and swap it in;
+/// readers never lock. Lookups are one hash probe for an exact scope match; only a request for
+/// a strict subset of cached scopes scans the partition.
+#[derive(Clone, Default)]
+pub struct Partition {
+    access_tokens: HashMap<AccessTokenKey, Arc<AccessToken>>,
+    latest_expiry: u64,
+    approx_bytes: usize,
+}
+
+impl Partition {
+    /// An empty partition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A partition holding `tokens`, built in one pass (bulk import, benches).
+    pub fn from_access_tokens(tokens: impl IntoIterator<Item = AccessToken>) -> Self {
+        let mut partition = Partition::new();
+        for token in tokens {
+            partition.insert_access_token(Arc::new(token));
+        }
+        partition
+    }
+
+    /// Find the access token for `query`: exact scope match first, then any cached token whose
+    /// scopes are a superset of the requested ones (the one expiring last).
+    pub fn find_access_token(&self, query: &AccessTokenQuery<'_>) -> Option<&Arc<AccessToken>> {
+        if let Some(found) = self.access_tokens.get(query) {
+            return Some(found);
+        }
+        self.access_tokens
+            .values()
+            .filter(|t| query.matches_identity(t) && t.target.is_superset_of(query.scopes))
+            .max_by_key(|t| t.expires_on)
+    }
+
+    /// A new snapshot with `token` added (replacing the entry with the same identity and
+    /// scopes) and entries that expired before `now` dropped.
+    pub fn with_access_token(&self, token: AccessToken, now: u64) -> Partition {
+        let mut next = self.without_expired(now);
+        next.insert_access_token(Arc::new(token));
+        next
+    }
+
+    /// A new snapshot without entries that expired before `now`.
+    pub fn without_expired(&self, now: u64) -> Partition {
+        let mut next = Partition::new();
+        for token in self.access_tokens.values() {
+            if !token.is_hard_expired(now) {
+                next.insert_access_token(Arc::clone(token));
+            }
+        }
+        next
+    }
+
+    fn insert_access_token(&mut self, token: Arc<AccessToken>) {
+        self.latest_expiry = self.latest_expiry.max(token.expires_on);
+        self.approx_bytes += token.approx_bytes();
+        if let Some(old) = self.access_tokens.insert(AccessTokenKey::of(&token), token) {
+            self.approx_bytes = self.approx_bytes.saturating_sub(old.approx_bytes());
+        }
+    }
+
+    /// All access tokens (no particular order).
+    pub fn access_tokens(&self) -> impl Iterator<Item = &Arc<AccessToken>> {
+        self.access_tokens.values()
+    }
+
+    /// Number of access tokens.
+    pub fn access_token_count(&self) -> usize {
+        self.access_tokens.len()
+    }
+
+    /// True when the partition holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.access_tokens.is_empty()
+    }
+
+    /// The latest `expires_on` of any entry: after it the whole partition is dead weight.
+    pub fn latest_expiry(&self) -> u64 {
+        self.latest_expiry
+    }
+
+    /// Approximate memory held, for the L1's byte bound.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.approx_bytes
+    }
+}
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partition")
+            .field("access_tokens", &self.access_tokens.len())
+            .field("latest_expiry", &self.latest_expiry)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::model::TokenSecret;
+
+    fn token(realm: &str, scopes: &str, expires_on: u64) -> AccessToken {
+        AccessToken::new(
+            "login.example",
+            "client",
+            realm,
+            ScopeSet::parse(scopes),
+            "Bearer",
+            TokenSecret::new(format!("secret-{realm}-{scopes}")),
+            1_000,
+            expires_on,
+        )
+    }
+
+    fn query<'a>(realm: &'a str, scopes: &'a ScopeSet) -> AccessTokenQuery<'a> {
+        AccessTokenQuery {
+            home_account_id: None,
+            environment: "login.example",
+            realm,
+            token_type: "bearer",
+            key_id: None,
+            scopes,
+        }
+    }
+
+    #[test]
+    fn exact_and_superset_lookup() {
+        let p = Partition::new()
+            .with_access_token(token("t1", "A B C", 5_000), 1_000)
+            .with_access_token(token("t2", "A", 5_000), 1_000);
+        let exact = ScopeSet::parse("c b a");
+        assert_eq!(
+            p.find_access_token(&query("t1", &exact)).unwrap().realm,
+            "t1"
+        );
+        let subset = ScopeSet::parse("b");
+        assert_eq!(
+            p.find_access_token(&query("t1", &subset)).unwrap().realm,
+            "t1"
+        );
+        assert!(p.find_access_token(&query("t2", &subset)).is_none());
+        let other = ScopeSet::parse("a d");
+        assert!(p.find_access_token(&query("t1", &other)).is_none());
+    }
+
+    #[test]
+    fn replacing_and_expiring_entries() {
+        let p = Partition::new().with_access_token(token("t1", "a", 2_000), 1_000);
+        let p = p.with_access_token(token("t1", "A", 3_000), 1_000);
+        assert_eq!(p.access_token_count(), 1);
+        let p = p.with_access_token(token("t2", "a", 9_000), 3_000);
+        assert_eq!(
+            p.access_token_count(),
+            1,
+            "the expired t1 token was dropped"
+        );
+        assert_eq!(p.latest_expiry(), 9_000);
+    }
+}

@@ -1,0 +1,194 @@
+//! The one error type of `tokenwell-core`.
+//!
+//! Errors are `Clone` (sources are shared with `Arc`) because one failed identity-provider call
+//! can be delivered to thousands of coalesced waiters.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http::TransportError;
+
+/// A boxed error from an adapter (store, credential provider …), shared so [`Error`] stays `Clone`.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong while acquiring a token.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The identity provider answered with an OAuth2 error (`invalid_client`, `invalid_grant` …).
+    #[error("identity provider error: {0}")]
+    IdentityProvider(Box<IdpError>),
+
+    /// The request never got a complete HTTP answer (connection refused, timeout, body too large …).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+
+    /// The identity provider answered, but not with something we can trust as a token response.
+    #[error("malformed response from the identity provider (HTTP {status}): {reason}")]
+    MalformedResponse {
+        /// HTTP status of the answer.
+        status: u16,
+        /// What was wrong with it (never contains the token itself).
+        reason: String,
+    },
+
+    /// The application or request is configured wrongly; retrying will not help.
+    #[error("configuration error: {0}")]
+    Configuration(String),
+
+    /// The client credential could not be produced (bad key, failing assertion callback …).
+    #[error("client credential error: {message}")]
+    Credential {
+        /// What went wrong.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<SharedError>,
+    },
+
+    /// The request was refused locally, without network traffic, because the identity provider
+    /// recently asked this client to back off (429 / 5xx with `Retry-After`, …).
+    #[error("request throttled for another {retry_after:?} (cause: {cause})")]
+    Throttled {
+        /// How long the same request stays refused.
+        retry_after: Duration,
+        /// The answer that started the throttling window.
+        cause: Box<Error>,
+    },
+}
+
+impl Error {
+    /// True when the same request may succeed later without any change: 5xx, 429, timeouts,
+    /// connection errors, local throttling.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::IdentityProvider(e) => e.status == 429 || e.status >= 500,
+            Error::Transport(e) => e.kind().is_transient(),
+            Error::MalformedResponse { status, .. } => *status >= 500 || *status == 429,
+            Error::Throttled { .. } => true,
+            Error::Configuration(_) | Error::Credential { .. } => false,
+        }
+    }
+
+    /// The delay the identity provider asked for, when it sent `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::IdentityProvider(e) => e.retry_after,
+            Error::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// True when only a new user interaction can fix this (`invalid_grant`,
+    /// `interaction_required`, `consent_required`, `login_required`).
+    pub fn is_interaction_required(&self) -> bool {
+        match self {
+            Error::IdentityProvider(e) => e.is_interaction_required(),
+            Error::Throttled { cause, .. } => cause.is_interaction_required(),
+            _ => false,
+        }
+    }
+
+    /// The identity provider's error, when there is one.
+    pub fn idp_error(&self) -> Option<&IdpError> {
+        match self {
+            Error::IdentityProvider(e) => Some(e),
+            Error::Throttled { cause, .. } => cause.idp_error(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn configuration(message: impl Into<String>) -> Self {
+        Error::Configuration(message.into())
+    }
+
+    pub(crate) fn credential(message: impl Into<String>, source: Option<SharedError>) -> Self {
+        Error::Credential {
+            message: message.into(),
+            source,
+        }
+    }
+}
+
+/// An OAuth2 error answer, in the shape Entra ID (AAD) sends it.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdpError {
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// The OAuth2 `error` code (`invalid_client`, `invalid_grant`, `temporarily_unavailable` …).
+    pub error: String,
+    /// Human-readable text; Entra ID embeds `AADSTS` codes, trace and correlation ids in it.
+    pub error_description: Option<String>,
+    /// Entra ID's numeric `error_codes` (e.g. 7000215 for an invalid client secret).
+    pub error_codes: Vec<u32>,
+    /// Entra ID `suberror` (e.g. `bad_token`, `consent_required`).
+    pub suberror: Option<String>,
+    /// Correlation id of the request, for support tickets.
+    pub correlation_id: Option<String>,
+    /// Trace id of the request on the identity provider's side.
+    pub trace_id: Option<String>,
+    /// The `Retry-After` the answer carried, if any.
+    pub retry_after: Option<Duration>,
+}
+
+impl IdpError {
+    /// A bare error with only a status and a code (other fields empty).
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        IdpError {
+            status,
+            error: error.into(),
+            error_description: None,
+            error_codes: Vec::new(),
+            suberror: None,
+            correlation_id: None,
+            trace_id: None,
+            retry_after: None,
+        }
+    }
+
+    /// See [`Error::is_interaction_required`].
+    pub fn is_interaction_required(&self) -> bool {
+        matches!(
+            self.error.as_str(),
+            "invalid_grant" | "interaction_required" | "consent_required" | "login_required"
+        )
+    }
+}
+
+impl fmt::Debug for IdpError {
+    // error_description can quote request fragments; it never holds secrets, so Debug shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdpError")
+            .field("status", &self.status)
+            .field("error", &self.error)
+            .field("error_codes", &self.error_codes)
+            .field("suberror", &self.suberror)
+            .field("correlation_id", &self.correlation_id)
+            .field("trace_id", &self.trace_id)
+            .field("retry_after", &self.retry_after)
+            .field("error_description", &self.error_description)
+            .finish()
+    }
+}
+
+impl fmt::Display for IdpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.error)?;
+        if !self.error_codes.is_empty() {
+            write!(f, " {:?}", self.error_codes)?;
+        }
+        if let Some(id) = &self.correlation_id {
+            write!(f, " (correlation id {id})")?;
+        }
+        if let Some(d) = &self.error_description {
+            let first_line = d.lines().next().unwrap_or_default();
+            write!(f, ": {first_line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,275 @@
+//! Strict parsing of identity-provider answers: a token response is either fully valid or a
+//! typed error that says what was wrong, never a panic and never a half-filled cache entry.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::cache::TokenSecret;
+use crate::error::{Error, IdpError, Result};
+
+/// Longest lifetime we accept from an identity provider; anything above is a broken answer.
+const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// A successful token response, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenResponse {
+    pub access_token: TokenSecret,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub ext_expires_in: Option<u64>,
+    pub refresh_in: Option<u64>,
+    /// Granted scopes, when the identity provider says.
+    pub scope: Option<String>,
+}
+
+/// Turn an HTTP answer into a token response or the identity provider's error.
+pub(crate) fn parse_token_response(
+    response: &http::Response<Bytes>,
+    max_body_bytes: usize,
+    now: SystemTime,
+) -> Result<TokenResponse> {
+    let status = response.status().as_u16();
+    let body = response.body();
+    if body.len() > max_body_bytes {
+        return Err(malformed(
+            status,
+            format!(
+                "body of {} bytes exceeds the {max_body_bytes}-byte limit",
+                body.len()
+            ),
+        ));
+    }
+    if !response.status().is_success() {
+        return Err(parse_error_response(response, now));
+    }
+    let object = parse_object(status, body)?;
+    let access_token = match object.get("access_token") {
+        Some(Value::String(s)) if !s.is_empty() => TokenSecret::new(s.as_str()),
+        Some(Value::String(_)) => return Err(malformed(status, "`access_token` is empty")),
+        Some(_) => return Err(malformed(status, "`access_token` is not a string")),
+        None => return Err(malformed(status, "`access_token` is missing")),
+    };
+    let expires_in = seconds_field(status, &object, "expires_in")?
+        .ok_or_else(|| malformed(status, "`expires_in` is missing"))?;
+    if expires_in == 0 {
+        return Err(malformed(status, "`expires_in` is 0"));
+    }
+    let token_type = match object.get("token_type") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        None => "Bearer".to_owned(),
+        Some(_) => return Err(malformed(status, "`token_type` is not a string")),
+    };
+    let scope = match object.get("scope") {
+        Some(Value::String(s)) => Some(s.clone()),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err(malformed(status, "`scope` is not a string")),
+    };
+    Ok(TokenResponse {
+        access_token,
+        token_type,
+        expires_in,
+        ext_expires_in: seconds_field(status, &object, "ext_expires_in")?,
+        refresh_in: seconds_field(status, &object, "refresh_in")?,
+        scope,
+    })
+}
+
+fn parse_object(status: u16, body: &Bytes) -> Result<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(malformed(status, "body is JSON but not an object")),
+        Err(e) => Err(malformed(
+            status,
+            format!("body is not JSON ({e}; {} bytes)", body.len()),
+        )),
+    }
+}
+
+/// A lifetime in seconds: a JSON integer, or a string of digits (some endpoints send those).
+fn seconds_field(status: u16, object: &Map<String, Value>, name: &str) -> Result<Option<u64>> {
+    let value = match object.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match value {
+        Some(v) if v <= MAX_LIFETIME_SECS => Ok(Some(v)),
+        Some(_) => Err(malformed(status, format!("`{name}` is implausibly large"))),
+        None => Err(malformed(
+            status,
+            format!("`{name}` is not a non-negative integer"),
+        )),
+    }
+}
+
+/// An error answer: Entra ID's JSON shape when it parses, otherwise a bare status error.
+pub(crate) fn parse_error_response(response: &http::Response<Bytes>, now: SystemTime) -> Error {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_retry_after(v, now));
+    let header_correlation = response
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let object = serde_json::from_slice::<Value>(response.body())
+        .ok()
+        .and_then(|v| match v {
+            Value::Object(map) => Some(map),
+            _ => None,
+        });
+    let text = |map: &Map<String, Value>, key: &str| {
+        map.get(key).and_then(Value::as_str).map(str::to_owned)
+    };
+    let mut error = IdpError::new(status, format!("http_{status}"));
+    error.retry_after = retry_after;
+    error.correlation_id = header_correlation;
+    if let Some(map) = object {
+        if let Some(code) = text(&map, "error") {
+            error.error = code;
+        }
+        error.error_description = text(&map, "error_description");
+        error.suberror = text(&map, "suberror");
+        error.trace_id = text(&map, "trace_id");
+        if let Some(id) = text(&map, "correlation_id") {
+            error.correlation_id = Some(id);
+        }
+        if let Some(Value::Array(codes)) = map.get("error_codes") {
+            error.error_codes = codes
+                .iter()
+                .filter_map(Value::as_u64)
+                .filter_map(|c| u32::try_from(c).ok())
+                .collect();
+        }
+    }
+    Error::IdentityProvider(Box::new(error))
+}
+
+/// `Retry-After` is delay-seconds or an HTTP date; anything else means the default 60 s.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Duration {
+    const UNPARSABLE: Duration = Duration::from_secs(60);
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Duration::from_secs(seconds);
+    }
+    match httpdate::parse_http_date(value) {
+        Ok(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
+        Err(_) => UNPARSABLE,
+    }
+}
+
+fn malformed(status: u16, reason: impl Into<String>) -> Error {
+    Error::MalformedResponse {
+        status,
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, body: &str) -> http::Response<Bytes> {
+        http::Response::builder()
+            .status(status)
+            .body(Bytes::from(body.to_owned()))
+            .unwrap()
+    }
+
+    fn reason(err: Error) -> String {
+        match err {
+            Error::MalformedResponse { reason, .. } => reason,
+            other => panic!("expected MalformedResponse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_numbers_and_numeric_strings() {
+        let now = SystemTime::now();
+        let ok = parse_token_response(
+            &response(
+                200,
+                r#"{"access_token":"x","expires_in":"3600","refresh_in":1800}"#,
+            ),
+            1024,
+            now,
+        )
+        .unwrap();
+        assert_eq!(ok.expires_in, 3600);
+        assert_eq!(ok.refresh_in, Some(1800));
+        assert_eq!(ok.token_type, "Bearer");
+    }
+
+    #[test]
+    fn rejects_each_malformed_shape_with_a_reason() {
+        let now = SystemTime::now();
+        let cases = [
+            ("not json", "not JSON"),
+            ("[1]", "not an object"),
+            (r#"{"expires_in":1}"#, "`access_token` is missing"),
+            (
+                r#"{"access_token":1,"expires_in":1}"#,
+                "`access_token` is not a string",
+            ),
+            (r#"{"access_token":"x"}"#, "`expires_in` is missing"),
+            (
+                r#"{"access_token":"x","expires_in":{}}"#,
+                "`expires_in` is not",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":-5}"#,
+                "`expires_in` is not",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":1e99}"#,
+                "`expires_in` is not",
+            ),
+        ];
+        for (body, expected) in cases {
+            let got = reason(parse_token_response(&response(200, body), 1024, now).unwrap_err());
+            assert!(got.contains(expected), "{body}: {got}");
+        }
+        let big = "x".repeat(2000);
+        assert!(
+            reason(parse_token_response(&response(200, &big), 1024, now).unwrap_err())
+                .contains("exceeds")
+        );
+    }
+
+    #[test]
+    fn parses_aad_errors_and_retry_after() {
+        let now = SystemTime::now();
+        let mut r = response(
+            400,
+            r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret.","error_codes":[7000215],"correlation_id":"c-1","trace_id":"t-1"}"#,
+        );
+        r.headers_mut().insert("retry-after", "7".parse().unwrap());
+        let err = parse_token_response(&r, 1024, now).unwrap_err();
+        let idp = err.idp_error().unwrap();
+        assert_eq!(idp.error, "invalid_client");
+        assert_eq!(idp.error_codes, vec![7000215]);
+        assert_eq!(idp.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(idp.retry_after, Some(Duration::from_secs(7)));
+        let html = parse_token_response(&response(502, "<html>bad gateway</html>"), 1024, now)
+            .unwrap_err();
+        assert_eq!(html.idp_error().unwrap().error, "http_502");
+        assert!(html.is_transient());
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(parse_retry_after("30", now), Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Duration::from_secs(10)
+        );
+        assert_eq!(parse_retry_after("soon", now), Duration::from_secs(60));
+    }
+}

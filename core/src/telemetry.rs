@@ -1,0 +1,44 @@
+//! Metric names and recording helpers, in one place so dashboards have one list to read.
+//!
+//! Everything goes through the `metrics` facade: without an installed recorder it costs a
+//! relaxed atomic load per call.
+
+/// Cache hits, labelled `level` = `l1` | `l2`.
+pub const CACHE_HITS: &str = "tokenwell_cache_hits_total";
+/// Cache misses (no usable token in any level).
+pub const CACHE_MISSES: &str = "tokenwell_cache_misses_total";
+/// HTTP attempts sent to the identity provider, labelled `outcome` = `ok` | `error`.
+pub const IDP_REQUESTS: &str = "tokenwell_idp_requests_total";
+/// Seconds per identity-provider attempt.
+pub const IDP_DURATION: &str = "tokenwell_idp_request_duration_seconds";
+/// Retries after a failed attempt.
+pub const RETRIES: &str = "tokenwell_retries_total";
+/// Callers that joined an identity-provider call already in flight.
+pub const COALESCED_WAITERS: &str = "tokenwell_coalesced_waiters_total";
+/// Calls that served a cached token because its renewal failed for a transient reason.
+pub const STALE_SERVED: &str = "tokenwell_stale_tokens_served_total";
+
+pub(crate) fn cache_hit(level: &'static str) {
+    metrics::counter!(CACHE_HITS, "level" => level).increment(1);
+}
+
+pub(crate) fn cache_miss() {
+    metrics::counter!(CACHE_MISSES).increment(1);
+}
+
+pub(crate) fn idp_request(ok: bool, seconds: f64) {
+    metrics::counter!(IDP_REQUESTS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+    metrics::histogram!(IDP_DURATION).record(seconds);
+}
+
+pub(crate) fn retry() {
+    metrics::counter!(RETRIES).increment(1);
+}
+
+pub(crate) fn coalesced_waiter() {
+    metrics::counter!(COALESCED_WAITERS).increment(1);
+}
+
+pub(crate) fn stale_served() {
+    metrics::counter!(STALE_SERVED).increment(1);
+}
