@@ -70,7 +70,7 @@ impl ClientCredential {
                 form.push(("client_secret", secret.expose_secret().to_owned()));
             }
             Repr::Certificate(cert) => {
-                let assertion = cert.sign_assertion(&context)?;
+                let assertion = cert.sign_client_assertion(&context)?;
                 form.push((
                     "client_assertion_type",
                     JWT_BEARER_ASSERTION_TYPE.to_owned(),
@@ -213,7 +213,11 @@ impl Certificate {
         &self.thumbprint_s256
     }
 
-    fn sign_assertion(&self, context: &AssertionContext) -> Result<String> {
+    /// A freshly signed client assertion for `context` (what a token request carries).
+    ///
+    /// # Errors
+    /// [`Error::Credential`] when signing fails.
+    pub fn sign_client_assertion(&self, context: &AssertionContext) -> Result<String> {
         #[derive(Serialize)]
         struct Claims<'a> {
             aud: &'a str,

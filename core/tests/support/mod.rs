@@ -1,0 +1,95 @@
+//! Shared rig for acquisition tests: a real emulator on loopback, a manual clock, a memory L1,
+//! and one of the HTTP transports. Every test runs over each transport (see
+//! `over_each_transport!`).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokenwell_cache_memory::MemoryCache;
+use tokenwell_core::app::ConfidentialClientApplicationBuilder;
+use tokenwell_core::{
+    ClientCredential, ConfidentialClientApplication, HttpTransport, ManualClock, Runtime,
+};
+use tokenwell_idp_emulator::Emulator;
+use tokenwell_runtime_tokio::TokioRuntime;
+
+pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_SECRET: &str = "super-secret-value-never-logged";
+pub const TENANT: &str = "contoso";
+pub const SCOPE: &str = "api://downstream/.default";
+
+/// Which transport a test runs over.
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    Reqwest,
+}
+
+impl Transport {
+    pub fn build(self) -> Arc<dyn HttpTransport> {
+        match self {
+            Transport::Reqwest => Arc::new(tokenwell_http_reqwest::ReqwestTransport::new()),
+        }
+    }
+}
+
+pub struct Rig {
+    pub emulator: Emulator,
+    pub clock: ManualClock,
+    pub cache: Arc<MemoryCache>,
+    pub transport: Arc<dyn HttpTransport>,
+}
+
+impl Rig {
+    pub async fn start(transport: Transport) -> Rig {
+        let emulator = Emulator::start().await.expect("emulator starts");
+        emulator.register_client_secret(CLIENT_ID, CLIENT_SECRET);
+        let inner: Arc<dyn Runtime> = Arc::new(TokioRuntime::current());
+        Rig {
+            emulator,
+            clock: ManualClock::new(inner),
+            cache: Arc::new(MemoryCache::new()),
+            transport: transport.build(),
+        }
+    }
+
+    /// A builder wired to the rig, with the client secret credential.
+    pub fn builder(&self) -> ConfidentialClientApplicationBuilder {
+        ConfidentialClientApplication::builder(CLIENT_ID)
+            .authority(self.emulator.authority(TENANT))
+            .credential(ClientCredential::secret(CLIENT_SECRET))
+            .transport(Arc::clone(&self.transport))
+            .runtime(Arc::new(self.clock.clone()))
+            .cache(self.cache.clone())
+            .http_timeout(Duration::from_secs(10))
+    }
+
+    pub fn app(&self) -> ConfidentialClientApplication {
+        self.builder().build().expect("valid configuration")
+    }
+
+    pub fn partitions(&self) -> usize {
+        tokenwell_core::PartitionCache::partition_count(&*self.cache)
+    }
+
+    pub fn cc_requests(&self) -> u64 {
+        self.emulator
+            .token_requests_for("client_credentials", CLIENT_ID)
+    }
+}
+
+/// Generate one `#[tokio::test]` per transport for each named async test function taking a
+/// [`Transport`].
+#[macro_export]
+macro_rules! over_each_transport {
+    ($($name:ident),* $(,)?) => {
+        mod over_reqwest {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Transport::Reqwest).await
+                }
+            )*
+        }
+    };
+}
