@@ -1,0 +1,19 @@
+//! Key material shipped with the emulator so every crate's tests use the same certificates.
+//!
+//! `CERT_A_PEM`/`KEY_A_PEM` and `CERT_B_PEM`/`KEY_B_PEM` are two self-signed RSA 2048 client
+//! certificates with their PKCS#8 private keys: register one with
+//! [`Emulator::register_client_certificate`](crate::Emulator::register_client_certificate)
+//! and sign client assertions with its key; the other one is "the wrong certificate".
+
+/// Client certificate A (PEM, self-signed, RSA 2048).
+pub const CERT_A_PEM: &str = include_str!("../fixtures/cert-a.cert.pem");
+/// Private key of certificate A (PKCS#8 PEM).
+pub const KEY_A_PEM: &str = include_str!("../fixtures/cert-a.key.pem");
+/// Client certificate B (PEM, self-signed, RSA 2048).
+pub const CERT_B_PEM: &str = include_str!("../fixtures/cert-b.cert.pem");
+/// Private key of certificate B (PKCS#8 PEM).
+pub const KEY_B_PEM: &str = include_str!("../fixtures/cert-b.key.pem");
+
+/// The emulator's own token-signing key (PKCS#8 PEM). Public so tests can forge tokens the
+/// emulator would have issued; its public half is served as the JWKS.
+pub const IDP_SIGNING_KEY_PEM: &str = include_str!("../fixtures/idp-signing.key.pem");

@@ -1,0 +1,221 @@
+//! The `/_control/` HTTP API and the `tokenwell-idp` binary.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::json;
+use tokenwell_idp_emulator::Emulator;
+use tokenwell_idp_emulator::fixtures::CERT_A_PEM;
+
+async fn control(
+    emu: &Emulator,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Answer {
+    let mut req = http().request(method, format!("{}/_control/{path}", emu.base_url()));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+async fn cc(emu: &Emulator, id: &str, secret: &str) -> Answer {
+    post_form(
+        &emu.token_endpoint("t"),
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+            ("scope", "api://x/.default"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn control_api_mirrors_the_library() {
+    use reqwest::Method;
+    let emu = Emulator::start().await.unwrap();
+
+    let a = control(
+        &emu,
+        Method::POST,
+        "clients",
+        Some(json!({"client_id": "app", "secret": "s"})),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = control(
+        &emu,
+        Method::POST,
+        "clients",
+        Some(json!({"client_id": "c", "certificate_pem": CERT_A_PEM})),
+    )
+    .await;
+    assert_eq!(a.json()["x5t_s256"], x5t_s256(CERT_A_PEM));
+    assert_eq!(
+        control(
+            &emu,
+            Method::POST,
+            "clients",
+            Some(json!({"client_id": "c", "certificate_pem": "x"}))
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(cc(&emu, "app", "s").await.status, 200);
+
+    let a = control(
+        &emu,
+        Method::POST,
+        "faults",
+        Some(json!({"kind": "status", "status": 429, "retry_after": 3, "times": 2})),
+    )
+    .await;
+    assert_eq!(a.json()["queued"], 2);
+    for _ in 0..2 {
+        let a = cc(&emu, "app", "s").await;
+        assert_eq!(a.status, 429);
+        assert_eq!(a.header("retry-after").as_deref(), Some("3"));
+    }
+    assert_eq!(
+        control(
+            &emu,
+            Method::POST,
+            "outage",
+            Some(json!({"kind": "status", "status": 503}))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(cc(&emu, "app", "s").await.status, 503);
+    assert_eq!(
+        control(&emu, Method::DELETE, "outage", None).await.status,
+        200
+    );
+    assert_eq!(cc(&emu, "app", "s").await.status, 200);
+
+    let counts = control(&emu, Method::GET, "counts", None).await.json();
+    assert_eq!(counts["token_requests"], 5);
+    assert_eq!(
+        counts["by_grant_and_client"][0]["grant_type"],
+        "client_credentials"
+    );
+    assert_eq!(counts["by_grant_and_client"][0]["client_id"], "app");
+    assert_eq!(counts["by_grant_and_client"][0]["count"], 5);
+    assert_eq!(emu.token_requests(), 5, "control requests are not counted");
+
+    let last = control(&emu, Method::GET, "last-request", None)
+        .await
+        .json();
+    assert_eq!(last["client_id"], "app");
+    assert_eq!(last["form"]["scope"], "api://x/.default");
+
+    assert_eq!(
+        control(
+            &emu,
+            Method::POST,
+            "lifetimes",
+            Some(json!({"expires_in": 60, "refresh_in": 30}))
+        )
+        .await
+        .status,
+        200
+    );
+    let body = cc(&emu, "app", "s").await.json();
+    assert_eq!(
+        (body["expires_in"].as_u64(), body["refresh_in"].as_u64()),
+        (Some(60), Some(30))
+    );
+
+    assert_eq!(
+        control(
+            &emu,
+            Method::POST,
+            "clients/retire",
+            Some(json!({"client_id": "app", "secret": "s"}))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(cc(&emu, "app", "s").await.code(), 7000222);
+
+    assert_eq!(
+        control(&emu, Method::POST, "counts/reset", None)
+            .await
+            .json()["token_requests"],
+        0
+    );
+    assert_eq!(emu.token_requests(), 0);
+
+    // Malformed control requests are 400, unknown ones 404.
+    let resp = http()
+        .post(format!("{}/_control/faults", emu.base_url()))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        control(&emu, Method::POST, "faults", Some(json!({"kind": "bogus"})))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(control(&emu, Method::GET, "nope", None).await.status, 404);
+    assert_eq!(
+        control(&emu, Method::GET, "health", None).await.json()["status"],
+        "ok"
+    );
+}
+
+#[tokio::test]
+async fn binary_serves_registered_clients() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwell-idp"))
+        .args(["--bind", "127.0.0.1:0", "--client", "bin-app:bin-secret"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+
+    let a = post_form(
+        &format!("{base}/t/oauth2/v2.0/token"),
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "bin-app"),
+            ("client_secret", "bin-secret"),
+            ("scope", "api://x/.default"),
+        ],
+    )
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.bytes));
+}
+
+#[test]
+fn binary_rejects_bad_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenwell-idp"))
+        .args(["--client", "no-colon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenwell-idp"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--bind"));
+}
