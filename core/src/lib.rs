@@ -14,7 +14,10 @@ pub mod result;
 pub mod retry;
 pub mod runtime;
 pub mod scopes;
+pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use app::{AcquireTokenForClient, ConfidentialClientApplication};
 pub use authority::Authority;
@@ -28,3 +31,4 @@ pub use result::{
 pub use retry::RetryPolicy;
 pub use runtime::{ManualClock, Runtime};
 pub use scopes::{IntoScopeSet, ScopeSet};
+pub use store::{Lease, StoreError, StoreErrorKind, StoreWrite, StoredBlob, TokenStore};

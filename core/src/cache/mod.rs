@@ -1,5 +1,6 @@
 //! The token cache: entry model, partitions, the L1 seam and the engine's view of them.
 
+pub mod blob;
 pub mod model;
 pub mod partition;
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub use blob::{BlobCodec, BlobError, KeyRing};
 pub use model::{AccessToken, TokenSecret};
 pub use partition::{AccessTokenQuery, Partition, PartitionKey};
 

@@ -67,8 +67,8 @@ impl fmt::Display for PartitionKey {
 }
 
 /// What identifies an access token inside a partition (everything but the scopes' order/case).
-#[derive(Clone, PartialEq, Eq)]
-struct AccessTokenKey {
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AccessTokenKey {
     home_account_id: Option<Box<str>>,
     environment: Box<str>,
     realm: Box<str>,
@@ -93,6 +93,9 @@ pub struct AccessTokenQuery<'a> {
     /// Requested scopes.
     pub scopes: &'a ScopeSet,
 }
+
+/// How long a removal is remembered; longer than any token lives, so no copy can resurrect it.
+const TOMBSTONE_RETENTION_SECS: u64 = 48 * 3600;
 
 fn hash_key_fields<H: Hasher>(
     state: &mut H,
@@ -166,7 +169,7 @@ impl Equivalent<AccessTokenKey> for AccessTokenQuery<'_> {
 }
 
 impl AccessTokenKey {
-    fn of(entry: &AccessToken) -> Self {
+    pub(crate) fn of(entry: &AccessToken) -> Self {
         AccessTokenKey {
             home_account_id: entry.home_account_id.as_deref().map(Into::into),
             environment: entry.environment.as_str().into(),
@@ -186,6 +189,8 @@ impl AccessTokenKey {
 #[derive(Clone, Default)]
 pub struct Partition {
     access_tokens: HashMap<AccessTokenKey, Arc<AccessToken>>,
+    /// Removed entries and when, so a merge with an older copy does not resurrect them.
+    tombstones: HashMap<AccessTokenKey, u64>,
     latest_expiry: u64,
     approx_bytes: usize,
 }
@@ -225,7 +230,8 @@ impl Partition {
         next
     }
 
-    /// A new snapshot without entries that expired before `now`.
+    /// A new snapshot without entries that expired before `now` (tombstones of entries that
+    /// would have expired by now are dropped too: nothing older can come back to life).
     pub fn without_expired(&self, now: u64) -> Partition {
         let mut next = Partition::new();
         for token in self.access_tokens.values() {
@@ -233,13 +239,89 @@ impl Partition {
                 next.insert_access_token(Arc::clone(token));
             }
         }
+        next.tombstones = self
+            .tombstones
+            .iter()
+            .filter(|(_, removed_at)| now.saturating_sub(**removed_at) < TOMBSTONE_RETENTION_SECS)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         next
+    }
+
+    /// A new snapshot without `token`'s entry, remembering the removal at `now`.
+    pub fn with_access_token_removed(&self, token: &AccessToken, now: u64) -> Partition {
+        let mut next = self.without_expired(now);
+        let key = AccessTokenKey::of(token);
+        if let Some(old) = next.access_tokens.remove(&key) {
+            next.approx_bytes = next.approx_bytes.saturating_sub(old.approx_bytes());
+        }
+        next.tombstones.insert(key, now);
+        next
+    }
+
+    /// Merge two copies of a partition (ours and one read from a shared store): per entry the
+    /// newest `cached_at` wins; a removal newer than an entry keeps it removed.
+    pub fn merge(&self, other: &Partition, now: u64) -> Partition {
+        let mut tombstones = self.tombstones.clone();
+        for (key, removed_at) in &other.tombstones {
+            let slot = tombstones.entry(key.clone()).or_insert(*removed_at);
+            *slot = (*slot).max(*removed_at);
+        }
+        let mut merged = Partition::new();
+        for token in self
+            .access_tokens
+            .values()
+            .chain(other.access_tokens.values())
+        {
+            if token.is_hard_expired(now) {
+                continue;
+            }
+            let key = AccessTokenKey::of(token);
+            if tombstones
+                .get(&key)
+                .is_some_and(|removed| *removed >= token.cached_at)
+            {
+                continue;
+            }
+            let newer = merged
+                .access_tokens
+                .get(&key)
+                .is_none_or(|existing| token.cached_at > existing.cached_at);
+            if newer {
+                merged.insert_access_token(Arc::clone(token));
+            }
+        }
+        merged.tombstones = tombstones;
+        merged.without_expired(now)
+    }
+
+    /// Tombstones as (entry identity, removed at), for the blob codec.
+    pub(crate) fn tombstones(&self) -> impl Iterator<Item = (&AccessTokenKey, u64)> {
+        self.tombstones.iter().map(|(k, v)| (k, *v))
+    }
+
+    /// Rebuild from decoded parts (blob codec).
+    pub(crate) fn from_parts(
+        tokens: Vec<AccessToken>,
+        tombstones: Vec<(AccessTokenKey, u64)>,
+    ) -> Partition {
+        let mut partition = Partition::from_access_tokens(tokens);
+        partition.tombstones = tombstones.into_iter().collect();
+        partition
     }
 
     fn insert_access_token(&mut self, token: Arc<AccessToken>) {
         self.latest_expiry = self.latest_expiry.max(token.expires_on);
         self.approx_bytes += token.approx_bytes();
-        if let Some(old) = self.access_tokens.insert(AccessTokenKey::of(&token), token) {
+        let key = AccessTokenKey::of(&token);
+        if self
+            .tombstones
+            .get(&key)
+            .is_some_and(|removed| *removed < token.cached_at)
+        {
+            self.tombstones.remove(&key);
+        }
+        if let Some(old) = self.access_tokens.insert(key, token) {
             self.approx_bytes = self.approx_bytes.saturating_sub(old.approx_bytes());
         }
     }
@@ -254,9 +336,9 @@ impl Partition {
         self.access_tokens.len()
     }
 
-    /// True when the partition holds nothing.
+    /// True when the partition holds nothing, not even a tombstone.
     pub fn is_empty(&self) -> bool {
-        self.access_tokens.is_empty()
+        self.access_tokens.is_empty() && self.tombstones.is_empty()
     }
 
     /// The latest `expires_on` of any entry: after it the whole partition is dead weight.
@@ -326,6 +408,41 @@ mod tests {
         assert!(p.find_access_token(&query("t2", &subset)).is_none());
         let other = ScopeSet::parse("a d");
         assert!(p.find_access_token(&query("t1", &other)).is_none());
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_entry_and_respects_removals() {
+        let mut old = token("t1", "a", 9_000);
+        old.cached_at = 1_000;
+        let mut new = token("t1", "a", 9_500);
+        new.cached_at = 2_000;
+        new.secret = TokenSecret::new("newer");
+        let mine = Partition::from_access_tokens([new.clone(), token("t2", "a", 9_000)]);
+        let theirs = Partition::from_access_tokens([old.clone(), token("t3", "a", 9_000)]);
+        let merged = mine.merge(&theirs, 1_500);
+        assert_eq!(merged.access_token_count(), 3);
+        let q = ScopeSet::parse("a");
+        let t1 = merged.find_access_token(&query("t1", &q)).unwrap();
+        assert_eq!(t1.secret.expose_secret(), "newer");
+        // Order does not matter.
+        let t1b = theirs.merge(&mine, 1_500);
+        assert_eq!(
+            t1b.find_access_token(&query("t1", &q))
+                .unwrap()
+                .secret
+                .expose_secret(),
+            "newer"
+        );
+        // A removal at 2_500 beats the copy cached at 2_000 that another node still has.
+        let removed = merged.with_access_token_removed(&new, 2_500);
+        let remerged = removed.merge(&mine, 2_600);
+        assert!(remerged.find_access_token(&query("t1", &q)).is_none());
+        assert_eq!(remerged.access_token_count(), 2);
+        // A token cached after the removal does come back.
+        let mut newest = new.clone();
+        newest.cached_at = 3_000;
+        let back = remerged.merge(&Partition::from_access_tokens([newest]), 3_000);
+        assert!(back.find_access_token(&query("t1", &q)).is_some());
     }
 
     #[test]

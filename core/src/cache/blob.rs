@@ -1,0 +1,369 @@
+//! Partition blobs for L2: a small header, then a postcard payload, optionally sealed with
+//! AES-256-GCM.
+//!
+//! ```text
+//! magic "TWC1" | format u8 | flags u8 | key-id length u8 | key id | [nonce 12] | payload
+//! ```
+//! The format byte lets the payload codec change without breaking stored caches: decoders keep
+//! reading old formats. When sealed, the header *and the partition key* are authenticated
+//! (associated data), so a blob copied under another key, or edited, fails to open.
+
+use std::fmt;
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use bytes::Bytes;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::model::AccessToken;
+use super::partition::{AccessTokenKey, Partition, PartitionKey};
+
+const MAGIC: &[u8; 4] = b"TWC1";
+/// Current payload format: postcard of [`PayloadV1`].
+pub const FORMAT_VERSION: u8 = 1;
+const FLAG_SEALED: u8 = 0b0000_0001;
+const NONCE_LEN: usize = 12;
+
+/// Why a blob could not be read. Every case means "treat as a miss and count it".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// Too short to hold a header.
+    #[error("blob truncated")]
+    Truncated,
+    /// Not a tokenwell blob.
+    #[error("not a tokenwell cache blob (bad magic)")]
+    BadMagic,
+    /// Written by a newer (or unknown) format.
+    #[error("unknown blob format version {0}")]
+    UnknownFormat(u8),
+    /// The payload does not decode.
+    #[error("corrupt blob payload: {0}")]
+    Corrupt(String),
+    /// Sealed with a key id the key ring does not hold.
+    #[error("blob sealed with unknown key id '{0}'")]
+    UnknownKey(String),
+    /// Sealed, but no key ring is configured.
+    #[error("blob is encrypted but no key ring is configured")]
+    NoKeyRing,
+    /// Plain, but a key ring that requires sealed blobs is configured.
+    #[error("blob is not encrypted but encryption is required")]
+    NotSealed,
+    /// Authentication failed: tampered, truncated ciphertext, or moved to another partition.
+    #[error("blob failed authentication (tampered or moved)")]
+    Tampered,
+}
+
+/// AES-256-GCM keys: one active key seals, every key in the ring opens (rotation).
+#[derive(Clone)]
+pub struct KeyRing {
+    active: String,
+    keys: Vec<(String, Arc<Aes256Gcm>)>,
+    require_sealed: bool,
+}
+
+impl KeyRing {
+    /// A ring whose active key is `key` under id `key_id` (1–255 bytes).
+    ///
+    /// # Panics
+    /// When `key_id` is empty or longer than 255 bytes: key ids are configuration, not input.
+    pub fn new(key_id: impl Into<String>, key: [u8; 32]) -> Self {
+        let key_id = key_id.into();
+        assert!(
+            !key_id.is_empty() && key_id.len() <= 255,
+            "key id must be 1-255 bytes"
+        );
+        KeyRing {
+            active: key_id.clone(),
+            keys: vec![(key_id, Arc::new(Aes256Gcm::new(&key.into())))],
+            require_sealed: true,
+        }
+    }
+
+    /// Also accept blobs sealed with an older key.
+    pub fn with_retired(mut self, key_id: impl Into<String>, key: [u8; 32]) -> Self {
+        let key_id = key_id.into();
+        assert!(
+            !key_id.is_empty() && key_id.len() <= 255,
+            "key id must be 1-255 bytes"
+        );
+        self.keys
+            .push((key_id, Arc::new(Aes256Gcm::new(&key.into()))));
+        self
+    }
+
+    /// Also read plain (unencrypted) blobs, for migrating a store to encryption.
+    pub fn accept_plain_blobs(mut self) -> Self {
+        self.require_sealed = false;
+        self
+    }
+
+    /// The id of the key new blobs are sealed with.
+    pub fn active_key_id(&self) -> &str {
+        &self.active
+    }
+
+    fn key(&self, id: &str) -> Option<&Aes256Gcm> {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, c)| c.as_ref())
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("active", &self.active)
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PayloadV1 {
+    access_tokens: Vec<AccessToken>,
+    tombstones: Vec<(AccessTokenKey, u64)>,
+}
+
+/// Encodes and decodes partitions, sealing them when a key ring is set.
+#[derive(Clone, Debug, Default)]
+pub struct BlobCodec {
+    keyring: Option<KeyRing>,
+}
+
+impl BlobCodec {
+    /// Plain blobs (no encryption).
+    pub fn plain() -> Self {
+        BlobCodec { keyring: None }
+    }
+
+    /// Sealed blobs with `keyring`.
+    pub fn sealed(keyring: KeyRing) -> Self {
+        BlobCodec {
+            keyring: Some(keyring),
+        }
+    }
+
+    /// Encode `partition`, stored under `key`.
+    pub fn encode(&self, key: &PartitionKey, partition: &Partition) -> Bytes {
+        let payload = PayloadV1 {
+            access_tokens: partition.access_tokens().map(|t| (**t).clone()).collect(),
+            tombstones: partition
+                .tombstones()
+                .map(|(k, at)| (k.clone(), at))
+                .collect(),
+        };
+        // Serializing owned, in-memory values to a Vec cannot fail.
+        let payload = postcard::to_stdvec(&payload).unwrap_or_default();
+        let mut out = Vec::with_capacity(payload.len() + 64);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_VERSION);
+        match &self.keyring {
+            None => {
+                out.push(0);
+                out.push(0);
+                out.extend_from_slice(&payload);
+            }
+            Some(ring) => {
+                out.push(FLAG_SEALED);
+                out.push(ring.active.len() as u8);
+                out.extend_from_slice(ring.active.as_bytes());
+                let mut nonce = [0u8; NONCE_LEN];
+                rand::rng().fill(&mut nonce);
+                let aad = associated_data(&out, key);
+                let cipher = ring.key(&ring.active).expect("active key is in the ring");
+                let sealed = cipher
+                    .encrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: &payload,
+                            aad: &aad,
+                        },
+                    )
+                    .unwrap_or_default();
+                out.extend_from_slice(&nonce);
+                out.extend_from_slice(&sealed);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Decode a blob read for `key`.
+    ///
+    /// # Errors
+    /// A [`BlobError`] for anything but a well-formed, authentic blob of a known format.
+    pub fn decode(&self, key: &PartitionKey, blob: &[u8]) -> Result<Partition, BlobError> {
+        if blob.len() < 7 {
+            return Err(BlobError::Truncated);
+        }
+        if &blob[..4] != MAGIC {
+            return Err(BlobError::BadMagic);
+        }
+        let format = blob[4];
+        if format != FORMAT_VERSION {
+            return Err(BlobError::UnknownFormat(format));
+        }
+        let flags = blob[5];
+        let key_id_len = blob[6] as usize;
+        let header_len = 7 + key_id_len;
+        if blob.len() < header_len {
+            return Err(BlobError::Truncated);
+        }
+        let payload: Vec<u8> = if flags & FLAG_SEALED != 0 {
+            let ring = self.keyring.as_ref().ok_or(BlobError::NoKeyRing)?;
+            let key_id = String::from_utf8_lossy(&blob[7..header_len]).into_owned();
+            let cipher = ring.key(&key_id).ok_or(BlobError::UnknownKey(key_id))?;
+            if blob.len() < header_len + NONCE_LEN {
+                return Err(BlobError::Truncated);
+            }
+            let aad = associated_data(&blob[..header_len], key);
+            let nonce = &blob[header_len..header_len + NONCE_LEN];
+            cipher
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: &blob[header_len + NONCE_LEN..],
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| BlobError::Tampered)?
+        } else {
+            if self.keyring.as_ref().is_some_and(|r| r.require_sealed) {
+                return Err(BlobError::NotSealed);
+            }
+            blob[header_len..].to_vec()
+        };
+        let decoded: PayloadV1 =
+            postcard::from_bytes(&payload).map_err(|e| BlobError::Corrupt(e.to_string()))?;
+        Ok(Partition::from_parts(
+            decoded.access_tokens,
+            decoded.tombstones,
+        ))
+    }
+}
+
+fn associated_data(header: &[u8], key: &PartitionKey) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + key.as_str().len());
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(key.as_str().as_bytes());
+    aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::TokenSecret;
+    use crate::scopes::ScopeSet;
+
+    fn sample() -> Partition {
+        Partition::from_access_tokens((0..3).map(|i| {
+            AccessToken::new(
+                "login.example",
+                "client",
+                format!("t{i}"),
+                ScopeSet::parse("api://x/.default"),
+                "Bearer",
+                TokenSecret::new(format!("token-{i}")),
+                100,
+                10_000,
+            )
+        }))
+    }
+
+    fn key() -> PartitionKey {
+        PartitionKey::for_app("client", "t")
+    }
+
+    #[test]
+    fn plain_round_trip() {
+        let codec = BlobCodec::plain();
+        let blob = codec.encode(&key(), &sample());
+        let back = codec.decode(&key(), &blob).unwrap();
+        assert_eq!(back.access_token_count(), 3);
+        let mut a: Vec<_> = sample().access_tokens().map(|t| (**t).clone()).collect();
+        let mut b: Vec<_> = back.access_tokens().map(|t| (**t).clone()).collect();
+        a.sort_by(|x, y| x.realm.cmp(&y.realm));
+        b.sort_by(|x, y| x.realm.cmp(&y.realm));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn sealed_round_trip_rotation_and_tampering() {
+        let old = KeyRing::new("k1", [1; 32]);
+        let blob_k1 = BlobCodec::sealed(old).encode(&key(), &sample());
+        assert!(
+            !blob_k1.windows(7).any(|w| w == b"token-0"),
+            "payload is encrypted"
+        );
+
+        let rotated = BlobCodec::sealed(KeyRing::new("k2", [2; 32]).with_retired("k1", [1; 32]));
+        assert_eq!(
+            rotated
+                .decode(&key(), &blob_k1)
+                .unwrap()
+                .access_token_count(),
+            3
+        );
+
+        let dropped = BlobCodec::sealed(KeyRing::new("k2", [2; 32]));
+        assert_eq!(
+            dropped.decode(&key(), &blob_k1).unwrap_err(),
+            BlobError::UnknownKey("k1".into())
+        );
+
+        let mut tampered = blob_k1.to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(
+            rotated.decode(&key(), &tampered).unwrap_err(),
+            BlobError::Tampered
+        );
+
+        let other_key = PartitionKey::for_app("client", "other");
+        assert_eq!(
+            rotated.decode(&other_key, &blob_k1).unwrap_err(),
+            BlobError::Tampered
+        );
+        assert_eq!(
+            BlobCodec::plain().decode(&key(), &blob_k1).unwrap_err(),
+            BlobError::NoKeyRing
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let codec = BlobCodec::plain();
+        let good = codec.encode(&key(), &sample());
+        assert_eq!(codec.decode(&key(), b"").unwrap_err(), BlobError::Truncated);
+        assert_eq!(
+            codec.decode(&key(), b"XXXX\x01\x00\x00").unwrap_err(),
+            BlobError::BadMagic
+        );
+        let mut future = good.to_vec();
+        future[4] = 99;
+        assert_eq!(
+            codec.decode(&key(), &future).unwrap_err(),
+            BlobError::UnknownFormat(99)
+        );
+        for cut in 7..good.len() {
+            let _ = codec.decode(&key(), &good[..cut]);
+        }
+        let mut rng = rand::rng();
+        for _ in 0..2_000 {
+            let mut noisy = good.to_vec();
+            let i = rng.random_range(7..noisy.len());
+            noisy[i] = rng.random();
+            let _ = codec.decode(&key(), &noisy);
+        }
+        assert!(matches!(
+            codec.decode(&key(), b"TWC1\x01\x00\x00\xff\xff\xff\xff\xff"),
+            Err(BlobError::Corrupt(_))
+        ));
+    }
+}
