@@ -86,6 +86,9 @@ pub struct AccessToken {
     pub refresh_on: Option<u64>,
     /// Key id for proof-of-possession tokens.
     pub key_id: Option<String>,
+    /// Fields this version does not know (name, raw JSON value), kept so an MSAL cache
+    /// survives an import/export round trip.
+    pub extra: Vec<(String, String)>,
 }
 
 impl AccessToken {
@@ -114,6 +117,7 @@ impl AccessToken {
             extended_expires_on: expires_on,
             refresh_on: None,
             key_id: None,
+            extra: Vec::new(),
         }
     }
 
