@@ -1,1 +1,5 @@
-//! Examples live in ./examples.
+//! Runnable examples of tokenwell; see the `[[example]]` entries of this crate's manifest.
+//! `cargo run --example quickstart` runs fully offline on the embedded IdP emulator.
+//!
+//! The repository README is compiled here so its code sample stays correct:
+#![doc = include_str!("../README.md")]

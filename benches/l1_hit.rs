@@ -1,0 +1,43 @@
+//! L1 hit cost versus cache size and layout: the hit must stay flat from 1k to 100k tokens.
+//!
+//! Run: `cargo bench --bench l1_hit`
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use futures::FutureExt;
+use tokenwell_benches::{Layout, app_with_cached_tokens};
+
+fn l1_hit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("l1_hit");
+    for (label, layout) in [
+        ("partition_per_tenant", Layout::PartitionPerTenant),
+        ("100_tokens_per_partition", Layout::TokensPerPartition(100)),
+    ] {
+        for total in [1_000usize, 100_000] {
+            let (app, scopes) = app_with_cached_tokens(total, layout);
+            // Prove it is a hit before timing it.
+            let first = app
+                .acquire_token_for_client(&scopes)
+                .execute()
+                .now_or_never()
+                .expect("a hit completes without waiting")
+                .expect("a hit succeeds");
+            assert_eq!(
+                first.metadata().token_source,
+                tokenwell_core::TokenSource::CacheL1
+            );
+            group.bench_with_input(BenchmarkId::new(label, total), &total, |b, _| {
+                b.iter(|| {
+                    app.acquire_token_for_client(&scopes)
+                        .execute()
+                        .now_or_never()
+                        .expect("hit")
+                        .expect("ok")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, l1_hit);
+criterion_main!(benches);
