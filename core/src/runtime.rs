@@ -1,11 +1,16 @@
 //! The runtime seam: every clock read, sleep and spawn in core goes through [`Runtime`], so core
 //! runs on any executor and tests can move time by hours in a microsecond.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 
 /// Clock, timer and task spawner.
 ///
@@ -47,12 +52,17 @@ pub fn from_unix_seconds(seconds: u64) -> SystemTime {
 
 /// A test clock that only moves when told to, wrapped around a real runtime for spawning.
 ///
-/// `sleep(d)` completes at once and moves the clock forward by `d`, so retry back-off in tests
-/// costs no real time and stays deterministic. Cloning shares the same clock.
+/// By default `sleep(d)` completes at once and moves the clock forward by `d`, so retry
+/// back-off in tests costs no real time and stays deterministic. With
+/// [`auto_advance(false)`](Self::auto_advance) a sleep instead waits until the test moves the
+/// clock past its deadline (for background tasks that sleep for hours). Cloning shares the
+/// same clock.
 #[derive(Clone)]
 pub struct ManualClock {
     inner: Arc<dyn Runtime>,
     nanos_since_epoch: Arc<AtomicU64>,
+    auto_advance: Arc<AtomicBool>,
+    sleepers: Arc<Mutex<Vec<Waker>>>,
 }
 
 impl ManualClock {
@@ -71,13 +81,29 @@ impl ManualClock {
         ManualClock {
             inner,
             nanos_since_epoch: Arc::new(AtomicU64::new(nanos)),
+            auto_advance: Arc::new(AtomicBool::new(true)),
+            sleepers: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
-    /// Move the clock forward.
+    /// Whether `sleep` moves the clock itself (default) or waits for [`advance`](Self::advance).
+    pub fn auto_advance(&self, enabled: bool) {
+        self.auto_advance.store(enabled, Ordering::SeqCst);
+        self.wake_sleepers();
+    }
+
+    /// Move the clock forward (and wake sleepers whose deadline passed).
     pub fn advance(&self, by: Duration) {
         self.nanos_since_epoch
             .fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        self.wake_sleepers();
+    }
+
+    fn wake_sleepers(&self) {
+        let wakers = std::mem::take(&mut *self.sleepers.lock());
+        for waker in wakers {
+            waker.wake();
+        }
     }
 
     /// Set the clock to `time` (may move backwards).
@@ -87,6 +113,30 @@ impl ManualClock {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         self.nanos_since_epoch.store(nanos, Ordering::SeqCst);
+        self.wake_sleepers();
+    }
+}
+
+/// A sleep on a [`ManualClock`] that waits for the clock to pass its deadline.
+struct ManualSleep {
+    clock: ManualClock,
+    deadline: SystemTime,
+}
+
+impl Future for ManualSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.clock.now() >= self.deadline || self.clock.auto_advance.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        self.clock.sleepers.lock().push(cx.waker().clone());
+        // Re-check: the clock may have moved between the test and the registration.
+        if self.clock.now() >= self.deadline {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -104,9 +154,16 @@ impl Runtime for ManualClock {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.advance(duration);
-        // Still yield to the executor once so a sleeping loop cannot starve other tasks.
-        self.inner.sleep(Duration::ZERO)
+        if self.auto_advance.load(Ordering::SeqCst) {
+            self.advance(duration);
+            // Still yield to the executor once so a sleeping loop cannot starve other tasks.
+            return self.inner.sleep(Duration::ZERO);
+        }
+        ManualSleep {
+            clock: self.clone(),
+            deadline: self.now() + duration,
+        }
+        .boxed()
     }
 
     fn spawn(&self, task: BoxFuture<'static, ()>) {

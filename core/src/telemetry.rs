@@ -15,6 +15,10 @@ pub const IDP_DURATION: &str = "tokenwell_idp_request_duration_seconds";
 pub const RETRIES: &str = "tokenwell_retries_total";
 /// Callers that joined an identity-provider call already in flight.
 pub const COALESCED_WAITERS: &str = "tokenwell_coalesced_waiters_total";
+/// Calls refused locally by client-side throttling.
+pub const THROTTLED: &str = "tokenwell_throttled_total";
+/// Background (proactive) refreshes, labelled `outcome` = `ok` | `error`.
+pub const BACKGROUND_REFRESHES: &str = "tokenwell_background_refreshes_total";
 /// Calls that served a cached token because its renewal failed for a transient reason.
 pub const STALE_SERVED: &str = "tokenwell_stale_tokens_served_total";
 
@@ -41,4 +45,13 @@ pub(crate) fn coalesced_waiter() {
 
 pub(crate) fn stale_served() {
     metrics::counter!(STALE_SERVED).increment(1);
+}
+
+pub(crate) fn throttled() {
+    metrics::counter!(THROTTLED).increment(1);
+}
+
+pub(crate) fn background_refresh(ok: bool) {
+    metrics::counter!(BACKGROUND_REFRESHES, "outcome" => if ok { "ok" } else { "error" })
+        .increment(1);
 }

@@ -7,23 +7,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::channel::oneshot;
+use futures::future::{BoxFuture, Either, select};
+use hashbrown::HashMap;
+use parking_lot::Mutex;
 
-use super::pipeline::{FetchStats, Pipeline};
+use super::engine::{Engine, FetchPlan, FlightKey, FlightResult, Lookup, RefreshOptions};
+use super::pipeline::Pipeline;
 use crate::authority::Authority;
 use crate::cache::{AccessToken, AccessTokenQuery, PartitionCache, PartitionKey, TokenCache};
-use crate::coalesce::SingleFlight;
 use crate::credential::{AssertionContext, ClientCredential};
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
 use crate::response::TokenResponse;
-use crate::result::{
-    AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
-};
+use crate::result::{AuthenticationResult, CacheRefreshReason};
 use crate::retry::RetryPolicy;
-use crate::runtime::{Runtime, unix_seconds};
+use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
-use crate::telemetry;
+use crate::throttle::{FlowKind, ThrottleKey, ThrottlingPolicy};
 
 /// A token counts as expired this long before `expires_on` (MSAL's default), so a token handed
 /// out is still valid when it reaches the resource.
@@ -31,12 +32,6 @@ pub const DEFAULT_EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
 
 /// Tokens living at least this long get a `refresh_on` at half their lifetime.
 const HALF_LIFE_REFRESH_MIN_LIFETIME: u64 = 2 * 3600;
-
-/// Everything a flight (one coalesced identity-provider call) returns.
-type FlightResult = (Arc<AccessToken>, FetchStats);
-
-/// Key of an in-flight request: partition + realm + scopes.
-type FlightKey = (PartitionKey, Arc<str>, Arc<str>);
 
 /// A confidential client: acquires tokens for itself (client credentials) with a secret,
 /// a certificate or an assertion, caches them, and coalesces concurrent misses.
@@ -72,10 +67,9 @@ struct Inner {
     authority: Authority,
     default_partition: PartitionKey,
     credential: ClientCredential,
-    pipeline: Pipeline,
-    cache: TokenCache,
-    expiry_buffer_secs: u64,
-    flights: SingleFlight<FlightKey, FlightResult>,
+    engine: Arc<Engine>,
+    /// Refresh-ahead loops by key; dropping the senders (with the app) stops the loops.
+    refresh_ahead: Mutex<HashMap<FlightKey, oneshot::Sender<()>>>,
 }
 
 impl ConfidentialClientApplication {
@@ -91,6 +85,8 @@ impl ConfidentialClientApplication {
             send_options: SendOptions::default(),
             expiry_buffer: DEFAULT_EXPIRY_BUFFER,
             retry: RetryPolicy::default(),
+            refresh: RefreshOptions::default(),
+            throttling: ThrottlingPolicy::default(),
         }
     }
 
@@ -117,7 +113,7 @@ impl ConfidentialClientApplication {
 
     /// The token cache (L1) of this application.
     pub fn cache(&self) -> &TokenCache {
-        &self.inner.cache
+        &self.inner.engine.cache
     }
 }
 
@@ -127,7 +123,7 @@ impl fmt::Debug for ConfidentialClientApplication {
             .field("client_id", &self.inner.client_id)
             .field("authority", &self.inner.authority.url())
             .field("credential", &self.inner.credential)
-            .field("cache", &self.inner.cache)
+            .field("cache", &self.inner.engine.cache)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +140,8 @@ pub struct ConfidentialClientApplicationBuilder {
     send_options: SendOptions,
     expiry_buffer: Duration,
     retry: RetryPolicy,
+    refresh: RefreshOptions,
+    throttling: ThrottlingPolicy,
 }
 
 impl ConfidentialClientApplicationBuilder {
@@ -202,6 +200,18 @@ impl ConfidentialClientApplicationBuilder {
         self
     }
 
+    /// Proactive-refresh settings (jitter, back-off, opt-in refresh-ahead).
+    pub fn refresh_options(mut self, refresh: RefreshOptions) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// Client-side throttling windows (default: MSAL's rules).
+    pub fn throttling(mut self, throttling: ThrottlingPolicy) -> Self {
+        self.throttling = throttling;
+        self
+    }
+
     /// Validate and build.
     ///
     /// # Errors
@@ -236,21 +246,26 @@ impl ConfidentialClientApplicationBuilder {
             return Err(Error::configuration("max_response_bytes must be above 0"));
         }
         let default_partition = PartitionKey::for_app(&self.client_id, authority.tenant());
+        let engine = Engine::new(
+            Pipeline {
+                transport,
+                runtime,
+                send_options: self.send_options,
+                retry: self.retry,
+            },
+            TokenCache::new(cache),
+            self.expiry_buffer,
+            self.refresh,
+            self.throttling,
+        );
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
                 client_id: self.client_id,
                 default_partition,
                 authority,
                 credential,
-                pipeline: Pipeline {
-                    transport,
-                    runtime,
-                    send_options: self.send_options,
-                    retry: self.retry,
-                },
-                cache: TokenCache::new(cache),
-                expiry_buffer_secs: self.expiry_buffer.as_secs(),
-                flights: SingleFlight::new(),
+                engine: Arc::new(engine),
+                refresh_ahead: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -286,6 +301,7 @@ impl AcquireTokenForClient<'_> {
     pub async fn execute(self) -> Result<AuthenticationResult> {
         let started = Instant::now();
         let inner = &self.app.inner;
+        let engine = &inner.engine;
         if self.scopes.is_empty() {
             return Err(Error::configuration("no scopes requested"));
         }
@@ -293,99 +309,86 @@ impl AcquireTokenForClient<'_> {
         let (authority, partition) = match &self.tenant {
             Some(t) if t != inner.authority.tenant() => {
                 overridden = inner.authority.with_tenant(t);
-                let key = PartitionKey::for_app(&inner.client_id, t);
-                (&overridden, key)
+                (&overridden, PartitionKey::for_app(&inner.client_id, t))
             }
             _ => (&inner.authority, inner.default_partition.clone()),
         };
-        let now = unix_seconds(inner.pipeline.runtime.now());
-
-        let mut stale: Option<Arc<AccessToken>> = None;
-        let reason = if self.force_refresh {
-            CacheRefreshReason::ForceRefreshOrClaims
+        let now = engine.now();
+        let (reason, stale) = if self.force_refresh {
+            (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
-            match inner.cache.get(&partition) {
-                Some(snapshot) => {
-                    let query = AccessTokenQuery {
-                        home_account_id: None,
-                        environment: authority.environment(),
-                        realm: authority.tenant(),
-                        token_type: "Bearer",
-                        key_id: None,
-                        scopes: &self.scopes,
-                    };
-                    match snapshot.find_access_token(&query) {
-                        Some(token) if !token.is_expired(now, inner.expiry_buffer_secs) => {
-                            telemetry::cache_hit("l1");
-                            let mut metadata = AuthenticationResultMetadata::new(
-                                TokenSource::CacheL1,
-                                CacheRefreshReason::NotApplicable,
-                            );
-                            let elapsed = started.elapsed();
-                            metadata.total_duration = elapsed;
-                            metadata.cache_duration = elapsed;
-                            return Ok(AuthenticationResult::new(Arc::clone(token), metadata));
-                        }
-                        Some(token) => {
-                            if !token.is_hard_expired(now) {
-                                stale = Some(Arc::clone(token));
-                            }
-                            CacheRefreshReason::Expired
-                        }
-                        None => CacheRefreshReason::NoCachedAccessToken,
-                    }
+            let query = AccessTokenQuery {
+                home_account_id: None,
+                environment: authority.environment(),
+                realm: authority.tenant(),
+                token_type: "Bearer",
+                key_id: None,
+                scopes: &self.scopes,
+            };
+            match engine.lookup(&partition, &query, now) {
+                Lookup::Fresh(token) => {
+                    return Ok(Engine::cache_result(
+                        token,
+                        CacheRefreshReason::NotApplicable,
+                        started,
+                    ));
                 }
-                None => CacheRefreshReason::NoCachedAccessToken,
+                Lookup::PastRefreshOn(token) => {
+                    engine.refresh_in_background(
+                        &token,
+                        now,
+                        || client_plan(inner, authority, &partition, &self.scopes),
+                        || {
+                            fetch_for_client(
+                                Arc::clone(inner),
+                                authority.clone(),
+                                partition.clone(),
+                                self.scopes.clone(),
+                            )
+                        },
+                    );
+                    return Ok(Engine::cache_result(
+                        token,
+                        CacheRefreshReason::ProactivelyRefreshed,
+                        started,
+                    ));
+                }
+                Lookup::Miss { reason, stale } => (reason, stale),
             }
         };
-        let cache_duration = started.elapsed();
-        telemetry::cache_miss();
+        let plan = client_plan(inner, authority, &partition, &self.scopes);
+        engine
+            .fetch(plan, reason, stale, started, || {
+                fetch_for_client(
+                    Arc::clone(inner),
+                    authority.clone(),
+                    partition.clone(),
+                    self.scopes.clone(),
+                )
+            })
+            .await
+    }
+}
 
-        let flight_key: FlightKey = (
+fn client_plan(
+    inner: &Inner,
+    authority: &Authority,
+    partition: &PartitionKey,
+    scopes: &ScopeSet,
+) -> FetchPlan {
+    FetchPlan {
+        flight_key: (
             partition.clone(),
             authority.tenant().into(),
-            self.scopes.normalized().into(),
-        );
-        let (flight, leader) = inner.flights.join_or_start(flight_key, || {
-            fetch_for_client(
-                Arc::clone(inner),
-                authority.clone(),
-                partition.clone(),
-                self.scopes.clone(),
-            )
-            .boxed()
-        });
-        if !leader {
-            telemetry::coalesced_waiter();
-        }
-        match flight.await {
-            Ok((token, stats)) => {
-                let mut metadata =
-                    AuthenticationResultMetadata::new(TokenSource::IdentityProvider, reason);
-                metadata.total_duration = started.elapsed();
-                metadata.cache_duration = cache_duration;
-                metadata.http_duration = stats.http_duration;
-                metadata.retries = stats.retries;
-                Ok(AuthenticationResult::new(token, metadata))
-            }
-            Err(error) => match stale {
-                // Inside the expiry buffer but still valid: a transient failure does not take
-                // the service down; serve the cached token and say why.
-                Some(token) if error.is_transient() => {
-                    tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
-                    telemetry::stale_served();
-                    let mut metadata = AuthenticationResultMetadata::new(
-                        TokenSource::CacheL1,
-                        CacheRefreshReason::Expired,
-                    );
-                    metadata.total_duration = started.elapsed();
-                    metadata.cache_duration = cache_duration;
-                    metadata.refresh_failure = Some(error.to_string());
-                    Ok(AuthenticationResult::new(token, metadata))
-                }
-                _ => Err(error),
-            },
-        }
+            scopes.normalized().into(),
+        ),
+        throttle_key: ThrottleKey::new(
+            &inner.client_id,
+            &authority.url(),
+            scopes.normalized(),
+            None,
+        ),
+        flow: FlowKind::Confidential,
     }
 }
 
@@ -409,12 +412,13 @@ fn fetch_for_client(
         let endpoint = authority.token_endpoint();
         let scope_param = scopes.to_target();
         let (response, stats) = inner
+            .engine
             .pipeline
             .token_request(&endpoint, || {
                 let context = AssertionContext::new(
                     &inner.client_id,
                     &endpoint,
-                    inner.pipeline.runtime.now(),
+                    inner.engine.pipeline.runtime.now(),
                 );
                 let credential = inner.credential.clone();
                 let client_id = inner.client_id.clone();
@@ -430,7 +434,7 @@ fn fetch_for_client(
                 }
             })
             .await?;
-        let now = unix_seconds(inner.pipeline.runtime.now());
+        let now = inner.engine.now();
         let entry = access_token_from_response(
             &response,
             authority.environment(),
@@ -441,16 +445,106 @@ fn fetch_for_client(
         );
         let entry = Arc::new(entry);
         let stored = Arc::clone(&entry);
-        inner.cache.update(&partition, move |current| {
+        inner.engine.cache.update(&partition, move |current| {
             current
                 .cloned()
                 .unwrap_or_default()
                 .with_access_token((*stored).clone(), now)
         });
         tracing::debug!(partition = %partition, expires_on = entry.expires_on, "cached a new access token");
+        if inner.engine.refresh.refresh_ahead {
+            start_refresh_ahead(&inner, &authority, &partition, &scopes, &entry);
+        }
         Ok((entry, stats))
     }
     .boxed()
+}
+
+/// When a token should be renewed with nobody asking: its `refresh_on`, else a minute before
+/// it enters the expiry buffer.
+fn refresh_ahead_due(engine: &Engine, token: &AccessToken) -> u64 {
+    token.refresh_on.unwrap_or_else(|| {
+        token
+            .expires_on
+            .saturating_sub(engine.expiry_buffer_secs + 60)
+    })
+}
+
+/// Start the refresh-ahead loop of one key, unless it runs already.
+fn start_refresh_ahead(
+    inner: &Arc<Inner>,
+    authority: &Authority,
+    partition: &PartitionKey,
+    scopes: &ScopeSet,
+    token: &AccessToken,
+) {
+    let plan = client_plan(inner, authority, partition, scopes);
+    let mut loops = inner.refresh_ahead.lock();
+    if loops.contains_key(&plan.flight_key) {
+        return;
+    }
+    let (stop, stopped) = oneshot::channel();
+    loops.insert(plan.flight_key.clone(), stop);
+    let due = refresh_ahead_due(&inner.engine, token);
+    let task = refresh_ahead_loop(
+        Arc::downgrade(inner),
+        stopped,
+        authority.clone(),
+        partition.clone(),
+        scopes.clone(),
+        due,
+    );
+    inner.engine.pipeline.runtime.spawn(task.boxed());
+}
+
+/// Renew one key at each token's due time until the application is dropped. Holds only a weak
+/// reference between rounds, so it never keeps the application alive.
+async fn refresh_ahead_loop(
+    app: std::sync::Weak<Inner>,
+    mut stopped: oneshot::Receiver<()>,
+    authority: Authority,
+    partition: PartitionKey,
+    scopes: ScopeSet,
+    mut due: u64,
+) {
+    loop {
+        let sleep = {
+            let Some(inner) = app.upgrade() else { return };
+            let wait = due.saturating_sub(inner.engine.now());
+            inner.engine.pipeline.runtime.sleep(Duration::from_secs(wait))
+        };
+        if let Either::Right(_) = select(sleep, &mut stopped).await {
+            return;
+        }
+        let Some(inner) = app.upgrade() else { return };
+        let engine = Arc::clone(&inner.engine);
+        let plan = client_plan(&inner, &authority, &partition, &scopes);
+        if let Some(throttled) = engine.throttled(plan.throttle_key) {
+            let wait = throttled.retry_after().unwrap_or_default().as_secs().max(1);
+            due = engine.now() + wait;
+            continue;
+        }
+        let flight = engine.background_flight(&plan, || {
+            fetch_for_client(
+                Arc::clone(&inner),
+                authority.clone(),
+                partition.clone(),
+                scopes.clone(),
+            )
+        });
+        drop(inner);
+        match flight.await {
+            Ok((token, _)) => {
+                crate::telemetry::background_refresh(true);
+                due = refresh_ahead_due(&engine, &token);
+            }
+            Err(error) => {
+                crate::telemetry::background_refresh(false);
+                tracing::warn!(error = %error, "refresh-ahead failed; retrying after back-off");
+                due = engine.now() + engine.refresh.failure_backoff.as_secs().max(1);
+            }
+        }
+    }
 }
 
 /// Build the cache entry for a token response, with MSAL's `refresh_on` rule.

@@ -4,6 +4,9 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::Rng;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +92,84 @@ pub struct AccessToken {
     /// Fields this version does not know (name, raw JSON value), kept so an MSAL cache
     /// survives an import/export round trip.
     pub extra: Vec<(String, String)>,
+    /// This process's proactive-refresh state for the entry (never stored or compared).
+    #[serde(skip)]
+    pub refresh_gate: RefreshGate,
+}
+
+/// Per-entry, per-process proactive-refresh state: a random jitter so the nodes of a farm do
+/// not refresh in the same second, and when the next background refresh may start (so a hot
+/// token past `refresh_on` starts one refresh, not one per hit).
+///
+/// A clone or a freshly loaded entry gets a new jitter and an open gate. It never takes part
+/// in equality.
+pub struct RefreshGate {
+    /// Jitter as a fraction of the configured maximum, in thousandths (-1000..=1000).
+    jitter_permille: i16,
+    /// Unix seconds before which no new background refresh starts.
+    next_attempt: AtomicU64,
+}
+
+impl RefreshGate {
+    /// An open gate with a random jitter.
+    pub fn new() -> Self {
+        RefreshGate {
+            jitter_permille: rand::rng().random_range(-1000..=1000),
+            next_attempt: AtomicU64::new(0),
+        }
+    }
+
+    /// `refresh_on` moved by this entry's share of `max_jitter_secs`.
+    #[inline]
+    pub fn jittered(&self, refresh_on: u64, max_jitter_secs: u64) -> u64 {
+        let shift = (max_jitter_secs as i64 * self.jitter_permille as i64) / 1000;
+        (refresh_on as i64 + shift).max(0) as u64
+    }
+
+    /// Claim the right to start a background refresh at `now`; on success no other claim
+    /// succeeds until `hold_until`.
+    #[inline]
+    pub fn try_claim(&self, now: u64, hold_until: u64) -> bool {
+        let next = self.next_attempt.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_attempt
+                .compare_exchange(next, hold_until, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Keep the gate closed until `until` (after a failed refresh: back off).
+    pub fn hold_until(&self, until: u64) {
+        self.next_attempt.store(until, Ordering::Release);
+    }
+}
+
+impl Default for RefreshGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for RefreshGate {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl PartialEq for RefreshGate {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RefreshGate {}
+
+impl fmt::Debug for RefreshGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshGate")
+            .field("next_attempt", &self.next_attempt.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl AccessToken {
@@ -118,6 +199,7 @@ impl AccessToken {
             refresh_on: None,
             key_id: None,
             extra: Vec::new(),
+            refresh_gate: RefreshGate::new(),
         }
     }
 
