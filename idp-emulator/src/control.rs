@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use crate::config::TokenLifetimes;
 use crate::faults::Fault;
+use crate::grants;
 use crate::server::{Reply, Req, Shared};
-use crate::state::UserSpec;
+use crate::state::{ManagedIdentity, UserSpec};
 
 fn bad_request(message: impl Into<String>) -> Reply {
     Reply::json(
@@ -153,6 +154,103 @@ pub(crate) fn handle(shared: &Arc<Shared>, req: &Req, segments: &[&str]) -> Repl
                 "name": user.name,
                 "home_account_id": user.home_account_id(),
             }))
+        }
+        (&Method::POST, ["default-user"]) => {
+            let username = str_field(&body, "username");
+            let mut st = shared.state.lock();
+            if let Some(name) = username {
+                st.user_or_create(name);
+            }
+            st.default_user = username.map(str::to_owned);
+            Reply::ok(json!({"default_user": username}))
+        }
+        (&Method::POST, ["authorization-codes"]) => {
+            let (Some(client_id), Some(username), Some(redirect_uri)) = (
+                str_field(&body, "client_id"),
+                str_field(&body, "username"),
+                str_field(&body, "redirect_uri"),
+            ) else {
+                return bad_request("'client_id', 'username' and 'redirect_uri' are required");
+            };
+            let scopes = match body.get("scopes") {
+                Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                _ => vec![
+                    "openid".to_owned(),
+                    "profile".to_owned(),
+                    "offline_access".to_owned(),
+                ],
+            };
+            let challenge =
+                str_field(&body, "code_challenge").map(|c| (c.to_owned(), "S256".to_owned()));
+            let code = grants::issue_code(
+                &mut shared.state.lock(),
+                client_id,
+                username,
+                scopes,
+                Some(redirect_uri.to_owned()),
+                challenge,
+                None,
+            );
+            Reply::ok(json!({"code": code}))
+        }
+        (&Method::GET, ["device-codes", "last"]) => {
+            let code = shared.state.lock().last_user_code.clone();
+            Reply::ok(json!({"user_code": code}))
+        }
+        (&Method::POST, ["device-codes", "approve"]) => {
+            let (Some(user_code), Some(username)) =
+                (str_field(&body, "user_code"), str_field(&body, "username"))
+            else {
+                return bad_request("'user_code' and 'username' are required");
+            };
+            let ok = grants::approve_device_code(&mut shared.state.lock(), user_code, username);
+            Reply::json(if ok { 200 } else { 404 }, json!({"approved": ok}))
+        }
+        (&Method::POST, ["device-codes", "decline"]) => {
+            let Some(user_code) = str_field(&body, "user_code") else {
+                return bad_request("'user_code' is required");
+            };
+            let ok = grants::decline_device_code(&mut shared.state.lock(), user_code);
+            Reply::json(if ok { 200 } else { 404 }, json!({"declined": ok}))
+        }
+        (&Method::POST, ["refresh-tokens", "revoke"]) => {
+            let Some(username) = str_field(&body, "username") else {
+                return bad_request("'username' is required");
+            };
+            let revoked = grants::revoke_refresh_tokens(&mut shared.state.lock(), username);
+            Reply::ok(json!({"revoked": revoked}))
+        }
+        (&Method::GET, ["managed-identity"]) => {
+            let st = shared.state.lock();
+            let identity = |mi: &ManagedIdentity| json!({"client_id": mi.client_id, "object_id": mi.object_id, "resource_id": mi.resource_id});
+            Reply::ok(json!({
+                "imds_endpoint": format!("{}/metadata/identity/oauth2/token", shared.base_url),
+                "app_service_endpoint": format!("{}/msi/token", shared.base_url),
+                "app_service_identity_header": st.app_service_secret,
+                "system_assigned": identity(&st.system_identity),
+                "user_assigned": st.user_identities.iter().map(identity).collect::<Vec<_>>(),
+            }))
+        }
+        (&Method::POST, ["managed-identities"]) => {
+            let (Some(client_id), Some(object_id)) =
+                (str_field(&body, "client_id"), str_field(&body, "object_id"))
+            else {
+                return bad_request("'client_id' and 'object_id' are required");
+            };
+            let resource_id = str_field(&body, "resource_id").unwrap_or_default();
+            let mut st = shared.state.lock();
+            st.user_identities.retain(|mi| mi.client_id != client_id);
+            st.user_identities.push(ManagedIdentity {
+                client_id: client_id.to_owned(),
+                object_id: object_id.to_owned(),
+                resource_id: resource_id.to_owned(),
+            });
+            Reply::ok(json!({"client_id": client_id}))
         }
         _ => Reply::json(
             404,

@@ -11,12 +11,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{EmulatorConfig, TokenLifetimes};
+use crate::config::{DeviceCodeSettings, EmulatorConfig, RefreshTokenRotation, TokenLifetimes};
 use crate::error::EmulatorError;
 use crate::faults::Fault;
 use crate::fixtures::IDP_SIGNING_KEY_PEM;
+use crate::grants::{self, ClientAuth};
 use crate::server::{self, Shared};
-use crate::state::{Certificate, FederatedIssuer, RecordedRequest, State, UserSpec};
+use crate::state::{
+    Certificate, FederatedIssuer, ManagedIdentity, RecordedRequest, State, UserSpec,
+};
 use crate::tokens::{Signer, parse_certificate, parse_public_key_or_certificate};
 
 /// A running identity-provider emulator on loopback. Dropping it stops the server (open
@@ -234,6 +237,161 @@ impl Emulator {
     /// `name`).
     pub fn add_user(&self, spec: UserSpec) -> UserSpec {
         self.shared.state.lock().add_user(spec)
+    }
+
+    /// Sets the user `/authorize` signs in when the request has no known `login_hint`.
+    pub fn set_default_user(&self, username: Option<&str>) {
+        let mut st = self.shared.state.lock();
+        if let Some(name) = username {
+            st.user_or_create(name);
+        }
+        st.default_user = username.map(str::to_owned);
+    }
+
+    /// Registers a federated credential: client assertions whose `iss` is `issuer` (not the
+    /// client id) and whose signature verifies with `key_pem` (a certificate, an SPKI
+    /// `PUBLIC KEY` or a PKCS#1 `RSA PUBLIC KEY`) authenticate `client_id`. Their `aud` may be
+    /// `api://AzureADTokenExchange` or the token endpoint.
+    ///
+    /// # Errors
+    /// When the PEM holds no usable RSA or EC public key.
+    pub fn register_federated_issuer(
+        &self,
+        client_id: &str,
+        issuer: &str,
+        key_pem: &str,
+    ) -> Result<(), EmulatorError> {
+        self.shared
+            .register_federated_issuer(client_id, issuer, key_pem)
+    }
+
+    /// Adds an application ID URI (such as `api://my-api`) under which `client_id` accepts
+    /// on-behalf-of assertions (`client_id` and `api://{client_id}` always work).
+    pub fn register_app_id_uri(&self, client_id: &str, uri: &str) {
+        let mut st = self.shared.state.lock();
+        let client = st.clients.entry(client_id.to_owned()).or_default();
+        if !client.app_id_uris.iter().any(|u| u == uri) {
+            client.app_id_uris.push(uri.to_owned());
+        }
+    }
+
+    /// Issues an authorization code as if `username` (created if unknown) had signed in to
+    /// `client_id` and consented to `scopes`. With `code_challenge` (S256), redemption needs the
+    /// matching `code_verifier`; `redirect_uri` must be repeated on redemption.
+    pub fn issue_authorization_code(
+        &self,
+        client_id: &str,
+        username: &str,
+        scopes: &[&str],
+        redirect_uri: &str,
+        code_challenge: Option<&str>,
+    ) -> String {
+        let mut st = self.shared.state.lock();
+        grants::issue_code(
+            &mut st,
+            client_id,
+            username,
+            scopes.iter().map(|s| (*s).to_owned()).collect(),
+            Some(redirect_uri.to_owned()),
+            code_challenge.map(|c| (c.to_owned(), "S256".to_owned())),
+            None,
+        )
+    }
+
+    /// Signs a user access token as if `client_id` had obtained it for `username` (created if
+    /// unknown) and `scopes`: the incoming token of an on-behalf-of test.
+    pub fn user_access_token(&self, username: &str, client_id: &str, scopes: &[&str]) -> String {
+        let mut st = self.shared.state.lock();
+        let user = st.user_or_create(username);
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let claims = grants::user_access_claims(
+            &self.shared,
+            &st,
+            &user,
+            client_id,
+            &scopes,
+            ClientAuth::Public,
+        );
+        self.shared.signer.sign(&claims).unwrap_or_default()
+    }
+
+    /// Revokes every refresh token of `username`; returns how many were still valid.
+    pub fn revoke_refresh_tokens(&self, username: &str) -> usize {
+        grants::revoke_refresh_tokens(&mut self.shared.state.lock(), username)
+    }
+
+    /// Changes what happens to redeemed refresh tokens from now on.
+    pub fn set_refresh_token_rotation(&self, rotation: RefreshTokenRotation) {
+        self.shared.state.lock().rotation = rotation;
+    }
+
+    /// Changes the device-code knobs for codes issued (and polls made) from now on.
+    pub fn set_device_code_settings(&self, settings: DeviceCodeSettings) {
+        self.shared.state.lock().device_settings = settings;
+    }
+
+    /// Approves a pending device code for `username` (created if unknown). False when no
+    /// pending, unexpired code has this user code.
+    pub fn approve_device_code(&self, user_code: &str, username: &str) -> bool {
+        grants::approve_device_code(&mut self.shared.state.lock(), user_code, username)
+    }
+
+    /// Declines a pending device code: the next poll gets `authorization_declined`.
+    pub fn decline_device_code(&self, user_code: &str) -> bool {
+        grants::decline_device_code(&mut self.shared.state.lock(), user_code)
+    }
+
+    /// The user code of the most recent `/devicecode` request.
+    pub fn last_user_code(&self) -> Option<String> {
+        self.shared.state.lock().last_user_code.clone()
+    }
+
+    /// `{base_url}/{tenant}/oauth2/v2.0/authorize`.
+    pub fn authorize_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/authorize", self.shared.base_url)
+    }
+
+    /// `{base_url}/{tenant}/oauth2/v2.0/devicecode`.
+    pub fn device_code_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/devicecode", self.shared.base_url)
+    }
+
+    /// The IMDS token endpoint, `{base_url}/metadata/identity/oauth2/token`.
+    pub fn imds_endpoint(&self) -> String {
+        format!("{}/metadata/identity/oauth2/token", self.shared.base_url)
+    }
+
+    /// The App Service endpoint (`IDENTITY_ENDPOINT`), `{base_url}/msi/token`.
+    pub fn app_service_endpoint(&self) -> String {
+        format!("{}/msi/token", self.shared.base_url)
+    }
+
+    /// The secret App Service callers send as `X-IDENTITY-HEADER` (`IDENTITY_HEADER`).
+    pub fn app_service_identity_header(&self) -> String {
+        self.shared.state.lock().app_service_secret.clone()
+    }
+
+    /// The system-assigned managed identity (used when a request names no identity).
+    pub fn system_assigned_identity(&self) -> ManagedIdentity {
+        self.shared.state.lock().system_identity.clone()
+    }
+
+    /// Adds a user-assigned managed identity, selectable by client id, object id or resource id.
+    pub fn add_user_assigned_identity(
+        &self,
+        client_id: &str,
+        object_id: &str,
+        resource_id: &str,
+    ) -> ManagedIdentity {
+        let identity = ManagedIdentity {
+            client_id: client_id.to_owned(),
+            object_id: object_id.to_owned(),
+            resource_id: resource_id.to_owned(),
+        };
+        let mut st = self.shared.state.lock();
+        st.user_identities.retain(|mi| mi.client_id != client_id);
+        st.user_identities.push(identity.clone());
+        identity
     }
 
     /// The emulator's clock, in Unix seconds.

@@ -1,7 +1,5 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
-// Phase-2 state is declared ahead of the grants that use it.
-#![allow(dead_code)]
 
 mod aad;
 mod clock;
@@ -24,4 +22,4 @@ pub use config::{DeviceCodeSettings, EmulatorConfig, RefreshTokenRotation, Token
 pub use emulator::Emulator;
 pub use error::EmulatorError;
 pub use faults::Fault;
-pub use state::{RecordedRequest, UserSpec};
+pub use state::{ManagedIdentity, RecordedRequest, UserSpec};

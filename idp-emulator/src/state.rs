@@ -135,6 +135,7 @@ pub(crate) struct AuthCode {
     pub challenge: Option<(String, String)>,
     pub nonce: Option<String>,
     pub expires_at: u64,
+    pub redeemed: bool,
 }
 
 /// Whether a refresh token may still be redeemed.
@@ -149,6 +150,7 @@ pub(crate) enum RtStatus {
 pub(crate) struct RefreshTokenRecord {
     pub client_id: String,
     pub username: String,
+    pub scopes: Vec<String>,
     pub expires_at: u64,
     pub status: RtStatus,
 }
@@ -164,7 +166,6 @@ pub(crate) enum DeviceStatus {
 pub(crate) struct DeviceCode {
     pub user_code: String,
     pub client_id: String,
-    pub tenant: String,
     pub scopes: Vec<String>,
     pub expires_at: u64,
     pub last_poll_ms: Option<u64>,
