@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::config::TokenLifetimes;
+use crate::config::{RefreshTokenRotation, TokenLifetimes};
 use crate::faults::Fault;
 use crate::grants;
 use crate::server::{Reply, Req, Shared};
@@ -154,6 +154,42 @@ pub(crate) fn handle(shared: &Arc<Shared>, req: &Req, segments: &[&str]) -> Repl
                 "name": user.name,
                 "home_account_id": user.home_account_id(),
             }))
+        }
+        (&Method::POST, ["device-code-settings"]) => {
+            let mut st = shared.state.lock();
+            let mut settings = st.device_settings.clone();
+            if let Some(v) = body.get("expires_in").and_then(Value::as_u64) {
+                settings.expires_in = v;
+            }
+            if let Some(v) = body.get("interval").and_then(Value::as_u64) {
+                settings.interval = v;
+            }
+            if let Some(v) = body.get("enforce_interval").and_then(Value::as_bool) {
+                settings.enforce_interval = v;
+            }
+            st.device_settings = settings.clone();
+            Reply::ok(json!({
+                "expires_in": settings.expires_in,
+                "interval": settings.interval,
+                "enforce_interval": settings.enforce_interval,
+            }))
+        }
+        (&Method::POST, ["refresh-token-rotation"]) => {
+            let rotation = match str_field(&body, "policy") {
+                Some("revoke_old") => RefreshTokenRotation::RevokeOld,
+                Some("keep_old") => RefreshTokenRotation::KeepOld,
+                Some("grace") => {
+                    let uses = body.get("uses").and_then(Value::as_u64).unwrap_or(1);
+                    RefreshTokenRotation::Grace(u32::try_from(uses).unwrap_or(u32::MAX))
+                }
+                _ => {
+                    return bad_request(
+                        "'policy' must be 'revoke_old', 'keep_old' or 'grace' (with 'uses')",
+                    );
+                }
+            };
+            shared.state.lock().rotation = rotation;
+            Reply::ok(json!({"policy": format!("{rotation:?}")}))
         }
         (&Method::POST, ["default-user"]) => {
             let username = str_field(&body, "username");

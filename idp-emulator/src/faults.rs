@@ -17,7 +17,7 @@ pub enum Fault {
     /// Answers `status` with an AAD-shaped JSON error whose `error` is `error`, and a
     /// `Retry-After` header carrying `retry_after` verbatim (seconds or an HTTP date).
     Status {
-        /// HTTP status code (429, 500, 503 …).
+        /// HTTP status code (429, 500, 503 …); values outside 200–599 are sent as 500.
         status: u16,
         /// OAuth `error` value (`temporarily_unavailable`, `server_error` …).
         error: String,
@@ -102,8 +102,8 @@ impl Fault {
             "status" => {
                 let status = u64_field("status")
                     .and_then(|s| u16::try_from(s).ok())
-                    .filter(|s| (100..=999).contains(s))
-                    .ok_or("status needs 'status' (100-999)")?;
+                    .filter(|s| (200..=599).contains(s))
+                    .ok_or("status needs 'status' (200-599)")?;
                 let error = value
                     .get("error")
                     .and_then(Value::as_str)

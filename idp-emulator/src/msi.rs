@@ -218,7 +218,7 @@ fn token_body(
         "iss": shared.issuer(&tenant),
         "iat": now,
         "nbf": now,
-        "exp": now + lifetimes.expires_in,
+        "exp": now.saturating_add(lifetimes.expires_in),
         "tid": tenant,
         "appid": identity.client_id,
         "azp": identity.client_id,
@@ -231,7 +231,7 @@ fn token_body(
         "jti": new_guid(),
     });
     let token = shared.signer.sign(&claims).unwrap_or_default();
-    let expires_on = (now + lifetimes.expires_in).to_string();
+    let expires_on = (now.saturating_add(lifetimes.expires_in)).to_string();
     let mut body = Map::new();
     body.insert("access_token".into(), json!(token));
     body.insert("expires_in".into(), json!(lifetimes.expires_in.to_string()));

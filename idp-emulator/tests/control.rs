@@ -219,3 +219,184 @@ fn binary_rejects_bad_arguments() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--bind"));
 }
+
+#[tokio::test]
+async fn control_api_drives_user_flows_and_managed_identity() {
+    use reqwest::Method;
+    let emu = Emulator::start().await.unwrap();
+    assert_eq!(
+        control(
+            &emu,
+            Method::POST,
+            "clients",
+            Some(json!({"client_id": "cli", "public": true}))
+        )
+        .await
+        .status,
+        200
+    );
+    let user = control(
+        &emu,
+        Method::POST,
+        "users",
+        Some(json!({"username": "zoe@contoso.com", "tenant": "t-1"})),
+    )
+    .await
+    .json();
+    assert_eq!(
+        user["home_account_id"],
+        format!("{}.t-1", user["oid"].as_str().unwrap())
+    );
+
+    // Authorization code minted through the control API, redeemed over the token endpoint.
+    let code = control(
+        &emu,
+        Method::POST,
+        "authorization-codes",
+        Some(json!({"client_id": "cli", "username": "zoe@contoso.com", "redirect_uri": "http://localhost/cb", "scopes": "api://x/read offline_access"})),
+    )
+    .await
+    .json()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = post_form(
+        &emu.token_endpoint("t-1"),
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", "cli"),
+            ("code", &code),
+            ("redirect_uri", "http://localhost/cb"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.bytes));
+    let rt = a.json()["refresh_token"].as_str().unwrap().to_owned();
+
+    // Rotation policy and revocation.
+    assert_eq!(
+        control(
+            &emu,
+            Method::POST,
+            "refresh-token-rotation",
+            Some(json!({"policy": "keep_old"}))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        control(
+            &emu,
+            Method::POST,
+            "refresh-token-rotation",
+            Some(json!({"policy": "nope"}))
+        )
+        .await
+        .status,
+        400
+    );
+    let token_url = emu.token_endpoint("t-1");
+    let refresh = || async {
+        post_form(
+            &token_url,
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", "cli"),
+                ("refresh_token", &rt),
+            ],
+        )
+        .await
+    };
+    assert_eq!(refresh().await.status, 200);
+    assert_eq!(refresh().await.status, 200);
+    let revoked = control(
+        &emu,
+        Method::POST,
+        "refresh-tokens/revoke",
+        Some(json!({"username": "zoe@contoso.com"})),
+    )
+    .await
+    .json();
+    assert_eq!(revoked["revoked"], 3);
+    assert_eq!(refresh().await.code(), 70008);
+
+    // Device code approved through the control API.
+    control(
+        &emu,
+        Method::POST,
+        "device-code-settings",
+        Some(json!({"enforce_interval": false})),
+    )
+    .await;
+    let dc = post_form(
+        &emu.device_code_endpoint("t-1"),
+        &[("client_id", "cli"), ("scope", "User.Read")],
+    )
+    .await
+    .json();
+    let last = control(&emu, Method::GET, "device-codes/last", None)
+        .await
+        .json();
+    assert_eq!(last["user_code"], dc["user_code"]);
+    let a = control(
+        &emu,
+        Method::POST,
+        "device-codes/approve",
+        Some(json!({"user_code": dc["user_code"], "username": "zoe@contoso.com"})),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = control(
+        &emu,
+        Method::POST,
+        "device-codes/approve",
+        Some(json!({"user_code": "ZZZZZZZZZ", "username": "zoe@contoso.com"})),
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    let a = post_form(
+        &emu.token_endpoint("t-1"),
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("client_id", "cli"),
+            ("device_code", dc["device_code"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.bytes));
+
+    // Managed identity description and a user-assigned identity.
+    let mi = control(&emu, Method::GET, "managed-identity", None)
+        .await
+        .json();
+    assert_eq!(mi["imds_endpoint"], emu.imds_endpoint());
+    assert_eq!(
+        mi["app_service_identity_header"],
+        emu.app_service_identity_header()
+    );
+    assert_eq!(
+        mi["system_assigned"]["client_id"],
+        emu.system_assigned_identity().client_id.as_str()
+    );
+    let a = control(
+        &emu,
+        Method::POST,
+        "managed-identities",
+        Some(json!({"client_id": "ua", "object_id": "ua-oid"})),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let resp = http()
+        .get(emu.imds_endpoint())
+        .query(&[
+            ("api-version", "2018-02-01"),
+            ("resource", "https://vault.azure.net"),
+            ("client_id", "ua"),
+        ])
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(resp).await.json()["client_id"], "ua");
+}

@@ -58,7 +58,7 @@ pub(crate) fn app_token_response(
         "iss": ctx.shared.issuer(&tid),
         "iat": now,
         "nbf": now,
-        "exp": now + st.lifetimes.expires_in,
+        "exp": now.saturating_add(st.lifetimes.expires_in),
         "tid": tid,
         "azp": client_id,
         "appid": client_id,

@@ -206,7 +206,7 @@ fn verify_client_assertion(
         ));
     };
     let nbf = time_claim(&claims, "nbf");
-    if exp <= now || nbf.is_some_and(|nbf| nbf > now + NBF_SKEW) {
+    if exp <= now || nbf.is_some_and(|nbf| nbf > now.saturating_add(NBF_SKEW)) {
         return Err(AadError::invalid_client(
             700_024,
             format!(

@@ -50,7 +50,7 @@ pub(crate) fn device_authorization(shared: &Arc<Shared>, req: &Req, tenant: &str
             user_code: user_code.clone(),
             client_id: client_id.to_owned(),
             scopes: scope_list(scope),
-            expires_at: now + settings.expires_in,
+            expires_at: now.saturating_add(settings.expires_in),
             last_poll_ms: None,
             status: DeviceStatus::Pending,
         },

@@ -78,7 +78,7 @@ pub(crate) fn user_access_claims(
         "iss": shared.issuer(&user.tenant),
         "iat": now,
         "nbf": now,
-        "exp": now + st.lifetimes.expires_in,
+        "exp": now.saturating_add(st.lifetimes.expires_in),
         "tid": user.tenant,
         "azp": client_id,
         "appid": client_id,
@@ -128,7 +128,7 @@ pub(crate) fn user_token_response(
                 client_id: grant.client_id.to_owned(),
                 username: user.username.clone(),
                 scopes: grant.scopes.to_vec(),
-                expires_at: now + st.refresh_token_lifetime,
+                expires_at: now.saturating_add(st.refresh_token_lifetime),
                 status: RtStatus::Active,
             },
         );
@@ -140,7 +140,7 @@ pub(crate) fn user_token_response(
             "iss": issuer,
             "iat": now,
             "nbf": now,
-            "exp": now + ID_TOKEN_LIFETIME,
+            "exp": now.saturating_add(ID_TOKEN_LIFETIME),
             "oid": user.oid,
             "tid": user.tenant,
             "sub": sub,
@@ -171,7 +171,7 @@ pub(crate) fn issue_code(
 ) -> String {
     let user = st.user_or_create(username);
     let code = random_token(48);
-    let expires_at = st.now() + CODE_LIFETIME;
+    let expires_at = st.now().saturating_add(CODE_LIFETIME);
     st.auth_codes.insert(
         code.clone(),
         AuthCode {
