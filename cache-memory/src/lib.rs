@@ -17,6 +17,10 @@
 //! ```
 #![deny(missing_docs)]
 
+mod store;
+
+pub use store::{DEFAULT_STORE_MAX_BYTES, MemoryStore, MemoryStoreBuilder};
+
 use std::sync::Arc;
 
 use quick_cache::Weighter;

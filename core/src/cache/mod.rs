@@ -2,6 +2,7 @@
 
 pub mod blob;
 pub mod model;
+pub mod msal_json;
 pub mod partition;
 
 use std::hash::{BuildHasher, Hash, Hasher};
