@@ -236,9 +236,7 @@ pub(crate) async fn play(
                 *status,
                 error,
                 aadsts_for(*status),
-                format!(
-                    "The service is temporarily unavailable (emulated fault: HTTP {status} {error})."
-                ),
+                format!("Emulated fault: the identity provider answered HTTP {status} '{error}'."),
             );
             let reply = match Reply::aad(&err, req, now) {
                 Reply::Json { status, body, .. } => Reply::Json {
