@@ -1,0 +1,184 @@
+//! Token-authenticated Redis: the ACL user's password is the access token the emulator issued,
+//! rotated to each new token, as Azure Cache for Redis with Entra ID behaves.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use support::eventually;
+use support::idp::{AuthRig, Fixed, RotatingAcl, allow_only, clients_of, login_works};
+use tokenwell_cache_redis::{RedisCredentials, RedisStore, TokenAuth};
+use tokenwell_core::cache::PartitionKey;
+use tokenwell_core::{StoreErrorKind, StoreWrite, TokenStore};
+use tokenwell_idp_emulator::TokenLifetimes;
+
+const TIMEOUT: Duration = Duration::from_millis(250);
+const WAIT: Duration = Duration::from_secs(10);
+
+fn key(name: &str) -> PartitionKey {
+    PartitionKey::for_app("client", name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_keeps_working_across_three_rotations() {
+    let rig = AuthRig::start(TokenLifetimes::new(3600).with_refresh_in(1800)).await;
+    let provider = Arc::new(RotatingAcl::new(rig.app.clone(), &rig.server));
+    let store = RedisStore::builder()
+        .url(rig.server.url())
+        .timeout(TIMEOUT)
+        .token_auth(TokenAuth::from_arc(provider.clone()).runtime(Arc::new(rig.clock.clone())))
+        .build()
+        .unwrap();
+
+    eventually(WAIT, "the first token is issued", || async {
+        provider.count() == 1
+    })
+    .await;
+    let k = key("rotations");
+    let StoreWrite::Stored { mut version } = store
+        .store(&k, Bytes::from_static(b"v1"), None, None)
+        .await
+        .unwrap()
+    else {
+        panic!("first write conflicts")
+    };
+    let (user, _) = provider.last();
+    let mut admin = rig.admin().await;
+    let clients = clients_of(&mut admin, &user).await;
+    assert_eq!(clients.len(), 1, "one multiplexed connection: {clients:?}");
+    let connection = clients[0].0;
+
+    for round in 1..=3 {
+        // Past refresh_on (refresh_in = 1800 s): the store renews the token.
+        rig.clock.advance(Duration::from_secs(1801));
+        eventually(WAIT, "a new token is issued", || async {
+            provider.count() == round + 1
+        })
+        .await;
+        let (_, old) = provider.issued.lock()[round - 1].clone();
+        let (_, new) = provider.last();
+        assert_ne!(old, new);
+
+        // The live connection was re-authenticated in place, not replaced.
+        eventually(WAIT, "the live connection re-authenticates", || async {
+            clients_of(&mut rig.admin().await, &user).await == [(connection, "auth".to_owned())]
+        })
+        .await;
+        assert!(
+            !login_works(&rig.server, &user, &old).await,
+            "old token retired"
+        );
+        assert!(login_works(&rig.server, &user, &new).await);
+
+        let written = store
+            .store(
+                &k,
+                Bytes::from(format!("v{}", round + 1)),
+                Some(version),
+                None,
+            )
+            .await
+            .unwrap();
+        let StoreWrite::Stored { version: next } = written else {
+            panic!("round {round}: {written:?}")
+        };
+        version = next;
+        assert_eq!(
+            store.load(&k).await.unwrap().unwrap().bytes,
+            Bytes::from(format!("v{}", round + 1))
+        );
+    }
+    // One identity-provider request per token: start-up and three renewals.
+    assert_eq!(rig.token_requests(), 4);
+
+    // A reconnect authenticates with the current token.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), "the store reconnects", || async {
+        store.load(&k).await.is_ok()
+    })
+    .await;
+    let clients = clients_of(&mut admin, &user).await;
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    assert_ne!(clients[0].0, connection, "a new connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_token_is_an_authentication_error_until_accepted() {
+    let rig = AuthRig::start(TokenLifetimes::new(3600)).await;
+    let mut admin = rig.admin().await;
+    allow_only(&mut admin, "app-identity", "the-right-token")
+        .await
+        .unwrap();
+    let credentials = RedisCredentials::new(
+        "app-identity",
+        "a-token-redis-does-not-know",
+        SystemTime::now() + Duration::from_secs(3600),
+    );
+    let store = RedisStore::builder()
+        .url(rig.server.url())
+        .timeout(TIMEOUT)
+        .token_auth(TokenAuth::new(Fixed(credentials)))
+        .build()
+        .unwrap();
+
+    let k = key("invalid");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = store.load(&k).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Authentication, "{error}");
+        assert!(started.elapsed() < TIMEOUT + Duration::from_millis(250));
+        let text = error.to_string();
+        eprintln!("{text}");
+        assert!(text.contains("refused the credentials"), "{text}");
+        assert!(text.contains("user 'app-identity'"), "{text}");
+        assert!(
+            !text.contains("a-token-redis-does-not-know"),
+            "never the token: {text}"
+        );
+    }
+
+    // Once Redis accepts the token, the store connects anew by itself.
+    allow_only(&mut admin, "app-identity", "a-token-redis-does-not-know")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), "the store logs in", || async {
+        store.load(&k).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_is_an_authentication_error() {
+    let rig = AuthRig::start(TokenLifetimes::new(3600)).await;
+    let mut admin = rig.admin().await;
+    allow_only(&mut admin, "app-identity", "an-expired-token")
+        .await
+        .unwrap();
+    let credentials = RedisCredentials::new(
+        "app-identity",
+        "an-expired-token",
+        SystemTime::now() - Duration::from_secs(10),
+    );
+    let store = RedisStore::builder()
+        .url(rig.server.url())
+        .timeout(TIMEOUT)
+        .token_auth(TokenAuth::new(Fixed(credentials)))
+        .build()
+        .unwrap();
+    let error = store.load(&key("expired")).await.unwrap_err();
+    eprintln!("{error}");
+    assert_eq!(error.kind(), StoreErrorKind::Authentication, "{error}");
+    assert!(error.to_string().contains("expired"), "{error}");
+    assert!(
+        clients_of(&mut admin, "app-identity").await.is_empty(),
+        "an expired token is never sent"
+    );
+}
