@@ -1,5 +1,6 @@
 //! SQLite store costs: a cold start (open the file, load a 100-token partition, decode it), a
-//! load + decode on an open store, and a compare-and-set write of that partition.
+//! load + decode on an open store (and each half alone), and a compare-and-set write of that
+//! partition.
 //!
 //! Run: `cargo bench -p tokenwell-cache-sqlite`
 
@@ -69,6 +70,15 @@ fn sqlite(c: &mut Criterion) {
             let stored = store.load(&key).await.unwrap().unwrap();
             black_box(codec.decode(&key, &stored.bytes).unwrap())
         })
+    });
+
+    group.bench_function("load_only_open_store", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(store.load(&key).await.unwrap().unwrap()) })
+    });
+
+    group.bench_function("decode_only", |b| {
+        b.iter(|| black_box(codec.decode(&key, &blob).unwrap()))
     });
 
     let mut version = runtime.block_on(store.load(&key)).unwrap().unwrap().version;

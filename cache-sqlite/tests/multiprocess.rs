@@ -1,5 +1,6 @@
 //! Several processes on one file. The test binary re-executes itself as the child processes:
 //! `child_process_entry_point` does nothing unless `TOKENWELL_SQLITE_CHILD` names a role.
+#![cfg(unix)]
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;

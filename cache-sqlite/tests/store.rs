@@ -1,4 +1,5 @@
 //! The store contract and each bad-file case, on real files.
+#![cfg(unix)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
