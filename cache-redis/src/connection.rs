@@ -59,7 +59,7 @@ impl ConnectionLike for Conn {
 
 /// Where to connect, kept to build a fresh connection when needed.
 pub(crate) enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Vec<String>),
 }
 
@@ -190,7 +190,7 @@ fn connect(settings: &Settings) -> RedisResult<Conn> {
                 config = config.set_credentials_provider(broker.clone());
             }
             Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
-                client.clone(),
+                (**client).clone(),
                 config,
             )?))
         }

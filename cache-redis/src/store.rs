@@ -267,8 +267,8 @@ pub struct RedisStoreBuilder {
 }
 
 impl RedisStoreBuilder {
-    /// One Redis server: `redis://[user:password@]host[:port][/db]` (`rediss://` needs a TLS
-    /// feature of the redis crate).
+    /// One Redis server: `redis://[user:password@]host[:port][/db]` (`rediss://` with the
+    /// `tls` feature).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
@@ -332,10 +332,10 @@ impl RedisStoreBuilder {
             return Err(Error::Configuration("timeouts must be above zero".into()));
         }
         let target = match (self.url, self.cluster_nodes) {
-            (Some(url), None) => Target::Single(
+            (Some(url), None) => Target::Single(Box::new(
                 redis::Client::open(url.as_str())
                     .map_err(|e| Error::Configuration(format!("invalid Redis URL: {e}")))?,
-            ),
+            )),
             (None, Some(nodes)) if !nodes.is_empty() => {
                 for node in &nodes {
                     redis::Client::open(node.as_str()).map_err(|e| {

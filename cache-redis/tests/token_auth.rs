@@ -182,3 +182,66 @@ async fn expired_token_is_an_authentication_error() {
         "an expired token is never sent"
     );
 }
+
+/// Counts calls; hands out a token valid for 60 s on the rig's clock.
+struct Counting {
+    clock: tokenwell_core::ManualClock,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl tokenwell_cache_redis::RedisCredentialProvider for Counting {
+    async fn credentials(&self) -> Result<RedisCredentials, tokenwell_cache_redis::Error> {
+        use tokenwell_core::Runtime;
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let now = self.clock.now();
+        Ok(
+            RedisCredentials::new("app-identity", "token", now + Duration::from_secs(60))
+                .with_issued_at(now),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
+    use std::sync::atomic::Ordering;
+    let rig = AuthRig::start(TokenLifetimes::new(3600)).await;
+    let mut admin = rig.admin().await;
+    allow_only(&mut admin, "app-identity", "token")
+        .await
+        .unwrap();
+    let provider = Arc::new(Counting {
+        clock: rig.clock.clone(),
+        calls: Default::default(),
+    });
+    let store = RedisStore::builder()
+        .url(rig.server.url())
+        .token_auth(TokenAuth::from_arc(provider.clone()).runtime(Arc::new(rig.clock.clone())))
+        .build()
+        .unwrap();
+    eventually(WAIT, "the first fetch", || async {
+        provider.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(store.load(&key("lifetime")).await.unwrap().is_none());
+
+    // 80 % of 60 s: nothing at 47 s, a renewal at 48 s.
+    rig.clock.advance(Duration::from_secs(47));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(provider.calls.load(Ordering::SeqCst), 1);
+    rig.clock.advance(Duration::from_secs(1));
+    eventually(WAIT, "the renewal at 80 %", || async {
+        provider.calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rig.clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        provider.calls.load(Ordering::SeqCst),
+        2,
+        "no renewal once the store is gone"
+    );
+}

@@ -188,11 +188,18 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| {
+        let ports: Vec<u16> = (0..masters).map(|_| free_port()).collect();
+        RedisCluster::start_on(&ports, &[])
+    }
+
+    /// A cluster on these ports, each node with extra configuration arguments.
+    pub fn start_on(ports: &[u16], extra: &[&str]) -> RedisCluster {
+        let nodes: Vec<RedisServer> = ports
+            .iter()
+            .map(|&port| {
                 // Choose the bus port too: port + 10000 may not exist for ephemeral ports.
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -201,7 +208,9 @@ impl RedisCluster {
                     "5000",
                     "--cluster-port",
                     &bus,
-                ])
+                ];
+                args.extend_from_slice(extra);
+                RedisServer::start_on(port, &args)
             })
             .collect();
         let addresses: Vec<String> = nodes
