@@ -16,9 +16,9 @@ pub mod runtime;
 pub mod scopes;
 pub mod store;
 pub mod telemetry;
-pub mod throttle;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod throttle;
 
 pub use app::{AcquireTokenForClient, ConfidentialClientApplication, RefreshOptions};
 pub use authority::Authority;
@@ -30,7 +30,7 @@ pub use result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 pub use retry::RetryPolicy;
-pub use throttle::{FlowKind, ThrottlingPolicy};
 pub use runtime::{ManualClock, Runtime};
 pub use scopes::{IntoScopeSet, ScopeSet};
 pub use store::{Lease, StoreError, StoreErrorKind, StoreWrite, StoredBlob, TokenStore};
+pub use throttle::{FlowKind, ThrottlingPolicy};

@@ -235,14 +235,38 @@ mod tests {
     fn rules() {
         let p = ThrottlingPolicy::default();
         let secs = |s| Some(Duration::from_secs(s));
-        assert_eq!(p.window_for(FlowKind::Confidential, &idp(429, "x", Some(30))), secs(30));
-        assert_eq!(p.window_for(FlowKind::Confidential, &idp(503, "x", Some(7200))), secs(3600));
-        assert_eq!(p.window_for(FlowKind::Confidential, &idp(503, "x", None)), None);
-        assert_eq!(p.window_for(FlowKind::Public, &idp(503, "x", None)), secs(60));
-        assert_eq!(p.window_for(FlowKind::Confidential, &idp(400, "invalid_grant", None)), None);
-        assert_eq!(p.window_for(FlowKind::Silent, &idp(400, "invalid_grant", None)), secs(120));
-        assert_eq!(p.window_for(FlowKind::Silent, &idp(400, "invalid_scope", None)), None);
-        assert_eq!(ThrottlingPolicy::disabled().window_for(FlowKind::Public, &idp(429, "x", Some(5))), None);
+        assert_eq!(
+            p.window_for(FlowKind::Confidential, &idp(429, "x", Some(30))),
+            secs(30)
+        );
+        assert_eq!(
+            p.window_for(FlowKind::Confidential, &idp(503, "x", Some(7200))),
+            secs(3600)
+        );
+        assert_eq!(
+            p.window_for(FlowKind::Confidential, &idp(503, "x", None)),
+            None
+        );
+        assert_eq!(
+            p.window_for(FlowKind::Public, &idp(503, "x", None)),
+            secs(60)
+        );
+        assert_eq!(
+            p.window_for(FlowKind::Confidential, &idp(400, "invalid_grant", None)),
+            None
+        );
+        assert_eq!(
+            p.window_for(FlowKind::Silent, &idp(400, "invalid_grant", None)),
+            secs(120)
+        );
+        assert_eq!(
+            p.window_for(FlowKind::Silent, &idp(400, "invalid_scope", None)),
+            None
+        );
+        assert_eq!(
+            ThrottlingPolicy::disabled().window_for(FlowKind::Public, &idp(429, "x", Some(5))),
+            None
+        );
     }
 
     #[test]
@@ -260,7 +284,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(t.check(b, now).is_ok(), "another request is not throttled");
-        assert!(t.check(a, now + Duration::from_secs(30)).is_ok(), "window over");
+        assert!(
+            t.check(a, now + Duration::from_secs(30)).is_ok(),
+            "window over"
+        );
         t.record_failure(a, FlowKind::Confidential, &idp(429, "x", Some(30)), now);
         t.record_success(a);
         assert!(t.check(a, now).is_ok(), "success clears");

@@ -511,7 +511,11 @@ async fn refresh_ahead_loop(
         let sleep = {
             let Some(inner) = app.upgrade() else { return };
             let wait = due.saturating_sub(inner.engine.now());
-            inner.engine.pipeline.runtime.sleep(Duration::from_secs(wait))
+            inner
+                .engine
+                .pipeline
+                .runtime
+                .sleep(Duration::from_secs(wait))
         };
         if let Either::Right(_) = select(sleep, &mut stopped).await {
             return;

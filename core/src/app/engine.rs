@@ -202,7 +202,9 @@ impl Engine {
             return;
         }
         let plan = plan();
-        if let Err(throttled) = self.throttler.check(plan.throttle_key, self.pipeline.runtime.now())
+        if let Err(throttled) = self
+            .throttler
+            .check(plan.throttle_key, self.pipeline.runtime.now())
         {
             let wait = throttled.retry_after().unwrap_or_default().as_secs();
             token.refresh_gate.hold_until(now + wait.max(1));
@@ -241,7 +243,10 @@ impl Engine {
     ) -> Result<AuthenticationResult> {
         let cache_duration = started.elapsed();
         telemetry::cache_miss();
-        let outcome = match self.throttler.check(plan.throttle_key, self.pipeline.runtime.now()) {
+        let outcome = match self
+            .throttler
+            .check(plan.throttle_key, self.pipeline.runtime.now())
+        {
             Err(throttled) => Err(throttled),
             Ok(()) => {
                 let (flight, leader) = self.flight(&plan, start);
@@ -283,9 +288,7 @@ impl Engine {
 
     /// Whether a throttling window is open for `key` now (for background loops).
     pub(crate) fn throttled(&self, key: ThrottleKey) -> Option<Error> {
-        self.throttler
-            .check(key, self.pipeline.runtime.now())
-            .err()
+        self.throttler.check(key, self.pipeline.runtime.now()).err()
     }
 
     /// Join or start a flight from a background loop.

@@ -21,7 +21,7 @@ use super::model::AccessToken;
 use super::partition::{AccessTokenKey, Partition, PartitionKey};
 
 const MAGIC: &[u8; 4] = b"TWC1";
-/// Current payload format: postcard of [`PayloadV1`].
+/// Current payload format: postcard of the access tokens and tombstones of the partition.
 pub const FORMAT_VERSION: u8 = 1;
 const FLAG_SEALED: u8 = 0b0000_0001;
 const NONCE_LEN: usize = 12;

@@ -5,7 +5,7 @@ pub mod model;
 pub mod msal_json;
 pub mod partition;
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -67,9 +67,7 @@ impl TokenCache {
         key: &PartitionKey,
         update: impl FnOnce(Option<&Partition>) -> Partition,
     ) -> Arc<Partition> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let stripe = &self.write_stripes[(h.finish() as usize) % WRITE_STRIPES];
+        let stripe = &self.write_stripes[(self.hasher.hash_one(key) as usize) % WRITE_STRIPES];
         let _guard = stripe.lock();
         let current = self.l1.get(key);
         let next = Arc::new(update(current.as_deref()));
