@@ -23,12 +23,14 @@ pub const SCOPE: &str = "api://downstream/.default";
 #[derive(Clone, Copy, Debug)]
 pub enum Transport {
     Reqwest,
+    Hyper,
 }
 
 impl Transport {
     pub fn build(self) -> Arc<dyn HttpTransport> {
         match self {
             Transport::Reqwest => Arc::new(tokenwell_http_reqwest::ReqwestTransport::new()),
+            Transport::Hyper => Arc::new(tokenwell_http_hyper::HyperTransport::new()),
         }
     }
 }
@@ -88,6 +90,14 @@ macro_rules! over_each_transport {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Transport::Reqwest).await
+                }
+            )*
+        }
+        mod over_hyper {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Transport::Hyper).await
                 }
             )*
         }
