@@ -22,6 +22,23 @@ pub(crate) struct TokenResponse {
     pub refresh_in: Option<u64>,
     /// Granted scopes, when the identity provider says.
     pub scope: Option<String>,
+    /// User flows with `offline_access`.
+    pub refresh_token: Option<TokenSecret>,
+    /// User flows with `openid`.
+    pub id_token: Option<TokenSecret>,
+    /// base64url `{"uid","utid"}`, when the request sent `client_info=1`.
+    pub client_info: Option<String>,
+    /// FOCI family of the client (`"1"`), when it belongs to one.
+    pub family_id: Option<String>,
+}
+
+/// Which lifetime fields a response shape carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseShape {
+    /// Entra ID's token endpoint: `expires_in` is required.
+    TokenEndpoint,
+    /// Managed identity: `expires_in` and/or `expires_on` (Unix seconds), often as strings.
+    ManagedIdentity,
 }
 
 /// Turn an HTTP answer into a token response or the identity provider's error.
@@ -29,6 +46,16 @@ pub(crate) fn parse_token_response(
     response: &http::Response<Bytes>,
     max_body_bytes: usize,
     now: SystemTime,
+) -> Result<TokenResponse> {
+    parse_response(response, max_body_bytes, now, ResponseShape::TokenEndpoint)
+}
+
+/// Turn an HTTP answer into a token response of `shape`, or the error it carries.
+pub(crate) fn parse_response(
+    response: &http::Response<Bytes>,
+    max_body_bytes: usize,
+    now: SystemTime,
+    shape: ResponseShape,
 ) -> Result<TokenResponse> {
     let status = response.status().as_u16();
     let body = response.body();
@@ -51,8 +78,17 @@ pub(crate) fn parse_token_response(
         Some(_) => return Err(malformed(status, "`access_token` is not a string")),
         None => return Err(malformed(status, "`access_token` is missing")),
     };
-    let expires_in = seconds_field(status, &object, "expires_in")?
-        .ok_or_else(|| malformed(status, "`expires_in` is missing"))?;
+    let expires_in = match (seconds_field(status, &object, "expires_in")?, shape) {
+        (Some(v), _) => v,
+        (None, ResponseShape::ManagedIdentity) => {
+            let expires_on = timestamp_field(status, &object, "expires_on")?
+                .ok_or_else(|| malformed(status, "neither `expires_in` nor `expires_on` is set"))?;
+            expires_on.saturating_sub(crate::runtime::unix_seconds(now))
+        }
+        (None, ResponseShape::TokenEndpoint) => {
+            return Err(malformed(status, "`expires_in` is missing"));
+        }
+    };
     if expires_in == 0 {
         return Err(malformed(status, "`expires_in` is 0"));
     }
@@ -61,10 +97,12 @@ pub(crate) fn parse_token_response(
         None => "Bearer".to_owned(),
         Some(_) => return Err(malformed(status, "`token_type` is not a string")),
     };
-    let scope = match object.get("scope") {
-        Some(Value::String(s)) => Some(s.clone()),
-        None | Some(Value::Null) => None,
-        Some(_) => return Err(malformed(status, "`scope` is not a string")),
+    let scope = optional_string(status, &object, "scope")?;
+    let secret = |name: &str| -> Result<Option<TokenSecret>> {
+        match optional_string(status, &object, name)? {
+            Some(s) if s.is_empty() => Err(malformed(status, format!("`{name}` is empty"))),
+            other => Ok(other.map(TokenSecret::new)),
+        }
     };
     Ok(TokenResponse {
         access_token,
@@ -73,7 +111,33 @@ pub(crate) fn parse_token_response(
         ext_expires_in: seconds_field(status, &object, "ext_expires_in")?,
         refresh_in: seconds_field(status, &object, "refresh_in")?,
         scope,
+        refresh_token: secret("refresh_token")?,
+        id_token: secret("id_token")?,
+        client_info: optional_string(status, &object, "client_info")?,
+        family_id: optional_string(status, &object, "foci")?,
     })
+}
+
+/// A string field that may be absent or null, but not of another type.
+fn optional_string(status: u16, object: &Map<String, Value>, name: &str) -> Result<Option<String>> {
+    match object.get(name) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Err(malformed(status, format!("`{name}` is not a string"))),
+    }
+}
+
+/// A Unix time: a JSON integer or a string of digits (managed identity sends strings).
+fn timestamp_field(status: u16, object: &Map<String, Value>, name: &str) -> Result<Option<u64>> {
+    let value = match object.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    value
+        .map(Some)
+        .ok_or_else(|| malformed(status, format!("`{name}` is not a Unix time")))
 }
 
 fn parse_object(status: u16, body: &Bytes) -> Result<Map<String, Value>> {
@@ -134,7 +198,8 @@ pub(crate) fn parse_error_response(response: &http::Response<Bytes>, now: System
         if let Some(code) = text(&map, "error") {
             error.error = code;
         }
-        error.error_description = text(&map, "error_description");
+        // App Service's managed-identity endpoint says `message` instead.
+        error.error_description = text(&map, "error_description").or_else(|| text(&map, "message"));
         error.suberror = text(&map, "suberror");
         error.trace_id = text(&map, "trace_id");
         if let Some(id) = text(&map, "correlation_id") {
@@ -260,6 +325,45 @@ mod tests {
             .unwrap_err();
         assert_eq!(html.idp_error().unwrap().error, "http_502");
         assert!(html.is_transient());
+    }
+
+    #[test]
+    fn user_fields_are_strict_and_managed_identity_may_send_expires_on() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let ok = parse_token_response(
+            &response(
+                200,
+                r#"{"access_token":"x","expires_in":60,"refresh_token":"r","id_token":"a.b.c","client_info":"e30","foci":"1"}"#,
+            ),
+            1024,
+            now,
+        )
+        .unwrap();
+        assert_eq!(ok.refresh_token.unwrap().expose_secret(), "r");
+        assert_eq!(ok.family_id.as_deref(), Some("1"));
+        for body in [
+            r#"{"access_token":"x","expires_in":60,"refresh_token":5}"#,
+            r#"{"access_token":"x","expires_in":60,"id_token":""}"#,
+            r#"{"access_token":"x","expires_in":60,"client_info":[]}"#,
+        ] {
+            assert!(parse_token_response(&response(200, body), 1024, now).is_err(), "{body}");
+        }
+        let mi = parse_response(
+            &response(200, r#"{"access_token":"x","expires_on":"4600","resource":"r"}"#),
+            1024,
+            now,
+            ResponseShape::ManagedIdentity,
+        )
+        .unwrap();
+        assert_eq!(mi.expires_in, 3600);
+        assert!(
+            parse_token_response(
+                &response(200, r#"{"access_token":"x","expires_on":"4600"}"#),
+                1024,
+                now
+            )
+            .is_err()
+        );
     }
 
     #[test]

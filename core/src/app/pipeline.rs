@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
-use crate::response::{TokenResponse, parse_token_response};
+use crate::response::{ResponseShape, TokenResponse, parse_response, parse_token_response};
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::telemetry;
@@ -31,6 +31,56 @@ pub(crate) struct Pipeline {
     pub retry: RetryPolicy,
 }
 
+/// Retry rules of the managed-identity endpoints, which answer with their own statuses: IMDS
+/// asks for exponential back-off on 404/408/410/429/5xx, App Service for a linear 1 s on
+/// 404/408/429/500/503/504. Transport failures (timeouts, refused connections) retry too.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StatusRetry {
+    pub retries: u32,
+    pub base_delay: Duration,
+    pub exponential: bool,
+    pub retryable: fn(u16) -> bool,
+}
+
+impl StatusRetry {
+    /// IMDS: 3 retries, 1 s → 2 s → 4 s.
+    pub(crate) const IMDS: StatusRetry = StatusRetry {
+        retries: 3,
+        base_delay: Duration::from_secs(1),
+        exponential: true,
+        retryable: |s| matches!(s, 404 | 408 | 410 | 429) || s >= 500,
+    };
+
+    /// App Service: 3 retries, 1 s apart.
+    pub(crate) const APP_SERVICE: StatusRetry = StatusRetry {
+        retries: 3,
+        base_delay: Duration::from_secs(1),
+        exponential: false,
+        retryable: |s| matches!(s, 404 | 408 | 429 | 500 | 503 | 504),
+    };
+
+    fn delay_before_retry(&self, retry: u32, error: &Error) -> Option<Duration> {
+        if retry >= self.retries {
+            return None;
+        }
+        let retryable = match error {
+            Error::IdentityProvider(e) => (self.retryable)(e.status),
+            Error::MalformedResponse { status, .. } => (self.retryable)(*status),
+            Error::Transport(e) => e.kind().is_transient(),
+            _ => false,
+        };
+        if !retryable {
+            return None;
+        }
+        let backoff = if self.exponential {
+            self.base_delay.saturating_mul(2u32.saturating_pow(retry))
+        } else {
+            self.base_delay
+        };
+        Some(error.retry_after().map_or(backoff, |wait| wait.max(backoff)))
+    }
+}
+
 impl Pipeline {
     /// POST a token request to `endpoint`, building the form anew for every attempt (client
     /// assertions must not be replayed), and retry as the policy allows.
@@ -43,11 +93,74 @@ impl Pipeline {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Vec<(&'static str, String)>>>,
     {
+        self.with_retry(
+            endpoint,
+            || {
+                let form = make_form();
+                async move {
+                    let form = form.await?;
+                    let response = self.post_form(endpoint, &form).await?;
+                    parse_token_response(
+                        &response,
+                        self.send_options.max_response_bytes,
+                        self.runtime.now(),
+                    )
+                }
+            },
+            |retry, error| self.retry.delay_before_retry(retry, error),
+        )
+        .await
+    }
+
+    /// GET a managed-identity token from `url` (query included) with `headers`, retrying by
+    /// the endpoint's own rules.
+    pub(crate) async fn managed_identity_request(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        retry: StatusRetry,
+    ) -> Result<(TokenResponse, FetchStats)> {
+        self.with_retry(
+            url,
+            || async move {
+                let mut request = http::Request::get(url)
+                    .header(http::header::ACCEPT, "application/json")
+                    .header("x-client-SKU", CLIENT_SKU)
+                    .header("x-client-Ver", env!("CARGO_PKG_VERSION"));
+                for (name, value) in headers {
+                    request = request.header(*name, value.as_str());
+                }
+                let request = request.body(Bytes::new()).map_err(|e| {
+                    Error::configuration(format!("invalid managed-identity endpoint: {e}"))
+                })?;
+                let response = self.transport.send(request, &self.send_options).await?;
+                parse_response(
+                    &response,
+                    self.send_options.max_response_bytes,
+                    self.runtime.now(),
+                    ResponseShape::ManagedIdentity,
+                )
+            },
+            |n, error| retry.delay_before_retry(n, error),
+        )
+        .await
+    }
+
+    /// The one retry loop: run `attempt`, and while `delay` allows, sleep and run it again.
+    async fn with_retry<T, A, Fut>(
+        &self,
+        endpoint: &str,
+        mut attempt: A,
+        delay: impl Fn(u32, &Error) -> Option<Duration>,
+    ) -> Result<(T, FetchStats)>
+    where
+        A: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut stats = FetchStats::default();
         loop {
-            let form = make_form().await?;
             let started = Instant::now();
-            let outcome = self.send_once(endpoint, &form).await;
+            let outcome = attempt().await;
             let elapsed = started.elapsed();
             stats.http_duration += elapsed;
             telemetry::idp_request(outcome.is_ok(), elapsed.as_secs_f64());
@@ -55,7 +168,7 @@ impl Pipeline {
                 Ok(response) => return Ok((response, stats)),
                 Err(error) => error,
             };
-            match self.retry.delay_before_retry(stats.retries, &error) {
+            match delay(stats.retries, &error) {
                 Some(delay) => {
                     tracing::info!(
                         endpoint,
@@ -73,11 +186,13 @@ impl Pipeline {
         }
     }
 
-    async fn send_once(
+    /// POST `form` to `endpoint` once; any HTTP answer is returned (errors are the caller's to
+    /// parse).
+    pub(crate) async fn post_form(
         &self,
         endpoint: &str,
         form: &[(&'static str, String)],
-    ) -> Result<TokenResponse> {
+    ) -> Result<http::Response<Bytes>> {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
@@ -97,11 +212,6 @@ impl Pipeline {
                 Error::configuration(format!("invalid token endpoint '{endpoint}': {e}"))
             })?;
         tracing::debug!(endpoint, correlation_id, "sending token request");
-        let response = self.transport.send(request, &self.send_options).await?;
-        parse_token_response(
-            &response,
-            self.send_options.max_response_bytes,
-            self.runtime.now(),
-        )
+        Ok(self.transport.send(request, &self.send_options).await?)
     }
 }

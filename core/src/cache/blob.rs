@@ -17,12 +17,15 @@ use bytes::Bytes;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::model::AccessToken;
+use super::model::{AccessToken, Account, IdToken, RefreshToken};
 use super::partition::{AccessTokenKey, Partition, PartitionKey};
 
 const MAGIC: &[u8; 4] = b"TWC1";
-/// Current payload format: postcard of the access tokens and tombstones of the partition.
-pub const FORMAT_VERSION: u8 = 1;
+/// Current payload format: postcard of the access tokens, refresh tokens, ID tokens, accounts
+/// and tombstones of the partition. Format 1 (access tokens and their tombstones) still decodes.
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format: access tokens and their tombstones only.
+const FORMAT_V1: u8 = 1;
 const FLAG_SEALED: u8 = 0b0000_0001;
 const NONCE_LEN: usize = 12;
 
@@ -131,6 +134,16 @@ struct PayloadV1 {
     tombstones: Vec<(AccessTokenKey, u64)>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct PayloadV2 {
+    access_tokens: Vec<AccessToken>,
+    tombstones: Vec<(AccessTokenKey, u64)>,
+    refresh_tokens: Vec<RefreshToken>,
+    id_tokens: Vec<IdToken>,
+    accounts: Vec<Account>,
+    entry_tombstones: Vec<(String, u64)>,
+}
+
 /// Encodes and decodes partitions, sealing them when a key ring is set.
 #[derive(Clone, Debug, Default)]
 pub struct BlobCodec {
@@ -152,11 +165,18 @@ impl BlobCodec {
 
     /// Encode `partition`, stored under `key`.
     pub fn encode(&self, key: &PartitionKey, partition: &Partition) -> Bytes {
-        let payload = PayloadV1 {
+        let payload = PayloadV2 {
             access_tokens: partition.access_tokens().map(|t| (**t).clone()).collect(),
             tombstones: partition
                 .tombstones()
                 .map(|(k, at)| (k.clone(), at))
+                .collect(),
+            refresh_tokens: partition.refresh_tokens().map(|t| (**t).clone()).collect(),
+            id_tokens: partition.id_tokens().map(|t| (**t).clone()).collect(),
+            accounts: partition.accounts().map(|a| (**a).clone()).collect(),
+            entry_tombstones: partition
+                .entry_tombstones()
+                .map(|(k, at)| (k.to_owned(), at))
                 .collect(),
         };
         // Serializing owned, in-memory values to a Vec cannot fail.
@@ -206,7 +226,7 @@ impl BlobCodec {
             return Err(BlobError::BadMagic);
         }
         let format = blob[4];
-        if format != FORMAT_VERSION {
+        if format != FORMAT_VERSION && format != FORMAT_V1 {
             return Err(BlobError::UnknownFormat(format));
         }
         let flags = blob[5];
@@ -239,12 +259,23 @@ impl BlobCodec {
             }
             blob[header_len..].to_vec()
         };
-        let decoded: PayloadV1 =
-            postcard::from_bytes(&payload).map_err(|e| BlobError::Corrupt(e.to_string()))?;
-        Ok(Partition::from_parts(
-            decoded.access_tokens,
-            decoded.tombstones,
-        ))
+        let corrupt = |e: postcard::Error| BlobError::Corrupt(e.to_string());
+        if format == FORMAT_V1 {
+            let decoded: PayloadV1 = postcard::from_bytes(&payload).map_err(corrupt)?;
+            return Ok(Partition::from_parts(
+                decoded.access_tokens,
+                decoded.tombstones,
+            ));
+        }
+        let decoded: PayloadV2 = postcard::from_bytes(&payload).map_err(corrupt)?;
+        Ok(
+            Partition::from_parts(decoded.access_tokens, decoded.tombstones).with_sections(
+                decoded.refresh_tokens,
+                decoded.id_tokens,
+                decoded.accounts,
+                decoded.entry_tombstones,
+            ),
+        )
     }
 }
 
@@ -365,5 +396,82 @@ mod tests {
             codec.decode(&key(), b"TWC1\x01\x00\x00\xff\xff\xff\xff\xff"),
             Err(BlobError::Corrupt(_))
         ));
+    }
+
+    fn user_partition() -> Partition {
+        let mut token = AccessToken::new(
+            "login.example",
+            "client",
+            "t",
+            ScopeSet::parse("user.read"),
+            "Bearer",
+            TokenSecret::new("at"),
+            100,
+            10_000,
+        );
+        token.home_account_id = Some("uid.utid".into());
+        let mut rt = RefreshToken::new(
+            "uid.utid",
+            "login.example",
+            "client",
+            ScopeSet::parse("user.read"),
+            TokenSecret::new("rt"),
+            100,
+        );
+        rt.family_id = Some("1".into());
+        Partition::from_access_tokens([token])
+            .with_refresh_token(rt)
+            .with_id_token(IdToken::new(
+                "uid.utid",
+                "login.example",
+                "t",
+                "client",
+                TokenSecret::new("a.b.c"),
+                100,
+            ))
+            .with_account(Account::new(
+                "uid.utid",
+                "login.example",
+                "t",
+                "uid",
+                "ada@example.com",
+                100,
+            ))
+    }
+
+    #[test]
+    fn format_2_carries_user_entries_and_their_removals() {
+        let codec = BlobCodec::plain();
+        let partition = user_partition();
+        let blob = codec.encode(&key(), &partition);
+        assert_eq!(blob[4], FORMAT_VERSION);
+        let back = codec.decode(&key(), &blob).unwrap();
+        assert_eq!(back.refresh_tokens().count(), 1);
+        assert_eq!(
+            back.refresh_tokens().next().unwrap().family_id.as_deref(),
+            Some("1")
+        );
+        assert_eq!(back.id_tokens().count(), 1);
+        assert_eq!(back.accounts().next().unwrap().username, "ada@example.com");
+        let removed = partition.without_account("uid.utid", 200);
+        let back = codec
+            .decode(&key(), &codec.encode(&key(), &removed))
+            .unwrap();
+        assert_eq!(back.access_token_count(), 0);
+        assert_eq!(back.accounts().count(), 0);
+        // The removal survives the round trip: merging an older copy does not resurrect.
+        assert_eq!(back.merge(&partition, 300).refresh_tokens().count(), 0);
+    }
+
+    #[test]
+    fn format_1_blobs_still_decode() {
+        let payload = PayloadV1 {
+            access_tokens: sample().access_tokens().map(|t| (**t).clone()).collect(),
+            tombstones: Vec::new(),
+        };
+        let mut blob = b"TWC1\x01\x00\x00".to_vec();
+        blob.extend(postcard::to_stdvec(&payload).unwrap());
+        let back = BlobCodec::plain().decode(&key(), &blob).unwrap();
+        assert_eq!(back.access_token_count(), 3);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 pub use blob::{BlobCodec, BlobError, KeyRing};
-pub use model::{AccessToken, TokenSecret};
+pub use model::{AccessToken, Account, IdToken, RefreshToken, TokenSecret};
 pub use partition::{AccessTokenQuery, Partition, PartitionKey};
 
 /// The in-memory L1 seam: a bounded, concurrent map of deserialized partitions.

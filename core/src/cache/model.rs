@@ -241,3 +241,222 @@ impl AccessToken {
             + 64
     }
 }
+
+/// MSAL `credential_type` of a refresh token.
+pub const CREDENTIAL_TYPE_REFRESH_TOKEN: &str = "RefreshToken";
+/// MSAL `credential_type` of an ID token.
+pub const CREDENTIAL_TYPE_ID_TOKEN: &str = "IdToken";
+/// MSAL `authority_type` of Entra ID (and the emulator) accounts.
+pub const AUTHORITY_TYPE_MSSTS: &str = "MSSTS";
+
+/// One cached refresh token. Refresh tokens cross tenants, so they carry no realm; one per
+/// account, client (or FOCI family) and environment: a newer one replaces the older.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RefreshToken {
+    /// `uid.utid` of the user.
+    pub home_account_id: String,
+    /// Host of the authority.
+    pub environment: String,
+    /// Client id the token was issued to.
+    pub client_id: String,
+    /// Scopes it was issued with (informational: a refresh token serves any consented scope).
+    pub target: ScopeSet,
+    /// The refresh token.
+    pub secret: TokenSecret,
+    /// FOCI family (`"1"`) when the client belongs to the family of Microsoft clients.
+    pub family_id: Option<String>,
+    /// When it was written, Unix seconds: the newest copy wins a merge.
+    pub last_modification_time: u64,
+    /// Fields this version does not know (name, raw JSON), kept for MSAL round trips.
+    pub extra: Vec<(String, String)>,
+}
+
+impl RefreshToken {
+    /// A new entry.
+    pub fn new(
+        home_account_id: impl Into<String>,
+        environment: impl Into<String>,
+        client_id: impl Into<String>,
+        target: ScopeSet,
+        secret: TokenSecret,
+        last_modification_time: u64,
+    ) -> Self {
+        RefreshToken {
+            home_account_id: home_account_id.into(),
+            environment: environment.into(),
+            client_id: client_id.into(),
+            target,
+            secret,
+            family_id: None,
+            last_modification_time,
+            extra: Vec::new(),
+        }
+    }
+
+    /// MSAL's cache key: `home_account_id-environment-refreshtoken-client_id--target`.
+    pub fn msal_cache_key(&self) -> String {
+        format!(
+            "{}-{}-refreshtoken-{}--{}",
+            self.home_account_id,
+            self.environment,
+            self.client_id,
+            self.target.to_target()
+        )
+        .to_lowercase()
+    }
+
+    /// Identity inside a partition: one refresh token per account, environment and client.
+    pub(crate) fn entry_key(&self) -> String {
+        format!(
+            "rt:{}-{}-{}",
+            self.home_account_id, self.environment, self.client_id
+        )
+        .to_lowercase()
+    }
+
+    pub(crate) fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.home_account_id.len()
+            + self.environment.len()
+            + self.client_id.len()
+            + self.target.normalized().len() * 2
+            + self.secret.len()
+            + 32
+    }
+}
+
+/// One cached ID token (the raw JWT; its claims name the account).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct IdToken {
+    /// `uid.utid` of the user.
+    pub home_account_id: String,
+    /// Host of the authority.
+    pub environment: String,
+    /// Tenant the token was issued in.
+    pub realm: String,
+    /// Client id (the token's audience).
+    pub client_id: String,
+    /// The ID token (a JWT; personal data, so redacted in `Debug`).
+    pub secret: TokenSecret,
+    /// When it was cached (not part of MSAL's schema; 0 when imported): the newest copy wins a
+    /// merge.
+    pub cached_at: u64,
+    /// Fields this version does not know (name, raw JSON), kept for MSAL round trips.
+    pub extra: Vec<(String, String)>,
+}
+
+impl IdToken {
+    /// A new entry.
+    pub fn new(
+        home_account_id: impl Into<String>,
+        environment: impl Into<String>,
+        realm: impl Into<String>,
+        client_id: impl Into<String>,
+        secret: TokenSecret,
+        cached_at: u64,
+    ) -> Self {
+        IdToken {
+            home_account_id: home_account_id.into(),
+            environment: environment.into(),
+            realm: realm.into(),
+            client_id: client_id.into(),
+            secret,
+            cached_at,
+            extra: Vec::new(),
+        }
+    }
+
+    /// MSAL's cache key: `home_account_id-environment-idtoken-client_id-realm-`.
+    pub fn msal_cache_key(&self) -> String {
+        format!(
+            "{}-{}-idtoken-{}-{}-",
+            self.home_account_id, self.environment, self.client_id, self.realm
+        )
+        .to_lowercase()
+    }
+
+    pub(crate) fn entry_key(&self) -> String {
+        format!("id:{}", self.msal_cache_key())
+    }
+
+    pub(crate) fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.home_account_id.len()
+            + self.environment.len()
+            + self.realm.len()
+            + self.client_id.len()
+            + self.secret.len()
+            + 32
+    }
+}
+
+/// A signed-in user as the cache knows them: what `accounts()` lists and silent calls take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Account {
+    /// `uid.utid`: the key of the user's tokens.
+    pub home_account_id: String,
+    /// Host of the authority.
+    pub environment: String,
+    /// Tenant of the account.
+    pub realm: String,
+    /// The user's object id in `realm`.
+    pub local_account_id: String,
+    /// `preferred_username` (usually the UPN or e-mail).
+    pub username: String,
+    /// `MSSTS` for Entra ID.
+    pub authority_type: String,
+    /// When it was written (not part of MSAL's schema; 0 when imported): the newest copy wins
+    /// a merge.
+    pub last_modification_time: u64,
+    /// Fields this version does not know (name, raw JSON), kept for MSAL round trips.
+    pub extra: Vec<(String, String)>,
+}
+
+impl Account {
+    /// A new entry with `authority_type` MSSTS.
+    pub fn new(
+        home_account_id: impl Into<String>,
+        environment: impl Into<String>,
+        realm: impl Into<String>,
+        local_account_id: impl Into<String>,
+        username: impl Into<String>,
+        last_modification_time: u64,
+    ) -> Self {
+        Account {
+            home_account_id: home_account_id.into(),
+            environment: environment.into(),
+            realm: realm.into(),
+            local_account_id: local_account_id.into(),
+            username: username.into(),
+            authority_type: AUTHORITY_TYPE_MSSTS.to_owned(),
+            last_modification_time,
+            extra: Vec::new(),
+        }
+    }
+
+    /// MSAL's cache key: `home_account_id-environment-realm`.
+    pub fn msal_cache_key(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.home_account_id, self.environment, self.realm
+        )
+        .to_lowercase()
+    }
+
+    pub(crate) fn entry_key(&self) -> String {
+        format!("account:{}", self.msal_cache_key())
+    }
+
+    pub(crate) fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.home_account_id.len()
+            + self.environment.len()
+            + self.realm.len()
+            + self.local_account_id.len()
+            + self.username.len()
+            + 32
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hashbrown::{Equivalent, HashMap};
 use sha2::{Digest, Sha256};
 
-use super::model::AccessToken;
+use super::model::{AccessToken, Account, IdToken, RefreshToken};
 use crate::scopes::ScopeSet;
 
 /// Names one partition: one blob in L2, one slot in L1.
@@ -191,8 +191,111 @@ pub struct Partition {
     access_tokens: HashMap<AccessTokenKey, Arc<AccessToken>>,
     /// Removed entries and when, so a merge with an older copy does not resurrect them.
     tombstones: HashMap<AccessTokenKey, u64>,
+    /// Refresh tokens, ID tokens and accounts by their identity inside the partition.
+    refresh_tokens: HashMap<Box<str>, Arc<RefreshToken>>,
+    id_tokens: HashMap<Box<str>, Arc<IdToken>>,
+    accounts: HashMap<Box<str>, Arc<Account>>,
+    /// Removals of refresh tokens, ID tokens and accounts (by identity) and when.
+    entry_tombstones: HashMap<Box<str>, u64>,
     latest_expiry: u64,
     approx_bytes: usize,
+}
+
+/// What the generic section code needs of a refresh token, ID token or account.
+trait SectionEntry {
+    fn key(&self) -> String;
+    fn written_at(&self) -> u64;
+    fn home(&self) -> &str;
+    fn bytes(&self) -> usize;
+}
+
+impl SectionEntry for RefreshToken {
+    fn key(&self) -> String {
+        self.entry_key()
+    }
+    fn written_at(&self) -> u64 {
+        self.last_modification_time
+    }
+    fn home(&self) -> &str {
+        &self.home_account_id
+    }
+    fn bytes(&self) -> usize {
+        self.approx_bytes()
+    }
+}
+
+impl SectionEntry for IdToken {
+    fn key(&self) -> String {
+        self.entry_key()
+    }
+    fn written_at(&self) -> u64 {
+        self.cached_at
+    }
+    fn home(&self) -> &str {
+        &self.home_account_id
+    }
+    fn bytes(&self) -> usize {
+        self.approx_bytes()
+    }
+}
+
+impl SectionEntry for Account {
+    fn key(&self) -> String {
+        self.entry_key()
+    }
+    fn written_at(&self) -> u64 {
+        self.last_modification_time
+    }
+    fn home(&self) -> &str {
+        &self.home_account_id
+    }
+    fn bytes(&self) -> usize {
+        self.approx_bytes()
+    }
+}
+
+/// Put `entry` in `map` (replacing its identity's entry), clearing an older removal of it.
+fn put_entry<T: SectionEntry>(
+    map: &mut HashMap<Box<str>, Arc<T>>,
+    tombstones: &mut HashMap<Box<str>, u64>,
+    bytes: &mut usize,
+    entry: Arc<T>,
+) {
+    let key: Box<str> = entry.key().into();
+    if tombstones
+        .get(&key)
+        .is_some_and(|removed| *removed < entry.written_at())
+    {
+        tombstones.remove(&key);
+    }
+    *bytes += entry.bytes();
+    if let Some(old) = map.insert(key, entry) {
+        *bytes = bytes.saturating_sub(old.bytes());
+    }
+}
+
+/// Merge two copies of a section: newest write per identity wins, removals newer than an entry
+/// keep it removed.
+fn merge_section<T: SectionEntry>(
+    ours: &HashMap<Box<str>, Arc<T>>,
+    theirs: &HashMap<Box<str>, Arc<T>>,
+    tombstones: &HashMap<Box<str>, u64>,
+    into: &mut HashMap<Box<str>, Arc<T>>,
+) {
+    for (key, entry) in ours.iter().chain(theirs.iter()) {
+        if tombstones
+            .get(key)
+            .is_some_and(|removed| *removed >= entry.written_at())
+        {
+            continue;
+        }
+        let newer = into
+            .get(key)
+            .is_none_or(|existing| entry.written_at() > existing.written_at());
+        if newer {
+            into.insert(key.clone(), Arc::clone(entry));
+        }
+    }
 }
 
 impl Partition {
@@ -239,6 +342,16 @@ impl Partition {
                 next.insert_access_token(Arc::clone(token));
             }
         }
+        next.refresh_tokens = self.refresh_tokens.clone();
+        next.id_tokens = self.id_tokens.clone();
+        next.accounts = self.accounts.clone();
+        next.approx_bytes += self.section_bytes();
+        next.entry_tombstones = self
+            .entry_tombstones
+            .iter()
+            .filter(|(_, removed_at)| now.saturating_sub(**removed_at) < TOMBSTONE_RETENTION_SECS)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         next.tombstones = self
             .tombstones
             .iter()
@@ -291,8 +404,191 @@ impl Partition {
                 merged.insert_access_token(Arc::clone(token));
             }
         }
+        let mut entry_tombstones = self.entry_tombstones.clone();
+        for (key, removed_at) in &other.entry_tombstones {
+            let slot = entry_tombstones.entry(key.clone()).or_insert(*removed_at);
+            *slot = (*slot).max(*removed_at);
+        }
+        merge_section(
+            &self.refresh_tokens,
+            &other.refresh_tokens,
+            &entry_tombstones,
+            &mut merged.refresh_tokens,
+        );
+        merge_section(
+            &self.id_tokens,
+            &other.id_tokens,
+            &entry_tombstones,
+            &mut merged.id_tokens,
+        );
+        merge_section(
+            &self.accounts,
+            &other.accounts,
+            &entry_tombstones,
+            &mut merged.accounts,
+        );
+        merged.entry_tombstones = entry_tombstones;
         merged.tombstones = tombstones;
         merged.without_expired(now)
+    }
+
+    /// A new snapshot with `token` as the refresh token of its account and client (a newer one
+    /// replaces an older: rotation keeps only the newest).
+    pub fn with_refresh_token(mut self, token: RefreshToken) -> Partition {
+        put_entry(
+            &mut self.refresh_tokens,
+            &mut self.entry_tombstones,
+            &mut self.approx_bytes,
+            Arc::new(token),
+        );
+        self
+    }
+
+    /// A new snapshot with `token` (replacing the ID token of the same account, client, realm).
+    pub fn with_id_token(mut self, token: IdToken) -> Partition {
+        put_entry(
+            &mut self.id_tokens,
+            &mut self.entry_tombstones,
+            &mut self.approx_bytes,
+            Arc::new(token),
+        );
+        self
+    }
+
+    /// A new snapshot with `account` (replacing the same account in the same realm).
+    pub fn with_account(mut self, account: Account) -> Partition {
+        put_entry(
+            &mut self.accounts,
+            &mut self.entry_tombstones,
+            &mut self.approx_bytes,
+            Arc::new(account),
+        );
+        self
+    }
+
+    /// A new snapshot without any entry of `home_account_id`, each removal remembered at `now`
+    /// so a merge with an older copy (another node, L2) does not bring the account back.
+    pub fn without_account(&self, home_account_id: &str, now: u64) -> Partition {
+        let mut next = self.without_expired(now);
+        let doomed: Vec<Arc<AccessToken>> = next
+            .access_tokens
+            .values()
+            .filter(|t| {
+                t.home_account_id
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(home_account_id))
+            })
+            .cloned()
+            .collect();
+        for token in doomed {
+            let key = AccessTokenKey::of(&token);
+            next.access_tokens.remove(&key);
+            next.tombstones.insert(key, now);
+        }
+        fn drop_home<T: SectionEntry>(
+            map: &mut HashMap<Box<str>, Arc<T>>,
+            tombstones: &mut HashMap<Box<str>, u64>,
+            home: &str,
+            now: u64,
+        ) {
+            map.retain(|key, entry| {
+                let keep = !entry.home().eq_ignore_ascii_case(home);
+                if !keep {
+                    tombstones.insert(key.clone(), now.max(entry.written_at()));
+                }
+                keep
+            });
+        }
+        drop_home(
+            &mut next.refresh_tokens,
+            &mut next.entry_tombstones,
+            home_account_id,
+            now,
+        );
+        drop_home(
+            &mut next.id_tokens,
+            &mut next.entry_tombstones,
+            home_account_id,
+            now,
+        );
+        drop_home(
+            &mut next.accounts,
+            &mut next.entry_tombstones,
+            home_account_id,
+            now,
+        );
+        next.recount();
+        next
+    }
+
+    /// The refresh token of `home_account_id` for `client_id` in `environment`.
+    pub fn find_refresh_token(
+        &self,
+        home_account_id: &str,
+        environment: &str,
+        client_id: &str,
+    ) -> Option<&Arc<RefreshToken>> {
+        let key = format!("rt:{home_account_id}-{environment}-{client_id}").to_lowercase();
+        self.refresh_tokens.get(key.as_str())
+    }
+
+    /// All refresh tokens.
+    pub fn refresh_tokens(&self) -> impl Iterator<Item = &Arc<RefreshToken>> {
+        self.refresh_tokens.values()
+    }
+
+    /// All ID tokens.
+    pub fn id_tokens(&self) -> impl Iterator<Item = &Arc<IdToken>> {
+        self.id_tokens.values()
+    }
+
+    /// All accounts.
+    pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.accounts.values()
+    }
+
+    /// Removals of refresh tokens, ID tokens and accounts, for the blob codec.
+    pub(crate) fn entry_tombstones(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.entry_tombstones.iter().map(|(k, v)| (&**k, *v))
+    }
+
+    /// Rebuild the sections from decoded parts (blob codec, format 2).
+    pub(crate) fn with_sections(
+        mut self,
+        refresh_tokens: Vec<RefreshToken>,
+        id_tokens: Vec<IdToken>,
+        accounts: Vec<Account>,
+        entry_tombstones: Vec<(String, u64)>,
+    ) -> Partition {
+        self.entry_tombstones = entry_tombstones
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_str(), v))
+            .collect();
+        for token in refresh_tokens {
+            self = self.with_refresh_token(token);
+        }
+        for token in id_tokens {
+            self = self.with_id_token(token);
+        }
+        for account in accounts {
+            self = self.with_account(account);
+        }
+        self
+    }
+
+    fn section_bytes(&self) -> usize {
+        self.refresh_tokens.values().map(|e| e.bytes()).sum::<usize>()
+            + self.id_tokens.values().map(|e| e.bytes()).sum::<usize>()
+            + self.accounts.values().map(|e| e.bytes()).sum::<usize>()
+    }
+
+    fn recount(&mut self) {
+        self.approx_bytes = self
+            .access_tokens
+            .values()
+            .map(|t| t.approx_bytes())
+            .sum::<usize>()
+            + self.section_bytes();
     }
 
     /// Tombstones as (entry identity, removed at), for the blob codec.
@@ -338,12 +634,24 @@ impl Partition {
 
     /// True when the partition holds nothing, not even a tombstone.
     pub fn is_empty(&self) -> bool {
-        self.access_tokens.is_empty() && self.tombstones.is_empty()
+        self.access_tokens.is_empty()
+            && self.tombstones.is_empty()
+            && self.refresh_tokens.is_empty()
+            && self.id_tokens.is_empty()
+            && self.accounts.is_empty()
+            && self.entry_tombstones.is_empty()
     }
 
     /// The latest `expires_on` of any entry: after it the whole partition is dead weight.
+    /// A partition holding a refresh token or an account never is (`u64::MAX`): the refresh
+    /// token outlives every access token.
     pub fn latest_expiry(&self) -> u64 {
-        self.latest_expiry
+        if self.refresh_tokens.is_empty() && self.accounts.is_empty() && self.id_tokens.is_empty()
+        {
+            self.latest_expiry
+        } else {
+            u64::MAX
+        }
     }
 
     /// Approximate memory held, for the L1's byte bound.
@@ -356,6 +664,9 @@ impl fmt::Debug for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Partition")
             .field("access_tokens", &self.access_tokens.len())
+            .field("refresh_tokens", &self.refresh_tokens.len())
+            .field("id_tokens", &self.id_tokens.len())
+            .field("accounts", &self.accounts.len())
             .field("latest_expiry", &self.latest_expiry)
             .finish()
     }
