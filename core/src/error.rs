@@ -47,6 +47,21 @@ pub enum Error {
         source: Option<SharedError>,
     },
 
+    /// Only an interactive sign-in can produce this token: no refresh token is cached for the
+    /// account (never signed in here, or removed). A refused refresh token is an
+    /// [`IdentityProvider`](Error::IdentityProvider) `invalid_grant`; both answer true to
+    /// [`is_interaction_required`](Error::is_interaction_required).
+    #[error("interaction required: {0}")]
+    InteractionRequired(String),
+
+    /// The device code expired before the user completed the sign-in (`expired_token`).
+    #[error("the device code expired before the user signed in")]
+    DeviceCodeExpired,
+
+    /// The user declined the device-code sign-in (`authorization_declined`).
+    #[error("the user declined the sign-in")]
+    AuthorizationDeclined,
+
     /// The request was refused locally, without network traffic, because the identity provider
     /// recently asked this client to back off (429 / 5xx with `Retry-After`, …).
     #[error("request throttled for another {retry_after:?} (cause: {cause})")]
@@ -67,7 +82,11 @@ impl Error {
             Error::Transport(e) => e.kind().is_transient(),
             Error::MalformedResponse { status, .. } => *status >= 500 || *status == 429,
             Error::Throttled { .. } => true,
-            Error::Configuration(_) | Error::Credential { .. } => false,
+            Error::Configuration(_)
+            | Error::Credential { .. }
+            | Error::InteractionRequired(_)
+            | Error::DeviceCodeExpired
+            | Error::AuthorizationDeclined => false,
         }
     }
 
@@ -85,6 +104,7 @@ impl Error {
     pub fn is_interaction_required(&self) -> bool {
         match self {
             Error::IdentityProvider(e) => e.is_interaction_required(),
+            Error::InteractionRequired(_) => true,
             Error::Throttled { cause, .. } => cause.is_interaction_required(),
             _ => false,
         }

@@ -20,9 +20,12 @@ pub mod telemetry;
 pub mod testkit;
 pub mod throttle;
 
-pub use app::{AcquireTokenForClient, ConfidentialClientApplication, RefreshOptions};
+pub use app::{
+    AcquireTokenForClient, ConfidentialClientApplication, DeviceCodeInfo,
+    ManagedIdentityApplication, ManagedIdentityId, Pkce, PublicClientApplication, RefreshOptions,
+};
 pub use authority::Authority;
-pub use cache::{PartitionCache, TokenSecret};
+pub use cache::{Account, PartitionCache, TokenSecret};
 pub use credential::{AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential};
 pub use error::{Error, IdpError, Result};
 pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};

@@ -59,10 +59,12 @@ const HALF_LIFE_REFRESH_MIN_LIFETIME: u64 = 2 * 3600;
 /// ```
 #[derive(Clone)]
 pub struct ConfidentialClientApplication {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
+    /// What the user flows (on-behalf-of, authorization code, silent) share with public clients.
+    pub(crate) core: Arc<super::user::ClientCore>,
     client_id: String,
     authority: Authority,
     default_partition: PartitionKey,
@@ -246,7 +248,7 @@ impl ConfidentialClientApplicationBuilder {
             return Err(Error::configuration("max_response_bytes must be above 0"));
         }
         let default_partition = PartitionKey::for_app(&self.client_id, authority.tenant());
-        let engine = Engine::new(
+        let engine = Arc::new(Engine::new(
             Pipeline {
                 transport,
                 runtime,
@@ -257,14 +259,20 @@ impl ConfidentialClientApplicationBuilder {
             self.expiry_buffer,
             self.refresh,
             self.throttling,
-        );
+        ));
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
+                core: Arc::new(super::user::ClientCore {
+                    client_id: self.client_id.clone(),
+                    authority: authority.clone(),
+                    credential: Some(credential.clone()),
+                    engine: Arc::clone(&engine),
+                }),
                 client_id: self.client_id,
                 default_partition,
                 authority,
                 credential,
-                engine: Arc::new(engine),
+                engine,
                 refresh_ahead: Mutex::new(HashMap::new()),
             }),
         })

@@ -303,6 +303,16 @@ impl Engine {
         self.throttler.check(key, self.pipeline.runtime.now()).err()
     }
 
+    /// Record the outcome of a request made outside a flight (device code), for throttling.
+    pub(crate) fn record_outcome(&self, key: ThrottleKey, flow: FlowKind, error: Option<&Error>) {
+        match error {
+            None => self.throttler.record_success(key),
+            Some(e) => self
+                .throttler
+                .record_failure(key, flow, e, self.pipeline.runtime.now()),
+        }
+    }
+
     /// Join or start a flight from a background loop.
     pub(crate) fn background_flight(
         self: &Arc<Self>,

@@ -1,0 +1,400 @@
+//! Public client applications (CLIs, desktop and device apps): no credential, user tokens via
+//! the device code flow, then silently from the cache and refresh tokens.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::confidential::DEFAULT_EXPIRY_BUFFER;
+use super::engine::{Engine, RefreshOptions};
+use super::pipeline::Pipeline;
+use super::user::{ClientCore, idp_result};
+use super::user_flows::AcquireTokenSilent;
+use crate::authority::Authority;
+use crate::cache::{Account, PartitionCache, PartitionKey, TokenCache, TokenSecret};
+use crate::error::{Error, Result};
+use crate::http::{HttpTransport, SendOptions};
+use crate::response::parse_error_response;
+use crate::result::AuthenticationResult;
+use crate::retry::RetryPolicy;
+use crate::runtime::Runtime;
+use crate::scopes::{IntoScopeSet, ScopeSet};
+use crate::throttle::{FlowKind, ThrottlingPolicy};
+
+/// `slow_down` adds this to the polling interval (RFC 8628 §3.5).
+const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+
+/// A public client: signs users in with the device code flow and keeps their tokens.
+///
+/// Cloning is cheap and shares cache and configuration.
+#[derive(Clone)]
+pub struct PublicClientApplication {
+    core: Arc<ClientCore>,
+}
+
+impl PublicClientApplication {
+    /// Start configuring an application for `client_id`.
+    pub fn builder(client_id: impl Into<String>) -> PublicClientApplicationBuilder {
+        PublicClientApplicationBuilder {
+            client_id: client_id.into(),
+            authority: None,
+            transport: None,
+            runtime: None,
+            cache: None,
+            send_options: SendOptions::default(),
+            expiry_buffer: DEFAULT_EXPIRY_BUFFER,
+            retry: RetryPolicy::default(),
+            refresh: RefreshOptions::default(),
+            throttling: ThrottlingPolicy::default(),
+        }
+    }
+
+    /// Sign a user in on another device: `on_code` gets the code and the URL to show the user,
+    /// then the request polls the identity provider until the user finishes (or declines, or
+    /// the code expires). Drop the future to cancel.
+    pub fn acquire_token_with_device_code<F>(
+        &self,
+        scopes: impl IntoScopeSet,
+        on_code: F,
+    ) -> AcquireTokenWithDeviceCode<'_>
+    where
+        F: FnOnce(&DeviceCodeInfo) + Send + 'static,
+    {
+        AcquireTokenWithDeviceCode {
+            core: &self.core,
+            scopes: scopes.into_scope_set(),
+            on_code: Box::new(on_code),
+        }
+    }
+
+    /// A token for `account` from the cache, renewed with its refresh token when needed.
+    pub fn acquire_token_silent(
+        &self,
+        scopes: impl IntoScopeSet,
+        account: &Account,
+    ) -> AcquireTokenSilent<'_> {
+        AcquireTokenSilent::new(&self.core, scopes, account, FlowKind::PublicSilent)
+    }
+
+    /// Accounts signed in to this application, from the cache.
+    pub fn accounts(&self) -> Vec<Account> {
+        self.core.accounts()
+    }
+
+    /// Forget `account` and its tokens.
+    pub async fn remove_account(&self, account: &Account) {
+        self.core.remove_account(account).await
+    }
+
+    /// The application's client id.
+    pub fn client_id(&self) -> &str {
+        &self.core.client_id
+    }
+
+    /// The token cache (L1) of this application.
+    pub fn cache(&self) -> &TokenCache {
+        &self.core.engine.cache
+    }
+}
+
+impl fmt::Debug for PublicClientApplication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicClientApplication")
+            .field("client_id", &self.core.client_id)
+            .field("authority", &self.core.authority.url())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configuration of a [`PublicClientApplication`].
+#[must_use]
+pub struct PublicClientApplicationBuilder {
+    client_id: String,
+    authority: Option<String>,
+    transport: Option<Arc<dyn HttpTransport>>,
+    runtime: Option<Arc<dyn Runtime>>,
+    cache: Option<Arc<dyn PartitionCache>>,
+    send_options: SendOptions,
+    expiry_buffer: Duration,
+    retry: RetryPolicy,
+    refresh: RefreshOptions,
+    throttling: ThrottlingPolicy,
+}
+
+impl PublicClientApplicationBuilder {
+    /// Authority URL with the tenant (or `organizations` / `common`).
+    pub fn authority(mut self, url: impl Into<String>) -> Self {
+        self.authority = Some(url.into());
+        self
+    }
+
+    /// The HTTP transport.
+    pub fn transport(mut self, transport: Arc<dyn HttpTransport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Clock, timer (device-code polling waits on it) and spawner.
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The in-memory partition cache.
+    pub fn cache(mut self, cache: Arc<dyn PartitionCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Timeout of one HTTP exchange (default 30 s).
+    pub fn http_timeout(mut self, timeout: Duration) -> Self {
+        self.send_options.timeout = timeout;
+        self
+    }
+
+    /// How long before `expires_on` a token stops being served from the cache (default 5 min).
+    pub fn expiry_buffer(mut self, buffer: Duration) -> Self {
+        self.expiry_buffer = buffer;
+        self
+    }
+
+    /// Retry rules for token requests.
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Proactive-refresh settings.
+    pub fn refresh_options(mut self, refresh: RefreshOptions) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// Client-side throttling windows (public clients also stop 60 s after a bare 5xx).
+    pub fn throttling(mut self, throttling: ThrottlingPolicy) -> Self {
+        self.throttling = throttling;
+        self
+    }
+
+    /// Validate and build.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when a required part is missing or the authority is invalid.
+    pub fn build(self) -> Result<PublicClientApplication> {
+        fn missing(what: &str) -> Error {
+            Error::configuration(format!("no {what} configured"))
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(Error::configuration("the client id is empty"));
+        }
+        let authority = Authority::parse(&self.authority.ok_or_else(|| missing("authority"))?)?;
+        let engine = Engine::new(
+            Pipeline {
+                transport: self.transport.ok_or_else(|| missing("HTTP transport"))?,
+                runtime: self.runtime.ok_or_else(|| missing("runtime"))?,
+                send_options: self.send_options,
+                retry: self.retry,
+            },
+            TokenCache::new(self.cache.ok_or_else(|| missing("cache"))?),
+            self.expiry_buffer,
+            self.refresh,
+            self.throttling,
+        );
+        Ok(PublicClientApplication {
+            core: Arc::new(ClientCore {
+                client_id: self.client_id,
+                authority,
+                credential: None,
+                engine: Arc::new(engine),
+            }),
+        })
+    }
+}
+
+/// What to show the user of a device-code sign-in.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct DeviceCodeInfo {
+    /// The code the user types.
+    pub user_code: String,
+    /// Where the user types it.
+    pub verification_uri: String,
+    /// The identity provider's ready-made instruction.
+    pub message: String,
+    /// How long the code stays valid.
+    pub expires_in: Duration,
+    /// How often the client polls.
+    pub interval: Duration,
+    device_code: TokenSecret,
+}
+
+impl fmt::Debug for DeviceCodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceCodeInfo")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+type OnCode = Box<dyn FnOnce(&DeviceCodeInfo) + Send>;
+
+/// A device-code request; await it. Dropping the future stops the polling.
+#[must_use = "a request does nothing until awaited"]
+pub struct AcquireTokenWithDeviceCode<'a> {
+    core: &'a Arc<ClientCore>,
+    scopes: ScopeSet,
+    on_code: OnCode,
+}
+
+impl fmt::Debug for AcquireTokenWithDeviceCode<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcquireTokenWithDeviceCode")
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcquireTokenWithDeviceCode<'_> {
+    /// Run the flow.
+    ///
+    /// # Errors
+    /// [`Error::DeviceCodeExpired`], [`Error::AuthorizationDeclined`], the identity provider's
+    /// other answers, transport failures, local throttling (60 s after a 5xx without
+    /// `Retry-After`).
+    pub async fn execute(self) -> Result<AuthenticationResult> {
+        let started = Instant::now();
+        let core = self.core;
+        if self.scopes.is_empty() {
+            return Err(Error::configuration("no scopes requested"));
+        }
+        let plan = core.plan(
+            &PartitionKey::for_user(&core.client_id, ""),
+            core.authority.tenant(),
+            &self.scopes,
+            "device_code",
+            FlowKind::Public,
+        );
+        if let Some(throttled) = core.engine.throttled(plan.throttle_key) {
+            return Err(throttled);
+        }
+        let outcome = device_code_flow(core, &self.scopes, self.on_code, started).await;
+        core.engine
+            .record_outcome(plan.throttle_key, plan.flow, outcome.as_ref().err());
+        outcome
+    }
+}
+
+impl<'a> IntoFuture for AcquireTokenWithDeviceCode<'a> {
+    type Output = Result<AuthenticationResult>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.execute())
+    }
+}
+
+async fn device_code_flow(
+    core: &ClientCore,
+    scopes: &ScopeSet,
+    on_code: OnCode,
+    started: Instant,
+) -> Result<AuthenticationResult> {
+    let engine = &core.engine;
+    let endpoint = format!("{}/oauth2/v2.0/devicecode", core.authority.url());
+    let form = vec![
+        ("client_id", core.client_id.clone()),
+        ("scope", ClientCore::request_scope(scopes)),
+    ];
+    let response = engine.pipeline.post_form(&endpoint, &form).await?;
+    let info = parse_device_code(&response, engine.pipeline.runtime.now())?;
+    let deadline = engine.now() + info.expires_in.as_secs();
+    let mut interval = info.interval;
+    let device_code = info.device_code.clone();
+    on_code(&info);
+    loop {
+        engine.pipeline.runtime.sleep(interval).await;
+        if engine.now() >= deadline {
+            return Err(Error::DeviceCodeExpired);
+        }
+        let polled = core
+            .user_token_request(vec![
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:device_code".to_owned(),
+                ),
+                ("device_code", device_code.expose_secret().to_owned()),
+            ])
+            .await;
+        match polled {
+            Ok((response, stats)) => {
+                let now = engine.now();
+                let tokens = core.user_tokens(&response, scopes, now)?;
+                let partition =
+                    PartitionKey::for_user(&core.client_id, &tokens.account.home_account_id);
+                let entry = core.store(&partition, tokens, true, now).await;
+                return Ok(idp_result(entry, stats, started));
+            }
+            Err(error) => match error.idp_error().map(|e| e.error.as_str()) {
+                Some("authorization_pending") => {}
+                Some("slow_down") => interval += SLOW_DOWN_STEP,
+                Some("expired_token" | "code_expired") => return Err(Error::DeviceCodeExpired),
+                Some("authorization_declined" | "access_denied") => {
+                    return Err(Error::AuthorizationDeclined);
+                }
+                _ => return Err(error),
+            },
+        }
+    }
+}
+
+/// The device-authorization answer, strictly.
+fn parse_device_code(
+    response: &http::Response<bytes::Bytes>,
+    now: std::time::SystemTime,
+) -> Result<DeviceCodeInfo> {
+    let status = response.status().as_u16();
+    if !response.status().is_success() {
+        return Err(parse_error_response(response, now));
+    }
+    let malformed = |reason: &str| Error::MalformedResponse {
+        status,
+        reason: format!("device code answer: {reason}"),
+    };
+    let object = match serde_json::from_slice::<Value>(response.body()) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(malformed("not a JSON object")),
+    };
+    let text = |name: &str| match object.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(malformed(&format!("`{name}` is missing or not a string"))),
+    };
+    let seconds = |name: &str, default: Option<u64>| match object.get(name) {
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| malformed(&format!("bad `{name}`"))),
+        Some(Value::String(s)) => s
+            .parse::<u64>()
+            .map_err(|_| malformed(&format!("bad `{name}`"))),
+        None => default.ok_or_else(|| malformed(&format!("`{name}` is missing"))),
+        _ => Err(malformed(&format!("bad `{name}`"))),
+    };
+    let verification_uri = text("verification_uri").or_else(|_| text("verification_url"))?;
+    let user_code = text("user_code")?;
+    let message = text("message").unwrap_or_else(|_| {
+        format!("To sign in, open {verification_uri} and enter the code {user_code}.")
+    });
+    Ok(DeviceCodeInfo {
+        device_code: TokenSecret::new(text("device_code")?),
+        user_code,
+        verification_uri,
+        message,
+        expires_in: Duration::from_secs(seconds("expires_in", None)?),
+        // RFC 8628: 5 s when the server does not say.
+        interval: Duration::from_secs(seconds("interval", Some(5))?.max(1)),
+    })
+}
