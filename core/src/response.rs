@@ -346,10 +346,16 @@ mod tests {
             r#"{"access_token":"x","expires_in":60,"id_token":""}"#,
             r#"{"access_token":"x","expires_in":60,"client_info":[]}"#,
         ] {
-            assert!(parse_token_response(&response(200, body), 1024, now).is_err(), "{body}");
+            assert!(
+                parse_token_response(&response(200, body), 1024, now).is_err(),
+                "{body}"
+            );
         }
         let mi = parse_response(
-            &response(200, r#"{"access_token":"x","expires_on":"4600","resource":"r"}"#),
+            &response(
+                200,
+                r#"{"access_token":"x","expires_on":"4600","resource":"r"}"#,
+            ),
             1024,
             now,
             ResponseShape::ManagedIdentity,

@@ -345,12 +345,7 @@ impl AcquireTokenForManagedIdentity<'_> {
                 MI_ENVIRONMENT.into(),
                 scopes.normalized().into(),
             ),
-            throttle_key: ThrottleKey::new(
-                &identity,
-                MI_ENVIRONMENT,
-                scopes.normalized(),
-                None,
-            ),
+            throttle_key: ThrottleKey::new(&identity, MI_ENVIRONMENT, scopes.normalized(), None),
             flow: FlowKind::Confidential,
         };
         cached_or_fetch(
@@ -464,7 +459,10 @@ mod tests {
             ("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi/token"),
             ("IDENTITY_HEADER", "secret-header"),
         ]));
-        assert!(matches!(app_service, ManagedIdentitySource::AppService { .. }));
+        assert!(matches!(
+            app_service,
+            ManagedIdentitySource::AppService { .. }
+        ));
         assert!(!format!("{app_service:?}").contains("secret-header"));
         let imds = ManagedIdentitySource::detect(env(&[("IDENTITY_ENDPOINT", "x")]));
         assert_eq!(

@@ -77,7 +77,11 @@ impl StatusRetry {
         } else {
             self.base_delay
         };
-        Some(error.retry_after().map_or(backoff, |wait| wait.max(backoff)))
+        Some(
+            error
+                .retry_after()
+                .map_or(backoff, |wait| wait.max(backoff)),
+        )
     }
 }
 

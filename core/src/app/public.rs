@@ -376,7 +376,9 @@ fn parse_device_code(
         _ => Err(malformed(&format!("`{name}` is missing or not a string"))),
     };
     let seconds = |name: &str, default: Option<u64>| match object.get(name) {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| malformed(&format!("bad `{name}`"))),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| malformed(&format!("bad `{name}`"))),
         Some(Value::String(s)) => s
             .parse::<u64>()
             .map_err(|_| malformed(&format!("bad `{name}`"))),

@@ -142,8 +142,14 @@ impl ClientCore {
         } else {
             tenant.to_owned()
         };
-        let mut access =
-            access_token_from_response(response, environment, &self.client_id, &realm, requested, now);
+        let mut access = access_token_from_response(
+            response,
+            environment,
+            &self.client_id,
+            &realm,
+            requested,
+            now,
+        );
         access.home_account_id = Some(home.clone());
         let refresh = response.refresh_token.as_ref().map(|secret| {
             let mut rt = RefreshToken::new(
@@ -158,7 +164,14 @@ impl ClientCore {
             rt
         });
         let id_token = response.id_token.as_ref().map(|secret| {
-            IdToken::new(&home, environment, &realm, &self.client_id, secret.clone(), now)
+            IdToken::new(
+                &home,
+                environment,
+                &realm,
+                &self.client_id,
+                secret.clone(),
+                now,
+            )
         });
         let account = Account::new(
             &home,
@@ -241,7 +254,10 @@ impl ClientCore {
         let h = home.clone();
         self.engine
             .write_partition(&partition, move |current| {
-                current.cloned().unwrap_or_default().without_account(&h, now)
+                current
+                    .cloned()
+                    .unwrap_or_default()
+                    .without_account(&h, now)
             })
             .await;
         self.engine
@@ -428,7 +444,7 @@ mod tests {
         let scopes = ScopeSet::parse("User.Read openid");
         assert_eq!(
             ClientCore::request_scope(&scopes),
-            "User.Read openid offline_access profile"
+            "User.Read offline_access openid profile"
         );
     }
 }

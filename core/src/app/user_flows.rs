@@ -66,7 +66,11 @@ impl ConfidentialClientApplication {
         scopes: impl IntoScopeSet,
         redirect_uri: impl Into<String>,
     ) -> AuthorizationUrl {
-        AuthorizationUrl::new(&self.inner.core, scopes.into_scope_set(), redirect_uri.into())
+        AuthorizationUrl::new(
+            &self.inner.core,
+            scopes.into_scope_set(),
+            redirect_uri.into(),
+        )
     }
 
     /// A token for `account` from the cache, renewed with its refresh token when needed.
@@ -296,7 +300,15 @@ impl<'a> AcquireTokenSilent<'a> {
             &query,
             self.force_refresh,
             started,
-            || core.plan(&partition, &self.account.realm, &self.scopes, home, self.flow),
+            || {
+                core.plan(
+                    &partition,
+                    &self.account.realm,
+                    &self.scopes,
+                    home,
+                    self.flow,
+                )
+            },
             || {
                 redeem_refresh_token(
                     Arc::clone(core),
@@ -498,7 +510,7 @@ mod tests {
 
     #[test]
     fn pkce_matches_rfc7636_appendix_b() {
-        let pkce = Pkce::from_verifier("dBjftJeZ4CVP-mJ92IZ7Qz8m5Ri9bfQyzxTWKrqwfl4");
+        let pkce = Pkce::from_verifier("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
         assert_eq!(
             pkce.challenge(),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"

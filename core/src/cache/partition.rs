@@ -577,7 +577,10 @@ impl Partition {
     }
 
     fn section_bytes(&self) -> usize {
-        self.refresh_tokens.values().map(|e| e.bytes()).sum::<usize>()
+        self.refresh_tokens
+            .values()
+            .map(|e| e.bytes())
+            .sum::<usize>()
             + self.id_tokens.values().map(|e| e.bytes()).sum::<usize>()
             + self.accounts.values().map(|e| e.bytes()).sum::<usize>()
     }
@@ -646,8 +649,7 @@ impl Partition {
     /// A partition holding a refresh token or an account never is (`u64::MAX`): the refresh
     /// token outlives every access token.
     pub fn latest_expiry(&self) -> u64 {
-        if self.refresh_tokens.is_empty() && self.accounts.is_empty() && self.id_tokens.is_empty()
-        {
+        if self.refresh_tokens.is_empty() && self.accounts.is_empty() && self.id_tokens.is_empty() {
             self.latest_expiry
         } else {
             u64::MAX

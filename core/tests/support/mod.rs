@@ -18,6 +18,7 @@ pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "super-secret-value-never-logged";
 pub const TENANT: &str = "contoso";
 pub const SCOPE: &str = "api://downstream/.default";
+pub const PUBLIC_CLIENT_ID: &str = "99999999-8888-7777-6666-555555555555";
 
 /// Which transport a test runs over.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +73,35 @@ impl Rig {
 
     pub fn partitions(&self) -> usize {
         tokenwell_core::PartitionCache::partition_count(&*self.cache)
+    }
+
+    pub fn public_app(&self) -> tokenwell_core::PublicClientApplication {
+        self.emulator.register_public_client(PUBLIC_CLIENT_ID);
+        tokenwell_core::PublicClientApplication::builder(PUBLIC_CLIENT_ID)
+            .authority(self.emulator.authority(TENANT))
+            .transport(Arc::clone(&self.transport))
+            .runtime(Arc::new(self.clock.clone()))
+            .cache(self.cache.clone())
+            .http_timeout(Duration::from_secs(10))
+            .build()
+            .expect("valid configuration")
+    }
+
+    /// A managed-identity builder wired to the rig (source not chosen yet).
+    pub fn mi_builder(
+        &self,
+        identity: tokenwell_core::ManagedIdentityId,
+    ) -> tokenwell_core::app::ManagedIdentityApplicationBuilder {
+        tokenwell_core::ManagedIdentityApplication::builder(identity)
+            .transport(Arc::clone(&self.transport))
+            .runtime(Arc::new(self.clock.clone()))
+            .cache(self.cache.clone())
+            .http_timeout(Duration::from_secs(10))
+    }
+
+    /// Requests of `grant_type` by the confidential test client.
+    pub fn grant_requests(&self, grant_type: &str) -> u64 {
+        self.emulator.token_requests_for(grant_type, CLIENT_ID)
     }
 
     pub fn cc_requests(&self) -> u64 {

@@ -1,0 +1,226 @@
+//! Managed identity against the emulator's IMDS and App Service endpoints over real HTTP.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokenwell_core::{
+    CacheRefreshReason, Error, HttpTransport, ManagedIdentityId, SendOptions, TokenSource,
+    TransportError,
+};
+use tokenwell_idp_emulator::{Fault, TokenLifetimes};
+
+use support::{Rig, Transport};
+
+over_each_transport!(
+    imds_first_call_from_endpoint_second_from_cache,
+    imds_expired_token_is_renewed,
+    imds_token_past_refresh_on_is_served_and_refreshed_in_background,
+    imds_user_assigned_identities_by_each_id,
+    imds_retries_5xx_with_backoff,
+    imds_missing_metadata_header_is_a_typed_error,
+    app_service_first_call_then_cache,
+    app_service_wrong_identity_header_is_a_typed_error,
+    unknown_identity_is_a_typed_error,
+);
+
+const RESOURCE: &str = "https://management.azure.com/";
+
+fn imds(rig: &Rig, id: ManagedIdentityId) -> tokenwell_core::ManagedIdentityApplication {
+    rig.mi_builder(id)
+        .imds_endpoint(rig.emulator.imds_endpoint())
+        .build()
+        .unwrap()
+}
+
+async fn imds_first_call_from_endpoint_second_from_cache(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = imds(&rig, ManagedIdentityId::SystemAssigned);
+    let first = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(first.metadata().token_source, TokenSource::IdentityProvider);
+    let second = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(second.metadata().token_source, TokenSource::CacheL1);
+    // A `/.default` scope names the same resource.
+    let third = app
+        .acquire_token("https://management.azure.com//.default")
+        .await
+        .unwrap();
+    assert_eq!(third.metadata().token_source, TokenSource::CacheL1);
+    assert_eq!(rig.emulator.msi_requests(), 1);
+    let form = rig.emulator.last_token_request().unwrap().form;
+    assert_eq!(form.get("resource").map(String::as_str), Some(RESOURCE));
+    assert!(form.contains_key("api-version"));
+}
+
+async fn imds_expired_token_is_renewed(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = imds(&rig, ManagedIdentityId::SystemAssigned);
+    app.acquire_token(RESOURCE).await.unwrap();
+    rig.clock.advance(Duration::from_secs(3600));
+    let renewed = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(
+        renewed.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(
+        renewed.metadata().cache_refresh_reason,
+        CacheRefreshReason::Expired
+    );
+    assert_eq!(rig.emulator.msi_requests(), 2);
+}
+
+async fn imds_token_past_refresh_on_is_served_and_refreshed_in_background(t: Transport) {
+    let rig = Rig::start(t).await;
+    rig.emulator
+        .set_token_lifetimes(TokenLifetimes::new(24 * 3600).with_refresh_in(3600));
+    let app = imds(&rig, ManagedIdentityId::SystemAssigned);
+    let first = app.acquire_token(RESOURCE).await.unwrap();
+    assert!(first.metadata().refresh_on.is_some());
+    rig.clock.advance(Duration::from_secs(3600 + 301));
+    let served = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(served.metadata().token_source, TokenSource::CacheL1);
+    assert_eq!(
+        served.metadata().cache_refresh_reason,
+        CacheRefreshReason::ProactivelyRefreshed
+    );
+    for _ in 0..500 {
+        if rig.emulator.msi_requests() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.emulator.msi_requests(), 2);
+    let after = app.acquire_token(RESOURCE).await.unwrap();
+    assert_ne!(
+        after.access_token().expose_secret(),
+        first.access_token().expose_secret()
+    );
+}
+
+async fn imds_user_assigned_identities_by_each_id(t: Transport) {
+    let rig = Rig::start(t).await;
+    let mi =
+        rig.emulator
+            .add_user_assigned_identity("mi-client", "mi-object", "/subscriptions/s/mi");
+    let ids = [
+        ManagedIdentityId::ClientId(mi.client_id.clone()),
+        ManagedIdentityId::ObjectId(mi.object_id.clone()),
+        ManagedIdentityId::ResourceId(mi.resource_id.clone()),
+    ];
+    for (n, id) in ids.into_iter().enumerate() {
+        let app = imds(&rig, id);
+        let result = app.acquire_token(RESOURCE).await.unwrap();
+        let payload = result
+            .access_token()
+            .expose_secret()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        use base64::Engine as _;
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["oid"], "mi-object", "identity {n}");
+    }
+    // Three identities, three partitions.
+    assert_eq!(rig.partitions(), 3);
+    assert_eq!(rig.emulator.msi_requests(), 3);
+}
+
+async fn imds_retries_5xx_with_backoff(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = imds(&rig, ManagedIdentityId::SystemAssigned);
+    rig.emulator.push_fault(Fault::status(500, "server_error"));
+    rig.emulator.push_fault(Fault::status(404, "not_found"));
+    let before = tokenwell_core::runtime::unix_seconds(tokenwell_core::Runtime::now(&rig.clock));
+    let result = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(result.metadata().retries, 2);
+    assert_eq!(rig.emulator.msi_requests(), 3);
+    // 1 s then 2 s of back-off on the manual clock.
+    assert_eq!(
+        tokenwell_core::runtime::unix_seconds(tokenwell_core::Runtime::now(&rig.clock)) - before,
+        3
+    );
+}
+
+/// A transport that drops the `Metadata` header, as a misconfigured proxy would.
+struct StripMetadata(Arc<dyn HttpTransport>);
+
+#[async_trait]
+impl HttpTransport for StripMetadata {
+    async fn send(
+        &self,
+        mut request: http::Request<Bytes>,
+        options: &SendOptions,
+    ) -> Result<http::Response<Bytes>, TransportError> {
+        request.headers_mut().remove("metadata");
+        self.0.send(request, options).await
+    }
+}
+
+async fn imds_missing_metadata_header_is_a_typed_error(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig
+        .mi_builder(ManagedIdentityId::SystemAssigned)
+        .transport(Arc::new(StripMetadata(Arc::clone(&rig.transport))))
+        .imds_endpoint(rig.emulator.imds_endpoint())
+        .build()
+        .unwrap();
+    let err = app.acquire_token(RESOURCE).await.unwrap_err();
+    let idp = err.idp_error().unwrap();
+    assert_eq!((idp.status, idp.error.as_str()), (400, "invalid_request"));
+    assert!(!err.is_transient());
+    assert_eq!(rig.emulator.msi_requests(), 1, "400 is not retried");
+}
+
+async fn app_service_first_call_then_cache(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig
+        .mi_builder(ManagedIdentityId::SystemAssigned)
+        .app_service(
+            rig.emulator.app_service_endpoint(),
+            rig.emulator.app_service_identity_header(),
+        )
+        .build()
+        .unwrap();
+    let first = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(first.metadata().token_source, TokenSource::IdentityProvider);
+    let second = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(second.metadata().token_source, TokenSource::CacheL1);
+    assert_eq!(rig.emulator.msi_requests(), 1);
+    assert!(!format!("{app:?}").contains(&rig.emulator.app_service_identity_header()));
+}
+
+async fn app_service_wrong_identity_header_is_a_typed_error(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig
+        .mi_builder(ManagedIdentityId::SystemAssigned)
+        .app_service(rig.emulator.app_service_endpoint(), "wrong-secret")
+        .build()
+        .unwrap();
+    let err = app.acquire_token(RESOURCE).await.unwrap_err();
+    let idp = err.idp_error().unwrap();
+    assert_eq!(idp.status, 401);
+    assert!(
+        idp.error_description
+            .as_deref()
+            .unwrap_or_default()
+            .contains("X-IDENTITY-HEADER")
+    );
+    assert!(matches!(err, Error::IdentityProvider(_)));
+    assert_eq!(rig.emulator.msi_requests(), 1, "401 is not retried");
+}
+
+async fn unknown_identity_is_a_typed_error(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = imds(&rig, ManagedIdentityId::ClientId("nobody".into()));
+    let err = app.acquire_token(RESOURCE).await.unwrap_err();
+    assert_eq!(err.idp_error().unwrap().status, 400);
+}

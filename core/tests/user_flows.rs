@@ -1,0 +1,518 @@
+//! User-token flows against the real emulator over real HTTP: on-behalf-of, authorization code
+//! with PKCE, silent with refresh tokens, accounts, device code.
+
+mod support;
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use tokenwell_core::cache::PartitionKey;
+use tokenwell_core::{
+    CacheRefreshReason, Error, ManualClock, Pkce, PublicClientApplication, Runtime, TokenSource,
+};
+use tokenwell_idp_emulator::{DeviceCodeSettings, Fault};
+
+use support::{CLIENT_ID, PUBLIC_CLIENT_ID, Rig, TENANT, Transport};
+
+over_each_transport!(
+    obo_first_call_from_idp_second_from_cache,
+    obo_two_assertions_make_two_partitions,
+    obo_expired_token_is_renewed_with_the_refresh_token,
+    obo_bad_assertion_is_a_typed_invalid_grant,
+    obo_retry_after_throttles_the_same_request,
+    auth_code_with_pkce_then_silent_from_cache,
+    silent_renews_with_the_refresh_token_and_rotation_keeps_the_newest,
+    silent_invalid_grant_is_interaction_required_and_throttled_120s,
+    removed_account_needs_interaction,
+    auth_code_with_wrong_pkce_verifier_is_invalid_grant,
+    device_code_signs_in_then_silent,
+    device_code_declined_is_typed,
+    device_code_expired_is_typed,
+    device_code_slow_down_adds_five_seconds,
+    device_code_is_cancelled_by_dropping_the_future,
+    public_client_5xx_without_retry_after_throttles_60s,
+);
+
+const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const DOWNSTREAM: &str = "api://downstream/Files.Read";
+const REDIRECT: &str = "http://localhost:8400/callback";
+const USER: &str = "ada@contoso.com";
+
+fn incoming_assertion(rig: &Rig, username: &str) -> String {
+    rig.emulator.user_access_token(
+        username,
+        CLIENT_ID,
+        &[&format!("api://{CLIENT_ID}/access_as_user")],
+    )
+}
+
+async fn obo_first_call_from_idp_second_from_cache(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.app();
+    let assertion = incoming_assertion(&rig, USER);
+    let first = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.metadata().token_source, TokenSource::IdentityProvider);
+    assert_eq!(rig.grant_requests(OBO_GRANT), 1);
+    let form = rig.emulator.last_token_request().unwrap().form;
+    assert_eq!(form.get("client_info").map(String::as_str), Some("1"));
+    assert!(form["scope"].contains("offline_access"));
+
+    let second = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap();
+    assert_eq!(second.metadata().token_source, TokenSource::CacheL1);
+    assert_eq!(
+        first.access_token().expose_secret(),
+        second.access_token().expose_secret()
+    );
+    assert_eq!(rig.grant_requests(OBO_GRANT), 1);
+    // The partition holds the user's refresh token, keyed by the assertion's hash.
+    let partition = PartitionKey::for_on_behalf_of(CLIENT_ID, &assertion);
+    assert!(!partition.as_str().contains(&assertion));
+    let snapshot = app.cache().get(&partition).unwrap();
+    assert_eq!(snapshot.refresh_tokens().count(), 1);
+    assert_eq!(snapshot.accounts().next().unwrap().username, USER);
+    // OBO users are not accounts of the web API.
+    assert!(app.accounts().is_empty());
+    let request = format!(
+        "{:?}",
+        app.acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+    );
+    assert!(!request.contains(&assertion), "{request}");
+}
+
+async fn obo_two_assertions_make_two_partitions(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.app();
+    let a = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], incoming_assertion(&rig, USER))
+        .await
+        .unwrap();
+    let b = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], incoming_assertion(&rig, "grace@contoso.com"))
+        .await
+        .unwrap();
+    assert_ne!(
+        a.access_token().expose_secret(),
+        b.access_token().expose_secret()
+    );
+    assert_eq!(rig.grant_requests(OBO_GRANT), 2);
+    assert_eq!(rig.partitions(), 2);
+}
+
+async fn obo_expired_token_is_renewed_with_the_refresh_token(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.app();
+    let assertion = incoming_assertion(&rig, USER);
+    let first = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap();
+    rig.clock.advance(Duration::from_secs(3600));
+    let renewed = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(
+        renewed.metadata().cache_refresh_reason,
+        CacheRefreshReason::Expired
+    );
+    assert_ne!(
+        first.access_token().expose_secret(),
+        renewed.access_token().expose_secret()
+    );
+    assert_eq!(rig.grant_requests(OBO_GRANT), 1, "no second exchange");
+    assert_eq!(rig.grant_requests("refresh_token"), 1);
+}
+
+async fn obo_bad_assertion_is_a_typed_invalid_grant(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.app();
+    let err = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], "not.a.jwt")
+        .await
+        .unwrap_err();
+    assert!(err.is_interaction_required(), "{err:?}");
+    assert_eq!(err.idp_error().unwrap().error, "invalid_grant");
+    assert!(!err.is_transient());
+}
+
+async fn obo_retry_after_throttles_the_same_request(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.app();
+    let assertion = incoming_assertion(&rig, USER);
+    rig.emulator.push_fault(Fault::throttled(30));
+    let err = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.idp_error().unwrap().status, 429);
+    let refused = app
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert_eq!(rig.grant_requests(OBO_GRANT), 1);
+    rig.clock.advance(Duration::from_secs(31));
+    app.acquire_token_on_behalf_of([DOWNSTREAM], assertion)
+        .await
+        .unwrap();
+    assert_eq!(rig.grant_requests(OBO_GRANT), 2);
+}
+
+/// Sign `USER` in with an authorization code and PKCE; returns the app.
+async fn sign_in(rig: &Rig) -> tokenwell_core::ConfidentialClientApplication {
+    let app = rig.app();
+    let pkce = Pkce::new();
+    let url = app
+        .authorization_url(["User.Read"], REDIRECT)
+        .pkce(&pkce)
+        .state("s1")
+        .build();
+    assert!(
+        url.starts_with(&rig.emulator.authorize_endpoint(TENANT)),
+        "{url}"
+    );
+    assert!(url.contains(&format!("code_challenge={}", pkce.challenge())));
+    assert!(url.contains("code_challenge_method=S256"));
+    let code = rig.emulator.issue_authorization_code(
+        CLIENT_ID,
+        USER,
+        &["User.Read", "offline_access", "openid", "profile"],
+        REDIRECT,
+        Some(pkce.challenge()),
+    );
+    let result = app
+        .acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
+        .with_pkce_verifier(pkce.verifier())
+        .await
+        .unwrap();
+    assert_eq!(
+        result.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    app
+}
+
+async fn auth_code_with_pkce_then_silent_from_cache(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = sign_in(&rig).await;
+    assert_eq!(rig.grant_requests("authorization_code"), 1);
+    let accounts = app.accounts();
+    assert_eq!(accounts.len(), 1);
+    let account = &accounts[0];
+    assert_eq!(account.username, USER);
+    assert_eq!(account.authority_type, "MSSTS");
+    assert!(account.home_account_id.contains('.'), "uid.utid");
+    let silent = app
+        .acquire_token_silent(["user.read"], account)
+        .await
+        .unwrap();
+    assert_eq!(silent.metadata().token_source, TokenSource::CacheL1);
+    assert_eq!(rig.grant_requests("refresh_token"), 0);
+    let partition = PartitionKey::for_user(CLIENT_ID, &account.home_account_id);
+    let snapshot = app.cache().get(&partition).unwrap();
+    assert_eq!(snapshot.refresh_tokens().count(), 1);
+    assert_eq!(snapshot.id_tokens().count(), 1);
+}
+
+async fn silent_renews_with_the_refresh_token_and_rotation_keeps_the_newest(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = sign_in(&rig).await;
+    let account = app.accounts().remove(0);
+    let partition = PartitionKey::for_user(CLIENT_ID, &account.home_account_id);
+    let rt = |app: &tokenwell_core::ConfidentialClientApplication| {
+        let snapshot = app.cache().get(&partition).unwrap();
+        assert_eq!(
+            snapshot.refresh_tokens().count(),
+            1,
+            "one refresh token per account"
+        );
+        snapshot.refresh_tokens().next().unwrap().secret.clone()
+    };
+    let original = rt(&app);
+    for round in 1..=2 {
+        rig.clock.advance(Duration::from_secs(3600));
+        let renewed = app
+            .acquire_token_silent(["User.Read"], &account)
+            .await
+            .unwrap();
+        assert_eq!(
+            renewed.metadata().token_source,
+            TokenSource::IdentityProvider
+        );
+        assert_eq!(rig.grant_requests("refresh_token"), round);
+    }
+    // The emulator revokes a redeemed refresh token: the second renewal only worked because
+    // the rotated one replaced it.
+    assert_ne!(rt(&app), original);
+}
+
+async fn silent_invalid_grant_is_interaction_required_and_throttled_120s(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = sign_in(&rig).await;
+    let account = app.accounts().remove(0);
+    rig.emulator.revoke_refresh_tokens(USER);
+    rig.clock.advance(Duration::from_secs(3600));
+    let err = app
+        .acquire_token_silent(["User.Read"], &account)
+        .await
+        .unwrap_err();
+    assert!(err.is_interaction_required(), "{err:?}");
+    assert_eq!(err.idp_error().unwrap().error, "invalid_grant");
+    let refused = app
+        .acquire_token_silent(["User.Read"], &account)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert!(refused.is_interaction_required());
+    assert_eq!(rig.grant_requests("refresh_token"), 1);
+    rig.clock.advance(Duration::from_secs(121));
+    let again = app
+        .acquire_token_silent(["User.Read"], &account)
+        .await
+        .unwrap_err();
+    assert!(!matches!(again, Error::Throttled { .. }));
+    assert_eq!(rig.grant_requests("refresh_token"), 2);
+}
+
+async fn removed_account_needs_interaction(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = sign_in(&rig).await;
+    let account = app.accounts().remove(0);
+    app.remove_account(&account).await;
+    assert!(app.accounts().is_empty());
+    let err = app
+        .acquire_token_silent(["User.Read"], &account)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InteractionRequired(_)), "{err:?}");
+    assert_eq!(rig.grant_requests("refresh_token"), 0);
+}
+
+async fn auth_code_with_wrong_pkce_verifier_is_invalid_grant(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.app();
+    let pkce = Pkce::new();
+    let code = rig.emulator.issue_authorization_code(
+        CLIENT_ID,
+        USER,
+        &["User.Read", "offline_access", "openid", "profile"],
+        REDIRECT,
+        Some(pkce.challenge()),
+    );
+    let err = app
+        .acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
+        .with_pkce_verifier(Pkce::new().verifier())
+        .await
+        .unwrap_err();
+    assert_eq!(err.idp_error().unwrap().error, "invalid_grant");
+    assert!(app.accounts().is_empty());
+}
+
+fn fast_device_codes(rig: &Rig, expires_in: u64) {
+    rig.emulator.set_device_code_settings(DeviceCodeSettings {
+        expires_in,
+        interval: 1,
+        enforce_interval: false,
+    });
+}
+
+/// Run a device-code sign-in; `decide` runs with the user code once the callback saw it.
+async fn device_code_with(
+    app: &PublicClientApplication,
+    decide: impl FnOnce(String),
+) -> tokenwell_core::Result<tokenwell_core::AuthenticationResult> {
+    let (tx, rx) = futures::channel::oneshot::channel::<String>();
+    let acquire = app.acquire_token_with_device_code(["User.Read"], move |info| {
+        assert!(info.message.contains(&info.user_code));
+        assert!(!format!("{info:?}").contains("device_code\""));
+        let _ = tx.send(info.user_code.clone());
+    });
+    let decide = async move {
+        if let Ok(code) = rx.await {
+            decide(code);
+        }
+    };
+    let (result, ()) = futures::join!(acquire.into_future(), decide);
+    result
+}
+
+async fn device_code_signs_in_then_silent(t: Transport) {
+    let rig = Rig::start(t).await;
+    fast_device_codes(&rig, 900);
+    let app = rig.public_app();
+    let result = device_code_with(&app, |code| {
+        assert!(rig.emulator.approve_device_code(&code, USER));
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        result.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    let account = app.accounts().remove(0);
+    assert_eq!(account.username, USER);
+    let silent = app
+        .acquire_token_silent(["User.Read"], &account)
+        .await
+        .unwrap();
+    assert_eq!(silent.metadata().token_source, TokenSource::CacheL1);
+    rig.clock.advance(Duration::from_secs(3600));
+    let renewed = app
+        .acquire_token_silent(["User.Read"], &account)
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(
+        rig.emulator
+            .token_requests_for("refresh_token", PUBLIC_CLIENT_ID),
+        1
+    );
+}
+
+async fn device_code_declined_is_typed(t: Transport) {
+    let rig = Rig::start(t).await;
+    fast_device_codes(&rig, 900);
+    let app = rig.public_app();
+    let err = device_code_with(&app, |code| {
+        assert!(rig.emulator.decline_device_code(&code));
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::AuthorizationDeclined), "{err:?}");
+    assert!(app.accounts().is_empty());
+}
+
+async fn device_code_expired_is_typed(t: Transport) {
+    let rig = Rig::start(t).await;
+    fast_device_codes(&rig, 3);
+    let app = rig.public_app();
+    let err = device_code_with(&app, |_| {}).await.unwrap_err();
+    assert!(matches!(err, Error::DeviceCodeExpired), "{err:?}");
+}
+
+/// A clock that records every sleep (the device-code polling intervals).
+#[derive(Clone)]
+struct RecordingClock {
+    clock: ManualClock,
+    sleeps: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl Runtime for RecordingClock {
+    fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.sleeps.lock().push(duration);
+        self.clock.sleep(duration)
+    }
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.clock.spawn(task)
+    }
+}
+
+async fn device_code_slow_down_adds_five_seconds(t: Transport) {
+    let rig = Rig::start(t).await;
+    fast_device_codes(&rig, 900);
+    rig.emulator.register_public_client(PUBLIC_CLIENT_ID);
+    let recording = RecordingClock {
+        clock: rig.clock.clone(),
+        sleeps: Arc::default(),
+    };
+    let app = PublicClientApplication::builder(PUBLIC_CLIENT_ID)
+        .authority(rig.emulator.authority(TENANT))
+        .transport(Arc::clone(&rig.transport))
+        .runtime(Arc::new(recording.clone()))
+        .cache(rig.cache.clone())
+        .build()
+        .unwrap();
+    rig.emulator.push_fault(Fault::status(400, "slow_down"));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let result = app
+        .acquire_token_with_device_code(["User.Read"], move |info| {
+            tx.send(info.user_code.clone()).unwrap();
+        })
+        .into_future();
+    // Approve before polling starts: the first poll gets the injected slow_down, the second
+    // the token.
+    let approve = async {
+        loop {
+            if let Ok(code) = rx.try_recv() {
+                assert!(rig.emulator.approve_device_code(&code, USER));
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let (result, ()) = futures::join!(result, approve);
+    result.unwrap();
+    let sleeps = recording.sleeps.lock().clone();
+    assert!(sleeps.len() >= 2, "{sleeps:?}");
+    assert_eq!(sleeps[0], Duration::from_secs(1));
+    assert_eq!(sleeps[1], Duration::from_secs(6), "slow_down adds 5 s");
+}
+
+async fn device_code_is_cancelled_by_dropping_the_future(t: Transport) {
+    let rig = Rig::start(t).await;
+    fast_device_codes(&rig, 900);
+    let app = rig.public_app();
+    let (tx, rx) = futures::channel::oneshot::channel::<String>();
+    let acquire = app
+        .acquire_token_with_device_code(["User.Read"], move |info| {
+            let _ = tx.send(info.user_code.clone());
+        })
+        .into_future();
+    let code = futures::select! {
+        _ = acquire.fuse() => panic!("the flow cannot finish unapproved"),
+        code = rx.fuse() => code.unwrap(),
+    };
+    // The future is dropped: approving now redeems nothing.
+    let polls = rig.emulator.token_requests_for(
+        "urn:ietf:params:oauth:grant-type:device_code",
+        PUBLIC_CLIENT_ID,
+    );
+    assert!(rig.emulator.approve_device_code(&code, USER));
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        rig.emulator.token_requests_for(
+            "urn:ietf:params:oauth:grant-type:device_code",
+            PUBLIC_CLIENT_ID
+        ),
+        polls
+    );
+    assert!(app.accounts().is_empty());
+}
+
+async fn public_client_5xx_without_retry_after_throttles_60s(t: Transport) {
+    let rig = Rig::start(t).await;
+    fast_device_codes(&rig, 900);
+    let app = rig.public_app();
+    rig.emulator.set_outage(Some(Fault::unavailable()));
+    let err = device_code_with(&app, |_| {}).await.unwrap_err();
+    assert_eq!(err.idp_error().unwrap().status, 503);
+    rig.emulator.set_outage(None);
+    let refused = device_code_with(&app, |_| {}).await.unwrap_err();
+    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    rig.clock.advance(Duration::from_secs(61));
+    fast_device_codes(&rig, 2);
+    let again = device_code_with(&app, |_| {}).await.unwrap_err();
+    assert!(matches!(again, Error::DeviceCodeExpired), "{again:?}");
+}
