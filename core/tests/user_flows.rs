@@ -35,6 +35,7 @@ over_each_transport!(
     device_code_slow_down_adds_five_seconds,
     device_code_is_cancelled_by_dropping_the_future,
     public_client_5xx_without_retry_after_throttles_60s,
+    msal_json_round_trip_of_a_user_partition,
 );
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -515,4 +516,60 @@ async fn public_client_5xx_without_retry_after_throttles_60s(t: Transport) {
     fast_device_codes(&rig, 2);
     let again = device_code_with(&app, |_| {}).await.unwrap_err();
     assert!(matches!(again, Error::DeviceCodeExpired), "{again:?}");
+}
+
+async fn msal_json_round_trip_of_a_user_partition(t: Transport) {
+    use tokenwell_core::cache::msal_json;
+    let rig = Rig::start(t).await;
+    let app = sign_in(&rig).await;
+    let account = app.accounts().remove(0);
+    let key = PartitionKey::for_user(CLIENT_ID, &account.home_account_id);
+    let partition = app.cache().get(&key).unwrap();
+    let exported = msal_json::export([&*partition], None).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    for section in ["AccessToken", "RefreshToken", "IdToken", "Account"] {
+        assert_eq!(doc[section].as_object().unwrap().len(), 1, "{section}");
+    }
+    let rt_key = format!("{}-", account.home_account_id);
+    assert!(
+        doc["RefreshToken"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k.starts_with(&rt_key) && k.contains("-refreshtoken-"))
+    );
+
+    let imported = msal_json::import(&exported).unwrap();
+    assert!(imported.skipped.is_empty(), "{:?}", imported.skipped);
+    let again =
+        msal_json::export(imported.partitions.values(), Some(&imported.unmodelled)).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again).unwrap(),
+        doc
+    );
+
+    // Another process loads the file and carries on silently with the imported refresh token.
+    let cache = Arc::new(tokenwell_cache_memory::MemoryCache::new());
+    for (key, partition) in imported.partitions {
+        tokenwell_core::PartitionCache::insert(&*cache, key, Arc::new(partition));
+    }
+    let other = rig.builder().cache(cache).build().unwrap();
+    let accounts = other.accounts();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].username, USER);
+    let cached = other
+        .acquire_token_silent(["User.Read"], &accounts[0])
+        .await
+        .unwrap();
+    assert_eq!(cached.metadata().token_source, TokenSource::CacheL1);
+    rig.clock.advance(Duration::from_secs(3600));
+    let renewed = other
+        .acquire_token_silent(["User.Read"], &accounts[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(rig.grant_requests("refresh_token"), 1);
 }

@@ -10,11 +10,13 @@
 //! Access tokens become [`Partition`]s: application tokens (no `home_account_id`) under
 //! [`PartitionKey::for_app`]`(client_id, realm)`, user tokens under
 //! [`PartitionKey::for_user`]`(client_id, home_account_id)`. Fields this version does not know
-//! travel in [`AccessToken::extra`]. Refresh tokens, ID tokens, accounts, app metadata and any
-//! other section have no model yet: the import keeps them verbatim in [`UnmodelledSections`] and
-//! the export writes them back, so `export(import(x))` loses nothing. So do access-token
-//! entries that cannot be modelled safely (malformed, or isolated by MSAL's `ext_cache_key`):
-//! they stay raw and are listed in [`MsalImport::skipped`].
+//! travel in [`AccessToken::extra`]. Refresh tokens and ID tokens join the user partition of
+//! their client and account; an account joins every user partition of its `home_account_id`
+//! and the client's account index (what `accounts()` lists). App metadata and any other section
+//! have no model: the import keeps them verbatim in [`UnmodelledSections`] and the export
+//! writes them back, so `export(import(x))` loses nothing. So do entries that cannot be
+//! modelled safely (malformed, isolated by MSAL's `ext_cache_key`, duplicates, accounts with no
+//! tokens): they stay raw and are listed in [`MsalImport::skipped`].
 //!
 //! What a round trip normalizes (MSAL reads both forms alike): timestamps written as JSON
 //! numbers come back as strings, an empty `home_account_id` comes back as `null`, a missing
@@ -32,7 +34,10 @@ use std::fmt;
 use hashbrown::HashMap;
 use serde_json::{Map, Value};
 
-use super::model::{AccessToken, CREDENTIAL_TYPE_ACCESS_TOKEN, TokenSecret};
+use super::model::{
+    AccessToken, Account, CREDENTIAL_TYPE_ACCESS_TOKEN, CREDENTIAL_TYPE_ID_TOKEN,
+    CREDENTIAL_TYPE_REFRESH_TOKEN, IdToken, RefreshToken, TokenSecret,
+};
 use super::partition::{AccessTokenKey, Partition, PartitionKey};
 use crate::scopes::ScopeSet;
 
@@ -70,6 +75,38 @@ const MODELLED_FIELDS: [&str; 13] = [
     "extended_expires_on",
     "refresh_on",
     "key_id",
+];
+
+/// Fields the refresh-token model holds.
+const RT_FIELDS: [&str; 8] = [
+    "credential_type",
+    "secret",
+    "home_account_id",
+    "environment",
+    "client_id",
+    "target",
+    "last_modification_time",
+    "family_id",
+];
+
+/// Fields the ID-token model holds.
+const ID_FIELDS: [&str; 6] = [
+    "credential_type",
+    "secret",
+    "home_account_id",
+    "environment",
+    "realm",
+    "client_id",
+];
+
+/// Fields the account model holds.
+const ACCOUNT_FIELDS: [&str; 6] = [
+    "home_account_id",
+    "environment",
+    "realm",
+    "local_account_id",
+    "username",
+    "authority_type",
 ];
 
 /// Fields with which MSAL isolates an entry from ordinary lookups. tokenwell would ignore them
@@ -123,6 +160,31 @@ pub enum MsalJsonError {
         /// The key of the entry kept raw.
         key: String,
     },
+    /// A refresh-token, ID-token or account entry lacks a field or has one of the wrong type.
+    #[error("MSAL {section} entry '{key}' is invalid: {reason}")]
+    InvalidEntry {
+        /// The section.
+        section: String,
+        /// The entry's cache key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A refresh-token, ID-token or account entry is the same entry for tokenwell as another
+    /// (one refresh token per account and client); the newer one was imported.
+    #[error("MSAL {section} entry '{key}' duplicates another entry; the newer one was imported")]
+    DuplicateEntry {
+        /// The section.
+        section: String,
+        /// The key of the entry kept raw.
+        key: String,
+    },
+    /// An account with no token of any client in the cache: no partition to hold it.
+    #[error("MSAL account '{key}' has no tokens; kept raw")]
+    OrphanAccount {
+        /// The account's cache key.
+        key: String,
+    },
     /// An unknown field kept in [`AccessToken::extra`] does not hold JSON (export).
     #[error("access token '{key}': unknown field '{field}' does not hold valid JSON")]
     InvalidExtraField {
@@ -133,7 +195,7 @@ pub enum MsalJsonError {
     },
 }
 
-/// Sections (and access-token entries) of an MSAL cache that tokenwell does not model yet,
+/// Sections (and entries) of an MSAL cache that tokenwell does not model,
 /// kept as raw JSON so an export writes them back unchanged.
 ///
 /// Holds refresh tokens and ID tokens: its `Debug` shows section names and sizes only.
@@ -193,11 +255,11 @@ impl fmt::Debug for UnmodelledSections {
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct MsalImport {
-    /// Access tokens, grouped into the partitions tokenwell reads them from.
+    /// Tokens and accounts, grouped into the partitions tokenwell reads them from.
     pub partitions: BTreeMap<PartitionKey, Partition>,
     /// Everything else, verbatim (see [`UnmodelledSections`]).
     pub unmodelled: UnmodelledSections,
-    /// Access-token entries kept raw in `unmodelled` instead of imported, and why.
+    /// Entries kept raw in `unmodelled` instead of imported, and why.
     pub skipped: Vec<MsalJsonError>,
 }
 
@@ -261,7 +323,12 @@ impl MsalCacheFormat {
             PartitionKey,
             HashMap<AccessTokenKey, (String, Value, AccessToken)>,
         > = HashMap::new();
+        let mut others: Vec<(String, String, Value)> = Vec::new();
         for (name, entries) in sections {
+            if [SECTION_REFRESH_TOKEN, SECTION_ID_TOKEN, SECTION_ACCOUNT].contains(&name.as_str()) {
+                others.extend(entries.into_iter().map(|(k, v)| (name.clone(), k, v)));
+                continue;
+            }
             if name != SECTION_ACCESS_TOKEN {
                 result.unmodelled.sections.insert(name, entries);
                 continue;
@@ -317,7 +384,224 @@ impl MsalCacheFormat {
                 (key, partition)
             })
             .collect();
+        self.import_user_entries(others, &mut result);
         Ok(result)
+    }
+
+    /// Refresh tokens and ID tokens into their user partitions, then accounts into every
+    /// partition of their user and the clients' account indexes.
+    fn import_user_entries(&self, entries: Vec<(String, String, Value)>, result: &mut MsalImport) {
+        let keep_raw = |result: &mut MsalImport, section: &str, key: String, raw: Value| {
+            result.unmodelled.section_mut(section).insert(key, raw);
+        };
+        let mut accounts = Vec::new();
+        // Per section: MSAL key and raw entry of what each partition slot holds, to undo a
+        // duplicate.
+        let mut slots: HashMap<String, (String, Value)> = HashMap::new();
+        for (section, key, raw) in entries {
+            let parsed = match section.as_str() {
+                SECTION_REFRESH_TOKEN => self.refresh_token_from_json(&key, &raw).map(Parsed::Rt),
+                SECTION_ID_TOKEN => self.id_token_from_json(&key, &raw).map(Parsed::Id),
+                _ => self.account_from_json(&key, &raw).map(Parsed::Account),
+            };
+            let parsed = match parsed {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    result.skipped.push(error);
+                    keep_raw(result, &section, key, raw);
+                    continue;
+                }
+            };
+            let (partition_key, slot, written_at) = match &parsed {
+                Parsed::Rt(rt) => (
+                    PartitionKey::for_user(&rt.client_id, &rt.home_account_id),
+                    rt.entry_key(),
+                    rt.last_modification_time,
+                ),
+                Parsed::Id(id) => (
+                    PartitionKey::for_user(&id.client_id, &id.home_account_id),
+                    id.entry_key(),
+                    id.cached_at,
+                ),
+                Parsed::Account(account) => {
+                    accounts.push((key, raw, account.clone()));
+                    continue;
+                }
+            };
+            let existing = result
+                .partitions
+                .get(&partition_key)
+                .and_then(|p| match &parsed {
+                    Parsed::Rt(_) => p
+                        .refresh_tokens()
+                        .find(|t| t.entry_key() == slot)
+                        .map(|t| t.last_modification_time),
+                    Parsed::Id(_) => p
+                        .id_tokens()
+                        .find(|t| t.entry_key() == slot)
+                        .map(|t| t.cached_at),
+                    Parsed::Account(_) => None,
+                });
+            let slot_id = format!("{partition_key}\u{0}{slot}");
+            if existing.is_some_and(|then| then >= written_at) {
+                result.skipped.push(MsalJsonError::DuplicateEntry {
+                    section: section.clone(),
+                    key: key.clone(),
+                });
+                keep_raw(result, &section, key, raw);
+                continue;
+            }
+            if existing.is_some()
+                && let Some((old_key, old_raw)) = slots.remove(&slot_id)
+            {
+                result.skipped.push(MsalJsonError::DuplicateEntry {
+                    section: section.clone(),
+                    key: old_key.clone(),
+                });
+                keep_raw(result, &section, old_key, old_raw);
+            }
+            slots.insert(slot_id, (key, raw));
+            let partition = result.partitions.entry(partition_key).or_default();
+            let taken = std::mem::take(partition);
+            *partition = match parsed {
+                Parsed::Rt(rt) => taken.with_refresh_token(rt),
+                Parsed::Id(id) => taken.with_id_token(id),
+                Parsed::Account(_) => taken,
+            };
+        }
+        for (key, raw, account) in accounts {
+            let homes: Vec<PartitionKey> = result
+                .partitions
+                .iter()
+                .filter(|(_, p)| {
+                    user_of(p).is_some_and(|h| h.eq_ignore_ascii_case(&account.home_account_id))
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if homes.is_empty() {
+                result
+                    .skipped
+                    .push(MsalJsonError::OrphanAccount { key: key.clone() });
+                keep_raw(result, SECTION_ACCOUNT, key, raw);
+                continue;
+            }
+            let clients: Vec<String> = homes
+                .iter()
+                .filter_map(|k| result.partitions.get(k).and_then(client_of))
+                .collect();
+            for home in homes {
+                if let Some(partition) = result.partitions.get_mut(&home) {
+                    *partition = std::mem::take(partition).with_account(account.clone());
+                }
+            }
+            for client in clients {
+                let index = result
+                    .partitions
+                    .entry(PartitionKey::for_user(&client, ""))
+                    .or_default();
+                *index = std::mem::take(index).with_account(account.clone());
+            }
+        }
+    }
+
+    fn refresh_token_from_json(
+        &self,
+        key: &str,
+        entry: &Value,
+    ) -> Result<RefreshToken, MsalJsonError> {
+        let f = EntryFields::new(
+            SECTION_REFRESH_TOKEN,
+            key,
+            entry,
+            CREDENTIAL_TYPE_REFRESH_TOKEN,
+        )?;
+        let target_text = f.string("target")?.unwrap_or("");
+        let mut rt = RefreshToken::new(
+            f.required("home_account_id")?,
+            self.to_tokenwell_environment(f.required("environment")?),
+            f.required("client_id")?,
+            ScopeSet::parse(target_text),
+            TokenSecret::new(f.required("secret")?),
+            f.timestamp("last_modification_time")?.unwrap_or(0),
+        );
+        rt.family_id = f.string("family_id")?.map(str::to_owned);
+        rt.extra = f.extra(&RT_FIELDS);
+        if ScopeSet::parse(target_text).to_target() != target_text {
+            rt.extra
+                .push((HINT_TARGET.to_owned(), Value::from(target_text).to_string()));
+        }
+        let computed = self.refresh_token_key(&rt);
+        push_key_hint(&mut rt.extra, key, &computed);
+        Ok(rt)
+    }
+
+    fn id_token_from_json(&self, key: &str, entry: &Value) -> Result<IdToken, MsalJsonError> {
+        let f = EntryFields::new(SECTION_ID_TOKEN, key, entry, CREDENTIAL_TYPE_ID_TOKEN)?;
+        let mut id = IdToken::new(
+            f.required("home_account_id")?,
+            self.to_tokenwell_environment(f.required("environment")?),
+            f.required("realm")?,
+            f.required("client_id")?,
+            TokenSecret::new(f.required("secret")?),
+            0,
+        );
+        id.extra = f.extra(&ID_FIELDS);
+        let computed = self.id_token_key(&id);
+        push_key_hint(&mut id.extra, key, &computed);
+        Ok(id)
+    }
+
+    fn account_from_json(&self, key: &str, entry: &Value) -> Result<Account, MsalJsonError> {
+        let f = EntryFields::new(SECTION_ACCOUNT, key, entry, "")?;
+        let mut account = Account::new(
+            f.required("home_account_id")?,
+            self.to_tokenwell_environment(f.required("environment")?),
+            f.required("realm")?,
+            f.string("local_account_id")?.unwrap_or(""),
+            f.string("username")?.unwrap_or(""),
+            0,
+        );
+        if let Some(kind) = f.string("authority_type")? {
+            kind.clone_into(&mut account.authority_type);
+        }
+        account.extra = f.extra(&ACCOUNT_FIELDS);
+        let computed = self.account_key(&account);
+        push_key_hint(&mut account.extra, key, &computed);
+        Ok(account)
+    }
+
+    fn refresh_token_key(&self, rt: &RefreshToken) -> String {
+        format!(
+            "{}-{}-refreshtoken-{}--{}",
+            rt.home_account_id,
+            self.to_msal_environment(&rt.environment),
+            rt.client_id,
+            extra_hint(&rt.extra, HINT_TARGET)
+                .filter(|t| ScopeSet::parse(t).normalized() == rt.target.normalized())
+                .unwrap_or_else(|| rt.target.to_target()),
+        )
+        .to_lowercase()
+    }
+
+    fn id_token_key(&self, id: &IdToken) -> String {
+        format!(
+            "{}-{}-idtoken-{}-{}-",
+            id.home_account_id,
+            self.to_msal_environment(&id.environment),
+            id.client_id,
+            id.realm
+        )
+        .to_lowercase()
+    }
+
+    fn account_key(&self, account: &Account) -> String {
+        format!(
+            "{}-{}-{}",
+            account.home_account_id,
+            self.to_msal_environment(&account.environment),
+            account.realm
+        )
+        .to_lowercase()
     }
 
     fn access_token_from_json(
@@ -443,6 +727,92 @@ impl MsalCacheFormat {
                 let environment = self.to_msal_environment(&token.environment).to_owned();
                 app_metadata.push((environment, token.client_id.clone()));
             }
+            for rt in partition.refresh_tokens() {
+                let key = original_key(&rt.extra, self.refresh_token_key(rt));
+                let target = extra_hint(&rt.extra, HINT_TARGET)
+                    .filter(|t| ScopeSet::parse(t).normalized() == rt.target.normalized())
+                    .unwrap_or_else(|| rt.target.to_target());
+                let mut entry = Map::new();
+                entry.insert(
+                    "credential_type".into(),
+                    Value::from(CREDENTIAL_TYPE_REFRESH_TOKEN),
+                );
+                entry.insert("secret".into(), Value::from(rt.secret.expose_secret()));
+                entry.insert(
+                    "home_account_id".into(),
+                    Value::from(rt.home_account_id.as_str()),
+                );
+                entry.insert(
+                    "environment".into(),
+                    Value::from(self.to_msal_environment(&rt.environment)),
+                );
+                entry.insert("client_id".into(), Value::from(rt.client_id.as_str()));
+                entry.insert("target".into(), Value::from(target));
+                if rt.last_modification_time != 0 {
+                    entry.insert(
+                        "last_modification_time".into(),
+                        Value::from(rt.last_modification_time.to_string()),
+                    );
+                }
+                if let Some(family) = &rt.family_id {
+                    entry.insert("family_id".into(), Value::from(family.as_str()));
+                }
+                write_extra(&mut entry, &rt.extra, &RT_FIELDS, &key)?;
+                let environment = self.to_msal_environment(&rt.environment).to_owned();
+                app_metadata.push((environment, rt.client_id.clone()));
+                doc.section_mut(SECTION_REFRESH_TOKEN)
+                    .entry(key)
+                    .or_insert(Value::Object(entry));
+            }
+            for id in partition.id_tokens() {
+                let key = original_key(&id.extra, self.id_token_key(id));
+                let mut entry = Map::new();
+                entry.insert(
+                    "credential_type".into(),
+                    Value::from(CREDENTIAL_TYPE_ID_TOKEN),
+                );
+                entry.insert("secret".into(), Value::from(id.secret.expose_secret()));
+                entry.insert(
+                    "home_account_id".into(),
+                    Value::from(id.home_account_id.as_str()),
+                );
+                entry.insert(
+                    "environment".into(),
+                    Value::from(self.to_msal_environment(&id.environment)),
+                );
+                entry.insert("realm".into(), Value::from(id.realm.as_str()));
+                entry.insert("client_id".into(), Value::from(id.client_id.as_str()));
+                write_extra(&mut entry, &id.extra, &ID_FIELDS, &key)?;
+                doc.section_mut(SECTION_ID_TOKEN)
+                    .entry(key)
+                    .or_insert(Value::Object(entry));
+            }
+            for account in partition.accounts() {
+                let key = original_key(&account.extra, self.account_key(account));
+                let mut entry = Map::new();
+                entry.insert(
+                    "home_account_id".into(),
+                    Value::from(account.home_account_id.as_str()),
+                );
+                entry.insert(
+                    "environment".into(),
+                    Value::from(self.to_msal_environment(&account.environment)),
+                );
+                entry.insert("realm".into(), Value::from(account.realm.as_str()));
+                entry.insert(
+                    "local_account_id".into(),
+                    Value::from(account.local_account_id.as_str()),
+                );
+                entry.insert("username".into(), Value::from(account.username.as_str()));
+                entry.insert(
+                    "authority_type".into(),
+                    Value::from(account.authority_type.as_str()),
+                );
+                write_extra(&mut entry, &account.extra, &ACCOUNT_FIELDS, &key)?;
+                doc.section_mut(SECTION_ACCOUNT)
+                    .entry(key)
+                    .or_insert(Value::Object(entry));
+            }
         }
         let metadata = doc.section_mut(SECTION_APP_METADATA);
         for (environment, client_id) in app_metadata {
@@ -538,6 +908,170 @@ impl MsalCacheFormat {
         )
         .to_lowercase()
     }
+}
+
+/// A parsed refresh token, ID token or account.
+enum Parsed {
+    Rt(RefreshToken),
+    Id(IdToken),
+    Account(Account),
+}
+
+/// The user a partition's user entries belong to.
+fn user_of(partition: &Partition) -> Option<&str> {
+    partition
+        .refresh_tokens()
+        .map(|t| t.home_account_id.as_str())
+        .chain(partition.id_tokens().map(|t| t.home_account_id.as_str()))
+        .chain(
+            partition
+                .access_tokens()
+                .filter_map(|t| t.home_account_id.as_deref()),
+        )
+        .next()
+}
+
+/// The client a partition's entries belong to.
+fn client_of(partition: &Partition) -> Option<String> {
+    partition
+        .refresh_tokens()
+        .map(|t| t.client_id.clone())
+        .chain(partition.id_tokens().map(|t| t.client_id.clone()))
+        .chain(partition.access_tokens().map(|t| t.client_id.clone()))
+        .next()
+}
+
+/// Typed access to the fields of one refresh-token, ID-token or account entry.
+struct EntryFields<'a> {
+    section: &'static str,
+    key: &'a str,
+    fields: &'a Map<String, Value>,
+}
+
+impl<'a> EntryFields<'a> {
+    fn new(
+        section: &'static str,
+        key: &'a str,
+        entry: &'a Value,
+        credential_type: &str,
+    ) -> Result<Self, MsalJsonError> {
+        let invalid = |reason: String| MsalJsonError::InvalidEntry {
+            section: section.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let fields = entry
+            .as_object()
+            .ok_or_else(|| invalid("not a JSON object".into()))?;
+        if let Some(field) = ISOLATING_FIELDS.iter().find(|f| fields.contains_key(**f)) {
+            return Err(invalid(format!("isolated by '{field}'")));
+        }
+        match fields.get("credential_type") {
+            None => {}
+            Some(Value::String(t)) if t.eq_ignore_ascii_case(credential_type) => {}
+            Some(other) => return Err(invalid(format!("credential_type is {other}"))),
+        }
+        Ok(EntryFields {
+            section,
+            key,
+            fields,
+        })
+    }
+
+    fn invalid(&self, reason: String) -> MsalJsonError {
+        MsalJsonError::InvalidEntry {
+            section: self.section.to_owned(),
+            key: self.key.to_owned(),
+            reason,
+        }
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, MsalJsonError> {
+        match self.fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(self.invalid(format!("'{name}' is not a string"))),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<&'a str, MsalJsonError> {
+        self.string(name)?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| self.invalid(format!("'{name}' is missing")))
+    }
+
+    fn timestamp(&self, name: &str) -> Result<Option<u64>, MsalJsonError> {
+        match self.fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| self.invalid(format!("'{name}' is not a Unix time"))),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.invalid(format!("'{name}' is not a Unix time"))),
+            Some(_) => Err(self.invalid(format!("'{name}' is not a Unix time"))),
+        }
+    }
+
+    /// Fields outside `modelled`, as (name, raw JSON).
+    fn extra(&self, modelled: &[&str]) -> Vec<(String, String)> {
+        self.fields
+            .iter()
+            .filter(|(name, _)| !modelled.contains(&name.as_str()))
+            .filter(|(name, _)| !name.starts_with(HINT_PREFIX))
+            .map(|(name, value)| (name.clone(), value.to_string()))
+            .collect()
+    }
+}
+
+/// Remember the imported key when the computed one differs.
+fn push_key_hint(extra: &mut Vec<(String, String)>, original: &str, computed: &str) {
+    if original != computed {
+        let hint = Value::from(vec![original.to_owned(), computed.to_owned()]);
+        extra.push((HINT_KEY.to_owned(), hint.to_string()));
+    }
+}
+
+/// The imported key, if the key computed then is still the one computed now.
+fn original_key(extra: &[(String, String)], computed: String) -> String {
+    extra
+        .iter()
+        .find(|(n, _)| n == HINT_KEY)
+        .and_then(|(_, raw)| serde_json::from_str::<(String, String)>(raw).ok())
+        .filter(|(_, then)| *then == computed)
+        .map_or(computed, |(original, _)| original)
+}
+
+/// Write unknown fields back (hints and modelled names skipped).
+fn write_extra(
+    entry: &mut Map<String, Value>,
+    extra: &[(String, String)],
+    modelled: &[&str],
+    key: &str,
+) -> Result<(), MsalJsonError> {
+    for (name, raw) in extra {
+        if name.starts_with(HINT_PREFIX) || modelled.contains(&name.as_str()) {
+            continue;
+        }
+        let value: Value =
+            serde_json::from_str(raw).map_err(|_| MsalJsonError::InvalidExtraField {
+                key: key.to_owned(),
+                field: name.clone(),
+            })?;
+        entry.insert(name.clone(), value);
+    }
+    Ok(())
+}
+
+/// A hint decoded from an `extra` list.
+fn extra_hint(extra: &[(String, String)], name: &str) -> Option<String> {
+    extra
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, raw)| serde_json::from_str::<String>(raw).ok())
 }
 
 /// A hint this module left in `extra`, decoded.
@@ -718,15 +1252,29 @@ mod tests {
             e,
             MsalJsonError::InvalidAccessToken { key, .. } if key == "broken"
         )));
-        for section in [
-            "RefreshToken",
-            "IdToken",
-            "Account",
-            "AppMetadata",
-            "FutureSection",
-        ] {
+        for section in ["AppMetadata", "FutureSection"] {
             assert!(imported.unmodelled.section(section).is_some(), "{section}");
         }
+        for section in ["RefreshToken", "IdToken", "Account"] {
+            assert!(
+                imported.unmodelled.section(section).is_none(),
+                "{section} is modelled"
+            );
+        }
+        let rt = user.refresh_tokens().next().unwrap();
+        assert_eq!(rt.secret.expose_secret(), "rt");
+        assert_eq!(rt.family_id.as_deref(), Some("1"));
+        assert_eq!(rt.last_modification_time, 1795564000);
+        assert_eq!(user.id_tokens().count(), 1);
+        let account = user.accounts().next().unwrap();
+        assert_eq!(account.username, "ada@example.com");
+        assert_eq!(account.authority_type, "MSSTS");
+        let index = &imported.partitions[&PartitionKey::for_user("app1", "")];
+        assert_eq!(
+            index.accounts().count(),
+            1,
+            "the account index lists the user"
+        );
         assert_eq!(
             imported.unmodelled.section("AccessToken").unwrap().len(),
             2,
