@@ -771,4 +771,44 @@ mod tests {
         );
         assert_eq!(p.latest_expiry(), 9_000);
     }
+
+    #[test]
+    fn refresh_tokens_merge_newest_wins_and_removals_stick() {
+        use crate::cache::model::{Account, RefreshToken};
+        let rt = |secret: &str, at: u64| {
+            RefreshToken::new(
+                "uid.utid",
+                "login.example",
+                "client",
+                ScopeSet::parse("user.read"),
+                TokenSecret::new(secret),
+                at,
+            )
+        };
+        let account = Account::new("uid.utid", "login.example", "t", "uid", "ada", 100);
+        let older = Partition::new()
+            .with_refresh_token(rt("rt-1", 100))
+            .with_account(account.clone());
+        // Rotation on this node: the new refresh token replaces the old one.
+        let newer = older.clone().with_refresh_token(rt("rt-2", 200));
+        assert_eq!(newer.refresh_tokens().count(), 1);
+        for merged in [older.merge(&newer, 300), newer.merge(&older, 300)] {
+            let kept = merged
+                .find_refresh_token("uid.utid", "login.example", "client")
+                .unwrap();
+            assert_eq!(kept.secret.expose_secret(), "rt-2");
+            assert_eq!(
+                merged.latest_expiry(),
+                u64::MAX,
+                "kept alive by its refresh token"
+            );
+        }
+        let removed = newer.without_account("uid.utid", 400);
+        assert!(removed.refresh_tokens().next().is_none());
+        assert!(removed.accounts().next().is_none());
+        assert!(removed.merge(&newer, 500).refresh_tokens().next().is_none());
+        // A sign-in after the removal comes back.
+        let again = removed.merge(&Partition::new().with_refresh_token(rt("rt-3", 600)), 600);
+        assert_eq!(again.refresh_tokens().count(), 1);
+    }
 }
