@@ -20,7 +20,9 @@ pub mod telemetry;
 pub mod testkit;
 pub mod throttle;
 
-pub use app::{AcquireTokenForClient, ConfidentialClientApplication, RefreshOptions};
+pub use app::{
+    AcquireTokenForClient, ConfidentialClientApplication, L2Options, LeaseOptions, RefreshOptions,
+};
 pub use authority::Authority;
 pub use cache::{PartitionCache, TokenSecret};
 pub use credential::{AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential};

@@ -15,6 +15,10 @@ pub const IDP_DURATION: &str = "tokenwell_idp_request_duration_seconds";
 pub const RETRIES: &str = "tokenwell_retries_total";
 /// Callers that joined an identity-provider call already in flight.
 pub const COALESCED_WAITERS: &str = "tokenwell_coalesced_waiters_total";
+/// L2 store failures (treated as misses or lost writes), labelled `op`.
+pub const L2_ERRORS: &str = "tokenwell_l2_errors_total";
+/// L2 blobs dropped because they could not be decoded or authenticated.
+pub const L2_CORRUPT_BLOBS: &str = "tokenwell_l2_corrupt_blobs_total";
 /// Calls refused locally by client-side throttling.
 pub const THROTTLED: &str = "tokenwell_throttled_total";
 /// Background (proactive) refreshes, labelled `outcome` = `ok` | `error`.
@@ -54,4 +58,12 @@ pub(crate) fn throttled() {
 pub(crate) fn background_refresh(ok: bool) {
     metrics::counter!(BACKGROUND_REFRESHES, "outcome" => if ok { "ok" } else { "error" })
         .increment(1);
+}
+
+pub(crate) fn l2_error(op: &'static str) {
+    metrics::counter!(L2_ERRORS, "op" => op).increment(1);
+}
+
+pub(crate) fn l2_corrupt_blob() {
+    metrics::counter!(L2_CORRUPT_BLOBS).increment(1);
 }

@@ -13,6 +13,7 @@ use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use super::engine::{Engine, FetchPlan, FlightKey, FlightResult, Lookup, RefreshOptions};
+use super::l2::L2Options;
 use super::pipeline::Pipeline;
 use crate::authority::Authority;
 use crate::cache::{AccessToken, AccessTokenQuery, PartitionCache, PartitionKey, TokenCache};
@@ -87,6 +88,7 @@ impl ConfidentialClientApplication {
             retry: RetryPolicy::default(),
             refresh: RefreshOptions::default(),
             throttling: ThrottlingPolicy::default(),
+            l2: None,
         }
     }
 
@@ -142,6 +144,7 @@ pub struct ConfidentialClientApplicationBuilder {
     retry: RetryPolicy,
     refresh: RefreshOptions,
     throttling: ThrottlingPolicy,
+    l2: Option<L2Options>,
 }
 
 impl ConfidentialClientApplicationBuilder {
@@ -212,6 +215,12 @@ impl ConfidentialClientApplicationBuilder {
         self
     }
 
+    /// A shared or persistent L2 store behind the in-memory cache (Redis, SQLite …).
+    pub fn l2(mut self, l2: L2Options) -> Self {
+        self.l2 = Some(l2);
+        self
+    }
+
     /// Validate and build.
     ///
     /// # Errors
@@ -257,7 +266,8 @@ impl ConfidentialClientApplicationBuilder {
             self.expiry_buffer,
             self.refresh,
             self.throttling,
-        );
+        )
+        .with_l2(self.l2);
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
                 client_id: self.client_id,

@@ -260,34 +260,77 @@ impl Partition {
     }
 
     /// Merge two copies of a partition (ours and one read from a shared store): per entry the
-    /// newest `cached_at` wins; a removal newer than an entry keeps it removed.
+    /// newest `cached_at` wins (ours on a tie); a removal newer than an entry keeps it removed.
     pub fn merge(&self, other: &Partition, now: u64) -> Partition {
-        let mut tombstones = self.tombstones.clone();
-        for (key, removed_at) in &other.tombstones {
+        Self::merge_by(other, self, now, |_| true)
+    }
+
+    /// Merge our copy into `theirs` when writing to a shared store: as [`merge`](Self::merge),
+    /// but on a `cached_at` tie only the entries this write changed (`written`) beat theirs, so
+    /// a stale copy we merely learned earlier never overwrites another node's newer write made
+    /// in the same second.
+    pub(crate) fn merge_for_write(
+        &self,
+        theirs: &Partition,
+        now: u64,
+        written: &hashbrown::HashSet<AccessTokenKey>,
+    ) -> Partition {
+        Self::merge_by(theirs, self, now, |key| written.contains(key))
+    }
+
+    /// Keys of the entries of `self` that are not the very same entries in `before` (new or
+    /// replaced by a write).
+    pub(crate) fn changed_since(
+        &self,
+        before: Option<&Partition>,
+    ) -> hashbrown::HashSet<AccessTokenKey> {
+        self.access_tokens
+            .iter()
+            .filter(|(key, token)| {
+                before
+                    .and_then(|b| b.access_tokens.get(*key))
+                    .is_none_or(|old| !Arc::ptr_eq(old, token))
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// `base` overlaid with `overlay`: an overlay entry wins when newer, or on a tie when
+    /// `overlay_wins_tie(key)`.
+    fn merge_by(
+        base: &Partition,
+        overlay: &Partition,
+        now: u64,
+        overlay_wins_tie: impl Fn(&AccessTokenKey) -> bool,
+    ) -> Partition {
+        let mut tombstones = base.tombstones.clone();
+        for (key, removed_at) in &overlay.tombstones {
             let slot = tombstones.entry(key.clone()).or_insert(*removed_at);
             *slot = (*slot).max(*removed_at);
         }
+        let alive = |token: &AccessToken, key: &AccessTokenKey| {
+            !token.is_hard_expired(now)
+                && !tombstones
+                    .get(key)
+                    .is_some_and(|removed| *removed >= token.cached_at)
+        };
         let mut merged = Partition::new();
-        for token in self
-            .access_tokens
-            .values()
-            .chain(other.access_tokens.values())
-        {
-            if token.is_hard_expired(now) {
-                continue;
-            }
+        for token in base.access_tokens.values() {
             let key = AccessTokenKey::of(token);
-            if tombstones
-                .get(&key)
-                .is_some_and(|removed| *removed >= token.cached_at)
-            {
+            if alive(token, &key) {
+                merged.insert_access_token(Arc::clone(token));
+            }
+        }
+        for token in overlay.access_tokens.values() {
+            let key = AccessTokenKey::of(token);
+            if !alive(token, &key) {
                 continue;
             }
-            let newer = merged
-                .access_tokens
-                .get(&key)
-                .is_none_or(|existing| token.cached_at > existing.cached_at);
-            if newer {
+            let wins = merged.access_tokens.get(&key).is_none_or(|existing| {
+                token.cached_at > existing.cached_at
+                    || (token.cached_at == existing.cached_at && overlay_wins_tie(&key))
+            });
+            if wins {
                 merged.insert_access_token(Arc::clone(token));
             }
         }
