@@ -315,10 +315,10 @@ impl Engine {
         let engine = Arc::clone(self);
         async move {
             let runtime = Arc::clone(&engine.pipeline.runtime);
-            if let Some(query) = &l2_query {
-                if let Some(hit) = engine.l2_hit(&partition, query).await {
-                    return Ok(hit);
-                }
+            if let Some(query) = &l2_query
+                && let Some(hit) = engine.l2_hit(&partition, query).await
+            {
+                return Ok(hit);
             }
             if let Some(throttled) = engine.throttled(throttle_key) {
                 return Err(throttled);

@@ -310,9 +310,9 @@ impl Partition {
         }
         let alive = |token: &AccessToken, key: &AccessTokenKey| {
             !token.is_hard_expired(now)
-                && !tombstones
+                && tombstones
                     .get(key)
-                    .is_some_and(|removed| *removed >= token.cached_at)
+                    .is_none_or(|removed| *removed < token.cached_at)
         };
         let mut merged = Partition::new();
         for token in base.access_tokens.values() {
