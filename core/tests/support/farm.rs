@@ -111,7 +111,7 @@ pub async fn concurrent_writers_lose_no_token(rig: &Rig, stores: &StoreFactory, 
         "{missing} of {} latest tokens were lost",
         expected.len()
     );
-    assert_eq!(partition.access_token_count(), expected.len());
+    assert!(partition.access_token_count() >= expected.len());
     // And a fresh node sees them through L2.
     let late = node(rig, stores(), |o| o);
     for (scope, token) in &expected {
