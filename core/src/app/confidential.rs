@@ -315,13 +315,17 @@ impl AcquireTokenForClient<'_> {
         if self.scopes.is_empty() {
             return Err(Error::configuration("no scopes requested"));
         }
+        // Borrow the default partition key: no reference-count traffic on the hot path.
         let overridden;
         let (authority, partition) = match &self.tenant {
             Some(t) if t != inner.authority.tenant() => {
-                overridden = inner.authority.with_tenant(t);
-                (&overridden, PartitionKey::for_app(&inner.client_id, t))
+                overridden = (
+                    inner.authority.with_tenant(t),
+                    PartitionKey::for_app(&inner.client_id, t),
+                );
+                (&overridden.0, &overridden.1)
             }
-            _ => (&inner.authority, inner.default_partition.clone()),
+            _ => (&inner.authority, &inner.default_partition),
         };
         let now = engine.now();
         let query = AccessTokenQuery {
@@ -335,7 +339,7 @@ impl AcquireTokenForClient<'_> {
         let (reason, stale) = if self.force_refresh {
             (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
-            match engine.lookup(&partition, &query, now) {
+            match engine.lookup(partition, &query, now) {
                 Lookup::Fresh(token) => {
                     return Ok(Engine::cache_result(
                         token,
@@ -347,7 +351,7 @@ impl AcquireTokenForClient<'_> {
                     engine.refresh_in_background(
                         &token,
                         now,
-                        || client_plan(inner, authority, &partition, &self.scopes),
+                        || client_plan(inner, authority, partition, &self.scopes),
                         || {
                             fetch_for_client(
                                 Arc::clone(inner),
@@ -366,7 +370,7 @@ impl AcquireTokenForClient<'_> {
                 Lookup::Miss { reason, stale } => (reason, stale),
             }
         };
-        let plan = client_plan(inner, authority, &partition, &self.scopes);
+        let plan = client_plan(inner, authority, partition, &self.scopes);
         engine
             .fetch(plan, &query, reason, stale, started, || {
                 fetch_for_client(

@@ -160,7 +160,7 @@ impl Engine {
         reason: CacheRefreshReason,
         started: Instant,
     ) -> AuthenticationResult {
-        telemetry::cache_hit("l1");
+        telemetry::cache_hit_l1();
         let mut metadata = AuthenticationResultMetadata::new(TokenSource::CacheL1, reason);
         let elapsed = started.elapsed();
         metadata.total_duration = elapsed;
@@ -368,7 +368,7 @@ impl Engine {
         if token.is_expired(now, self.expiry_buffer_secs) {
             return None;
         }
-        telemetry::cache_hit("l2");
+        telemetry::cache_hit_l2();
         let stats = FetchStats {
             http_duration: Duration::ZERO,
             retries: 0,

@@ -97,24 +97,17 @@ pub struct AccessTokenQuery<'a> {
 /// How long a removal is remembered; longer than any token lives, so no copy can resurrect it.
 const TOMBSTONE_RETENTION_SECS: u64 = 48 * 3600;
 
+/// The hash covers only what varies within a partition (realm, scopes, account); environment,
+/// token type and key id are compared by `Equivalent` but not hashed, which keeps the hot-path
+/// hash short and case-insensitive token types free.
 fn hash_key_fields<H: Hasher>(
     state: &mut H,
     home_account_id: Option<&str>,
-    environment: &str,
     realm: &str,
-    token_type: &str,
-    key_id: Option<&str>,
     scopes: &str,
 ) {
     home_account_id.hash(state);
-    environment.hash(state);
     realm.hash(state);
-    // Case-insensitive without allocating: hash the lower-cased bytes.
-    for b in token_type.bytes() {
-        state.write_u8(b.to_ascii_lowercase());
-    }
-    state.write_u8(0xff);
-    key_id.hash(state);
     scopes.hash(state);
 }
 
@@ -123,10 +116,7 @@ impl Hash for AccessTokenKey {
         hash_key_fields(
             state,
             self.home_account_id.as_deref(),
-            &self.environment,
             &self.realm,
-            &self.token_type,
-            self.key_id.as_deref(),
             &self.scopes,
         )
     }
@@ -137,10 +127,7 @@ impl Hash for AccessTokenQuery<'_> {
         hash_key_fields(
             state,
             self.home_account_id,
-            self.environment,
             self.realm,
-            self.token_type,
-            self.key_id,
             self.scopes.normalized(),
         )
     }
