@@ -60,6 +60,15 @@ impl Runtime for SystemClock {
 }
 
 fn token(tenant: &str, resource: usize, now: u64) -> AccessToken {
+    token_with_refresh_on(tenant, resource, now, None)
+}
+
+fn token_with_refresh_on(
+    tenant: &str,
+    resource: usize,
+    now: u64,
+    refresh_on: Option<u64>,
+) -> AccessToken {
     let mut t = AccessToken::new(
         "login.bench.invalid",
         CLIENT_ID,
@@ -73,7 +82,22 @@ fn token(tenant: &str, resource: usize, now: u64) -> AccessToken {
         now + 24 * 3600,
     );
     t.extended_expires_on = t.expires_on;
+    t.refresh_on = refresh_on;
     t
+}
+
+/// An application whose one cached token is past its `refresh_on`, with its background refresh
+/// already claimed (in flight): every hit serves the token and only checks the refresh gate.
+pub fn app_with_token_past_refresh_on() -> (ConfidentialClientApplication, ScopeSet) {
+    let (app, scopes) = app_with_cached_tokens(0, Layout::PartitionPerTenant);
+    let now = unix_seconds(SystemTime::now());
+    // Past refresh_on by an hour, beyond any jitter.
+    let entry = token_with_refresh_on(TENANT, 0, now, Some(now - 3600));
+    app.cache()
+        .update(&PartitionKey::for_app(CLIENT_ID, TENANT), move |_| {
+            Partition::from_access_tokens([entry])
+        });
+    (app, scopes)
 }
 
 /// An application whose cache holds `total` tokens in `layout`, and the scopes of a token that
@@ -91,7 +115,7 @@ pub fn app_with_cached_tokens(
     );
     match layout {
         Layout::PartitionPerTenant => {
-            for i in 0..total {
+            for i in 0..total.max(1) {
                 let tenant = format!("tenant-{i}");
                 let partition = Partition::from_access_tokens([token(&tenant, 0, now)]);
                 cache.insert(

@@ -3,3 +3,5 @@
 //!
 //! The repository README is compiled here so its code sample stays correct:
 #![doc = include_str!("../README.md")]
+
+pub mod daemon;

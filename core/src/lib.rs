@@ -21,7 +21,7 @@ pub mod testkit;
 pub mod throttle;
 
 pub use app::{
-    AcquireTokenForClient, ConfidentialClientApplication, DeviceCodeInfo,
+    AcquireTokenForClient, ConfidentialClientApplication, DeviceCodeInfo, L2Options, LeaseOptions,
     ManagedIdentityApplication, ManagedIdentityId, Pkce, PublicClientApplication, RefreshOptions,
 };
 pub use authority::Authority;

@@ -24,6 +24,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Run `task` in the background (proactive refresh). It must not be tied to the caller.
     fn spawn(&self, task: BoxFuture<'static, ()>);
+
+    /// A timer that bounds waiting for I/O (a store that does not answer). It measures real
+    /// time even when [`now`](Self::now) is a test clock: a stuck socket is stuck in real time.
+    fn io_timeout(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.sleep(duration)
+    }
 }
 
 impl<R: Runtime + ?Sized> Runtime for Arc<R> {
@@ -35,6 +41,9 @@ impl<R: Runtime + ?Sized> Runtime for Arc<R> {
     }
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         (**self).spawn(task)
+    }
+    fn io_timeout(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        (**self).io_timeout(duration)
     }
 }
 
@@ -168,5 +177,9 @@ impl Runtime for ManualClock {
 
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         self.inner.spawn(task)
+    }
+
+    fn io_timeout(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.inner.io_timeout(duration)
     }
 }

@@ -1,7 +1,7 @@
 //! Conformance suite every [`TokenStore`] runs against itself (memory, SQLite, Redis, Redis
 //! Cluster), so they all keep the same contract. Enabled by the `testkit` feature.
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test]
 //! async fn conforms() {
 //!     let store = Arc::new(MyStore::open(...));

@@ -13,6 +13,7 @@ use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use super::engine::{Engine, FetchPlan, FlightKey, FlightResult, Lookup, RefreshOptions};
+use super::l2::L2Options;
 use super::pipeline::Pipeline;
 use crate::authority::Authority;
 use crate::cache::{AccessToken, AccessTokenQuery, PartitionCache, PartitionKey, TokenCache};
@@ -89,6 +90,7 @@ impl ConfidentialClientApplication {
             retry: RetryPolicy::default(),
             refresh: RefreshOptions::default(),
             throttling: ThrottlingPolicy::default(),
+            l2: None,
         }
     }
 
@@ -144,6 +146,7 @@ pub struct ConfidentialClientApplicationBuilder {
     retry: RetryPolicy,
     refresh: RefreshOptions,
     throttling: ThrottlingPolicy,
+    l2: Option<L2Options>,
 }
 
 impl ConfidentialClientApplicationBuilder {
@@ -214,6 +217,12 @@ impl ConfidentialClientApplicationBuilder {
         self
     }
 
+    /// A shared or persistent L2 store behind the in-memory cache (Redis, SQLite …).
+    pub fn l2(mut self, l2: L2Options) -> Self {
+        self.l2 = Some(l2);
+        self
+    }
+
     /// Validate and build.
     ///
     /// # Errors
@@ -248,18 +257,21 @@ impl ConfidentialClientApplicationBuilder {
             return Err(Error::configuration("max_response_bytes must be above 0"));
         }
         let default_partition = PartitionKey::for_app(&self.client_id, authority.tenant());
-        let engine = Arc::new(Engine::new(
-            Pipeline {
-                transport,
-                runtime,
-                send_options: self.send_options,
-                retry: self.retry,
-            },
-            TokenCache::new(cache),
-            self.expiry_buffer,
-            self.refresh,
-            self.throttling,
-        ));
+        let engine = Arc::new(
+            Engine::new(
+                Pipeline {
+                    transport,
+                    runtime,
+                    send_options: self.send_options,
+                    retry: self.retry,
+                },
+                TokenCache::new(cache),
+                self.expiry_buffer,
+                self.refresh,
+                self.throttling,
+            )
+            .with_l2(self.l2),
+        );
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
                 core: Arc::new(super::user::ClientCore {
@@ -313,13 +325,17 @@ impl AcquireTokenForClient<'_> {
         if self.scopes.is_empty() {
             return Err(Error::configuration("no scopes requested"));
         }
+        // Borrow the default partition key: no reference-count traffic on the hot path.
         let overridden;
         let (authority, partition) = match &self.tenant {
             Some(t) if t != inner.authority.tenant() => {
-                overridden = inner.authority.with_tenant(t);
-                (&overridden, PartitionKey::for_app(&inner.client_id, t))
+                overridden = (
+                    inner.authority.with_tenant(t),
+                    PartitionKey::for_app(&inner.client_id, t),
+                );
+                (&overridden.0, &overridden.1)
             }
-            _ => (&inner.authority, inner.default_partition.clone()),
+            _ => (&inner.authority, &inner.default_partition),
         };
         let now = engine.now();
         let query = AccessTokenQuery {
@@ -333,7 +349,7 @@ impl AcquireTokenForClient<'_> {
         let (reason, stale) = if self.force_refresh {
             (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
-            match engine.lookup(&partition, &query, now) {
+            match engine.lookup(partition, &query, now) {
                 Lookup::Fresh(token) => {
                     return Ok(Engine::cache_result(
                         token,
@@ -345,7 +361,7 @@ impl AcquireTokenForClient<'_> {
                     engine.refresh_in_background(
                         &token,
                         now,
-                        || client_plan(inner, authority, &partition, &self.scopes),
+                        || client_plan(inner, authority, partition, &self.scopes),
                         || {
                             fetch_for_client(
                                 Arc::clone(inner),
@@ -364,7 +380,7 @@ impl AcquireTokenForClient<'_> {
                 Lookup::Miss { reason, stale } => (reason, stale),
             }
         };
-        let plan = client_plan(inner, authority, &partition, &self.scopes);
+        let plan = client_plan(inner, authority, partition, &self.scopes);
         engine
             .fetch(plan, &query, reason, stale, started, || {
                 fetch_for_client(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+use super::l2::{L2, L2Options, OwnedQuery};
 use super::pipeline::{FetchStats, Pipeline};
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
@@ -78,6 +79,7 @@ pub(crate) struct Engine {
     pub refresh: RefreshOptions,
     flights: SingleFlight<FlightKey, FlightResult>,
     throttler: Throttler,
+    l2: Option<L2>,
 }
 
 impl Engine {
@@ -95,7 +97,14 @@ impl Engine {
             refresh,
             flights: SingleFlight::new(),
             throttler: Throttler::new(throttling),
+            l2: None,
         }
+    }
+
+    /// Put `store` behind L1 (or none).
+    pub(crate) fn with_l2(mut self, l2: Option<L2Options>) -> Self {
+        self.l2 = l2.map(L2::new);
+        self
     }
 
     /// Current time in Unix seconds, from the runtime's clock.
@@ -151,7 +160,7 @@ impl Engine {
         reason: CacheRefreshReason,
         started: Instant,
     ) -> AuthenticationResult {
-        telemetry::cache_hit("l1");
+        telemetry::cache_hit_l1();
         let mut metadata = AuthenticationResultMetadata::new(TokenSource::CacheL1, reason);
         let elapsed = started.elapsed();
         metadata.total_duration = elapsed;
@@ -174,6 +183,7 @@ impl Engine {
             async move {
                 let result = work.await;
                 match &result {
+                    Ok((_, stats)) if stats.from_l2 => {}
                     Ok(_) => engine.throttler.record_success(throttle_key),
                     Err(e) => engine.throttler.record_failure(
                         throttle_key,
@@ -232,7 +242,8 @@ impl Engine {
         );
     }
 
-    /// The miss path: local throttling, one coalesced call, and the stale-token fallback.
+    /// The miss path: one coalesced flight (L2, then local throttling, the farm lease, and the
+    /// identity provider), and the stale-token fallback.
     pub(crate) async fn fetch(
         self: &Arc<Self>,
         plan: FetchPlan,
@@ -242,28 +253,32 @@ impl Engine {
         started: Instant,
         start: impl FnOnce() -> BoxFuture<'static, Result<FlightResult>>,
     ) -> Result<AuthenticationResult> {
-        let _ = query; // consulted against L2 once the store is wired in
         let cache_duration = started.elapsed();
         telemetry::cache_miss();
-        let outcome = match self
-            .throttler
-            .check(plan.throttle_key, self.pipeline.runtime.now())
-        {
-            Err(throttled) => Err(throttled),
-            Ok(()) => {
-                let (flight, leader) = self.flight(&plan, start);
-                if !leader {
-                    telemetry::coalesced_waiter();
-                }
-                flight.await
-            }
-        };
-        match outcome {
+        let l2_query = (self.l2.is_some() && reason != CacheRefreshReason::ForceRefreshOrClaims)
+            .then(|| OwnedQuery::from_query(query));
+        let partition = plan.flight_key.0.clone();
+        let throttle_key = plan.throttle_key;
+        let (flight, leader) = self.flight(&plan, || {
+            self.resolve(partition, throttle_key, l2_query, start())
+        });
+        if !leader {
+            telemetry::coalesced_waiter();
+        }
+        match flight.await {
             Ok((token, stats)) => {
-                let mut metadata =
-                    AuthenticationResultMetadata::new(TokenSource::IdentityProvider, reason);
+                let (source, reason) = if stats.from_l2 {
+                    (TokenSource::CacheL2, CacheRefreshReason::NotApplicable)
+                } else {
+                    (TokenSource::IdentityProvider, reason)
+                };
+                let mut metadata = AuthenticationResultMetadata::new(source, reason);
                 metadata.total_duration = started.elapsed();
-                metadata.cache_duration = cache_duration;
+                metadata.cache_duration = if stats.from_l2 {
+                    metadata.total_duration
+                } else {
+                    cache_duration
+                };
                 metadata.http_duration = stats.http_duration;
                 metadata.retries = stats.retries;
                 Ok(AuthenticationResult::new(token, metadata))
@@ -288,6 +303,80 @@ impl Engine {
         }
     }
 
+    /// The body of a flight: L2 first, then local throttling, then (under the farm lease when
+    /// configured) the identity provider.
+    fn resolve(
+        self: &Arc<Self>,
+        partition: PartitionKey,
+        throttle_key: ThrottleKey,
+        l2_query: Option<OwnedQuery>,
+        idp: BoxFuture<'static, Result<FlightResult>>,
+    ) -> BoxFuture<'static, Result<FlightResult>> {
+        let engine = Arc::clone(self);
+        async move {
+            let runtime = Arc::clone(&engine.pipeline.runtime);
+            if let Some(query) = &l2_query
+                && let Some(hit) = engine.l2_hit(&partition, query).await
+            {
+                return Ok(hit);
+            }
+            if let Some(throttled) = engine.throttled(throttle_key) {
+                return Err(throttled);
+            }
+            let lease = match (&engine.l2, &l2_query) {
+                (Some(l2), Some(query)) => match l2.lease_options().cloned() {
+                    Some(options) => match l2.try_lease(&*runtime, &partition, options.ttl).await {
+                        Ok(Some(lease)) => Some(lease),
+                        Ok(None) => {
+                            // Another node is refreshing: wait for its blob, then fall back.
+                            let rounds = (options.max_wait.as_millis()
+                                / options.poll_interval.as_millis().max(1))
+                            .max(1);
+                            for _ in 0..rounds {
+                                runtime.io_timeout(options.poll_interval).await;
+                                if let Some(hit) = engine.l2_hit(&partition, query).await {
+                                    return Ok(hit);
+                                }
+                            }
+                            None
+                        }
+                        Err(_) => None,
+                    },
+                    None => None,
+                },
+                _ => None,
+            };
+            let result = idp.await;
+            if let (Some(l2), Some(lease)) = (&engine.l2, lease) {
+                l2.release(&*runtime, &lease).await;
+            }
+            result
+        }
+        .boxed()
+    }
+
+    /// Read the partition from L2, teach it to L1, and return a usable token for `query`.
+    async fn l2_hit(&self, partition: &PartitionKey, query: &OwnedQuery) -> Option<FlightResult> {
+        let l2 = self.l2.as_ref()?;
+        let loaded = l2.load(&*self.pipeline.runtime, partition).await?;
+        let now = self.now();
+        let merged = self.cache.update(partition, |current| match current {
+            Some(current) => current.merge(&loaded, now),
+            None => loaded.without_expired(now),
+        });
+        let token = query.find(&merged)?;
+        if token.is_expired(now, self.expiry_buffer_secs) {
+            return None;
+        }
+        telemetry::cache_hit_l2();
+        let stats = FetchStats {
+            http_duration: Duration::ZERO,
+            retries: 0,
+            from_l2: true,
+        };
+        Some((token, stats))
+    }
+
     /// Replace partition `key` with `update(current)` in L1 and write it through to L2 (when
     /// configured). Every flow writes its tokens through here.
     pub(crate) async fn write_partition(
@@ -295,7 +384,21 @@ impl Engine {
         key: &PartitionKey,
         update: impl FnOnce(Option<&Partition>) -> Partition,
     ) -> Arc<Partition> {
-        self.cache.update(key, update)
+        let before = self.l2.as_ref().and_then(|_| self.cache.get(key));
+        let next = self.cache.update(key, update);
+        if let Some(l2) = &self.l2 {
+            let written = next.changed_since(before.as_deref());
+            l2.write_through(
+                &*self.pipeline.runtime,
+                &self.cache,
+                key,
+                Arc::clone(&next),
+                &written,
+                self.now(),
+            )
+            .await;
+        }
+        next
     }
 
     /// Whether a throttling window is open for `key` now (for background loops).

@@ -2,6 +2,7 @@
 
 pub mod confidential;
 pub(crate) mod engine;
+pub mod l2;
 pub mod managed_identity;
 pub(crate) mod pipeline;
 pub mod public;
@@ -9,6 +10,7 @@ pub(crate) mod user;
 pub mod user_flows;
 
 pub use engine::RefreshOptions;
+pub use l2::{L2Options, LeaseOptions};
 
 pub use confidential::{
     AcquireTokenForClient, ConfidentialClientApplication, ConfidentialClientApplicationBuilder,

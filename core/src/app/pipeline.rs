@@ -21,6 +21,8 @@ const CLIENT_SKU: &str = "tokenwell.rust";
 pub(crate) struct FetchStats {
     pub http_duration: Duration,
     pub retries: u32,
+    /// The token came from the L2 store (another node or an earlier run), not the IdP.
+    pub from_l2: bool,
 }
 
 /// Transport, clock and the policies that govern talking to the identity provider.

@@ -97,24 +97,17 @@ pub struct AccessTokenQuery<'a> {
 /// How long a removal is remembered; longer than any token lives, so no copy can resurrect it.
 const TOMBSTONE_RETENTION_SECS: u64 = 48 * 3600;
 
+/// The hash covers only what varies within a partition (realm, scopes, account); environment,
+/// token type and key id are compared by `Equivalent` but not hashed, which keeps the hot-path
+/// hash short and case-insensitive token types free.
 fn hash_key_fields<H: Hasher>(
     state: &mut H,
     home_account_id: Option<&str>,
-    environment: &str,
     realm: &str,
-    token_type: &str,
-    key_id: Option<&str>,
     scopes: &str,
 ) {
     home_account_id.hash(state);
-    environment.hash(state);
     realm.hash(state);
-    // Case-insensitive without allocating: hash the lower-cased bytes.
-    for b in token_type.bytes() {
-        state.write_u8(b.to_ascii_lowercase());
-    }
-    state.write_u8(0xff);
-    key_id.hash(state);
     scopes.hash(state);
 }
 
@@ -123,10 +116,7 @@ impl Hash for AccessTokenKey {
         hash_key_fields(
             state,
             self.home_account_id.as_deref(),
-            &self.environment,
             &self.realm,
-            &self.token_type,
-            self.key_id.as_deref(),
             &self.scopes,
         )
     }
@@ -137,10 +127,7 @@ impl Hash for AccessTokenQuery<'_> {
         hash_key_fields(
             state,
             self.home_account_id,
-            self.environment,
             self.realm,
-            self.token_type,
-            self.key_id,
             self.scopes.normalized(),
         )
     }
@@ -373,57 +360,101 @@ impl Partition {
     }
 
     /// Merge two copies of a partition (ours and one read from a shared store): per entry the
-    /// newest `cached_at` wins; a removal newer than an entry keeps it removed.
+    /// newest `cached_at` wins (ours on a tie); a removal newer than an entry keeps it removed.
     pub fn merge(&self, other: &Partition, now: u64) -> Partition {
-        let mut tombstones = self.tombstones.clone();
-        for (key, removed_at) in &other.tombstones {
+        Self::merge_by(other, self, now, |_| true)
+    }
+
+    /// Merge our copy into `theirs` when writing to a shared store: as [`merge`](Self::merge),
+    /// but on a `cached_at` tie only the entries this write changed (`written`) beat theirs, so
+    /// a stale copy we merely learned earlier never overwrites another node's newer write made
+    /// in the same second.
+    pub(crate) fn merge_for_write(
+        &self,
+        theirs: &Partition,
+        now: u64,
+        written: &hashbrown::HashSet<AccessTokenKey>,
+    ) -> Partition {
+        Self::merge_by(theirs, self, now, |key| written.contains(key))
+    }
+
+    /// Keys of the entries of `self` that are not the very same entries in `before` (new or
+    /// replaced by a write).
+    pub(crate) fn changed_since(
+        &self,
+        before: Option<&Partition>,
+    ) -> hashbrown::HashSet<AccessTokenKey> {
+        self.access_tokens
+            .iter()
+            .filter(|(key, token)| {
+                before
+                    .and_then(|b| b.access_tokens.get(*key))
+                    .is_none_or(|old| !Arc::ptr_eq(old, token))
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// `base` overlaid with `overlay`: an overlay entry wins when newer, or on a tie when
+    /// `overlay_wins_tie(key)`.
+    fn merge_by(
+        base: &Partition,
+        overlay: &Partition,
+        now: u64,
+        overlay_wins_tie: impl Fn(&AccessTokenKey) -> bool,
+    ) -> Partition {
+        let mut tombstones = base.tombstones.clone();
+        for (key, removed_at) in &overlay.tombstones {
             let slot = tombstones.entry(key.clone()).or_insert(*removed_at);
             *slot = (*slot).max(*removed_at);
         }
+        let alive = |token: &AccessToken, key: &AccessTokenKey| {
+            !token.is_hard_expired(now)
+                && tombstones
+                    .get(key)
+                    .is_none_or(|removed| *removed < token.cached_at)
+        };
         let mut merged = Partition::new();
-        for token in self
-            .access_tokens
-            .values()
-            .chain(other.access_tokens.values())
-        {
-            if token.is_hard_expired(now) {
-                continue;
-            }
+        for token in base.access_tokens.values() {
             let key = AccessTokenKey::of(token);
-            if tombstones
-                .get(&key)
-                .is_some_and(|removed| *removed >= token.cached_at)
-            {
-                continue;
-            }
-            let newer = merged
-                .access_tokens
-                .get(&key)
-                .is_none_or(|existing| token.cached_at > existing.cached_at);
-            if newer {
+            if alive(token, &key) {
                 merged.insert_access_token(Arc::clone(token));
             }
         }
-        let mut entry_tombstones = self.entry_tombstones.clone();
-        for (key, removed_at) in &other.entry_tombstones {
+        for token in overlay.access_tokens.values() {
+            let key = AccessTokenKey::of(token);
+            if !alive(token, &key) {
+                continue;
+            }
+            let wins = merged.access_tokens.get(&key).is_none_or(|existing| {
+                token.cached_at > existing.cached_at
+                    || (token.cached_at == existing.cached_at && overlay_wins_tie(&key))
+            });
+            if wins {
+                merged.insert_access_token(Arc::clone(token));
+            }
+        }
+        let mut entry_tombstones = base.entry_tombstones.clone();
+        for (key, removed_at) in &overlay.entry_tombstones {
             let slot = entry_tombstones.entry(key.clone()).or_insert(*removed_at);
             *slot = (*slot).max(*removed_at);
         }
+        // Refresh tokens, ID tokens, accounts: newest write wins, the overlay on a tie.
         merge_section(
-            &self.refresh_tokens,
-            &other.refresh_tokens,
+            &overlay.refresh_tokens,
+            &base.refresh_tokens,
             &entry_tombstones,
             &mut merged.refresh_tokens,
         );
         merge_section(
-            &self.id_tokens,
-            &other.id_tokens,
+            &overlay.id_tokens,
+            &base.id_tokens,
             &entry_tombstones,
             &mut merged.id_tokens,
         );
         merge_section(
-            &self.accounts,
-            &other.accounts,
+            &overlay.accounts,
+            &base.accounts,
             &entry_tombstones,
             &mut merged.accounts,
         );

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod farm;
+
 use tokenwell_cache_memory::MemoryCache;
 use tokenwell_core::app::ConfidentialClientApplicationBuilder;
 use tokenwell_core::{

@@ -56,6 +56,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(result) => report("forced refresh (unexpected success)", &result),
         Err(error) => explain(&error),
     }
+    // The same request is now refused locally for 30 s, without touching the network; a plain
+    // call is still served from the cache.
+    let before = idp.token_requests();
+    if let Err(error) = app
+        .acquire_token_for_client([SCOPE])
+        .with_force_refresh(true)
+        .await
+    {
+        explain(&error);
+    }
+    println!(
+        "requests during the throttling window: {}",
+        idp.token_requests() - before
+    );
+    let cached = app.acquire_token_for_client([SCOPE]).await?;
+    report("plain call while throttled", &cached);
+    println!();
 
     // 5. And a wrong secret: the identity provider's own error, with its codes.
     let wrong = ConfidentialClientApplication::builder(CLIENT_ID)
