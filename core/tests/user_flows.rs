@@ -36,6 +36,7 @@ over_each_transport!(
     device_code_is_cancelled_by_dropping_the_future,
     public_client_5xx_without_retry_after_throttles_60s,
     msal_json_round_trip_of_a_user_partition,
+    obo_and_silent_share_tokens_across_nodes_through_l2,
 );
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -571,5 +572,42 @@ async fn msal_json_round_trip_of_a_user_partition(t: Transport) {
         renewed.metadata().token_source,
         TokenSource::IdentityProvider
     );
+    assert_eq!(rig.grant_requests("refresh_token"), 1);
+}
+
+async fn obo_and_silent_share_tokens_across_nodes_through_l2(t: Transport) {
+    use tokenwell_core::L2Options;
+    let rig = Rig::start(t).await;
+    let store = Arc::new(tokenwell_cache_memory::MemoryStore::new());
+    let node = |store: &Arc<tokenwell_cache_memory::MemoryStore>| {
+        rig.builder()
+            .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
+            .l2(L2Options::new(store.clone()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (node(&store), node(&store));
+    let assertion = incoming_assertion(&rig, USER);
+    a.acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap();
+    let on_b = b
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
+        .await
+        .unwrap();
+    assert_eq!(on_b.metadata().token_source, TokenSource::CacheL2);
+    assert_eq!(rig.grant_requests(OBO_GRANT), 1);
+
+    // Node B renews the expired token with the refresh token node A stored in L2.
+    rig.clock.advance(Duration::from_secs(3600));
+    let renewed = b
+        .acquire_token_on_behalf_of([DOWNSTREAM], assertion)
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(rig.grant_requests(OBO_GRANT), 1);
     assert_eq!(rig.grant_requests("refresh_token"), 1);
 }

@@ -303,7 +303,7 @@ pub(crate) fn redeem_refresh_token(
     partition: PartitionKey,
     home: String,
     scopes: ScopeSet,
-    index_account: bool,
+    kind: UserPartition,
 ) -> BoxFuture<'static, Result<FlightResult>> {
     async move {
         let refresh_token = core
@@ -327,11 +327,25 @@ pub(crate) fn redeem_refresh_token(
             ])
             .await?;
         let now = core.engine.now();
-        let tokens = core.user_tokens(&response, &scopes, now)?;
-        let entry = core.store(&partition, tokens, index_account, now).await;
+        let mut tokens = core.user_tokens(&response, &scopes, now)?;
+        if kind == UserPartition::OnBehalfOf {
+            super::user_flows::obo_access_token(&core, &mut tokens);
+        }
+        let entry = core
+            .store(&partition, tokens, kind == UserPartition::Account, now)
+            .await;
         Ok((entry, stats))
     }
     .boxed()
+}
+
+/// Which kind of partition user tokens go to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UserPartition {
+    /// An account's own partition (listed by `accounts()`).
+    Account,
+    /// An on-behalf-of partition (one assertion).
+    OnBehalfOf,
 }
 
 /// A cached acquisition: serve a fresh token, serve-and-refresh one past `refresh_on`, or

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use super::confidential::ConfidentialClientApplication;
 use super::engine::FlightResult;
 use super::user::{
-    ClientCore, cached_or_fetch, idp_result, partition_account, redeem_refresh_token, secret,
+    ClientCore, UserPartition, cached_or_fetch, idp_result, partition_account,
+    redeem_refresh_token, secret,
 };
 use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::error::{Error, Result};
@@ -135,19 +136,18 @@ impl AcquireTokenOnBehalfOf<'_> {
         let core = self.core;
         let partition =
             PartitionKey::for_on_behalf_of(&core.client_id, self.assertion.expose_secret());
-        let account = partition_account(core.engine.cache.get(&partition).as_deref());
-        let realm = account
-            .as_ref()
-            .map_or(core.authority.tenant(), |a| a.realm.as_str());
+        // The partition is the user's (one assertion, one user), so its access tokens are
+        // found without knowing the user first: no account id in the query, the authority's
+        // tenant as realm. A node that has not seen the user yet can then hit L2.
+        let realm = core.authority.tenant();
         let query = AccessTokenQuery {
-            home_account_id: account.as_ref().map(|a| a.home_account_id.as_str()),
+            home_account_id: None,
             environment: core.authority.environment(),
             realm,
             token_type: "Bearer",
             key_id: None,
             scopes: &self.scopes,
         };
-        let home = account.as_ref().map(|a| a.home_account_id.clone());
         cached_or_fetch(
             &core.engine,
             &partition,
@@ -167,7 +167,6 @@ impl AcquireTokenOnBehalfOf<'_> {
                 on_behalf_of(
                     Arc::clone(core),
                     partition.clone(),
-                    home.clone(),
                     self.scopes.clone(),
                     self.assertion.clone(),
                 )
@@ -191,18 +190,19 @@ impl<'a> IntoFuture for AcquireTokenOnBehalfOf<'a> {
 fn on_behalf_of(
     core: Arc<ClientCore>,
     partition: PartitionKey,
-    home: Option<String>,
     scopes: ScopeSet,
     assertion: TokenSecret,
 ) -> BoxFuture<'static, Result<FlightResult>> {
     async move {
-        if let Some(home) = home {
+        // Read when the flight runs: L2 may just have taught L1 another node's refresh token.
+        let account = partition_account(core.engine.cache.get(&partition).as_deref());
+        if let Some(home) = account.map(|a| a.home_account_id.clone()) {
             match redeem_refresh_token(
                 Arc::clone(&core),
                 partition.clone(),
                 home,
                 scopes.clone(),
-                false,
+                UserPartition::OnBehalfOf,
             )
             .await
             {
@@ -224,11 +224,18 @@ fn on_behalf_of(
             ])
             .await?;
         let now = core.engine.now();
-        let tokens = core.user_tokens(&response, &scopes, now)?;
+        let mut tokens = core.user_tokens(&response, &scopes, now)?;
+        obo_access_token(&core, &mut tokens);
         let entry = core.store(&partition, tokens, false, now).await;
         Ok((entry, stats))
     }
     .boxed()
+}
+
+/// On-behalf-of access tokens are keyed by the partition (the assertion), not the account.
+pub(crate) fn obo_access_token(core: &ClientCore, tokens: &mut super::user::UserTokens) {
+    tokens.access.home_account_id = None;
+    core.authority.tenant().clone_into(&mut tokens.access.realm);
 }
 
 /// A silent request: the cache, else the account's refresh token; never a user prompt.
@@ -315,7 +322,7 @@ impl<'a> AcquireTokenSilent<'a> {
                     partition.clone(),
                     home.to_owned(),
                     self.scopes.clone(),
-                    true,
+                    UserPartition::Account,
                 )
             },
         )

@@ -94,6 +94,9 @@ pub struct AccessTokenQuery<'a> {
     pub scopes: &'a ScopeSet,
 }
 
+/// How long refresh tokens, ID tokens and accounts are kept after their last write.
+pub const USER_ENTRY_LIFETIME_SECS: u64 = 90 * 24 * 3600;
+
 /// How long a removal is remembered; longer than any token lives, so no copy can resurrect it.
 const TOMBSTONE_RETENTION_SECS: u64 = 48 * 3600;
 
@@ -677,13 +680,22 @@ impl Partition {
     }
 
     /// The latest `expires_on` of any entry: after it the whole partition is dead weight.
-    /// A partition holding a refresh token or an account never is (`u64::MAX`): the refresh
-    /// token outlives every access token.
+    /// Refresh tokens, ID tokens and accounts count as living
+    /// [`USER_ENTRY_LIFETIME_SECS`] after their last write (Entra ID refresh tokens live 90
+    /// days), so a user partition outlives its access tokens but not forever (L2 TTLs).
     pub fn latest_expiry(&self) -> u64 {
-        if self.refresh_tokens.is_empty() && self.accounts.is_empty() && self.id_tokens.is_empty() {
-            self.latest_expiry
-        } else {
-            u64::MAX
+        let user_entries = self
+            .refresh_tokens
+            .values()
+            .map(|e| e.written_at())
+            .chain(self.id_tokens.values().map(|e| e.written_at()))
+            .chain(self.accounts.values().map(|e| e.written_at()))
+            .max();
+        match user_entries {
+            Some(written) => self
+                .latest_expiry
+                .max(written.saturating_add(USER_ENTRY_LIFETIME_SECS)),
+            None => self.latest_expiry,
         }
     }
 
@@ -830,7 +842,7 @@ mod tests {
             assert_eq!(kept.secret.expose_secret(), "rt-2");
             assert_eq!(
                 merged.latest_expiry(),
-                u64::MAX,
+                200 + USER_ENTRY_LIFETIME_SECS,
                 "kept alive by its refresh token"
             );
         }
