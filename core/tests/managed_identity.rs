@@ -25,6 +25,7 @@ over_each_transport!(
     app_service_first_call_then_cache,
     app_service_wrong_identity_header_is_a_typed_error,
     unknown_identity_is_a_typed_error,
+    second_node_gets_the_token_from_l2,
 );
 
 const RESOURCE: &str = "https://management.azure.com/";
@@ -223,4 +224,22 @@ async fn unknown_identity_is_a_typed_error(t: Transport) {
     let app = imds(&rig, ManagedIdentityId::ClientId("nobody".into()));
     let err = app.acquire_token(RESOURCE).await.unwrap_err();
     assert_eq!(err.idp_error().unwrap().status, 400);
+}
+
+async fn second_node_gets_the_token_from_l2(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(tokenwell_cache_memory::MemoryStore::new());
+    let node = || {
+        rig.mi_builder(ManagedIdentityId::SystemAssigned)
+            .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
+            .l2(tokenwell_core::L2Options::new(store.clone()))
+            .imds_endpoint(rig.emulator.imds_endpoint())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (node(), node());
+    a.acquire_token(RESOURCE).await.unwrap();
+    let on_b = b.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(on_b.metadata().token_source, TokenSource::CacheL2);
+    assert_eq!(rig.emulator.msi_requests(), 1);
 }

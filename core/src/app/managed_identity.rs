@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 
 use super::confidential::{DEFAULT_EXPIRY_BUFFER, access_token_from_response};
 use super::engine::{Engine, FetchPlan, FlightResult, RefreshOptions};
+use super::l2::L2Options;
 use super::pipeline::{Pipeline, StatusRetry};
 use super::user::cached_or_fetch;
 use crate::cache::{AccessTokenQuery, PartitionCache, PartitionKey, TokenCache, TokenSecret};
@@ -153,6 +154,7 @@ impl ManagedIdentityApplication {
             expiry_buffer: DEFAULT_EXPIRY_BUFFER,
             refresh: RefreshOptions::default(),
             throttling: ThrottlingPolicy::default(),
+            l2: None,
         }
     }
 
@@ -198,6 +200,7 @@ pub struct ManagedIdentityApplicationBuilder {
     expiry_buffer: Duration,
     refresh: RefreshOptions,
     throttling: ThrottlingPolicy,
+    l2: Option<L2Options>,
 }
 
 impl ManagedIdentityApplicationBuilder {
@@ -264,6 +267,13 @@ impl ManagedIdentityApplicationBuilder {
         self
     }
 
+    /// A shared L2 token store (Redis, SQLite …): tokens survive restarts and are shared by
+    /// the nodes of a farm.
+    pub fn l2(mut self, l2: L2Options) -> Self {
+        self.l2 = Some(l2);
+        self
+    }
+
     /// Validate and build; without an explicit source, detect it from the environment.
     ///
     /// # Errors
@@ -284,7 +294,8 @@ impl ManagedIdentityApplicationBuilder {
             self.expiry_buffer,
             self.refresh,
             self.throttling,
-        );
+        )
+        .with_l2(self.l2);
         Ok(ManagedIdentityApplication {
             inner: Arc::new(Inner {
                 identity: self.identity,

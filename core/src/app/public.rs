@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::confidential::DEFAULT_EXPIRY_BUFFER;
 use super::engine::{Engine, RefreshOptions};
+use super::l2::L2Options;
 use super::pipeline::Pipeline;
 use super::user::{ClientCore, idp_result};
 use super::user_flows::AcquireTokenSilent;
@@ -50,6 +51,7 @@ impl PublicClientApplication {
             retry: RetryPolicy::default(),
             refresh: RefreshOptions::default(),
             throttling: ThrottlingPolicy::default(),
+            l2: None,
         }
     }
 
@@ -123,6 +125,7 @@ pub struct PublicClientApplicationBuilder {
     retry: RetryPolicy,
     refresh: RefreshOptions,
     throttling: ThrottlingPolicy,
+    l2: Option<L2Options>,
 }
 
 impl PublicClientApplicationBuilder {
@@ -180,6 +183,13 @@ impl PublicClientApplicationBuilder {
         self
     }
 
+    /// A shared L2 token store (Redis, SQLite …): tokens survive restarts and are shared by
+    /// the nodes of a farm.
+    pub fn l2(mut self, l2: L2Options) -> Self {
+        self.l2 = Some(l2);
+        self
+    }
+
     /// Validate and build.
     ///
     /// # Errors
@@ -203,7 +213,8 @@ impl PublicClientApplicationBuilder {
             self.expiry_buffer,
             self.refresh,
             self.throttling,
-        );
+        )
+        .with_l2(self.l2);
         Ok(PublicClientApplication {
             core: Arc::new(ClientCore {
                 client_id: self.client_id,
