@@ -23,7 +23,11 @@ pub mod throttle;
 pub use app::{AcquireTokenForClient, ConfidentialClientApplication, RefreshOptions};
 pub use authority::Authority;
 pub use cache::{PartitionCache, TokenSecret};
-pub use credential::{AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential};
+pub use credential::chain::{DefaultCredential, TokenCredential};
+pub use credential::{
+    AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
+    EnvVars, LoadedCredential,
+};
 pub use error::{Error, IdpError, Result};
 pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};
 pub use result::{
