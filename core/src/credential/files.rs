@@ -1,25 +1,6 @@
 //! Credentials read from files (certificates, secrets, federated tokens) and from environment
-//! variables, re-read when they change.
-//!
-//! # How a change is noticed
-//! Core has no file-watching crate and no runtime of its own, so files are checked *when a
-//! credential is needed*: before each request to the identity provider (never on a cache hit),
-//! one `std::fs::metadata` per file compares modification time, length and (on Unix) inode with
-//! what was last read. An atomic rename (`mv new.pem cert.pem`) and Kubernetes' symlink swap of
-//! projected volumes both change the inode, so they are always seen. Only when the stamp
-//! changed is the file read; only when its bytes changed is it parsed again. A background
-//! timer would add nothing: nobody needs the credential between token requests.
-//!
-//! [`with_check_interval`](CertificateFiles::with_check_interval) skips the `metadata` call
-//! for a while (slow network file systems). A change that goes unnoticed — inside the interval,
-//! or an in-place rewrite with the same length within the file system's timestamp granularity —
-//! is caught by the reload after a rejection, which always reads the bytes.
-//!
-//! # Failures while rotating
-//! A file that is missing, unreadable, malformed, or (for a certificate and key in two files)
-//! a pair that does not match yet, does not replace a credential read earlier: the last good
-//! one keeps being used and the file is read again on the next request. Without a last good
-//! credential the request fails with [`Error::Credential`]. Nothing here panics.
+//! variables, re-read when they change. How changes are noticed is documented on the parent
+//! module.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -199,7 +180,7 @@ fn utf8<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Result<&'a str> {
 
 /// A certificate and its private key from PEM files — one combined file, or a certificate file
 /// and a key file (PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`) — re-read when they change
-/// (see the [module docs](self) for how changes are noticed).
+/// (see [how changes are noticed](crate::credential#how-a-file-change-is-noticed)).
 ///
 /// A key that does not belong to the certificate (a pair caught half-rotated) is refused locally
 /// and the previous pair keeps signing until both files are in place.
@@ -305,7 +286,7 @@ impl fmt::Debug for CertificateFiles {
 }
 
 /// A client secret from a file (surrounding whitespace and the final newline are trimmed),
-/// re-read when it changes (see the [module docs](self)).
+/// re-read when it changes (see [how changes are noticed](crate::credential#how-a-file-change-is-noticed)).
 pub struct SecretFile {
     files: Watched<LoadedCredential>,
 }

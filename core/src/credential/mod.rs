@@ -8,6 +8,26 @@
 //! provider and the request is retried **once**; if the reloaded credential is the same, the
 //! rejection is returned without a second request.
 //!
+//! # How a file change is noticed
+//! Core has no file-watching crate and no runtime of its own, so files are checked *when a
+//! credential is needed*: before each request to the identity provider (never on a cache hit),
+//! one `std::fs::metadata` per file compares modification time, length and (on Unix) inode with
+//! what was last read. An atomic rename (`mv new.pem cert.pem`) and Kubernetes' symlink swap of
+//! projected volumes both change the inode, so they are always seen. Only when the stamp
+//! changed is the file read; only when its bytes changed is it parsed again. A background
+//! timer would add nothing: nobody needs the credential between token requests.
+//!
+//! [`with_check_interval`](CertificateFiles::with_check_interval) skips the `metadata` call
+//! for a while (slow network file systems). A change that goes unnoticed — inside the interval,
+//! or an in-place rewrite with the same length within the file system's timestamp granularity —
+//! is caught by the reload after a rejection, which always reads the bytes.
+//!
+//! # Failures while a file rotates
+//! A file that is missing, unreadable, malformed, or (for a certificate and key in two files)
+//! a pair that does not match yet, does not replace a credential read earlier: the last good
+//! one keeps being used and the file is read again on the next request. Without a last good
+//! credential the request fails with [`Error::Credential`]. Nothing here panics.
+//!
 //! The [`chain`] module holds [`TokenCredential`](chain::TokenCredential) and
 //! [`DefaultCredential`](chain::DefaultCredential): environment → managed identity → fallback.
 
