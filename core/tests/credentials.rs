@@ -772,3 +772,86 @@ async fn secrets_in_files_and_variables_never_appear_in_debug(t: Transport) {
         assert!(!text.contains(key_body), "private key leaked: {text}");
     }
 }
+
+/// Records every event and span field, to check what the logs would show.
+#[derive(Clone, Default)]
+struct Recorder(Arc<std::sync::Mutex<String>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={:?} ", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        span.record(&mut Fields(&mut self.0.lock().unwrap()));
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut Fields(&mut self.0.lock().unwrap()));
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut text = self.0.lock().unwrap();
+        event.record(&mut Fields(&mut text));
+        text.push('\n');
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// One thread, so the thread-local subscriber sees everything the acquisitions log.
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_never_appear_in_logs_while_rotating() {
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let rig = Rig::start(Transport::Reqwest).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    replace(&path, CLIENT_SECRET);
+    let provider = tokenwell_core::credential::SecretFile::new(&path)
+        .with_check_interval(Duration::from_secs(3600));
+    let app = rig
+        .builder()
+        .credential(ClientCredential::provider(Arc::new(provider)))
+        .build()
+        .unwrap();
+    app.acquire_token_for_client([SCOPE]).await.unwrap();
+    // Rejected and reloaded; then rejected with an unchanged file; then a broken file.
+    rig.emulator
+        .register_client_secret(CLIENT_ID, "rotated-secret-value");
+    rig.emulator.retire_client_secret(CLIENT_ID, CLIENT_SECRET);
+    replace(&path, "rotated-secret-value");
+    app.acquire_token_for_client([SCOPE])
+        .with_force_refresh(true)
+        .await
+        .unwrap();
+    rig.emulator
+        .retire_client_secret(CLIENT_ID, "rotated-secret-value");
+    app.acquire_token_for_client([SCOPE])
+        .with_force_refresh(true)
+        .await
+        .unwrap_err();
+    std::fs::write(&path, [0xff, 0xfe]).unwrap();
+    rig.clock.advance(Duration::from_secs(7200));
+    app.acquire_token_for_client([SCOPE])
+        .with_force_refresh(true)
+        .await
+        .unwrap_err();
+
+    let logs = recorder.0.lock().unwrap().clone();
+    assert!(
+        logs.contains("retrying once with the reloaded one"),
+        "the recorder saw the reload: {logs}"
+    );
+    assert!(logs.contains("keeping the one loaded before"), "{logs}");
+    for secret in [CLIENT_SECRET, "rotated-secret-value"] {
+        assert!(!logs.contains(secret), "secret in the logs: {logs}");
+    }
+}
