@@ -26,7 +26,11 @@ pub use app::{
 };
 pub use authority::Authority;
 pub use cache::{Account, PartitionCache, TokenSecret};
-pub use credential::{AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential};
+pub use credential::chain::{DefaultCredential, TokenCredential};
+pub use credential::{
+    AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
+    EnvVars, LoadedCredential,
+};
 pub use error::{Error, IdpError, Result};
 pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};
 pub use result::{

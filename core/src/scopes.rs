@@ -3,7 +3,6 @@
 //! Matching rules (MSAL's): case-insensitive, order-free, and the OIDC scopes
 //! `openid profile offline_access` are ignored because the identity provider adds or drops them.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -12,16 +11,18 @@ use std::sync::Arc;
 pub const RESERVED_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
 
 /// An immutable, normalized set of scopes. Cloning is one reference-count increment.
+///
+/// Stored as one or two strings (normalized, and the original case when it differs): a cache of
+/// a million tokens holds a million of these, so they stay small.
 #[derive(Clone)]
 pub struct ScopeSet(Arc<Inner>);
 
 struct Inner {
-    /// As given (deduplicated, sorted case-insensitively), reserved scopes removed.
-    original: Vec<String>,
-    /// Lower-cased, sorted, reserved removed: the matching form.
-    normalized: BTreeSet<String>,
-    /// `normalized` joined with spaces: the cache index key.
+    /// Lower-cased, deduplicated, sorted, reserved scopes removed, space-joined: the matching
+    /// form and the cache index key.
     joined: Box<str>,
+    /// The same scopes in their original case, when that differs from `joined`.
+    original: Option<Box<str>>,
 }
 
 impl ScopeSet {
@@ -31,30 +32,32 @@ impl ScopeSet {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut original: Vec<String> = Vec::new();
-        let mut normalized = BTreeSet::new();
+        let mut parts: Vec<(String, String)> = Vec::new();
         for scope in scopes {
             for part in scope.as_ref().split_whitespace() {
                 let lower = part.to_ascii_lowercase();
                 if RESERVED_SCOPES.contains(&lower.as_str()) {
                     continue;
                 }
-                if normalized.insert(lower) {
-                    original.push(part.to_owned());
-                }
+                parts.push((lower, part.to_owned()));
             }
         }
-        original.sort_by_key(|s| s.to_ascii_lowercase());
-        let joined = normalized
+        parts.sort_by(|a, b| a.0.cmp(&b.0));
+        parts.dedup_by(|a, b| a.0 == b.0);
+        let joined = parts
             .iter()
-            .map(String::as_str)
+            .map(|(lower, _)| lower.as_str())
             .collect::<Vec<_>>()
-            .join(" ")
-            .into_boxed_str();
+            .join(" ");
+        let original = parts
+            .iter()
+            .map(|(_, original)| original.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let original = (original != joined).then(|| original.into_boxed_str());
         ScopeSet(Arc::new(Inner {
+            joined: joined.into_boxed_str(),
             original,
-            normalized,
-            joined,
         }))
     }
 
@@ -65,12 +68,17 @@ impl ScopeSet {
 
     /// True when no (non-reserved) scope is present.
     pub fn is_empty(&self) -> bool {
-        self.0.normalized.is_empty()
+        self.0.joined.is_empty()
     }
 
     /// The scopes in their original case, sorted.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.original.iter().map(String::as_str)
+        self.0
+            .original
+            .as_deref()
+            .unwrap_or(&self.0.joined)
+            .split(' ')
+            .filter(|s| !s.is_empty())
     }
 
     /// Normalized, space-joined form: the cache index key.
@@ -80,12 +88,28 @@ impl ScopeSet {
 
     /// Original-case, space-joined form: MSAL's `target` field and the `scope` request parameter.
     pub fn to_target(&self) -> String {
-        self.0.original.join(" ")
+        self.0
+            .original
+            .as_deref()
+            .unwrap_or(&self.0.joined)
+            .to_owned()
     }
 
-    /// True when every scope of `requested` is in `self`.
+    /// True when every scope of `requested` is in `self` (a merge walk over two sorted lists;
+    /// no allocation).
     pub fn is_superset_of(&self, requested: &ScopeSet) -> bool {
-        requested.0.normalized.is_subset(&self.0.normalized)
+        let mut mine = self.0.joined.split(' ').filter(|s| !s.is_empty());
+        'wanted: for wanted in requested.0.joined.split(' ').filter(|s| !s.is_empty()) {
+            for have in mine.by_ref() {
+                match have.cmp(wanted) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => continue 'wanted,
+                    std::cmp::Ordering::Greater => return false,
+                }
+            }
+            return false;
+        }
+        true
     }
 }
 
@@ -175,5 +199,12 @@ mod tests {
         assert!(cached.is_superset_of(&ScopeSet::parse("B a")));
         assert!(!cached.is_superset_of(&ScopeSet::parse("a d")));
         assert!(cached.is_superset_of(&ScopeSet::parse("openid")));
+        assert!(cached.is_superset_of(&ScopeSet::parse("c a b")));
+        assert!(!cached.is_superset_of(&ScopeSet::parse("0")));
+        assert!(!ScopeSet::parse("").is_superset_of(&cached));
+        assert_eq!(
+            ScopeSet::parse("B a").iter().collect::<Vec<_>>(),
+            ["a", "B"]
+        );
     }
 }

@@ -435,29 +435,32 @@ fn fetch_for_client(
     async move {
         let endpoint = authority.token_endpoint();
         let scope_param = scopes.to_target();
+        // Credential reload hook (issue 7): a provider's credential rejected by the IdP is
+        // reloaded and the request retried once; static credentials go straight through.
+        let pipeline = &inner.engine.pipeline;
+        let (client_id, endpoint, scope_param) = (&inner.client_id, &endpoint, &scope_param);
+        let context = &|| AssertionContext::new(client_id, endpoint, pipeline.runtime.now());
         let (response, stats) = inner
-            .engine
-            .pipeline
-            .token_request(&endpoint, || {
-                let context = AssertionContext::new(
-                    &inner.client_id,
-                    &endpoint,
-                    inner.engine.pipeline.runtime.now(),
-                );
-                let credential = inner.credential.clone();
-                let client_id = inner.client_id.clone();
-                let scope = scope_param.clone();
-                async move {
-                    let mut form = vec![
-                        ("grant_type", "client_credentials".to_owned()),
-                        ("client_id", client_id),
-                        ("scope", scope),
-                    ];
-                    credential.apply(&mut form, context).await?;
-                    Ok(form)
-                }
+            .credential
+            .send_with_reload(context, |credential| {
+                pipeline.token_request(endpoint, move || {
+                    let credential = credential.clone();
+                    let context = context();
+                    let client_id = client_id.clone();
+                    let scope = scope_param.clone();
+                    async move {
+                        let mut form = vec![
+                            ("grant_type", "client_credentials".to_owned()),
+                            ("client_id", client_id),
+                            ("scope", scope),
+                        ];
+                        credential.apply(&mut form, context).await?;
+                        Ok(form)
+                    }
+                })
             })
             .await?;
+        // End of the credential reload hook.
         let now = inner.engine.now();
         let entry = access_token_from_response(
             &response,

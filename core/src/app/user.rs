@@ -77,17 +77,14 @@ impl ClientCore {
         grant: Vec<(&'static str, String)>,
     ) -> Result<(TokenResponse, FetchStats)> {
         let endpoint = self.authority.token_endpoint();
-        self.engine
-            .pipeline
-            .token_request(&endpoint, || {
-                let context = AssertionContext::new(
-                    &self.client_id,
-                    &endpoint,
-                    self.engine.pipeline.runtime.now(),
-                );
-                let credential = self.credential.clone();
+        let pipeline = &self.engine.pipeline;
+        let (client_id, endpoint, grant) = (&self.client_id, &endpoint, &grant);
+        let send = |credential: Option<ClientCredential>| {
+            pipeline.token_request(endpoint, move || {
+                let context = AssertionContext::new(client_id, endpoint, pipeline.runtime.now());
+                let credential = credential.clone();
                 let mut form = grant.clone();
-                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_id", client_id.clone()));
                 form.push(("client_info", "1".to_owned()));
                 async move {
                     if let Some(credential) = credential {
@@ -96,7 +93,18 @@ impl ClientCore {
                     Ok(form)
                 }
             })
-            .await
+        };
+        match &self.credential {
+            // A provider's credential rejected by the identity provider is reloaded and the
+            // request sent once more (the credential reload hook of client credentials).
+            Some(credential) => {
+                let context = || AssertionContext::new(client_id, endpoint, pipeline.runtime.now());
+                credential
+                    .send_with_reload(context, |current| send(Some(current)))
+                    .await
+            }
+            None => send(None).await,
+        }
     }
 
     /// Cache entries for a user-token answer.

@@ -1,0 +1,79 @@
+//! Memory per cached token and allocations per hit, measured with a counting allocator.
+//!
+//! Run: `cargo bench --bench memory` (prints a markdown table; takes a few seconds).
+
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::FutureExt;
+use tokenwell_benches::{Layout, app_with_cached_tokens};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes of the token strings themselves (secret + scopes + realm), which any cache must hold.
+fn payload_bytes(total: usize) -> usize {
+    // Mirrors `tokenwell_benches::token`: secret "eyJ…<tenant>.<resource>", target, realm.
+    let secret = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.tenant-0.0".len();
+    let target = "api://resource-0/.default".len();
+    let realm = "tenant-0".len();
+    total * (secret + target + realm)
+}
+
+fn main() {
+    // criterion passes `--bench`; nothing to parse.
+    println!("| cached tokens | layout | heap bytes | overhead per token (beyond the strings) |");
+    println!("|---:|---|---:|---:|");
+    for total in [100_000usize, 1_000_000] {
+        for (label, layout) in [
+            ("partition per tenant", Layout::PartitionPerTenant),
+            (
+                "1,000 tokens per partition",
+                Layout::TokensPerPartition(1_000),
+            ),
+        ] {
+            let before = LIVE_BYTES.load(Ordering::Relaxed);
+            let (app, scopes) = app_with_cached_tokens(total, layout);
+            let used = LIVE_BYTES.load(Ordering::Relaxed) - before;
+            let overhead = (used.saturating_sub(payload_bytes(total))) as f64 / total as f64;
+            println!("| {total} | {label} | {used} | {overhead:.0} B |");
+            drop((app, scopes));
+        }
+    }
+
+    let (app, scopes) = app_with_cached_tokens(100_000, Layout::PartitionPerTenant);
+    let hits = 100_000;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..hits {
+        let result = app
+            .acquire_token_for_client(&scopes)
+            .execute()
+            .now_or_never()
+            .expect("hit")
+            .expect("ok");
+        std::hint::black_box(result);
+    }
+    let per_hit = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / hits as f64;
+    println!();
+    println!("allocations per L1 hit (result included): {per_hit:.2}");
+}
