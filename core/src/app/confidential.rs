@@ -12,20 +12,18 @@ use futures::future::{BoxFuture, Either, select};
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
-use super::engine::{Engine, FetchPlan, FlightKey, FlightResult, Lookup, RefreshOptions};
-use super::l2::L2Options;
-use super::pipeline::Pipeline;
+use super::engine::{Engine, FetchPlan, FlightKey, FlightResult, Lookup};
+use super::settings::{EngineSettings, engine_setters};
 use crate::authority::Authority;
-use crate::cache::{AccessToken, AccessTokenQuery, PartitionCache, PartitionKey, TokenCache};
+use crate::cache::{AccessToken, AccessTokenQuery, PartitionKey, TokenCache};
 use crate::credential::{AssertionContext, ClientCredential};
 use crate::error::{Error, Result};
-use crate::http::{HttpTransport, SendOptions};
 use crate::response::TokenResponse;
 use crate::result::{AuthenticationResult, CacheRefreshReason};
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
-use crate::throttle::{FlowKind, ThrottleKey, ThrottlingPolicy};
+use crate::throttle::{FlowKind, ThrottleKey};
 
 /// A token counts as expired this long before `expires_on` (MSAL's default), so a token handed
 /// out is still valid when it reaches the resource.
@@ -82,15 +80,7 @@ impl ConfidentialClientApplication {
             client_id: client_id.into(),
             authority: None,
             credential: None,
-            transport: None,
-            runtime: None,
-            cache: None,
-            send_options: SendOptions::default(),
-            expiry_buffer: DEFAULT_EXPIRY_BUFFER,
-            retry: RetryPolicy::default(),
-            refresh: RefreshOptions::default(),
-            throttling: ThrottlingPolicy::default(),
-            l2: None,
+            engine: EngineSettings::default(),
         }
     }
 
@@ -138,15 +128,7 @@ pub struct ConfidentialClientApplicationBuilder {
     client_id: String,
     authority: Option<String>,
     credential: Option<ClientCredential>,
-    transport: Option<Arc<dyn HttpTransport>>,
-    runtime: Option<Arc<dyn Runtime>>,
-    cache: Option<Arc<dyn PartitionCache>>,
-    send_options: SendOptions,
-    expiry_buffer: Duration,
-    retry: RetryPolicy,
-    refresh: RefreshOptions,
-    throttling: ThrottlingPolicy,
-    l2: Option<L2Options>,
+    engine: EngineSettings,
 }
 
 impl ConfidentialClientApplicationBuilder {
@@ -162,66 +144,13 @@ impl ConfidentialClientApplicationBuilder {
         self
     }
 
-    /// The HTTP transport (`tokenwell-http-reqwest`, `tokenwell-http-hyper`).
-    pub fn transport(mut self, transport: Arc<dyn HttpTransport>) -> Self {
-        self.transport = Some(transport);
-        self
-    }
-
-    /// Clock, timer and spawner (`tokenwell-runtime-tokio`, or a manual clock in tests).
-    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
-        self.runtime = Some(runtime);
-        self
-    }
-
-    /// The in-memory partition cache (`tokenwell-cache-memory`). Several applications may share
-    /// one: partitions are keyed by client id.
-    pub fn cache(mut self, cache: Arc<dyn PartitionCache>) -> Self {
-        self.cache = Some(cache);
-        self
-    }
-
-    /// Timeout of one HTTP exchange (default 30 s).
-    pub fn http_timeout(mut self, timeout: Duration) -> Self {
-        self.send_options.timeout = timeout;
-        self
-    }
-
-    /// Largest accepted response body (default 1 MiB).
-    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
-        self.send_options.max_response_bytes = bytes;
-        self
-    }
-
-    /// How long before `expires_on` a token stops being served from the cache (default 5 min).
-    pub fn expiry_buffer(mut self, buffer: Duration) -> Self {
-        self.expiry_buffer = buffer;
-        self
-    }
-
     /// Retry rules for token requests (default: one retry on 5xx / timeout / connect error).
     pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.engine.retry = retry;
         self
     }
 
-    /// Proactive-refresh settings (jitter, back-off, opt-in refresh-ahead).
-    pub fn refresh_options(mut self, refresh: RefreshOptions) -> Self {
-        self.refresh = refresh;
-        self
-    }
-
-    /// Client-side throttling windows (default: MSAL's rules).
-    pub fn throttling(mut self, throttling: ThrottlingPolicy) -> Self {
-        self.throttling = throttling;
-        self
-    }
-
-    /// A shared or persistent L2 store behind the in-memory cache (Redis, SQLite …).
-    pub fn l2(mut self, l2: L2Options) -> Self {
-        self.l2 = Some(l2);
-        self
-    }
+    engine_setters!();
 
     /// Validate and build.
     ///
@@ -241,37 +170,8 @@ impl ConfidentialClientApplicationBuilder {
         let credential = self
             .credential
             .ok_or_else(|| missing("credential", "call .credential(ClientCredential::…)"))?;
-        let transport = self.transport.ok_or_else(|| {
-            missing(
-                "HTTP transport",
-                "pass e.g. tokenwell_http_reqwest::ReqwestTransport",
-            )
-        })?;
-        let runtime = self
-            .runtime
-            .ok_or_else(|| missing("runtime", "pass e.g. tokenwell_runtime_tokio::TokioRuntime"))?;
-        let cache = self
-            .cache
-            .ok_or_else(|| missing("cache", "pass e.g. tokenwell_cache_memory::MemoryCache"))?;
-        if self.send_options.max_response_bytes == 0 {
-            return Err(Error::configuration("max_response_bytes must be above 0"));
-        }
         let default_partition = PartitionKey::for_app(&self.client_id, authority.tenant());
-        let engine = Arc::new(
-            Engine::new(
-                Pipeline {
-                    transport,
-                    runtime,
-                    send_options: self.send_options,
-                    retry: self.retry,
-                },
-                TokenCache::new(cache),
-                self.expiry_buffer,
-                self.refresh,
-                self.throttling,
-            )
-            .with_l2(self.l2),
-        );
+        let engine = Arc::new(self.engine.build()?);
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
                 core: Arc::new(super::user::ClientCore {

@@ -6,24 +6,22 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::confidential::{DEFAULT_EXPIRY_BUFFER, access_token_from_response};
-use super::engine::{Engine, FetchPlan, FlightResult, RefreshOptions};
-use super::l2::L2Options;
-use super::pipeline::{Pipeline, StatusRetry};
+use super::confidential::access_token_from_response;
+use super::engine::{Engine, FetchPlan, FlightResult};
+use super::pipeline::StatusRetry;
+use super::settings::{EngineSettings, engine_setters};
 use super::user::cached_or_fetch;
-use crate::cache::{AccessTokenQuery, PartitionCache, PartitionKey, TokenCache, TokenSecret};
+use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
-use crate::http::{HttpTransport, SendOptions};
 use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
-use crate::runtime::Runtime;
 use crate::scopes::ScopeSet;
-use crate::throttle::{FlowKind, ThrottleKey, ThrottlingPolicy};
+use crate::throttle::{FlowKind, ThrottleKey};
 
 /// The IMDS token endpoint of every Azure VM.
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -147,14 +145,11 @@ impl ManagedIdentityApplication {
         ManagedIdentityApplicationBuilder {
             identity,
             source: None,
-            transport: None,
-            runtime: None,
-            cache: None,
-            send_options: SendOptions::default(),
-            expiry_buffer: DEFAULT_EXPIRY_BUFFER,
-            refresh: RefreshOptions::default(),
-            throttling: ThrottlingPolicy::default(),
-            l2: None,
+            // Managed identity retries by its endpoint's own rules (StatusRetry).
+            engine: EngineSettings {
+                retry: RetryPolicy::none(),
+                ..EngineSettings::default()
+            },
         }
     }
 
@@ -193,14 +188,7 @@ impl fmt::Debug for ManagedIdentityApplication {
 pub struct ManagedIdentityApplicationBuilder {
     identity: ManagedIdentityId,
     source: Option<ManagedIdentitySource>,
-    transport: Option<Arc<dyn HttpTransport>>,
-    runtime: Option<Arc<dyn Runtime>>,
-    cache: Option<Arc<dyn PartitionCache>>,
-    send_options: SendOptions,
-    expiry_buffer: Duration,
-    refresh: RefreshOptions,
-    throttling: ThrottlingPolicy,
-    l2: Option<L2Options>,
+    engine: EngineSettings,
 }
 
 impl ManagedIdentityApplicationBuilder {
@@ -225,77 +213,14 @@ impl ManagedIdentityApplicationBuilder {
         self
     }
 
-    /// The HTTP transport.
-    pub fn transport(mut self, transport: Arc<dyn HttpTransport>) -> Self {
-        self.transport = Some(transport);
-        self
-    }
-
-    /// Clock, timer and spawner.
-    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
-        self.runtime = Some(runtime);
-        self
-    }
-
-    /// The in-memory partition cache.
-    pub fn cache(mut self, cache: Arc<dyn PartitionCache>) -> Self {
-        self.cache = Some(cache);
-        self
-    }
-
-    /// Timeout of one HTTP exchange (default 30 s).
-    pub fn http_timeout(mut self, timeout: Duration) -> Self {
-        self.send_options.timeout = timeout;
-        self
-    }
-
-    /// How long before `expires_on` a token stops being served from the cache (default 5 min).
-    pub fn expiry_buffer(mut self, buffer: Duration) -> Self {
-        self.expiry_buffer = buffer;
-        self
-    }
-
-    /// Proactive-refresh settings.
-    pub fn refresh_options(mut self, refresh: RefreshOptions) -> Self {
-        self.refresh = refresh;
-        self
-    }
-
-    /// Client-side throttling windows.
-    pub fn throttling(mut self, throttling: ThrottlingPolicy) -> Self {
-        self.throttling = throttling;
-        self
-    }
-
-    /// A shared L2 token store (Redis, SQLite …): tokens survive restarts and are shared by
-    /// the nodes of a farm.
-    pub fn l2(mut self, l2: L2Options) -> Self {
-        self.l2 = Some(l2);
-        self
-    }
+    engine_setters!();
 
     /// Validate and build; without an explicit source, detect it from the environment.
     ///
     /// # Errors
     /// [`Error::Configuration`] when transport, runtime or cache is missing.
     pub fn build(self) -> Result<ManagedIdentityApplication> {
-        fn missing(what: &str) -> Error {
-            Error::configuration(format!("no {what} configured"))
-        }
-        let engine = Engine::new(
-            Pipeline {
-                transport: self.transport.ok_or_else(|| missing("HTTP transport"))?,
-                runtime: self.runtime.ok_or_else(|| missing("runtime"))?,
-                send_options: self.send_options,
-                // Managed identity retries by its endpoint's own rules (StatusRetry).
-                retry: RetryPolicy::none(),
-            },
-            TokenCache::new(self.cache.ok_or_else(|| missing("cache"))?),
-            self.expiry_buffer,
-            self.refresh,
-            self.throttling,
-        )
-        .with_l2(self.l2);
+        let engine = self.engine.build()?;
         Ok(ManagedIdentityApplication {
             inner: Arc::new(Inner {
                 identity: self.identity,

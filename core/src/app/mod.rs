@@ -6,6 +6,7 @@ pub mod l2;
 pub mod managed_identity;
 pub(crate) mod pipeline;
 pub mod public;
+pub(crate) mod settings;
 pub(crate) mod user;
 pub mod user_flows;
 

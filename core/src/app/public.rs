@@ -9,22 +9,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::confidential::DEFAULT_EXPIRY_BUFFER;
-use super::engine::{Engine, RefreshOptions};
-use super::l2::L2Options;
-use super::pipeline::Pipeline;
+use super::settings::{EngineSettings, engine_setters};
 use super::user::{ClientCore, idp_result};
 use super::user_flows::AcquireTokenSilent;
 use crate::authority::Authority;
-use crate::cache::{Account, PartitionCache, PartitionKey, TokenCache, TokenSecret};
+use crate::cache::{Account, PartitionKey, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
-use crate::http::{HttpTransport, SendOptions};
 use crate::response::parse_error_response;
 use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
-use crate::throttle::{FlowKind, ThrottlingPolicy};
+use crate::throttle::FlowKind;
 
 /// `slow_down` adds this to the polling interval (RFC 8628 §3.5).
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
@@ -43,15 +39,7 @@ impl PublicClientApplication {
         PublicClientApplicationBuilder {
             client_id: client_id.into(),
             authority: None,
-            transport: None,
-            runtime: None,
-            cache: None,
-            send_options: SendOptions::default(),
-            expiry_buffer: DEFAULT_EXPIRY_BUFFER,
-            retry: RetryPolicy::default(),
-            refresh: RefreshOptions::default(),
-            throttling: ThrottlingPolicy::default(),
-            l2: None,
+            engine: EngineSettings::default(),
         }
     }
 
@@ -117,15 +105,7 @@ impl fmt::Debug for PublicClientApplication {
 pub struct PublicClientApplicationBuilder {
     client_id: String,
     authority: Option<String>,
-    transport: Option<Arc<dyn HttpTransport>>,
-    runtime: Option<Arc<dyn Runtime>>,
-    cache: Option<Arc<dyn PartitionCache>>,
-    send_options: SendOptions,
-    expiry_buffer: Duration,
-    retry: RetryPolicy,
-    refresh: RefreshOptions,
-    throttling: ThrottlingPolicy,
-    l2: Option<L2Options>,
+    engine: EngineSettings,
 }
 
 impl PublicClientApplicationBuilder {
@@ -135,60 +115,13 @@ impl PublicClientApplicationBuilder {
         self
     }
 
-    /// The HTTP transport.
-    pub fn transport(mut self, transport: Arc<dyn HttpTransport>) -> Self {
-        self.transport = Some(transport);
-        self
-    }
-
-    /// Clock, timer (device-code polling waits on it) and spawner.
-    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
-        self.runtime = Some(runtime);
-        self
-    }
-
-    /// The in-memory partition cache.
-    pub fn cache(mut self, cache: Arc<dyn PartitionCache>) -> Self {
-        self.cache = Some(cache);
-        self
-    }
-
-    /// Timeout of one HTTP exchange (default 30 s).
-    pub fn http_timeout(mut self, timeout: Duration) -> Self {
-        self.send_options.timeout = timeout;
-        self
-    }
-
-    /// How long before `expires_on` a token stops being served from the cache (default 5 min).
-    pub fn expiry_buffer(mut self, buffer: Duration) -> Self {
-        self.expiry_buffer = buffer;
-        self
-    }
-
     /// Retry rules for token requests.
     pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.engine.retry = retry;
         self
     }
 
-    /// Proactive-refresh settings.
-    pub fn refresh_options(mut self, refresh: RefreshOptions) -> Self {
-        self.refresh = refresh;
-        self
-    }
-
-    /// Client-side throttling windows (public clients also stop 60 s after a bare 5xx).
-    pub fn throttling(mut self, throttling: ThrottlingPolicy) -> Self {
-        self.throttling = throttling;
-        self
-    }
-
-    /// A shared L2 token store (Redis, SQLite …): tokens survive restarts and are shared by
-    /// the nodes of a farm.
-    pub fn l2(mut self, l2: L2Options) -> Self {
-        self.l2 = Some(l2);
-        self
-    }
+    engine_setters!();
 
     /// Validate and build.
     ///
@@ -202,19 +135,7 @@ impl PublicClientApplicationBuilder {
             return Err(Error::configuration("the client id is empty"));
         }
         let authority = Authority::parse(&self.authority.ok_or_else(|| missing("authority"))?)?;
-        let engine = Engine::new(
-            Pipeline {
-                transport: self.transport.ok_or_else(|| missing("HTTP transport"))?,
-                runtime: self.runtime.ok_or_else(|| missing("runtime"))?,
-                send_options: self.send_options,
-                retry: self.retry,
-            },
-            TokenCache::new(self.cache.ok_or_else(|| missing("cache"))?),
-            self.expiry_buffer,
-            self.refresh,
-            self.throttling,
-        )
-        .with_l2(self.l2);
+        let engine = self.engine.build()?;
         Ok(PublicClientApplication {
             core: Arc::new(ClientCore {
                 client_id: self.client_id,

@@ -1,0 +1,153 @@
+//! What every application builder configures — the pluggable parts and the policies — in one
+//! place, so the three builders share one validation and one set of setters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::{Engine, RefreshOptions};
+use super::l2::L2Options;
+use super::pipeline::Pipeline;
+use crate::cache::{PartitionCache, TokenCache};
+use crate::error::{Error, Result};
+use crate::http::{HttpTransport, SendOptions};
+use crate::retry::RetryPolicy;
+use crate::runtime::Runtime;
+use crate::throttle::ThrottlingPolicy;
+
+use super::confidential::DEFAULT_EXPIRY_BUFFER;
+
+/// Engine configuration gathered by a builder.
+pub(crate) struct EngineSettings {
+    pub transport: Option<Arc<dyn HttpTransport>>,
+    pub runtime: Option<Arc<dyn Runtime>>,
+    pub cache: Option<Arc<dyn PartitionCache>>,
+    pub send_options: SendOptions,
+    pub expiry_buffer: Duration,
+    pub retry: RetryPolicy,
+    pub refresh: RefreshOptions,
+    pub throttling: ThrottlingPolicy,
+    pub l2: Option<L2Options>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            transport: None,
+            runtime: None,
+            cache: None,
+            send_options: SendOptions::default(),
+            expiry_buffer: DEFAULT_EXPIRY_BUFFER,
+            retry: RetryPolicy::default(),
+            refresh: RefreshOptions::default(),
+            throttling: ThrottlingPolicy::default(),
+            l2: None,
+        }
+    }
+}
+
+impl EngineSettings {
+    /// Validate and build the engine.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] naming the missing part and where to get one.
+    pub(crate) fn build(self) -> Result<Engine> {
+        fn missing(what: &str, hint: &str) -> Error {
+            Error::configuration(format!("no {what} configured: {hint}"))
+        }
+        let transport = self.transport.ok_or_else(|| {
+            missing(
+                "HTTP transport",
+                "pass e.g. tokenwell_http_reqwest::ReqwestTransport",
+            )
+        })?;
+        let runtime = self
+            .runtime
+            .ok_or_else(|| missing("runtime", "pass e.g. tokenwell_runtime_tokio::TokioRuntime"))?;
+        let cache = self
+            .cache
+            .ok_or_else(|| missing("cache", "pass e.g. tokenwell_cache_memory::MemoryCache"))?;
+        if self.send_options.max_response_bytes == 0 {
+            return Err(Error::configuration("max_response_bytes must be above 0"));
+        }
+        Ok(Engine::new(
+            Pipeline {
+                transport,
+                runtime,
+                send_options: self.send_options,
+                retry: self.retry,
+            },
+            TokenCache::new(cache),
+            self.expiry_buffer,
+            self.refresh,
+            self.throttling,
+        )
+        .with_l2(self.l2))
+    }
+}
+
+/// The setters every application builder has, writing to its `engine: EngineSettings` field.
+macro_rules! engine_setters {
+    () => {
+        /// The HTTP transport (`tokenwell-http-reqwest`, `tokenwell-http-hyper`).
+        pub fn transport(
+            mut self,
+            transport: std::sync::Arc<dyn crate::http::HttpTransport>,
+        ) -> Self {
+            self.engine.transport = Some(transport);
+            self
+        }
+
+        /// Clock, timer and spawner (`tokenwell-runtime-tokio`, or a manual clock in tests).
+        pub fn runtime(mut self, runtime: std::sync::Arc<dyn crate::runtime::Runtime>) -> Self {
+            self.engine.runtime = Some(runtime);
+            self
+        }
+
+        /// The in-memory partition cache (`tokenwell-cache-memory`). Several applications may
+        /// share one: partitions are keyed by client id.
+        pub fn cache(mut self, cache: std::sync::Arc<dyn crate::cache::PartitionCache>) -> Self {
+            self.engine.cache = Some(cache);
+            self
+        }
+
+        /// Timeout of one HTTP exchange (default 30 s).
+        pub fn http_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.engine.send_options.timeout = timeout;
+            self
+        }
+
+        /// Largest accepted response body (default 1 MiB).
+        pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+            self.engine.send_options.max_response_bytes = bytes;
+            self
+        }
+
+        /// How long before `expires_on` a token stops being served from the cache (default
+        /// 5 min).
+        pub fn expiry_buffer(mut self, buffer: std::time::Duration) -> Self {
+            self.engine.expiry_buffer = buffer;
+            self
+        }
+
+        /// Proactive-refresh settings (jitter, back-off, opt-in refresh-ahead).
+        pub fn refresh_options(mut self, refresh: crate::app::RefreshOptions) -> Self {
+            self.engine.refresh = refresh;
+            self
+        }
+
+        /// Client-side throttling windows (default: MSAL's rules).
+        pub fn throttling(mut self, throttling: crate::throttle::ThrottlingPolicy) -> Self {
+            self.engine.throttling = throttling;
+            self
+        }
+
+        /// A shared or persistent L2 store behind the in-memory cache (Redis, SQLite …):
+        /// tokens survive restarts and are shared by the nodes of a farm.
+        pub fn l2(mut self, l2: crate::app::L2Options) -> Self {
+            self.engine.l2 = Some(l2);
+            self
+        }
+    };
+}
+
+pub(crate) use engine_setters;
