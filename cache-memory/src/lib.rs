@@ -108,7 +108,7 @@ impl MemoryCacheBuilder {
         self
     }
 
-    /// Upper bound on the number of partitions.
+    /// Upper bound on the number of partitions (approximate below 64).
     pub fn max_partitions(mut self, partitions: u64) -> Self {
         self.max_partitions = partitions.max(1);
         self
@@ -116,7 +116,12 @@ impl MemoryCacheBuilder {
 
     /// Build the cache.
     pub fn build(self) -> MemoryCache {
-        let floor = (self.max_bytes / self.max_partitions).max(1);
+        // The floor weight enforces the partition bound through the byte bound. It must stay
+        // well below one shard's capacity, or the cache would refuse every partition; below 64
+        // partitions the count bound is therefore approximate.
+        let floor = (self.max_bytes / self.max_partitions)
+            .min(self.max_bytes / 64)
+            .max(1);
         let estimated_items = self.max_partitions.min(1 << 20) as usize;
         MemoryCache {
             partitions: Cache::with_weighter(
@@ -184,6 +189,14 @@ mod tests {
             cache.partition_count()
         );
         assert!(cache.partition_count() > 10);
+    }
+
+    #[test]
+    fn a_tiny_partition_bound_still_caches() {
+        let cache = MemoryCache::builder().max_partitions(1).build();
+        let key = PartitionKey::for_app("c", "t");
+        cache.insert(key.clone(), partition(1));
+        assert!(cache.get(&key).is_some());
     }
 
     #[test]
