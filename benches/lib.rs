@@ -128,7 +128,9 @@ pub fn app_with_cached_tokens(
     let cache = Arc::new(
         MemoryCache::builder()
             .max_bytes(8 * 1024 * 1024 * 1024)
-            .max_partitions(total as u64 * 2)
+            // Never tiny: the weight floor (max_bytes / max_partitions) must stay below one
+            // shard's share of max_bytes, or quick_cache refuses the partition.
+            .max_partitions((total as u64 * 2).max(1_024))
             .build(),
     );
     match layout {
