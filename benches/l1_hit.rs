@@ -1,18 +1,31 @@
-//! L1 hit cost versus cache size and layout: the hit must stay flat from 1k to 100k tokens.
+//! L1 hit cost versus cache size and layout: the hit must stay flat from 1k to 1M tokens, in
+//! partitions of 1 (one per tenant), 10, 100 and 1,000 tokens. Each cache is built once per
+//! (layout, size); on it criterion measures the single-thread latency, then two OS threads
+//! hammer hits for a fixed count (throughput and its ratio to one thread, recorded for
+//! `benches/report`).
 //!
 //! Run: `cargo bench --bench l1_hit`
 
+use std::time::Duration;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use tokenwell_benches::{Layout, app_with_cached_tokens, app_with_token_past_refresh_on};
+use tokenwell_benches::{
+    LAYOUTS, Layout, SIZES, app_with_cached_tokens, app_with_token_past_refresh_on, hit_throughput,
+    record_figure,
+};
+
+/// Hits per thread in the throughput runs.
+const THROUGHPUT_HITS: usize = 300_000;
 
 fn l1_hit(c: &mut Criterion) {
     let mut group = c.benchmark_group("l1_hit");
-    for (label, layout) in [
-        ("partition_per_tenant", Layout::PartitionPerTenant),
-        ("100_tokens_per_partition", Layout::TokensPerPartition(100)),
-    ] {
-        for total in [1_000usize, 100_000] {
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for (label, layout) in LAYOUTS {
+        for total in SIZES {
             let (app, scopes) = app_with_cached_tokens(total, layout);
             // Prove it is a hit before timing it.
             let first = app
@@ -34,6 +47,13 @@ fn l1_hit(c: &mut Criterion) {
                         .expect("ok")
                 })
             });
+            // Throughput: one thread, then two, back to back on the same cache.
+            let one = hit_throughput(&app, &scopes, 1, THROUGHPUT_HITS);
+            let two = hit_throughput(&app, &scopes, 2, THROUGHPUT_HITS);
+            record_figure(&format!("l1_hits_per_s_1t.{label}.{total}"), one);
+            record_figure(&format!("l1_hits_per_s_2t.{label}.{total}"), two);
+            record_figure(&format!("l1_2t_ratio.{label}.{total}"), two / one);
+            drop((app, scopes));
         }
     }
     group.finish();

@@ -1,6 +1,8 @@
 //! Shared set-up for tokenwell's criterion benches: an application whose L1 is pre-filled with
-//! a chosen number of tokens in a chosen layout, so a hit can be measured at any cache size.
+//! a chosen number of tokens in a chosen layout, so a hit can be measured at any cache size; an
+//! L1 that keeps nothing (to measure L2 hits); and the figures file that `benches/report` reads.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +31,20 @@ pub enum Layout {
     TokensPerPartition(usize),
 }
 
+/// Sizes of the L1 hit benches: 1k to 1M cached tokens.
+pub const SIZES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
+
+/// Layouts of the L1 hit benches: partitions of 1 (one per tenant), 10, 100 and 1,000 tokens.
+pub const LAYOUTS: [(&str, Layout); 4] = [
+    ("1_token_per_partition", Layout::PartitionPerTenant),
+    ("10_tokens_per_partition", Layout::TokensPerPartition(10)),
+    ("100_tokens_per_partition", Layout::TokensPerPartition(100)),
+    (
+        "1000_tokens_per_partition",
+        Layout::TokensPerPartition(1_000),
+    ),
+];
+
 /// A transport that fails every call: a hit must never reach it.
 struct Unreachable;
 
@@ -47,7 +63,7 @@ impl HttpTransport for Unreachable {
 }
 
 /// Wall clock, no spawning (hits never spawn).
-struct SystemClock;
+pub struct SystemClock;
 
 impl Runtime for SystemClock {
     fn now(&self) -> SystemTime {
@@ -59,7 +75,9 @@ impl Runtime for SystemClock {
     fn spawn(&self, _task: BoxFuture<'static, ()>) {}
 }
 
-fn token(tenant: &str, resource: usize, now: u64) -> AccessToken {
+/// A cached application token of `tenant` for `api://resource-{resource}/.default`, valid 24 h
+/// from `now`.
+pub fn token(tenant: &str, resource: usize, now: u64) -> AccessToken {
     token_with_refresh_on(tenant, resource, now, None)
 }
 
@@ -110,7 +128,9 @@ pub fn app_with_cached_tokens(
     let cache = Arc::new(
         MemoryCache::builder()
             .max_bytes(8 * 1024 * 1024 * 1024)
-            .max_partitions(total as u64 * 2)
+            // Never tiny: the weight floor (max_bytes / max_partitions) must stay below one
+            // shard's share of max_bytes, or quick_cache refuses the partition.
+            .max_partitions((total as u64 * 2).max(1_024))
             .build(),
     );
     match layout {
@@ -146,4 +166,122 @@ pub fn app_with_cached_tokens(
         .build()
         .expect("valid bench configuration");
     (app, ScopeSet::parse("api://resource-0/.default"))
+}
+
+/// A partition of `tokens` tokens of `TENANT` (resources 0..tokens), valid 24 h from now: the
+/// blob an L2 bench stores, and what the codec benches encode.
+pub fn partition_of(tokens: usize) -> Partition {
+    let now = unix_seconds(SystemTime::now());
+    Partition::from_access_tokens((0..tokens).map(|r| token(TENANT, r, now)))
+}
+
+/// The partition key of `TENANT` for the bench client.
+pub fn bench_partition_key() -> PartitionKey {
+    PartitionKey::for_app(CLIENT_ID, TENANT)
+}
+
+/// An L1 that keeps nothing: every lookup misses, so every call goes to L2.
+#[derive(Debug, Default)]
+pub struct NoL1;
+
+impl PartitionCache for NoL1 {
+    fn get(&self, _key: &PartitionKey) -> Option<Arc<Partition>> {
+        None
+    }
+    fn insert(&self, _key: PartitionKey, _partition: Arc<Partition>) {}
+    fn remove(&self, _key: &PartitionKey) {}
+    fn partition_count(&self) -> usize {
+        0
+    }
+}
+
+/// An application with no L1 over `l2` (the transport fails: only L2 hits succeed).
+pub fn app_over_l2(
+    l2: tokenwell_core::L2Options,
+    runtime: Arc<dyn Runtime>,
+) -> ConfidentialClientApplication {
+    ConfidentialClientApplication::builder(CLIENT_ID)
+        .authority(AUTHORITY)
+        .credential(ClientCredential::secret("bench"))
+        .transport(Arc::new(Unreachable))
+        .runtime(runtime)
+        .cache(Arc::new(NoL1))
+        .l2(l2)
+        .build()
+        .expect("valid bench configuration")
+}
+
+/// Where figures measured outside criterion (throughputs, stampede, memory) are written, next
+/// to criterion's own output: `<target>/criterion/tokenwell-figures/`.
+pub fn figures_dir() -> PathBuf {
+    criterion_dir().join("tokenwell-figures")
+}
+
+/// Criterion's output directory: `$CARGO_TARGET_DIR/criterion`, else the `criterion` folder of
+/// the target directory this binary was built in (`<target>/release/deps/<bench>`).
+pub fn criterion_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir).join("criterion");
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("criterion")
+}
+
+/// Record one figure (`name` = `value`) for `benches/report`; also printed.
+pub fn record_figure(name: &str, value: f64) {
+    println!("figure {name} = {value:.3}");
+    let dir = figures_dir();
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join(name), format!("{value}\n")))
+    {
+        eprintln!("could not record figure {name}: {e}");
+    }
+}
+
+/// Record a piece of text (the memory table) for `benches/report`.
+pub fn record_text(name: &str, text: &str) {
+    let dir = figures_dir();
+    if let Err(e) =
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), text))
+    {
+        eprintln!("could not record {name}: {e}");
+    }
+}
+
+/// Run `hits` L1 hits on each of `threads` OS threads at once; hits per second overall.
+pub fn hit_throughput(
+    app: &ConfidentialClientApplication,
+    scopes: &ScopeSet,
+    threads: usize,
+    hits: usize,
+) -> f64 {
+    use futures::FutureExt;
+    let barrier = std::sync::Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    for _ in 0..hits {
+                        let r = app
+                            .acquire_token_for_client(scopes)
+                            .execute()
+                            .now_or_never()
+                            .expect("a hit completes without waiting")
+                            .expect("a hit succeeds");
+                        std::hint::black_box(r);
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = std::time::Instant::now();
+        for w in workers {
+            w.join().expect("bench thread");
+        }
+        (threads * hits) as f64 / started.elapsed().as_secs_f64()
+    })
 }

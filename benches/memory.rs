@@ -5,8 +5,10 @@
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::fmt::Write as _;
+
 use futures::FutureExt;
-use tokenwell_benches::{Layout, app_with_cached_tokens};
+use tokenwell_benches::{Layout, app_with_cached_tokens, record_figure, record_text};
 
 struct Counting;
 
@@ -42,13 +44,21 @@ fn payload_bytes(total: usize) -> usize {
 
 fn main() {
     // criterion passes `--bench`; nothing to parse.
-    println!("| cached tokens | layout | heap bytes | overhead per token (beyond the strings) |");
-    println!("|---:|---|---:|---:|");
-    for total in [100_000usize, 1_000_000] {
-        for (label, layout) in [
-            ("partition per tenant", Layout::PartitionPerTenant),
+    let mut table = String::new();
+    table.push_str(
+        "| cached tokens | layout | heap bytes | overhead per token (beyond the strings) |\n",
+    );
+    table.push_str("|---:|---|---:|---:|\n");
+    for total in [10_000usize, 100_000, 1_000_000] {
+        for (label, key, layout) in [
+            (
+                "partition per tenant",
+                "per_tenant",
+                Layout::PartitionPerTenant,
+            ),
             (
                 "1,000 tokens per partition",
+                "1000_per_partition",
                 Layout::TokensPerPartition(1_000),
             ),
         ] {
@@ -56,10 +66,12 @@ fn main() {
             let (app, scopes) = app_with_cached_tokens(total, layout);
             let used = LIVE_BYTES.load(Ordering::Relaxed) - before;
             let overhead = (used.saturating_sub(payload_bytes(total))) as f64 / total as f64;
-            println!("| {total} | {label} | {used} | {overhead:.0} B |");
+            let _ = writeln!(table, "| {total} | {label} | {used} | {overhead:.0} B |");
+            record_figure(&format!("bytes_per_token.{key}.{total}"), overhead);
             drop((app, scopes));
         }
     }
+    print!("{table}");
 
     let (app, scopes) = app_with_cached_tokens(100_000, Layout::PartitionPerTenant);
     let hits = 100_000;
@@ -76,4 +88,10 @@ fn main() {
     let per_hit = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / hits as f64;
     println!();
     println!("allocations per L1 hit (result included): {per_hit:.2}");
+    record_figure("allocations_per_hit", per_hit);
+    let _ = writeln!(
+        table,
+        "\nallocations per L1 hit (result included): {per_hit:.2}"
+    );
+    record_text("memory.md", &table);
 }

@@ -1,0 +1,181 @@
+//! Prints one markdown table of the headline figures — criterion's medians
+//! (`<target>/criterion/**/new/estimates.json`) and the figures the other benches recorded
+//! (`<target>/criterion/tokenwell-figures/`) — followed by the memory bench's table. Missing
+//! figures print as `–` (run the other benches first: `cargo bench -p tokenwell-benches`).
+//!
+//! Run: `cargo bench --bench report` (or `benches/report`)
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use tokenwell_benches::{LAYOUTS, SIZES, criterion_dir, figures_dir};
+
+/// Criterion's median (ns) of `group/function[/param]`.
+fn median_ns(id: &str) -> Option<f64> {
+    let path = criterion_dir().join(id).join("new").join("estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn figure(name: &str) -> Option<f64> {
+    std::fs::read_to_string(figures_dir().join(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn show(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
+    value.map(format).unwrap_or_else(|| "–".to_owned())
+}
+
+fn verdict(values: &[Option<f64>], ok: impl Fn(f64) -> bool) -> &'static str {
+    if values.iter().any(Option::is_none) {
+        "–"
+    } else if values.iter().flatten().all(|v| ok(*v)) {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+fn ns(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} µs", v / 1000.0)
+    } else {
+        format!("{v:.0} ns")
+    }
+}
+
+fn short(total: usize) -> String {
+    match total {
+        t if t >= 1_000_000 => format!("{}M", t / 1_000_000),
+        t => format!("{}k", t / 1_000),
+    }
+}
+
+fn main() {
+    let mut out = String::new();
+    let sizes = SIZES.map(short).join(" / ");
+    out.push_str("| figure | measured | goal | |\n|---|---|---|---|\n");
+
+    for (label, _) in LAYOUTS {
+        let values: Vec<_> = SIZES
+            .iter()
+            .map(|total| median_ns(&format!("l1_hit/{label}/{total}")))
+            .collect();
+        let cells: Vec<_> = values.iter().map(|v| show(*v, ns)).collect();
+        let _ = writeln!(
+            out,
+            "| L1 hit, {} ({sizes} tokens), 1 thread, median | {} | ≤ 100 ns, flat | {} |",
+            label.replace('_', " "),
+            cells.join(" / "),
+            verdict(&values, |v| v <= 100.0),
+        );
+    }
+    for (label, _) in LAYOUTS {
+        let ratios: Vec<_> = SIZES
+            .iter()
+            .map(|total| figure(&format!("l1_2t_ratio.{label}.{total}")))
+            .collect();
+        let one = figure(&format!("l1_hits_per_s_1t.{label}.{}", SIZES[0]));
+        let cells: Vec<_> = ratios
+            .iter()
+            .map(|v| show(*v, |r| format!("{r:.2}×")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| L1 hits on 2 threads ÷ 1 thread, {} ({sizes}); 1 thread at 1k: {} | {} | ≥ 1.8× | {} |",
+            label.replace('_', " "),
+            show(one, |v| format!("{:.2} M hits/s", v / 1e6)),
+            cells.join(" / "),
+            verdict(&ratios, |v| v >= 1.8),
+        );
+    }
+    let allocations = figure("allocations_per_hit");
+    let _ = writeln!(
+        out,
+        "| allocations per L1 hit (result included) | {} | 0 | {} |",
+        show(allocations, |v| format!("{v:.2}")),
+        verdict(&[allocations], |v| v < 0.5),
+    );
+    for (key, label) in [
+        ("per_tenant", "partition per tenant"),
+        ("1000_per_partition", "1,000 tokens per partition"),
+    ] {
+        let values: Vec<_> = [10_000, 100_000, 1_000_000]
+            .iter()
+            .map(|t| figure(&format!("bytes_per_token.{key}.{t}")))
+            .collect();
+        let cells: Vec<_> = values
+            .iter()
+            .map(|v| show(*v, |b| format!("{b:.0} B")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| memory per token beyond its strings, {label} (10k / 100k / 1M) | {} | ≤ 300 B | {} |",
+            cells.join(" / "),
+            verdict(&values, |v| v <= 300.0),
+        );
+    }
+    for store in ["redis", "sqlite"] {
+        let app = median_ns(&format!("l2_hit/{store}/app_l2_hit"));
+        let raw = median_ns(&format!("l2_hit/{store}/raw_load"));
+        let paired = figure(&format!("l2_ratio.{store}"));
+        let _ = writeln!(
+            out,
+            "| L2 hit (no L1) over {store}, 1-token blob: app / raw `load` (paired ratio) | {} / {} ({}) | ≤ 1.5× | {} |",
+            show(app, ns),
+            show(raw, ns),
+            show(paired, |r| format!("{r:.2}×")),
+            verdict(&[paired], |v| v <= 1.5),
+        );
+    }
+    for op in [
+        "encode_plain",
+        "decode_plain",
+        "encode_sealed",
+        "decode_sealed",
+    ] {
+        let cells: Vec<_> = [1, 10, 100]
+            .iter()
+            .map(|t| show(median_ns(&format!("blob_codec/{op}/{t}")), ns))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| blob {} (1 / 10 / 100 tokens) | {} | – | |",
+            op.replace('_', " "),
+            cells.join(" / "),
+        );
+    }
+    for transport in ["reqwest", "hyper"] {
+        let app = median_ns(&format!("idp_miss/{transport}/app_force_refresh"));
+        let bare = median_ns(&format!("idp_miss/{transport}/bare_post"));
+        let paired = figure(&format!("idp_ratio.{transport}"));
+        let _ = writeln!(
+            out,
+            "| IdP miss (emulator) over {transport}: app / bare POST (paired ratio) | {} / {} ({}) | ≤ 1.2× | {} |",
+            show(app, ns),
+            show(bare, ns),
+            show(paired, |r| format!("{r:.2}×")),
+            verdict(&[paired], |v| v <= 1.2),
+        );
+    }
+    let stampede = figure("stampede_ms");
+    let requests = figure("stampede_idp_requests");
+    let _ = writeln!(
+        out,
+        "| stampede: 10k callers on a cold key, IdP latency 20 ms: all served in / IdP requests | {} / {} | 1 request | {} |",
+        show(stampede, |v| format!("{v:.1} ms")),
+        show(requests, |v| format!("{v:.0}")),
+        verdict(&[requests], |v| v == 1.0),
+    );
+
+    let memory = figures_dir().join("memory.md");
+    if Path::new(&memory).exists() {
+        out.push_str("\nMemory bench (`cargo bench --bench memory`):\n\n");
+        out.push_str(&std::fs::read_to_string(memory).unwrap_or_default());
+    }
+    print!("{out}");
+}
