@@ -54,6 +54,24 @@ async fn imds_first_call_from_endpoint_second_from_cache(t: Transport) {
     let form = rig.emulator.last_token_request().unwrap().form;
     assert_eq!(form.get("resource").map(String::as_str), Some(RESOURCE));
     assert!(form.contains_key("api-version"));
+
+    // As a link of a credential chain (`TokenCredential`): the same cache, one scope only.
+    let credential: std::sync::Arc<dyn tokenwell_core::credential::chain::TokenCredential> =
+        std::sync::Arc::new(app);
+    let via_chain = credential
+        .get_token(&tokenwell_core::ScopeSet::parse(
+            "https://management.azure.com//.default",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(via_chain.metadata().token_source, TokenSource::CacheL1);
+    let two =
+        tokenwell_core::ScopeSet::parse("https://a.example/.default https://b.example/.default");
+    assert!(matches!(
+        credential.get_token(&two).await,
+        Err(tokenwell_core::Error::Configuration(_))
+    ));
+    assert_eq!(rig.emulator.msi_requests(), 1);
 }
 
 async fn imds_expired_token_is_renewed(t: Transport) {

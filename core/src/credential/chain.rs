@@ -84,6 +84,20 @@ impl TokenCredential for ConfidentialClientApplication {
     }
 }
 
+/// A managed identity serves one resource per token: the single scope (`…/.default`) names it.
+#[async_trait]
+impl TokenCredential for crate::app::ManagedIdentityApplication {
+    async fn get_token(&self, scopes: &ScopeSet) -> Result<AuthenticationResult> {
+        let mut requested = scopes.iter();
+        match (requested.next(), requested.next()) {
+            (Some(scope), None) => self.acquire_token(scope).await,
+            _ => Err(Error::Configuration(format!(
+                "a managed identity takes exactly one resource scope, got '{scopes}'"
+            ))),
+        }
+    }
+}
+
 /// A link of [`DefaultCredential`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
