@@ -83,6 +83,11 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Delete `key` (no error when absent).
     ///
+    /// Versions may start again at 1 after a removal, so a writer still holding a version read
+    /// before it could overwrite a re-created blob. The engine therefore never removes blobs:
+    /// removals of entries are tombstones inside the blob, merged like any write. `remove` is an
+    /// administrative reset (and what tests use).
+    ///
     /// # Errors
     /// [`StoreError`] when the store cannot answer.
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError>;
