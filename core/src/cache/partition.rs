@@ -4,7 +4,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashMap;
 use sha2::{Digest, Sha256};
 
 use super::model::{AccessToken, Account, IdToken, RefreshToken};
@@ -125,17 +125,6 @@ impl Hash for AccessTokenKey {
     }
 }
 
-impl Hash for AccessTokenQuery<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_key_fields(
-            state,
-            self.home_account_id,
-            self.realm,
-            self.scopes.normalized(),
-        )
-    }
-}
-
 impl AccessTokenQuery<'_> {
     /// Everything but the scopes matches `entry`.
     fn matches_identity(&self, entry: &AccessToken) -> bool {
@@ -144,17 +133,6 @@ impl AccessTokenQuery<'_> {
             && self.realm == entry.realm
             && self.token_type.eq_ignore_ascii_case(&entry.token_type)
             && self.key_id == entry.key_id.as_deref()
-    }
-}
-
-impl Equivalent<AccessTokenKey> for AccessTokenQuery<'_> {
-    fn equivalent(&self, key: &AccessTokenKey) -> bool {
-        self.home_account_id == key.home_account_id.as_deref()
-            && self.environment == &*key.environment
-            && self.realm == &*key.realm
-            && self.token_type.eq_ignore_ascii_case(&key.token_type)
-            && self.key_id == key.key_id.as_deref()
-            && self.scopes.normalized() == &*key.scopes
     }
 }
 
@@ -171,6 +149,130 @@ impl AccessTokenKey {
     }
 }
 
+impl AccessTokenKey {
+    /// `entry` has this identity.
+    fn matches(&self, entry: &AccessToken) -> bool {
+        self.home_account_id.as_deref() == entry.home_account_id.as_deref()
+            && *self.environment == *entry.environment
+            && *self.realm == *entry.realm
+            && self.token_type.eq_ignore_ascii_case(&entry.token_type)
+            && self.key_id.as_deref() == entry.key_id.as_deref()
+            && *self.scopes == *entry.target.normalized()
+    }
+}
+
+/// Access tokens by identity, hashed and compared through the entries themselves: the index
+/// holds no copy of their strings (a million tokens would otherwise carry a million keys).
+#[derive(Clone, Default)]
+struct AccessTokenIndex {
+    table: hashbrown::HashTable<Arc<AccessToken>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl AccessTokenIndex {
+    fn hash_of(
+        hasher: &hashbrown::DefaultHashBuilder,
+        home_account_id: Option<&str>,
+        realm: &str,
+        scopes: &str,
+    ) -> u64 {
+        use std::hash::BuildHasher;
+        let mut state = hasher.build_hasher();
+        hash_key_fields(&mut state, home_account_id, realm, scopes);
+        state.finish()
+    }
+
+    fn hash_entry(hasher: &hashbrown::DefaultHashBuilder, entry: &AccessToken) -> u64 {
+        Self::hash_of(
+            hasher,
+            entry.home_account_id.as_deref(),
+            &entry.realm,
+            entry.target.normalized(),
+        )
+    }
+
+    fn same_identity(a: &AccessToken, b: &AccessToken) -> bool {
+        a.home_account_id == b.home_account_id
+            && a.environment == b.environment
+            && a.realm == b.realm
+            && a.token_type.eq_ignore_ascii_case(&b.token_type)
+            && a.key_id == b.key_id
+            && a.target.normalized() == b.target.normalized()
+    }
+
+    #[inline]
+    fn find(&self, query: &AccessTokenQuery<'_>) -> Option<&Arc<AccessToken>> {
+        let hash = Self::hash_of(
+            &self.hasher,
+            query.home_account_id,
+            query.realm,
+            query.scopes.normalized(),
+        );
+        self.table.find(hash, |t| {
+            t.target.normalized() == query.scopes.normalized() && query.matches_identity(t)
+        })
+    }
+
+    fn get_key(&self, key: &AccessTokenKey) -> Option<&Arc<AccessToken>> {
+        let hash = Self::hash_of(
+            &self.hasher,
+            key.home_account_id.as_deref(),
+            &key.realm,
+            &key.scopes,
+        );
+        self.table.find(hash, |t| key.matches(t))
+    }
+
+    fn get_same(&self, entry: &AccessToken) -> Option<&Arc<AccessToken>> {
+        let hash = Self::hash_entry(&self.hasher, entry);
+        self.table.find(hash, |t| Self::same_identity(t, entry))
+    }
+
+    /// Insert, returning the entry it replaced.
+    fn insert(&mut self, token: Arc<AccessToken>) -> Option<Arc<AccessToken>> {
+        let hasher = &self.hasher;
+        let hash = Self::hash_entry(hasher, &token);
+        match self.table.entry(
+            hash,
+            |t| Self::same_identity(t, &token),
+            |t| Self::hash_entry(hasher, t),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                Some(std::mem::replace(slot.get_mut(), token))
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(token);
+                None
+            }
+        }
+    }
+
+    fn remove_key(&mut self, key: &AccessTokenKey) -> Option<Arc<AccessToken>> {
+        let hash = Self::hash_of(
+            &self.hasher,
+            key.home_account_id.as_deref(),
+            &key.realm,
+            &key.scopes,
+        );
+        match self.table.find_entry(hash, |t| key.matches(t)) {
+            Ok(slot) => Some(slot.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<AccessToken>> {
+        self.table.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
 /// An immutable snapshot of one partition's entries.
 ///
 /// Writers build a new snapshot ([`with_access_token`](Self::with_access_token)) and swap it in;
@@ -178,7 +280,7 @@ impl AccessTokenKey {
 /// a strict subset of cached scopes scans the partition.
 #[derive(Clone, Default)]
 pub struct Partition {
-    access_tokens: HashMap<AccessTokenKey, Arc<AccessToken>>,
+    access_tokens: AccessTokenIndex,
     /// Removed entries and when, so a merge with an older copy does not resurrect them.
     tombstones: HashMap<AccessTokenKey, u64>,
     /// Refresh tokens, ID tokens and accounts by their identity inside the partition.
@@ -306,7 +408,7 @@ impl Partition {
     /// Find the access token for `query`: exact scope match first, then any cached token whose
     /// scopes are a superset of the requested ones (the one expiring last).
     pub fn find_access_token(&self, query: &AccessTokenQuery<'_>) -> Option<&Arc<AccessToken>> {
-        if let Some(found) = self.access_tokens.get(query) {
+        if let Some(found) = self.access_tokens.find(query) {
             return Some(found);
         }
         self.access_tokens
@@ -355,7 +457,7 @@ impl Partition {
     pub fn with_access_token_removed(&self, token: &AccessToken, now: u64) -> Partition {
         let mut next = self.without_expired(now);
         let key = AccessTokenKey::of(token);
-        if let Some(old) = next.access_tokens.remove(&key) {
+        if let Some(old) = next.access_tokens.remove_key(&key) {
             next.approx_bytes = next.approx_bytes.saturating_sub(old.approx_bytes());
         }
         next.tombstones.insert(key, now);
@@ -388,13 +490,13 @@ impl Partition {
         before: Option<&Partition>,
     ) -> hashbrown::HashSet<AccessTokenKey> {
         self.access_tokens
-            .iter()
-            .filter(|(key, token)| {
+            .values()
+            .filter(|token| {
                 before
-                    .and_then(|b| b.access_tokens.get(*key))
+                    .and_then(|b| b.access_tokens.get_same(token))
                     .is_none_or(|old| !Arc::ptr_eq(old, token))
             })
-            .map(|(key, _)| key.clone())
+            .map(|token| AccessTokenKey::of(token))
             .collect()
     }
 
@@ -429,7 +531,7 @@ impl Partition {
             if !alive(token, &key) {
                 continue;
             }
-            let wins = merged.access_tokens.get(&key).is_none_or(|existing| {
+            let wins = merged.access_tokens.get_key(&key).is_none_or(|existing| {
                 token.cached_at > existing.cached_at
                     || (token.cached_at == existing.cached_at && overlay_wins_tie(&key))
             });
@@ -516,7 +618,7 @@ impl Partition {
             .collect();
         for token in doomed {
             let key = AccessTokenKey::of(&token);
-            next.access_tokens.remove(&key);
+            next.access_tokens.remove_key(&key);
             next.tombstones.insert(key, now);
         }
         fn drop_home<T: SectionEntry>(
@@ -646,15 +748,17 @@ impl Partition {
     fn insert_access_token(&mut self, token: Arc<AccessToken>) {
         self.latest_expiry = self.latest_expiry.max(token.expires_on);
         self.approx_bytes += token.approx_bytes();
-        let key = AccessTokenKey::of(&token);
-        if self
-            .tombstones
-            .get(&key)
-            .is_some_and(|removed| *removed < token.cached_at)
-        {
-            self.tombstones.remove(&key);
+        if !self.tombstones.is_empty() {
+            let key = AccessTokenKey::of(&token);
+            if self
+                .tombstones
+                .get(&key)
+                .is_some_and(|removed| *removed < token.cached_at)
+            {
+                self.tombstones.remove(&key);
+            }
         }
-        if let Some(old) = self.access_tokens.insert(key, token) {
+        if let Some(old) = self.access_tokens.insert(token) {
             self.approx_bytes = self.approx_bytes.saturating_sub(old.approx_bytes());
         }
     }
