@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use super::engine::{Engine, FetchPlan, FlightKey, FlightResult, Lookup};
 use super::settings::{EngineSettings, engine_setters};
 use crate::authority::Authority;
-use crate::cache::{AccessToken, AccessTokenQuery, PartitionKey, TokenCache};
+use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::credential::{AssertionContext, ClientCredential};
 use crate::error::{Error, Result};
 use crate::response::TokenResponse;
@@ -375,10 +375,7 @@ fn fetch_for_client(
         inner
             .engine
             .write_partition(&partition, move |current| {
-                current
-                    .cloned()
-                    .unwrap_or_default()
-                    .with_access_token((*stored).clone(), now)
+                Partition::after_write(current, stored, now)
             })
             .await;
         tracing::debug!(partition = %partition, expires_on = entry.expires_on, "cached a new access token");

@@ -16,7 +16,7 @@ use super::engine::{Engine, FetchPlan, FlightResult};
 use super::pipeline::StatusRetry;
 use super::settings::{EngineSettings, engine_setters};
 use super::user::cached_or_fetch;
-use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
+use crate::cache::{AccessTokenQuery, Partition, PartitionKey, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
 use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
@@ -362,14 +362,11 @@ fn fetch(
             &ScopeSet::parse(&resource),
             now,
         ));
-        let stored = (*entry).clone();
+        let stored = Arc::clone(&entry);
         inner
             .engine
             .write_partition(&partition, move |current| {
-                current
-                    .cloned()
-                    .unwrap_or_default()
-                    .with_access_token(stored, now)
+                Partition::after_write(current, stored, now)
             })
             .await;
         Ok((entry, stats))

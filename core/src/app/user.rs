@@ -212,15 +212,11 @@ impl ClientCore {
             account,
         } = tokens;
         let entry = Arc::new(access);
-        let stored = (*entry).clone();
+        let stored = Arc::clone(&entry);
         let indexed = account.clone();
         self.engine
             .write_partition(partition, move |current| {
-                let mut next = current
-                    .cloned()
-                    .unwrap_or_default()
-                    .with_access_token(stored, now)
-                    .with_account(account);
+                let mut next = Partition::after_write(current, stored, now).with_account(account);
                 if let Some(rt) = refresh {
                     next = next.with_refresh_token(rt);
                 }

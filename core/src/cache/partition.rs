@@ -420,8 +420,19 @@ impl Partition {
     /// A new snapshot with `token` added (replacing the entry with the same identity and
     /// scopes) and entries that expired before `now` dropped.
     pub fn with_access_token(&self, token: AccessToken, now: u64) -> Partition {
-        let mut next = self.without_expired(now);
-        next.insert_access_token(Arc::new(token));
+        Self::after_write(Some(self), Arc::new(token), now)
+    }
+
+    /// The snapshot a write produces: `current` (or an empty partition) without its expired
+    /// entries, plus `token`. One pass, and the token's `Arc` is stored as given, so the
+    /// caller's result and the cache share one entry.
+    pub(crate) fn after_write(
+        current: Option<&Partition>,
+        token: Arc<AccessToken>,
+        now: u64,
+    ) -> Partition {
+        let mut next = current.map_or_else(Partition::new, |p| p.without_expired(now));
+        next.insert_access_token(token);
         next
     }
 
