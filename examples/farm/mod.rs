@@ -101,6 +101,9 @@ pub struct FarmConfig {
     pub expires_in: Duration,
     /// Per-node jitter on `refresh_on` (the engine's default ± 5 min) or none (default on).
     pub jitter: bool,
+    /// How long a node waits after a failed background refresh before the next one (default:
+    /// the engine's, 30 s).
+    pub refresh_failure_backoff: Duration,
     /// Farm lease settings (default: 10 s TTL, 1 s max wait, 20 ms poll interval).
     pub lease: LeaseOptions,
     /// The shared store (default [`StoreChoice::Auto`]).
@@ -123,6 +126,7 @@ impl Default for FarmConfig {
             refresh_in: minutes(20),
             expires_in: hours(3),
             jitter: true,
+            refresh_failure_backoff: RefreshOptions::default().failure_backoff,
             lease: LeaseOptions {
                 ttl: Duration::from_secs(10),
                 max_wait: Duration::from_secs(1),
@@ -202,6 +206,12 @@ impl FarmConfig {
     /// Jitter on `refresh_on` on or off.
     pub fn jitter(mut self, jitter: bool) -> Self {
         self.jitter = jitter;
+        self
+    }
+
+    /// Wait after a failed background refresh.
+    pub fn refresh_failure_backoff(mut self, backoff: Duration) -> Self {
+        self.refresh_failure_backoff = backoff;
         self
     }
 
@@ -607,6 +617,7 @@ fn node(
         .farm_lease(config.lease.clone());
     let refresh = RefreshOptions {
         max_jitter: config.max_jitter(),
+        failure_backoff: config.refresh_failure_backoff,
         ..RefreshOptions::default()
     };
     // The default policy's one retry, without its 1 s back-off: simulated time moves in whole

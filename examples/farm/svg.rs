@@ -224,6 +224,22 @@ pub(crate) fn render(report: &FarmReport) -> String {
             ly + 10.0
         );
     }
+    let ly = TOP + 14.0 + 18.0 * report.nodes as f64 + 10.0;
+    let _ = writeln!(
+        s,
+        r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="#e15759" fill-opacity="0.25"/><text x="{:.1}" y="{:.1}">IdP outage</text>"##,
+        lx + 18.0,
+        ly + 10.0
+    );
+    if report.store_down.is_some() {
+        let ly = ly + 18.0;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="#4e79a7" fill-opacity="0.3"/><text x="{:.1}" y="{:.1}">L2 store down</text>"##,
+            lx + 18.0,
+            ly + 10.0
+        );
+    }
     s.push_str("</g>\n</svg>\n");
     s
 }
