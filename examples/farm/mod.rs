@@ -110,6 +110,8 @@ pub struct FarmConfig {
     pub store: StoreChoice,
     /// Where to write the SVG timeline (default: not written).
     pub svg_path: Option<PathBuf>,
+    /// Print a line to stderr at every simulated hour (default off).
+    pub progress: bool,
 }
 
 impl Default for FarmConfig {
@@ -134,6 +136,7 @@ impl Default for FarmConfig {
             },
             store: StoreChoice::Auto,
             svg_path: None,
+            progress: false,
         }
     }
 }
@@ -325,7 +328,7 @@ impl SharedL2 {
         choice: StoreChoice,
         clock: &ManualClock,
         notes: &mut Vec<String>,
-    ) -> Result<(SharedL2, String), DrillError> {
+    ) -> Result<(SharedL2, (String, String)), DrillError> {
         let redis = match choice {
             StoreChoice::Memory => false,
             StoreChoice::Redis => true,
@@ -351,7 +354,10 @@ impl SharedL2 {
                     server: Some(server),
                     stores: Vec::new(),
                 },
-                description,
+                (
+                    description,
+                    "Redis killed, then started again on the same port, empty".to_owned(),
+                ),
             ))
         } else {
             let store = MemoryStore::builder()
@@ -359,7 +365,10 @@ impl SharedL2 {
                 .build();
             Ok((
                 SharedL2::Memory(Arc::new(store)),
-                "in-process MemoryStore".to_owned(),
+                (
+                    "in-process MemoryStore".to_owned(),
+                    "every call failed, then it came back with its blobs".to_owned(),
+                ),
             ))
         }
     }
@@ -566,6 +575,15 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
 
         clock.advance(Duration::from_secs(60));
         idp.advance_time(Duration::from_secs(60));
+        if config.progress && (minute + 1) % 60 == 0 {
+            eprintln!(
+                "  simulated {} of {}: {} IdP requests so far ({:.1?})",
+                report::clock_time(minute + 1),
+                report::clock_time(total),
+                log.snapshot().len(),
+                started.elapsed()
+            );
+        }
     }
 
     for (s, app) in stats.iter_mut().zip(&nodes) {

@@ -77,6 +77,8 @@ pub struct FarmReport {
     pub store_down: Option<Range<u32>>,
     /// The shared store, in words.
     pub store: String,
+    /// What happened to the store while it was down, in words.
+    pub store_event: String,
     /// Anything worth knowing about how the drill ran.
     pub notes: Vec<String>,
     /// Per node.
@@ -101,7 +103,7 @@ impl FarmReport {
         config: &FarmConfig,
         outage: Range<u32>,
         store_down: Option<Range<u32>>,
-        store: String,
+        (store, store_event): (String, String),
         notes: Vec<String>,
         node_stats: Vec<NodeStats>,
         requests: Vec<IdpRequest>,
@@ -124,6 +126,7 @@ impl FarmReport {
             outage,
             store_down,
             store,
+            store_event,
             notes,
             node_stats,
             requests,
@@ -218,20 +221,27 @@ impl FarmReport {
         self.rounds.iter().filter(|r| r.requests() > 1)
     }
 
-    /// Longest interval, in minutes, between the starts of two consecutive rounds of a key
-    /// outside the outage (how long a key went without renewal in steady state).
-    pub fn longest_round_interval(&self) -> u32 {
-        (0..self.keys)
-            .flat_map(|k| {
-                let starts: Vec<u32> = self.rounds_of(k).map(|r| r.first_minute).collect();
-                starts
-                    .windows(2)
-                    .filter(|w| !(w[0] < self.outage.end && w[1] >= self.outage.start))
-                    .map(|w| w[1] - w[0])
-                    .collect::<Vec<_>>()
-            })
-            .max()
-            .unwrap_or(0)
+    /// Longest time, in minutes, a key went without an identity-provider request outside the
+    /// outage (gaps that span the outage are not counted): how long a token was used before
+    /// the farm renewed it.
+    pub fn longest_renewal_gap(&self) -> u32 {
+        let mut longest = 0;
+        for key in 0..self.keys {
+            let mut minutes: Vec<u32> = self
+                .requests
+                .iter()
+                .filter(|r| r.key == Some(key) && !self.outage.contains(&r.minute))
+                .map(|r| r.minute)
+                .collect();
+            minutes.sort_unstable();
+            for pair in minutes.windows(2) {
+                if pair[0] < self.outage.start && pair[1] >= self.outage.end {
+                    continue;
+                }
+                longest = longest.max(pair[1] - pair[0]);
+            }
+        }
+        longest
     }
 
     /// Identity-provider requests per simulated minute per node: `[minute][node]`.
@@ -359,9 +369,10 @@ impl FarmReport {
         if let Some(down) = &self.store_down {
             let _ = writeln!(
                 out,
-                "L2 store down {}–{} (Redis killed, then restarted empty on the same port): {} L2 errors counted",
+                "L2 store down {}–{} ({}): {} L2 errors counted",
                 clock_time(down.start),
                 clock_time(down.end),
+                self.store_event,
                 self.l2_errors()
                     .map_or_else(|| "no".to_owned(), |e| e.to_string()),
             );
@@ -395,6 +406,7 @@ impl FarmReport {
                 round.nodes
             );
         }
+        let _ = writeln!(out, "wall time: {:.1?}", self.wall_time);
         for note in &self.notes {
             let _ = writeln!(out, "note: {note}");
         }

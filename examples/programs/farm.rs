@@ -57,6 +57,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<FarmConfig, String> {
             .join("farm.svg")
     });
     config.svg_path = Some(svg);
+    config.progress = true;
     config.validate()?;
     Ok(config)
 }
@@ -83,7 +84,6 @@ async fn main() -> ExitCode {
                 let shown = std::path::absolute(path).unwrap_or_else(|_| path.clone());
                 println!("SVG timeline: {}", shown.display());
             }
-            println!("wall time: {:.1?}", report.wall_time);
             if report.failed_calls() > 0 {
                 for (node, stats) in report.node_stats.iter().enumerate() {
                     for failure in &stats.failures {
