@@ -151,6 +151,11 @@ pub fn minutes(n: u64) -> Duration {
     Duration::from_secs(n * 60)
 }
 
+/// `h:mm` of a simulated time.
+fn hm(d: Duration) -> String {
+    report::clock_time(whole_minutes(d))
+}
+
 fn whole_minutes(d: Duration) -> u32 {
     u32::try_from(d.as_secs() / 60).unwrap_or(u32::MAX)
 }
@@ -281,17 +286,22 @@ impl FarmConfig {
         if self.outage_start < self.refresh_in || outage_end + self.refresh_in * 2 > self.duration {
             return Err(format!(
                 "the outage must start after one refresh cycle and end two cycles before the drill does \
-                 (outage {:?}..{:?}, refresh_in {:?}, duration {:?})",
-                self.outage_start, outage_end, self.refresh_in, self.duration
+                 (outage {}–{}, refresh_in {} min, duration {})",
+                hm(self.outage_start),
+                hm(outage_end),
+                whole_minutes(self.refresh_in),
+                hm(self.duration)
             ));
         }
         let down_end = self.redis_restart_at + self.redis_max_downtime;
         let overlaps = self.redis_restart_at < outage_end && self.outage_start < down_end;
         if overlaps || down_end + self.refresh_in > self.duration {
             return Err(format!(
-                "the store restart ({:?}, up to {:?} down) must not overlap the outage and must end \
-                 a refresh cycle before the drill does",
-                self.redis_restart_at, self.redis_max_downtime
+                "the store restart ({}, up to {} min down) must not overlap the outage and must end \
+                 a refresh cycle before the drill does ({})",
+                hm(self.redis_restart_at),
+                whole_minutes(self.redis_max_downtime),
+                hm(self.duration)
             ));
         }
         let jitter = self.max_jitter();
@@ -491,8 +501,10 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
     }
 
     let mut stats = vec![NodeStats::default(); config.nodes];
-    let mut redis_down: Option<(u32, Option<u32>)> = None;
+    let mut store_down: Option<(u32, Option<u32>)> = None;
     let mut errors_at_kill = 0;
+    let mut pending_after_flush = None;
+    let mut outage_wall_time = Duration::ZERO;
     for minute in 0..total {
         if minute == outage.start {
             idp.set_outage(Some(Fault::unavailable()));
@@ -503,10 +515,11 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
         if minute == restart_at {
             errors_at_kill = l2_errors(&nodes);
             l2.go_down().await?;
-            redis_down = Some((minute, None));
+            store_down = Some((minute, None));
         }
         let in_outage = outage.contains(&minute);
         let now = clock.now();
+        let minute_started = Instant::now();
 
         let mut calls = JoinSet::new();
         for (i, app) in nodes.iter().enumerate() {
@@ -553,7 +566,7 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
         }
 
         for (i, app) in nodes.iter().enumerate() {
-            if tokio::time::timeout(FLUSH_DEADLINE, flush(app))
+            if tokio::time::timeout(FLUSH_DEADLINE, app.flush())
                 .await
                 .is_err()
             {
@@ -565,7 +578,15 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
             }
         }
 
-        if let Some((since, back @ None)) = &mut redis_down {
+        let pending: usize = nodes
+            .iter()
+            .filter_map(|app| app.l2_health().map(|h| h.pending_writes))
+            .sum();
+        if pending > 0 && pending_after_flush.is_none() {
+            pending_after_flush = Some((minute, pending));
+        }
+
+        if let Some((since, back @ None)) = &mut store_down {
             let felt = l2_errors(&nodes) > errors_at_kill;
             if felt || minute + 1 - *since >= max_down {
                 l2.come_back().await?;
@@ -573,6 +594,9 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
             }
         }
 
+        if in_outage {
+            outage_wall_time += minute_started.elapsed();
+        }
         clock.advance(Duration::from_secs(60));
         idp.advance_time(Duration::from_secs(60));
         if config.progress && (minute + 1) % 60 == 0 {
@@ -587,13 +611,19 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
     }
 
     for (s, app) in stats.iter_mut().zip(&nodes) {
-        s.l2_errors = l2_health(app).map(|h| h.read_errors + h.write_errors);
+        s.l2_errors = app.l2_health().map(|h| h.read_errors + h.write_errors);
     }
     let idp_requests_seen = idp.token_requests();
     drop(nodes);
     idp.shutdown().await;
     drop(l2);
 
+    if let Some((minute, pending)) = pending_after_flush {
+        notes.push(format!(
+            "{pending} L2 writes were still pending after flush() at simulated {} (first time)",
+            report::clock_time(minute)
+        ));
+    }
     let requests = log.snapshot();
     if requests.len() as u64 != idp_requests_seen {
         notes.push(format!(
@@ -604,7 +634,7 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
     let mut report = FarmReport::new(
         &config,
         outage,
-        redis_down.map(|(from, to)| from..to.unwrap_or(total)),
+        store_down.map(|(from, to)| from..to.unwrap_or(total)),
         store,
         notes,
         stats,
@@ -618,6 +648,7 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
         report.svg_path = Some(path.clone());
     }
     report.wall_time = started.elapsed();
+    report.outage_wall_time = outage_wall_time;
     Ok(report)
 }
 
@@ -661,28 +692,7 @@ fn node(
 fn l2_errors(nodes: &[ConfidentialClientApplication]) -> u64 {
     nodes
         .iter()
-        .filter_map(l2_health)
+        .filter_map(ConfidentialClientApplication::l2_health)
         .map(|h| h.read_errors + h.write_errors)
         .sum()
 }
-
-// ---- TEMPORARY STUBS: remove when the engine rewrite ("Engine: one acquisition pipeline")
-// ---- lands on main; call `app.flush().await` and `app.l2_health()` directly instead.
-
-/// TEMPORARY STUB for `app.flush()`.
-async fn flush(_app: &ConfidentialClientApplication) {
-    tokio::task::yield_now().await;
-}
-
-/// TEMPORARY STUB for `tokenwell_core::app::L2Health`.
-struct L2HealthStub {
-    read_errors: u64,
-    write_errors: u64,
-}
-
-/// TEMPORARY STUB for `app.l2_health()`.
-fn l2_health(_app: &ConfidentialClientApplication) -> Option<L2HealthStub> {
-    None
-}
-
-// ---- END OF TEMPORARY STUBS

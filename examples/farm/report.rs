@@ -91,6 +91,8 @@ pub struct FarmReport {
     pub svg_path: Option<PathBuf>,
     /// Real time the drill took.
     pub wall_time: Duration,
+    /// Of which, during the outage.
+    pub outage_wall_time: Duration,
 }
 
 /// `HH:MM` of a simulated minute.
@@ -133,6 +135,7 @@ impl FarmReport {
             rounds,
             svg_path: None,
             wall_time: Duration::ZERO,
+            outage_wall_time: Duration::ZERO,
         }
     }
 
@@ -406,7 +409,11 @@ impl FarmReport {
                 round.nodes
             );
         }
-        let _ = writeln!(out, "wall time: {:.1?}", self.wall_time);
+        let _ = writeln!(
+            out,
+            "wall time: {:.1?} ({:.1?} of it in the outage)",
+            self.wall_time, self.outage_wall_time
+        );
         for note in &self.notes {
             let _ = writeln!(out, "note: {note}");
         }

@@ -32,17 +32,19 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A "nice" tick step (1, 2 or 5 × 10^k) giving at most `max_ticks` ticks up to `max`.
-fn tick_step(max: u32, max_ticks: u32) -> u32 {
-    let mut magnitude = 1;
+/// The 1-2-5 sequence up to the first value at or above `max`: the y axis's ticks.
+fn ticks(max: u32) -> Vec<u32> {
+    let mut ticks = vec![0];
+    let mut magnitude = 1u32;
     loop {
         for m in [1, 2, 5] {
-            let step = m * magnitude;
-            if max.div_ceil(step) <= max_ticks {
-                return step;
+            let tick = m * magnitude;
+            ticks.push(tick);
+            if tick >= max {
+                return ticks;
             }
         }
-        magnitude *= 10;
+        magnitude = magnitude.saturating_mul(10);
     }
 }
 
@@ -57,10 +59,12 @@ pub(crate) fn render(report: &FarmReport) -> String {
         .max()
         .unwrap_or(0)
         .max(1);
-    let y_step = tick_step(peak, 6);
-    let y_max = peak.div_ceil(y_step) * y_step;
+    // A square-root scale: the outage's dozens of requests a minute and the steady state's
+    // one request per key per cycle both stay readable.
+    let ticks = ticks(peak);
+    let y_max = *ticks.last().expect("ticks");
     let x = |minute: u32| LEFT + f64::from(minute) * plot_w / f64::from(minutes);
-    let y = |count: u32| TOP + plot_h - f64::from(count) * plot_h / f64::from(y_max);
+    let y = |count: u32| TOP + plot_h - f64::from(count).sqrt() * plot_h / f64::from(y_max).sqrt();
     let bar_w = plot_w / f64::from(minutes);
 
     let mut s = String::new();
@@ -126,15 +130,19 @@ pub(crate) fn render(report: &FarmReport) -> String {
         );
         let _ = writeln!(
             s,
-            r##"<text class="redis-label" x="{rx0:.1}" y="{}" fill="#2f5d8a" text-anchor="middle">Redis restart {}</text>"##,
+            r##"<text class="redis-label" x="{rx0:.1}" y="{}" fill="#2f5d8a" text-anchor="middle">{} {}</text>"##,
             TOP - 6.0,
+            if report.store.starts_with("redis") {
+                "Redis restart"
+            } else {
+                "L2 store down"
+            },
             clock_time(down.start)
         );
     }
 
     // Grid and y axis.
-    let mut tick = 0;
-    while tick <= y_max {
+    for &tick in &ticks {
         let ty = y(tick);
         let _ = writeln!(
             s,
@@ -143,7 +151,6 @@ pub(crate) fn render(report: &FarmReport) -> String {
             LEFT - 6.0,
             ty + 4.0
         );
-        tick += y_step;
     }
     // X axis: a tick per hour (per 10 min when the drill is short).
     let x_step = if minutes > 180 { 60 } else { 10 };
@@ -176,7 +183,7 @@ pub(crate) fn render(report: &FarmReport) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text class="y-label" x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">IdP requests per minute</text>"#,
+        r#"<text class="y-label" x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">IdP requests per minute (square-root scale)</text>"#,
         TOP + plot_h / 2.0,
         TOP + plot_h / 2.0
     );
@@ -246,13 +253,12 @@ pub(crate) fn render(report: &FarmReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::tick_step;
+    use super::ticks;
 
     #[test]
-    fn ticks_are_nice() {
-        assert_eq!(tick_step(1, 6), 1);
-        assert_eq!(tick_step(7, 6), 2);
-        assert_eq!(tick_step(64, 6), 20);
-        assert_eq!(tick_step(300, 6), 50);
+    fn ticks_follow_1_2_5() {
+        assert_eq!(ticks(1), [0, 1]);
+        assert_eq!(ticks(7), [0, 1, 2, 5, 10]);
+        assert_eq!(ticks(64), [0, 1, 2, 5, 10, 20, 50, 100]);
     }
 }

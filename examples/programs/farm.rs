@@ -11,14 +11,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tokenwell_examples::farm::{self, FarmConfig, StoreChoice, hours};
+use tokenwell_examples::farm::{self, FarmConfig, StoreChoice, hours, minutes};
 
 const USAGE: &str =
     "usage: farm [--nodes N] [--hours H] [--svg PATH] [--memory | --redis] [--no-jitter]
 
   --nodes N     nodes in the farm (default 8)
   --hours H     simulated hours (default 8; at least 6: the outage runs 2:00-4:00, Redis restarts
-                at H - 2:00)
+                halfway between 4:00 and the end)
   --svg PATH    where to write the timeline (default target/farm.svg, or $CARGO_TARGET_DIR/farm.svg)
   --memory      share the in-process MemoryStore even when redis-server is on PATH
   --redis       require a redis-server child
@@ -41,7 +41,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<FarmConfig, String> {
                     .parse()
                     .map_err(|e| format!("--hours: {e}"))?;
                 config.duration = hours(h);
-                config.redis_restart_at = hours(h.saturating_sub(2));
+                // Halfway between the end of the outage and the end of the drill.
+                let outage_end = config.outage_start + config.outage_duration;
+                config.redis_restart_at = minutes((outage_end.as_secs() / 60 + h * 60) / 2);
             }
             "--svg" => svg = Some(PathBuf::from(value("--svg")?)),
             "--memory" => config.store = StoreChoice::Memory,

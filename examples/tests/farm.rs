@@ -1,4 +1,4 @@
-//! The farm drill's numbers (issue 11): 8 nodes, 5 simulated hours, a 1-hour identity-provider
+//! The farm drill's numbers (issue 11): 8 nodes, 5 simulated hours, a 45-minute identity-provider
 //! outage and an L2 restart — once on a `redis-server` child, once on the in-process store.
 
 use tokenwell_examples::farm::{self, FarmConfig, FarmReport, StoreChoice, hours, minutes};
@@ -7,7 +7,7 @@ fn config(store: StoreChoice, svg: &std::path::Path) -> FarmConfig {
     FarmConfig::default()
         .nodes(8)
         .hours(5)
-        .outage(hours(1), hours(1))
+        .outage(hours(1), minutes(45))
         .redis_restart_at(minutes(210))
         .lifetimes(minutes(20), hours(3))
         .store(store)
