@@ -303,6 +303,10 @@ impl TokenStore for MemoryStore {
         Ok(())
     }
 
+    fn supports_leases(&self) -> bool {
+        true
+    }
+
     async fn try_lease(
         &self,
         key: &PartitionKey,

@@ -208,6 +208,10 @@ impl TokenStore for RedisStore {
         Ok(())
     }
 
+    fn supports_leases(&self) -> bool {
+        true
+    }
+
     async fn try_lease(
         &self,
         key: &PartitionKey,

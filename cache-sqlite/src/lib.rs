@@ -337,6 +337,10 @@ impl TokenStore for SqliteStore {
             .await
     }
 
+    fn supports_leases(&self) -> bool {
+        true
+    }
+
     async fn try_lease(
         &self,
         key: &PartitionKey,

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod authority;
 pub mod cache;
+pub mod chain;
 mod coalesce;
 pub mod credential;
 pub mod error;
@@ -21,12 +22,13 @@ pub mod testkit;
 pub mod throttle;
 
 pub use app::{
-    AcquireTokenForClient, ConfidentialClientApplication, DeviceCodeInfo, L2Options, LeaseOptions,
-    ManagedIdentityApplication, ManagedIdentityId, Pkce, PublicClientApplication, RefreshOptions,
+    AcquireTokenForClient, ConfidentialClientApplication, DeviceCodeInfo, L2Health, L2Options,
+    LeaseOptions, ManagedIdentityApplication, ManagedIdentityId, Pkce, PublicClientApplication,
+    RefreshOptions,
 };
 pub use authority::Authority;
 pub use cache::{Account, PartitionCache, TokenSecret};
-pub use credential::chain::{DefaultCredential, TokenCredential};
+pub use chain::{DefaultCredential, TokenCredential};
 pub use credential::{
     AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
     EnvVars, LoadedCredential,

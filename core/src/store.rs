@@ -92,6 +92,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot answer.
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError>;
 
+    /// Whether this store implements [`try_lease`](Self::try_lease) and
+    /// [`release`](Self::release). A store that says `false` is never asked for a lease, so a
+    /// configured farm lease never makes a caller wait on it.
+    fn supports_leases(&self) -> bool {
+        false
+    }
+
     /// Try to take the farm-wide lease on `key` for `ttl`. `Ok(None)`: someone else holds it,
     /// or the store has no leases (the default).
     ///
@@ -132,6 +139,9 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     }
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
         (**self).remove(key).await
+    }
+    fn supports_leases(&self) -> bool {
+        (**self).supports_leases()
     }
     async fn try_lease(
         &self,

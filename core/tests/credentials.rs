@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use tokenwell_core::credential::chain::{
-    ChainLink, CredentialUnavailable, DefaultCredential, TokenCredential,
-};
+use tokenwell_core::chain::{ChainLink, CredentialUnavailable, DefaultCredential, TokenCredential};
 use tokenwell_core::credential::{CertificateFiles, EnvVars, FederatedTokenFile, LoadedCredential};
 use tokenwell_core::{
     AuthenticationResult, ClientCredential, ConfidentialClientApplication, Error, ScopeSet,
@@ -465,7 +463,7 @@ fn emulator_env(rig: &Rig, extra: &[(&str, String)]) -> EnvVars {
     EnvVars::from_map(vars)
 }
 
-fn chain(rig: &Rig, env: EnvVars) -> tokenwell_core::credential::chain::DefaultCredentialBuilder {
+fn chain(rig: &Rig, env: EnvVars) -> tokenwell_core::chain::DefaultCredentialBuilder {
     DefaultCredential::builder()
         .env(env)
         .transport(Arc::clone(&rig.transport))

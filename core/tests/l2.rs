@@ -65,10 +65,17 @@ async fn store_outage_is_never_fatal(t: Transport) {
         TokenSource::CacheL1,
         "L1 still serves"
     );
+    a.flush().await;
     assert!(
         store.is_empty(),
         "nothing reached the store while it was down"
     );
+    let health = a.l2_health().unwrap();
+    assert!(
+        health.read_errors >= 1 && health.write_errors >= 1,
+        "{health:?}"
+    );
+    assert!(health.last_error.is_some(), "{health:?}");
 
     // Back up: the next write reaches it and another node gets an L2 hit.
     store.set_available(true);
@@ -76,6 +83,7 @@ async fn store_outage_is_never_fatal(t: Transport) {
         .with_force_refresh(true)
         .await
         .unwrap();
+    a.flush().await;
     let b = farm::node(&rig, factory(), |o| o);
     let r = b.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(r.metadata().token_source, TokenSource::CacheL2);

@@ -56,7 +56,7 @@ async fn imds_first_call_from_endpoint_second_from_cache(t: Transport) {
     assert!(form.contains_key("api-version"));
 
     // As a link of a credential chain (`TokenCredential`): the same cache, one scope only.
-    let credential: std::sync::Arc<dyn tokenwell_core::credential::chain::TokenCredential> =
+    let credential: std::sync::Arc<dyn tokenwell_core::chain::TokenCredential> =
         std::sync::Arc::new(app);
     let via_chain = credential
         .get_token(&tokenwell_core::ScopeSet::parse(
@@ -257,6 +257,7 @@ async fn second_node_gets_the_token_from_l2(t: Transport) {
     };
     let (a, b) = (node(), node());
     a.acquire_token(RESOURCE).await.unwrap();
+    a.flush().await; // the L2 write happens behind the caller
     let on_b = b.acquire_token(RESOURCE).await.unwrap();
     assert_eq!(on_b.metadata().token_source, TokenSource::CacheL2);
     assert_eq!(rig.emulator.msi_requests(), 1);

@@ -37,6 +37,7 @@ over_each_transport!(
     public_client_5xx_without_retry_after_throttles_60s,
     msal_json_round_trip_of_a_user_partition,
     obo_and_silent_share_tokens_across_nodes_through_l2,
+    forced_silent_on_a_new_node_redeems_the_refresh_token_from_l2,
 );
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -591,6 +592,7 @@ async fn obo_and_silent_share_tokens_across_nodes_through_l2(t: Transport) {
     a.acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
         .await
         .unwrap();
+    a.flush().await; // the L2 write happens behind the caller
     let on_b = b
         .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
         .await
@@ -609,5 +611,57 @@ async fn obo_and_silent_share_tokens_across_nodes_through_l2(t: Transport) {
         TokenSource::IdentityProvider
     );
     assert_eq!(rig.grant_requests(OBO_GRANT), 1);
+    assert_eq!(rig.grant_requests("refresh_token"), 1);
+}
+
+/// A node that has never seen the user, asked for a forced silent refresh, finds the refresh
+/// token in L2 (a forced request skips cached access tokens, not refresh tokens).
+async fn forced_silent_on_a_new_node_redeems_the_refresh_token_from_l2(t: Transport) {
+    use tokenwell_core::L2Options;
+    let rig = Rig::start(t).await;
+    let store = Arc::new(tokenwell_cache_memory::MemoryStore::new());
+    let node = || {
+        rig.builder()
+            .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
+            .l2(L2Options::new(store.clone()))
+            .build()
+            .unwrap()
+    };
+    let a = node();
+    let pkce = Pkce::new();
+    let code = rig.emulator.issue_authorization_code(
+        CLIENT_ID,
+        USER,
+        &["User.Read", "offline_access", "openid", "profile"],
+        REDIRECT,
+        Some(pkce.challenge()),
+    );
+    let signed_in = a
+        .acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
+        .with_pkce_verifier(pkce.verifier())
+        .await
+        .unwrap();
+    a.flush().await;
+    let account = a.accounts().pop().expect("signed in");
+    let c = node();
+    assert!(c.accounts().is_empty(), "node C has not seen the user");
+    let forced = c
+        .acquire_token_silent(["User.Read"], &account)
+        .with_force_refresh(true)
+        .await
+        .unwrap();
+    assert_eq!(
+        forced.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(
+        forced.metadata().cache_refresh_reason,
+        CacheRefreshReason::ForceRefreshOrClaims
+    );
+    assert_ne!(
+        forced.access_token().expose_secret(),
+        signed_in.access_token().expose_secret(),
+        "a forced request never returns the token it skipped"
+    );
     assert_eq!(rig.grant_requests("refresh_token"), 1);
 }

@@ -41,5 +41,8 @@ pub async fn start_once(
         .cache(Arc::new(MemoryCache::new()))
         .l2(L2Options::new(Arc::new(store)))
         .build()?;
-    Ok(app.acquire_token_for_client([SCOPE]).await?)
+    let result = app.acquire_token_for_client([SCOPE]).await?;
+    // The L2 write happens behind the caller: let it finish before the process exits.
+    app.flush().await;
+    Ok(result)
 }

@@ -1,36 +1,32 @@
-//! Confidential client applications: services and daemons holding a credential.
+//! The confidential client application (services and daemons holding a credential): a thin
+//! facade over the engine and the flows. Client credentials here; the user flows it shares
+//! with public clients (on-behalf-of, authorization code, silent) in `user_flows.rs`.
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::FutureExt;
-use futures::channel::oneshot;
-use futures::future::{BoxFuture, Either, select};
-use hashbrown::HashMap;
-use parking_lot::Mutex;
-
-use super::engine::{Engine, FetchPlan, FlightKey, FlightResult, Lookup};
+use super::flow::Job;
+use super::flows::client::ClientIdentity;
+use super::flows::client_credentials::ClientCredentials;
+use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters};
+use super::user_flows::{
+    AcquireTokenByAuthorizationCode, AcquireTokenOnBehalfOf, AcquireTokenSilent, AuthorizationUrl,
+    ClientCore,
+};
 use crate::authority::Authority;
-use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
-use crate::credential::{AssertionContext, ClientCredential};
+use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenCache};
+use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
-use crate::response::TokenResponse;
-use crate::result::{AuthenticationResult, CacheRefreshReason};
+use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
-use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
 use crate::throttle::{FlowKind, ThrottleKey};
 
-/// A token counts as expired this long before `expires_on` (MSAL's default), so a token handed
-/// out is still valid when it reaches the resource.
-pub const DEFAULT_EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
-
-/// Tokens living at least this long get a `refresh_on` at half their lifetime.
-const HALF_LIFE_REFRESH_MIN_LIFETIME: u64 = 2 * 3600;
+pub use super::engine::DEFAULT_EXPIRY_BUFFER;
 
 /// A confidential client: acquires tokens for itself (client credentials) with a secret,
 /// a certificate or an assertion, caches them, and coalesces concurrent misses.
@@ -58,19 +54,14 @@ const HALF_LIFE_REFRESH_MIN_LIFETIME: u64 = 2 * 3600;
 /// ```
 #[derive(Clone)]
 pub struct ConfidentialClientApplication {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    /// What the user flows (on-behalf-of, authorization code, silent) share with public clients.
-    pub(crate) core: Arc<super::user::ClientCore>,
-    client_id: String,
-    authority: Authority,
+struct Inner {
+    /// Client identity and engine, shared with the user-flow requests.
+    core: ClientCore,
+    /// The partition of the authority's tenant, built once: a hit borrows it.
     default_partition: PartitionKey,
-    credential: ClientCredential,
-    engine: Arc<Engine>,
-    /// Refresh-ahead loops by key; dropping the senders (with the app) stops the loops.
-    refresh_ahead: Mutex<HashMap<FlightKey, oneshot::Sender<()>>>,
 }
 
 impl ConfidentialClientApplication {
@@ -95,29 +86,97 @@ impl ConfidentialClientApplication {
         }
     }
 
+    /// Acquire a token for a downstream API on behalf of the user whose access token
+    /// (`user_assertion`) this web API received. Tokens are cached per assertion (its SHA-256,
+    /// never the assertion itself); an expired one is renewed with the cached refresh token.
+    pub fn acquire_token_on_behalf_of(
+        &self,
+        scopes: impl IntoScopeSet,
+        user_assertion: impl Into<String>,
+    ) -> AcquireTokenOnBehalfOf<'_> {
+        AcquireTokenOnBehalfOf::new(&self.inner.core, scopes, user_assertion)
+    }
+
+    /// Redeem an authorization code (from the redirect of [`authorization_url`](Self::authorization_url)).
+    /// The tokens are cached under the signed-in account, which [`accounts`](Self::accounts)
+    /// then lists for [`acquire_token_silent`](Self::acquire_token_silent).
+    pub fn acquire_token_by_authorization_code(
+        &self,
+        code: impl Into<String>,
+        scopes: impl IntoScopeSet,
+        redirect_uri: impl Into<String>,
+    ) -> AcquireTokenByAuthorizationCode<'_> {
+        AcquireTokenByAuthorizationCode::new(&self.inner.core, code, scopes, redirect_uri)
+    }
+
+    /// Start building the URL that sends a user to sign in (authorization code flow).
+    pub fn authorization_url(
+        &self,
+        scopes: impl IntoScopeSet,
+        redirect_uri: impl Into<String>,
+    ) -> AuthorizationUrl {
+        AuthorizationUrl::new(
+            &self.inner.core,
+            scopes.into_scope_set(),
+            redirect_uri.into(),
+        )
+    }
+
+    /// A token for `account` from the cache, renewed with its refresh token when needed.
+    pub fn acquire_token_silent(
+        &self,
+        scopes: impl IntoScopeSet,
+        account: &Account,
+    ) -> AcquireTokenSilent<'_> {
+        AcquireTokenSilent::new(&self.inner.core, scopes, account, FlowKind::Silent)
+    }
+
+    /// Accounts signed in to this application (authorization code), from the cache.
+    pub fn accounts(&self) -> Vec<Account> {
+        self.inner.core.accounts()
+    }
+
+    /// Forget `account` and its tokens (removals are remembered, so shared caches do not
+    /// bring them back). Returns once the removal is written to L2, when there is one.
+    pub async fn remove_account(&self, account: &Account) {
+        self.inner.core.remove_account(account).await
+    }
+
     /// The application's client id.
     pub fn client_id(&self) -> &str {
-        &self.inner.client_id
+        &self.inner.core.identity.client_id
     }
 
     /// The configured authority.
     pub fn authority(&self) -> &Authority {
-        &self.inner.authority
+        &self.inner.core.identity.authority
     }
 
     /// The token cache (L1) of this application.
     pub fn cache(&self) -> &TokenCache {
-        &self.inner.engine.cache
+        &self.inner.core.engine.cache
+    }
+
+    /// Wait until the work this application does behind its callers has finished: L2 writes,
+    /// background refreshes, refresh-ahead rounds (for tests and graceful shutdown).
+    pub async fn flush(&self) {
+        self.inner.core.engine.flush().await
+    }
+
+    /// How the L2 store has been doing (`None` without an L2).
+    pub fn l2_health(&self) -> Option<L2Health> {
+        self.inner.core.engine.l2_health()
     }
 }
 
 impl fmt::Debug for ConfidentialClientApplication {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let identity = &self.inner.core.identity;
         f.debug_struct("ConfidentialClientApplication")
-            .field("client_id", &self.inner.client_id)
-            .field("authority", &self.inner.authority.url())
-            .field("credential", &self.inner.credential)
-            .field("cache", &self.inner.engine.cache)
+            .field("client_id", &identity.client_id)
+            .field("authority", &identity.authority.url())
+            .field("credential", &identity.credential)
+            .field("cache", &self.inner.core.engine.cache)
             .finish_non_exhaustive()
     }
 }
@@ -174,18 +233,15 @@ impl ConfidentialClientApplicationBuilder {
         let engine = Arc::new(self.engine.build()?);
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
-                core: Arc::new(super::user::ClientCore {
-                    client_id: self.client_id.clone(),
-                    authority: authority.clone(),
-                    credential: Some(credential.clone()),
-                    engine: Arc::clone(&engine),
-                }),
-                client_id: self.client_id,
+                core: ClientCore {
+                    identity: Arc::new(ClientIdentity {
+                        client_id: self.client_id,
+                        authority,
+                        credential: Some(credential),
+                    }),
+                    engine,
+                },
                 default_partition,
-                authority,
-                credential,
-                engine,
-                refresh_ahead: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -221,23 +277,22 @@ impl AcquireTokenForClient<'_> {
     pub async fn execute(self) -> Result<AuthenticationResult> {
         let started = Instant::now();
         let inner = &self.app.inner;
-        let engine = &inner.engine;
+        let identity = &inner.core.identity;
         if self.scopes.is_empty() {
             return Err(Error::configuration("no scopes requested"));
         }
         // Borrow the default partition key: no reference-count traffic on the hot path.
         let overridden;
         let (authority, partition) = match &self.tenant {
-            Some(t) if t != inner.authority.tenant() => {
+            Some(t) if t != identity.authority.tenant() => {
                 overridden = (
-                    inner.authority.with_tenant(t),
-                    PartitionKey::for_app(&inner.client_id, t),
+                    identity.authority.with_tenant(t),
+                    PartitionKey::for_app(&identity.client_id, t),
                 );
                 (&overridden.0, &overridden.1)
             }
-            _ => (&inner.authority, &inner.default_partition),
+            _ => (&identity.authority, &inner.default_partition),
         };
-        let now = engine.now();
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: authority.environment(),
@@ -246,73 +301,28 @@ impl AcquireTokenForClient<'_> {
             key_id: None,
             scopes: &self.scopes,
         };
-        let (reason, stale) = if self.force_refresh {
-            (CacheRefreshReason::ForceRefreshOrClaims, None)
-        } else {
-            match engine.lookup(partition, &query, now) {
-                Lookup::Fresh(token) => {
-                    return Ok(Engine::cache_result(
-                        token,
-                        CacheRefreshReason::NotApplicable,
-                        started,
-                    ));
-                }
-                Lookup::PastRefreshOn(token) => {
-                    engine.refresh_in_background(
-                        &token,
-                        now,
-                        || client_plan(inner, authority, partition, &self.scopes),
-                        || {
-                            fetch_for_client(
-                                Arc::clone(inner),
-                                authority.clone(),
-                                partition.clone(),
-                                self.scopes.clone(),
-                            )
-                        },
-                    );
-                    return Ok(Engine::cache_result(
-                        token,
-                        CacheRefreshReason::ProactivelyRefreshed,
-                        started,
-                    ));
-                }
-                Lookup::Miss { reason, stale } => (reason, stale),
-            }
-        };
-        let plan = client_plan(inner, authority, partition, &self.scopes);
-        engine
-            .fetch(plan, &query, reason, stale, started, || {
-                fetch_for_client(
-                    Arc::clone(inner),
-                    authority.clone(),
-                    partition.clone(),
-                    self.scopes.clone(),
+        inner
+            .core
+            .engine
+            .acquire(partition, &query, self.force_refresh, started, || {
+                Job::new(
+                    partition,
+                    &query,
+                    ThrottleKey::new(
+                        &identity.client_id,
+                        &authority.url(),
+                        self.scopes.normalized(),
+                        None,
+                    ),
+                    FlowKind::Confidential,
+                    Arc::new(ClientCredentials {
+                        client: Arc::clone(identity),
+                        authority: authority.clone(),
+                        scopes: self.scopes.clone(),
+                    }),
                 )
             })
             .await
-    }
-}
-
-fn client_plan(
-    inner: &Inner,
-    authority: &Authority,
-    partition: &PartitionKey,
-    scopes: &ScopeSet,
-) -> FetchPlan {
-    FetchPlan {
-        flight_key: (
-            partition.clone(),
-            authority.tenant().into(),
-            scopes.normalized().into(),
-        ),
-        throttle_key: ThrottleKey::new(
-            &inner.client_id,
-            &authority.url(),
-            scopes.normalized(),
-            None,
-        ),
-        flow: FlowKind::Confidential,
     }
 }
 
@@ -323,192 +333,4 @@ impl<'a> IntoFuture for AcquireTokenForClient<'a> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.execute())
     }
-}
-
-/// One identity-provider call for the client-credentials grant, then the cache write.
-fn fetch_for_client(
-    inner: Arc<Inner>,
-    authority: Authority,
-    partition: PartitionKey,
-    scopes: ScopeSet,
-) -> BoxFuture<'static, Result<FlightResult>> {
-    async move {
-        let endpoint = authority.token_endpoint();
-        let scope_param = scopes.to_target();
-        // Credential reload hook (issue 7): a provider's credential rejected by the IdP is
-        // reloaded and the request retried once; static credentials go straight through.
-        let pipeline = &inner.engine.pipeline;
-        let (client_id, endpoint, scope_param) = (&inner.client_id, &endpoint, &scope_param);
-        let context = &|| AssertionContext::new(client_id, endpoint, pipeline.runtime.now());
-        let (response, stats) = inner
-            .credential
-            .send_with_reload(context, |credential| {
-                pipeline.token_request(endpoint, move || {
-                    let credential = credential.clone();
-                    let context = context();
-                    let client_id = client_id.clone();
-                    let scope = scope_param.clone();
-                    async move {
-                        let mut form = vec![
-                            ("grant_type", "client_credentials".to_owned()),
-                            ("client_id", client_id),
-                            ("scope", scope),
-                        ];
-                        credential.apply(&mut form, context).await?;
-                        Ok(form)
-                    }
-                })
-            })
-            .await?;
-        // End of the credential reload hook.
-        let now = inner.engine.now();
-        let entry = access_token_from_response(
-            &response,
-            authority.environment(),
-            &inner.client_id,
-            authority.tenant(),
-            &scopes,
-            now,
-        );
-        let entry = Arc::new(entry);
-        let stored = Arc::clone(&entry);
-        inner
-            .engine
-            .write_partition(&partition, move |current| {
-                Partition::after_write(current, stored, now)
-            })
-            .await;
-        tracing::debug!(partition = %partition, expires_on = entry.expires_on, "cached a new access token");
-        if inner.engine.refresh.refresh_ahead {
-            start_refresh_ahead(&inner, &authority, &partition, &scopes, &entry);
-        }
-        Ok((entry, stats))
-    }
-    .boxed()
-}
-
-/// When a token should be renewed with nobody asking: its `refresh_on`, else a minute before
-/// it enters the expiry buffer.
-fn refresh_ahead_due(engine: &Engine, token: &AccessToken) -> u64 {
-    token.refresh_on.unwrap_or_else(|| {
-        token
-            .expires_on
-            .saturating_sub(engine.expiry_buffer_secs + 60)
-    })
-}
-
-/// Start the refresh-ahead loop of one key, unless it runs already.
-fn start_refresh_ahead(
-    inner: &Arc<Inner>,
-    authority: &Authority,
-    partition: &PartitionKey,
-    scopes: &ScopeSet,
-    token: &AccessToken,
-) {
-    let plan = client_plan(inner, authority, partition, scopes);
-    let mut loops = inner.refresh_ahead.lock();
-    if loops.contains_key(&plan.flight_key) {
-        return;
-    }
-    let (stop, stopped) = oneshot::channel();
-    loops.insert(plan.flight_key.clone(), stop);
-    let due = refresh_ahead_due(&inner.engine, token);
-    let task = refresh_ahead_loop(
-        Arc::downgrade(inner),
-        stopped,
-        authority.clone(),
-        partition.clone(),
-        scopes.clone(),
-        due,
-    );
-    inner.engine.pipeline.runtime.spawn(task.boxed());
-}
-
-/// Renew one key at each token's due time until the application is dropped. Holds only a weak
-/// reference between rounds, so it never keeps the application alive.
-async fn refresh_ahead_loop(
-    app: std::sync::Weak<Inner>,
-    mut stopped: oneshot::Receiver<()>,
-    authority: Authority,
-    partition: PartitionKey,
-    scopes: ScopeSet,
-    mut due: u64,
-) {
-    loop {
-        let sleep = {
-            let Some(inner) = app.upgrade() else { return };
-            let wait = due.saturating_sub(inner.engine.now());
-            inner
-                .engine
-                .pipeline
-                .runtime
-                .sleep(Duration::from_secs(wait))
-        };
-        if let Either::Right(_) = select(sleep, &mut stopped).await {
-            return;
-        }
-        let Some(inner) = app.upgrade() else { return };
-        let engine = Arc::clone(&inner.engine);
-        let plan = client_plan(&inner, &authority, &partition, &scopes);
-        if let Some(throttled) = engine.throttled(plan.throttle_key) {
-            let wait = throttled.retry_after().unwrap_or_default().as_secs().max(1);
-            due = engine.now() + wait;
-            continue;
-        }
-        let flight = engine.background_flight(&plan, || {
-            fetch_for_client(
-                Arc::clone(&inner),
-                authority.clone(),
-                partition.clone(),
-                scopes.clone(),
-            )
-        });
-        drop(inner);
-        match flight.await {
-            Ok((token, _)) => {
-                crate::telemetry::background_refresh(true);
-                due = refresh_ahead_due(&engine, &token);
-            }
-            Err(error) => {
-                crate::telemetry::background_refresh(false);
-                tracing::warn!(error = %error, "refresh-ahead failed; retrying after back-off");
-                due = engine.now() + engine.refresh.failure_backoff.as_secs().max(1);
-            }
-        }
-    }
-}
-
-/// Build the cache entry for a token response, with MSAL's `refresh_on` rule.
-pub(crate) fn access_token_from_response(
-    response: &TokenResponse,
-    environment: &str,
-    client_id: &str,
-    realm: &str,
-    requested: &ScopeSet,
-    now: u64,
-) -> AccessToken {
-    let target = match response.scope.as_deref() {
-        Some(granted) if !ScopeSet::parse(granted).is_empty() => ScopeSet::parse(granted),
-        _ => requested.clone(),
-    };
-    let mut entry = AccessToken::new(
-        environment,
-        client_id,
-        realm,
-        target,
-        response.token_type.clone(),
-        response.access_token.clone(),
-        now,
-        now + response.expires_in,
-    );
-    entry.extended_expires_on = now + response.ext_expires_in.unwrap_or(response.expires_in);
-    entry.refresh_on = match response.refresh_in {
-        Some(refresh_in) if refresh_in < response.expires_in => Some(now + refresh_in),
-        Some(_) => None,
-        None if response.expires_in >= HALF_LIFE_REFRESH_MIN_LIFETIME => {
-            Some(now + response.expires_in / 2)
-        }
-        None => None,
-    };
-    entry
 }

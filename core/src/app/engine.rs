@@ -1,15 +1,36 @@
-//! The flow-independent part of acquisition: cache lookup with expiry and proactive-refresh
-//! rules, request coalescing, client-side throttling, background refresh, and serving a
-//! still-valid token when its renewal fails for a transient reason. Every flow goes through it.
+//! The acquisition pipeline: one engine runs every acquisition, whatever the flow and whatever
+//! triggered it (a caller's miss, a background refresh, refresh-ahead, a forced request):
+//!
+//! ```text
+//! lookup in L1 (expiry buffer, jittered refresh_on)
+//!   ├─ fresh → serve
+//!   ├─ past refresh_on → serve, and renew in the background ──┐
+//!   └─ miss / forced ─────────────────────────────────────────┤
+//!                                                coalesced flight (one per key and node):
+//!                                                  re-check L1 → read L2 (adopt another
+//!                                                  node's token) → local throttling → farm
+//!                                                  lease (or wait for the holder's write) →
+//!                                                  identity provider (the flow's request) →
+//!                                                  write L1 → write L2 behind the caller
+//! ```
+//!
+//! A flow ([`Flow`]) supplies only its request and its cache entries; the rules above are
+//! written once, here, so they hold for every flow and trigger.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use futures::channel::oneshot;
+use futures::future::{BoxFuture, Either, Shared, select};
+use hashbrown::{HashMap, HashSet};
+use parking_lot::Mutex;
 
-use super::l2::{L2, L2Options, OwnedQuery};
-use super::pipeline::{FetchStats, Pipeline};
+use super::background::Background;
+use super::flow::{Fetched, FlightKey, Job};
+use super::idp::{FetchStats, Idp};
+use super::l2::{L2, L2Health, L2Options, LeaseOptions};
+use crate::cache::partition::AccessTokenKey;
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
 use crate::error::{Error, Result};
@@ -17,16 +38,17 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::runtime::unix_seconds;
+use crate::store::Lease;
 use crate::telemetry;
 use crate::throttle::{FlowKind, ThrottleKey, Throttler, ThrottlingPolicy};
 
-/// What one coalesced identity-provider call returns.
-pub(crate) type FlightResult = (Arc<AccessToken>, FetchStats);
+/// A token counts as expired this long before `expires_on` (MSAL's default), so a token handed
+/// out is still valid when it reaches the resource.
+pub const DEFAULT_EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
 
-/// Identifies an in-flight request: partition + realm + normalized scopes.
-pub(crate) type FlightKey = (PartitionKey, Arc<str>, Arc<str>);
-
-type Flight = Shared<BoxFuture<'static, Result<FlightResult>>>;
+/// How long a background refresh keeps other hits of the same entry from starting another
+/// one (released early when it fails).
+const REFRESH_CLAIM_SECS: u64 = 600;
 
 /// Proactive-refresh settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +59,8 @@ pub struct RefreshOptions {
     /// After a failed background refresh, wait this long before the next one (default 30 s).
     pub failure_backoff: Duration,
     /// Renew tokens in the background at `refresh_on` even when nobody asks (default off).
+    /// Applies to tokens renewable without a user: client credentials, managed identity and
+    /// on-behalf-of (through its cached refresh token). Public clients reject it at `build()`.
     pub refresh_ahead: bool,
 }
 
@@ -64,53 +88,151 @@ pub(crate) enum Lookup {
     },
 }
 
-/// How to reach the identity provider for one request, for the miss path.
-pub(crate) struct FetchPlan {
-    pub flight_key: FlightKey,
-    pub throttle_key: ThrottleKey,
-    pub flow: FlowKind,
+/// Why a flight runs, which decides what it may take instead of asking the identity provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// A caller found nothing usable: any unexpired token will do.
+    Miss,
+    /// The token cached at `after` is due for renewal: only a newer one will do.
+    Renew { after: u64 },
+    /// The caller asked for the identity provider: never a cached token.
+    Forced,
+}
+
+/// Where a flight found its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    L1,
+    L2,
+    IdentityProvider,
+}
+
+/// What a flight hands to every waiter.
+#[derive(Clone)]
+pub(crate) struct Resolved {
+    token: Arc<AccessToken>,
+    found: Found,
+    stats: FetchStats,
+    /// Time spent reading L2 and waiting on the farm lease.
+    l2_duration: Duration,
+}
+
+/// A flight is keyed by what it renews and by whether it is forced: a forced request never
+/// joins a flight that may answer from a cache.
+type FlightId = (FlightKey, bool);
+
+type Flight = Shared<BoxFuture<'static, Result<Resolved>>>;
+
+/// How the farm lease went.
+enum LeaseOutcome {
+    /// Another node's write arrived: use its token.
+    Adopted(Arc<AccessToken>),
+    /// We hold the lease: ask the identity provider, release after the L2 write.
+    Held(Lease),
+    /// No lease (waited long enough, or the store cannot answer): ask on our own.
+    Alone,
 }
 
 /// Shared machinery of an application.
 pub(crate) struct Engine {
-    pub pipeline: Pipeline,
-    pub cache: TokenCache,
+    pub idp: Idp,
+    pub cache: Arc<TokenCache>,
     pub expiry_buffer_secs: u64,
     pub refresh: RefreshOptions,
-    flights: SingleFlight<FlightKey, FlightResult>,
+    flights: SingleFlight<FlightId, Resolved>,
     throttler: Throttler,
-    l2: Option<L2>,
+    l2: Option<Arc<L2>>,
+    background: Arc<Background>,
+    /// Refresh-ahead loops by key; dropping the senders (with the engine) stops the loops.
+    refresh_ahead: Mutex<HashMap<FlightKey, oneshot::Sender<()>>>,
 }
 
 impl Engine {
     pub(crate) fn new(
-        pipeline: Pipeline,
+        idp: Idp,
         cache: TokenCache,
         expiry_buffer: Duration,
         refresh: RefreshOptions,
         throttling: ThrottlingPolicy,
+        l2: Option<L2Options>,
     ) -> Self {
+        let cache = Arc::new(cache);
+        let background = Arc::new(Background::default());
+        let l2 = l2.map(|options| {
+            Arc::new(L2::new(
+                options,
+                Arc::clone(&idp.runtime),
+                Arc::clone(&background),
+                Arc::clone(&cache),
+            ))
+        });
         Engine {
-            pipeline,
+            idp,
             cache,
             expiry_buffer_secs: expiry_buffer.as_secs(),
             refresh,
             flights: SingleFlight::new(),
             throttler: Throttler::new(throttling),
-            l2: None,
+            l2,
+            background,
+            refresh_ahead: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Put `store` behind L1 (or none).
-    pub(crate) fn with_l2(mut self, l2: Option<L2Options>) -> Self {
-        self.l2 = l2.map(L2::new);
-        self
     }
 
     /// Current time in Unix seconds, from the runtime's clock.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        unix_seconds(self.pipeline.runtime.now())
+        unix_seconds(self.idp.runtime.now())
+    }
+
+    /// The L2 health report, when an L2 is configured.
+    pub(crate) fn l2_health(&self) -> Option<L2Health> {
+        self.l2.as_ref().map(|l2| l2.health())
+    }
+
+    /// Wait until the background work started so far (and any it starts) has finished:
+    /// L2 writes, background refreshes, refresh-ahead rounds. Sleeping refresh-ahead loops do
+    /// not count.
+    pub(crate) async fn flush(&self) {
+        self.background.idle().await
+    }
+
+    /// The whole pipeline for one request. `job` is called only when the cache cannot answer
+    /// alone (miss, forced, or a token past `refresh_on`), so a hit builds nothing.
+    #[inline]
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        partition: &PartitionKey,
+        query: &AccessTokenQuery<'_>,
+        force: bool,
+        started: Instant,
+        job: impl FnOnce() -> Job,
+    ) -> Result<AuthenticationResult> {
+        let now = self.now();
+        let (reason, stale) = if force {
+            (CacheRefreshReason::ForceRefreshOrClaims, None)
+        } else {
+            match self.lookup(partition, query, now) {
+                Lookup::Fresh(token) => {
+                    return Ok(Self::cache_result(
+                        token,
+                        CacheRefreshReason::NotApplicable,
+                        started,
+                    ));
+                }
+                Lookup::PastRefreshOn(token) => {
+                    self.refresh_in_background(&token, now, job);
+                    return Ok(Self::cache_result(
+                        token,
+                        CacheRefreshReason::ProactivelyRefreshed,
+                        started,
+                    ));
+                }
+                Lookup::Miss { reason, stale } => (reason, stale),
+            }
+        };
+        self.fetch(Arc::new(job()), force, reason, stale, started)
+            .await
     }
 
     /// Look `query` up in partition `partition` of L1. Synchronous and allocation-free.
@@ -143,7 +265,7 @@ impl Engine {
             },
             None => {
                 if snapshot.latest_expiry() <= now {
-                    self.cache.remove(partition);
+                    self.cache.remove_if_expired(partition, now);
                 }
                 Lookup::Miss {
                     reason: CacheRefreshReason::NoCachedAccessToken,
@@ -153,7 +275,7 @@ impl Engine {
         }
     }
 
-    /// A result for a token served from L1.
+    /// A result for a token served from L1 by the lookup.
     #[inline]
     pub(crate) fn cache_result(
         token: Arc<AccessToken>,
@@ -168,62 +290,94 @@ impl Engine {
         AuthenticationResult::new(token, metadata)
     }
 
-    /// Join the flight of `plan`, or start it with `start`. Throttling bookkeeping happens once,
-    /// inside the flight, whatever the number of waiters.
-    fn flight(
+    /// The miss path: join or start the flight, and fall back on a still-valid cached token
+    /// when the renewal fails for a transient reason.
+    async fn fetch(
         self: &Arc<Self>,
-        plan: &FetchPlan,
-        start: impl FnOnce() -> BoxFuture<'static, Result<FlightResult>>,
-    ) -> (Flight, bool) {
-        self.flights.join_or_start(plan.flight_key.clone(), || {
-            let engine = Arc::clone(self);
-            let throttle_key = plan.throttle_key;
-            let flow = plan.flow;
-            let work = start();
-            async move {
-                let result = work.await;
-                match &result {
-                    Ok((_, stats)) if stats.from_l2 => {}
-                    Ok(_) => engine.throttler.record_success(throttle_key),
-                    Err(e) => engine.throttler.record_failure(
-                        throttle_key,
-                        flow,
-                        e,
-                        engine.pipeline.runtime.now(),
-                    ),
-                }
-                result
+        job: Arc<Job>,
+        force: bool,
+        reason: CacheRefreshReason,
+        stale: Option<Arc<AccessToken>>,
+        started: Instant,
+    ) -> Result<AuthenticationResult> {
+        let lookup_duration = started.elapsed();
+        telemetry::cache_miss();
+        let mode = if force { Mode::Forced } else { Mode::Miss };
+        let (flight, leader) = self.flight(&job, mode);
+        if !leader {
+            telemetry::coalesced_waiter();
+        }
+        match flight.await {
+            Ok(resolved) => {
+                let (source, reason) = match resolved.found {
+                    Found::L1 => (TokenSource::CacheL1, CacheRefreshReason::NotApplicable),
+                    Found::L2 => (TokenSource::CacheL2, CacheRefreshReason::NotApplicable),
+                    Found::IdentityProvider => (TokenSource::IdentityProvider, reason),
+                };
+                let mut metadata = AuthenticationResultMetadata::new(source, reason);
+                metadata.total_duration = started.elapsed();
+                metadata.cache_duration = lookup_duration + resolved.l2_duration;
+                metadata.http_duration = resolved.stats.http_duration;
+                metadata.retries = resolved.stats.retries;
+                Ok(AuthenticationResult::new(resolved.token, metadata))
             }
-            .boxed()
+            Err(error) => match stale {
+                // Inside the expiry buffer but still valid: a transient failure must not take
+                // the service down. Serve the cached token and say why.
+                Some(token) if error.is_transient() => {
+                    tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
+                    telemetry::stale_served();
+                    let mut metadata = AuthenticationResultMetadata::new(
+                        TokenSource::CacheL1,
+                        CacheRefreshReason::Expired,
+                    );
+                    metadata.total_duration = started.elapsed();
+                    metadata.cache_duration = lookup_duration;
+                    metadata.refresh_failure = Some(error.to_string());
+                    Ok(AuthenticationResult::new(token, metadata))
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// Join the flight of `job`, or start it in `mode`. The bool is true for the starter.
+    fn flight(self: &Arc<Self>, job: &Arc<Job>, mode: Mode) -> (Flight, bool) {
+        let id = (job.flight_key.clone(), mode == Mode::Forced);
+        self.flights.join_or_start(id, || {
+            let engine = Arc::clone(self);
+            let job = Arc::clone(job);
+            async move { engine.resolve(&job, mode).await }.boxed()
         })
     }
 
-    /// Serve `token` now and refresh it in the background, once per entry (the entry's gate
-    /// stops further hits from starting another refresh until this one ends or backs off).
-    pub(crate) fn refresh_in_background(
+    /// Serve `token` now and renew it in the background, once per entry (the entry's gate
+    /// stops further hits from starting another renewal until this one ends or backs off).
+    fn refresh_in_background(
         self: &Arc<Self>,
         token: &Arc<AccessToken>,
         now: u64,
-        plan: impl FnOnce() -> FetchPlan,
-        start: impl FnOnce() -> BoxFuture<'static, Result<FlightResult>>,
+        job: impl FnOnce() -> Job,
     ) {
-        // Held for the longest a flight may reasonably take; released early on failure.
-        if !token.refresh_gate.try_claim(now, now + 600) {
+        if !token.refresh_gate.try_claim(now, now + REFRESH_CLAIM_SECS) {
             return;
         }
-        let plan = plan();
-        if let Err(throttled) = self
-            .throttler
-            .check(plan.throttle_key, self.pipeline.runtime.now())
-        {
+        let job = Arc::new(job());
+        if let Some(throttled) = self.throttled(job.throttle_key) {
             let wait = throttled.retry_after().unwrap_or_default().as_secs();
             token.refresh_gate.hold_until(now + wait.max(1));
             return;
         }
-        let (flight, _) = self.flight(&plan, start);
+        let (flight, _) = self.flight(
+            &job,
+            Mode::Renew {
+                after: token.cached_at,
+            },
+        );
         let engine = Arc::clone(self);
         let token = Arc::clone(token);
-        self.pipeline.runtime.spawn(
+        self.background.spawn(
+            &*self.idp.runtime,
             async move {
                 match flight.await {
                     Ok(_) => telemetry::background_refresh(true),
@@ -242,168 +396,218 @@ impl Engine {
         );
     }
 
-    /// The miss path: one coalesced flight (L2, then local throttling, the farm lease, and the
-    /// identity provider), and the stale-token fallback.
-    pub(crate) async fn fetch(
-        self: &Arc<Self>,
-        plan: FetchPlan,
-        query: &AccessTokenQuery<'_>,
-        reason: CacheRefreshReason,
-        stale: Option<Arc<AccessToken>>,
-        started: Instant,
-        start: impl FnOnce() -> BoxFuture<'static, Result<FlightResult>>,
-    ) -> Result<AuthenticationResult> {
-        let cache_duration = started.elapsed();
-        telemetry::cache_miss();
-        let l2_query = (self.l2.is_some() && reason != CacheRefreshReason::ForceRefreshOrClaims)
-            .then(|| OwnedQuery::from_query(query));
-        let partition = plan.flight_key.0.clone();
-        let throttle_key = plan.throttle_key;
-        let (flight, leader) = self.flight(&plan, || {
-            self.resolve(partition, throttle_key, l2_query, start())
-        });
-        if !leader {
-            telemetry::coalesced_waiter();
+    /// The body of a flight: L1 again, L2, throttling, the farm lease, the identity provider,
+    /// the cache writes.
+    async fn resolve(self: &Arc<Self>, job: &Arc<Job>, mode: Mode) -> Result<Resolved> {
+        // A flight that ended just before this one started may have written what we need:
+        // joining a flight and re-checking L1 are thus one step for every caller.
+        if let Some(token) = self.adoptable(self.cache.get(&job.partition).as_deref(), job, mode) {
+            return Ok(Resolved::cached(token, Found::L1, Duration::ZERO));
         }
-        match flight.await {
-            Ok((token, stats)) => {
-                let (source, reason) = if stats.from_l2 {
-                    (TokenSource::CacheL2, CacheRefreshReason::NotApplicable)
-                } else {
-                    (TokenSource::IdentityProvider, reason)
-                };
-                let mut metadata = AuthenticationResultMetadata::new(source, reason);
-                metadata.total_duration = started.elapsed();
-                metadata.cache_duration = if stats.from_l2 {
-                    metadata.total_duration
-                } else {
-                    cache_duration
-                };
-                metadata.http_duration = stats.http_duration;
-                metadata.retries = stats.retries;
-                Ok(AuthenticationResult::new(token, metadata))
+        let mut l2_duration = Duration::ZERO;
+        let mut lease = None;
+        if let Some(l2) = &self.l2 {
+            let started = Instant::now();
+            if let Some(token) = self.read_l2(l2, job, mode).await {
+                return Ok(Resolved::cached(token, Found::L2, started.elapsed()));
             }
-            Err(error) => match stale {
-                // Inside the expiry buffer but still valid: a transient failure must not take
-                // the service down. Serve the cached token and say why.
-                Some(token) if error.is_transient() => {
-                    tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
-                    telemetry::stale_served();
-                    let mut metadata = AuthenticationResultMetadata::new(
-                        TokenSource::CacheL1,
-                        CacheRefreshReason::Expired,
-                    );
-                    metadata.total_duration = started.elapsed();
-                    metadata.cache_duration = cache_duration;
-                    metadata.refresh_failure = Some(error.to_string());
-                    Ok(AuthenticationResult::new(token, metadata))
+            l2_duration = started.elapsed();
+        }
+        if let Some(throttled) = self.throttled(job.throttle_key) {
+            return Err(throttled);
+        }
+        if let Some(l2) = &self.l2
+            && let Some(options) = l2.lease_options()
+            && mode != Mode::Forced
+        {
+            let started = Instant::now();
+            let outcome = self.lease_or_wait(l2, options, job, mode).await;
+            l2_duration += started.elapsed();
+            match outcome {
+                LeaseOutcome::Adopted(token) => {
+                    return Ok(Resolved::cached(token, Found::L2, l2_duration));
                 }
-                _ => Err(error),
-            },
+                LeaseOutcome::Held(held) => lease = Some(held),
+                LeaseOutcome::Alone => {}
+            }
+        }
+        let cached = self.cache.get(&job.partition);
+        match job.flow.renew(&self.idp, cached).await {
+            Ok(fetched) => {
+                self.throttler.record_success(job.throttle_key);
+                let stats = fetched.stats;
+                let token = self.store(&job.partition, fetched, lease);
+                if self.refresh.refresh_ahead && job.flow.renews_unattended() {
+                    self.start_refresh_ahead(job, &token);
+                }
+                Ok(Resolved {
+                    token,
+                    found: Found::IdentityProvider,
+                    stats,
+                    l2_duration,
+                })
+            }
+            Err(error) => {
+                self.throttler.record_failure(
+                    job.throttle_key,
+                    job.kind,
+                    &error,
+                    self.idp.runtime.now(),
+                );
+                if let (Some(l2), Some(lease)) = (&self.l2, lease) {
+                    l2.release(&lease).await;
+                }
+                Err(error)
+            }
         }
     }
 
-    /// The body of a flight: L2 first, then local throttling, then (under the farm lease when
-    /// configured) the identity provider.
-    fn resolve(
-        self: &Arc<Self>,
-        partition: PartitionKey,
-        throttle_key: ThrottleKey,
-        l2_query: Option<OwnedQuery>,
-        idp: BoxFuture<'static, Result<FlightResult>>,
-    ) -> BoxFuture<'static, Result<FlightResult>> {
-        let engine = Arc::clone(self);
-        async move {
-            let runtime = Arc::clone(&engine.pipeline.runtime);
-            if let Some(query) = &l2_query
-                && let Some(hit) = engine.l2_hit(&partition, query).await
-            {
-                return Ok(hit);
-            }
-            if let Some(throttled) = engine.throttled(throttle_key) {
-                return Err(throttled);
-            }
-            let lease = match (&engine.l2, &l2_query) {
-                (Some(l2), Some(query)) => match l2.lease_options().cloned() {
-                    Some(options) => match l2.try_lease(&*runtime, &partition, options.ttl).await {
-                        Ok(Some(lease)) => Some(lease),
-                        Ok(None) => {
-                            // Another node is refreshing: wait for its blob, then fall back.
-                            let rounds = (options.max_wait.as_millis()
-                                / options.poll_interval.as_millis().max(1))
-                            .max(1);
-                            for _ in 0..rounds {
-                                runtime.io_timeout(options.poll_interval).await;
-                                if let Some(hit) = engine.l2_hit(&partition, query).await {
-                                    return Ok(hit);
-                                }
-                            }
-                            None
-                        }
-                        Err(_) => None,
-                    },
-                    None => None,
-                },
-                _ => None,
-            };
-            let result = idp.await;
-            if let (Some(l2), Some(lease)) = (&engine.l2, lease) {
-                l2.release(&*runtime, &lease).await;
-            }
-            result
+    /// The token in `partition` that a flight in `mode` may hand out instead of asking.
+    fn adoptable(
+        &self,
+        partition: Option<&Partition>,
+        job: &Job,
+        mode: Mode,
+    ) -> Option<Arc<AccessToken>> {
+        if mode == Mode::Forced {
+            return None;
         }
-        .boxed()
+        let token = job.query.find(partition?)?;
+        if token.is_expired(self.now(), self.expiry_buffer_secs) {
+            return None;
+        }
+        match mode {
+            Mode::Renew { after } if token.cached_at <= after => None,
+            _ => Some(token),
+        }
     }
 
-    /// Read the partition from L2, teach it to L1, and return a usable token for `query`.
-    async fn l2_hit(&self, partition: &PartitionKey, query: &OwnedQuery) -> Option<FlightResult> {
-        let l2 = self.l2.as_ref()?;
-        let loaded = l2.load(&*self.pipeline.runtime, partition).await?;
+    /// Read the partition from L2 and teach it to L1 (refresh tokens included, for every
+    /// mode), then return the token the flight may adopt.
+    async fn read_l2(&self, l2: &L2, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
+        let loaded = l2.load(&job.partition).await?;
         let now = self.now();
-        let merged = self.cache.update(partition, |current| match current {
+        let merged = self.cache.update(&job.partition, |current| match current {
             Some(current) => current.merge(&loaded, now),
             None => loaded.without_expired(now),
         });
-        let token = query.find(&merged)?;
-        if token.is_expired(now, self.expiry_buffer_secs) {
-            return None;
-        }
+        let token = self.adoptable(Some(&merged), job, mode)?;
         telemetry::cache_hit_l2();
-        let stats = FetchStats {
-            http_duration: Duration::ZERO,
-            retries: 0,
-            from_l2: true,
-        };
-        Some((token, stats))
+        Some(token)
     }
 
-    /// Replace partition `key` with `update(current)` in L1 and write it through to L2 (when
-    /// configured). Every flow writes its tokens through here.
-    pub(crate) async fn write_partition(
+    /// Take the farm lease of the job's partition, or wait (polling L2) for the node that holds
+    /// it to write a usable token; past `max_wait`, go on alone.
+    async fn lease_or_wait(
         &self,
+        l2: &L2,
+        options: &LeaseOptions,
+        job: &Job,
+        mode: Mode,
+    ) -> LeaseOutcome {
+        let runtime = &*self.idp.runtime;
+        let deadline = Instant::now() + options.max_wait;
+        loop {
+            match l2.try_lease(&job.partition, options.ttl).await {
+                Ok(Some(lease)) => {
+                    // The previous holder may have written just before we took the lease.
+                    if let Some(token) = self.read_l2(l2, job, mode).await {
+                        l2.release(&lease).await;
+                        return LeaseOutcome::Adopted(token);
+                    }
+                    return LeaseOutcome::Held(lease);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(error = %error, "farm lease unavailable; renewing alone");
+                    return LeaseOutcome::Alone;
+                }
+            }
+            if Instant::now() >= deadline {
+                return LeaseOutcome::Alone;
+            }
+            runtime.io_timeout(options.poll_interval).await;
+            if let Some(token) = self.read_l2(l2, job, mode).await {
+                return LeaseOutcome::Adopted(token);
+            }
+        }
+    }
+
+    /// Write what a flow fetched to L1 now and to L2 behind the caller (releasing `lease`
+    /// once stored). Returns the cached access token.
+    fn store(
+        self: &Arc<Self>,
+        partition: &PartitionKey,
+        fetched: Fetched,
+        lease: Option<Lease>,
+    ) -> Arc<AccessToken> {
+        let now = self.now();
+        let Fetched {
+            access,
+            refresh,
+            id_token,
+            account,
+            account_index,
+            stats: _,
+        } = fetched;
+        let token = Arc::new(access);
+        let written: HashSet<AccessTokenKey> = [AccessTokenKey::of(&token)].into_iter().collect();
+        let stored = Arc::clone(&token);
+        let indexed = account_index.zip(account.clone());
+        let next = self.cache.update(partition, move |current| {
+            let mut next = Partition::after_write(current, stored, now);
+            if let Some(account) = account {
+                next = next.with_account(account);
+            }
+            if let Some(rt) = refresh {
+                next = next.with_refresh_token(rt);
+            }
+            if let Some(id) = id_token {
+                next = next.with_id_token(id);
+            }
+            next
+        });
+        self.write_behind(partition, next, written, lease);
+        if let Some((index, account)) = indexed {
+            self.write(&index, move |current| {
+                current.cloned().unwrap_or_default().with_account(account)
+            });
+        }
+        tracing::debug!(partition = %partition, expires_on = token.expires_on, "cached a new access token");
+        token
+    }
+
+    /// Replace partition `key` with `update(current)` in L1 and queue it for L2. Every write
+    /// outside a flight (imports, account removal) goes through here.
+    pub(crate) fn write(
+        self: &Arc<Self>,
         key: &PartitionKey,
         update: impl FnOnce(Option<&Partition>) -> Partition,
     ) -> Arc<Partition> {
         let before = self.l2.as_ref().and_then(|_| self.cache.get(key));
         let next = self.cache.update(key, update);
-        if let Some(l2) = &self.l2 {
+        if self.l2.is_some() {
             let written = next.changed_since(before.as_deref());
-            l2.write_through(
-                &*self.pipeline.runtime,
-                &self.cache,
-                key,
-                Arc::clone(&next),
-                &written,
-                self.now(),
-            )
-            .await;
+            self.write_behind(key, Arc::clone(&next), written, None);
         }
         next
     }
 
-    /// Whether a throttling window is open for `key` now (for background loops).
+    fn write_behind(
+        self: &Arc<Self>,
+        key: &PartitionKey,
+        snapshot: Arc<Partition>,
+        written: HashSet<AccessTokenKey>,
+        lease: Option<Lease>,
+    ) {
+        if let Some(l2) = &self.l2 {
+            l2.write_behind(key, snapshot, written, lease);
+        }
+    }
+
+    /// Whether a throttling window is open for `key` now.
     pub(crate) fn throttled(&self, key: ThrottleKey) -> Option<Error> {
-        self.throttler.check(key, self.pipeline.runtime.now()).err()
+        self.throttler.check(key, self.idp.runtime.now()).err()
     }
 
     /// Record the outcome of a request made outside a flight (device code), for throttling.
@@ -412,16 +616,125 @@ impl Engine {
             None => self.throttler.record_success(key),
             Some(e) => self
                 .throttler
-                .record_failure(key, flow, e, self.pipeline.runtime.now()),
+                .record_failure(key, flow, e, self.idp.runtime.now()),
         }
     }
 
-    /// Join or start a flight from a background loop.
-    pub(crate) fn background_flight(
+    /// Cache what a one-shot grant (authorization code, device code) fetched, outside any
+    /// flight: nobody else could have shared it.
+    pub(crate) fn store_one_shot(
         self: &Arc<Self>,
-        plan: &FetchPlan,
-        start: impl FnOnce() -> BoxFuture<'static, Result<FlightResult>>,
-    ) -> Flight {
-        self.flight(plan, start).0
+        partition: &PartitionKey,
+        fetched: Fetched,
+    ) -> Arc<AccessToken> {
+        self.store(partition, fetched, None)
+    }
+
+    /// When a token should be renewed with nobody asking: its jittered `refresh_on`, else a
+    /// minute before it enters the expiry buffer.
+    fn refresh_ahead_due(&self, token: &AccessToken) -> u64 {
+        match token.refresh_on {
+            Some(r) => token
+                .refresh_gate
+                .jittered(r, self.refresh.max_jitter.as_secs()),
+            None => token
+                .expires_on
+                .saturating_sub(self.expiry_buffer_secs + 60),
+        }
+    }
+
+    /// Start the refresh-ahead loop of the job's key, unless it runs already.
+    fn start_refresh_ahead(self: &Arc<Self>, job: &Arc<Job>, token: &AccessToken) {
+        let mut loops = self.refresh_ahead.lock();
+        if loops.contains_key(&job.flight_key) {
+            return;
+        }
+        let (stop, stopped) = oneshot::channel();
+        loops.insert(job.flight_key.clone(), stop);
+        let task = refresh_ahead_loop(
+            Arc::downgrade(self),
+            stopped,
+            Arc::clone(job),
+            self.refresh_ahead_due(token),
+            token.cached_at,
+        );
+        self.idp.runtime.spawn(task.boxed());
+    }
+}
+
+impl Resolved {
+    fn cached(token: Arc<AccessToken>, found: Found, l2_duration: Duration) -> Self {
+        Resolved {
+            token,
+            found,
+            stats: FetchStats::default(),
+            l2_duration,
+        }
+    }
+}
+
+/// Renew one key at each token's due time until the engine is dropped, through the same flight
+/// as everything else (so it adopts a newer token from L1 or L2 and takes the farm lease).
+/// Holds only a weak reference between rounds, so it never keeps the application alive.
+async fn refresh_ahead_loop(
+    engine: Weak<Engine>,
+    mut stopped: oneshot::Receiver<()>,
+    job: Arc<Job>,
+    mut due: u64,
+    mut after: u64,
+) {
+    loop {
+        let sleep = {
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let wait = due.saturating_sub(engine.now());
+            engine.idp.runtime.sleep(Duration::from_secs(wait))
+        };
+        if let Either::Right(_) = select(sleep, &mut stopped).await {
+            return;
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let _round = engine.background.enter();
+        let now = engine.now();
+        // A newer token may have arrived meanwhile (a caller's miss, a background refresh).
+        if let Some(current) = engine
+            .cache
+            .get(&job.partition)
+            .and_then(|p| job.query.find(&p))
+            && current.cached_at > after
+            && engine.refresh_ahead_due(&current) > now
+        {
+            after = current.cached_at;
+            due = engine.refresh_ahead_due(&current);
+            continue;
+        }
+        if let Some(throttled) = engine.throttled(job.throttle_key) {
+            due = now + throttled.retry_after().unwrap_or_default().as_secs().max(1);
+            continue;
+        }
+        let (flight, _) = engine.flight(&job, Mode::Renew { after });
+        match flight.await {
+            Ok(resolved) => {
+                telemetry::background_refresh(true);
+                after = resolved.token.cached_at;
+                due = engine.refresh_ahead_due(&resolved.token);
+            }
+            Err(error) if error.is_transient() => {
+                telemetry::background_refresh(false);
+                tracing::warn!(error = %error, "refresh-ahead failed; retrying after back-off");
+                due = engine.now() + engine.refresh.failure_backoff.as_secs().max(1);
+            }
+            Err(error) => {
+                // Only a caller can fix this (a revoked credential, an ended user session):
+                // stop; the next successful acquisition of the key starts a new loop.
+                telemetry::background_refresh(false);
+                tracing::warn!(error = %error, "refresh-ahead stopped: the renewal was refused");
+                engine.refresh_ahead.lock().remove(&job.flight_key);
+                return;
+            }
+        }
     }
 }

@@ -9,18 +9,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::flows::client::ClientIdentity;
+use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters};
-use super::user::{ClientCore, idp_result};
-use super::user_flows::AcquireTokenSilent;
+use super::user_flows::{AcquireTokenSilent, ClientCore, idp_result, user_partition};
 use crate::authority::Authority;
-use crate::cache::{Account, PartitionKey, TokenCache, TokenSecret};
+use crate::cache::{Account, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
 use crate::response::parse_error_response;
 use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
-use crate::throttle::FlowKind;
+use crate::throttle::{FlowKind, ThrottleKey};
 
 /// `slow_down` adds this to the polling interval (RFC 8628 §3.5).
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
@@ -82,20 +83,31 @@ impl PublicClientApplication {
 
     /// The application's client id.
     pub fn client_id(&self) -> &str {
-        &self.core.client_id
+        &self.core.identity.client_id
     }
 
     /// The token cache (L1) of this application.
     pub fn cache(&self) -> &TokenCache {
         &self.core.engine.cache
     }
+
+    /// Wait until the work this application does behind its callers has finished: L2 writes
+    /// and background refreshes (for tests and graceful shutdown).
+    pub async fn flush(&self) {
+        self.core.engine.flush().await
+    }
+
+    /// How the L2 store has been doing (`None` without an L2).
+    pub fn l2_health(&self) -> Option<L2Health> {
+        self.core.engine.l2_health()
+    }
 }
 
 impl fmt::Debug for PublicClientApplication {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PublicClientApplication")
-            .field("client_id", &self.core.client_id)
-            .field("authority", &self.core.authority.url())
+            .field("client_id", &self.core.identity.client_id)
+            .field("authority", &self.core.identity.authority.url())
             .finish_non_exhaustive()
     }
 }
@@ -126,7 +138,9 @@ impl PublicClientApplicationBuilder {
     /// Validate and build.
     ///
     /// # Errors
-    /// [`Error::Configuration`] when a required part is missing or the authority is invalid.
+    /// [`Error::Configuration`] when a required part is missing, the authority is invalid,
+    /// or refresh-ahead is asked for (a public client's tokens need the user: they are
+    /// renewed when the user's requests need them).
     pub fn build(self) -> Result<PublicClientApplication> {
         fn missing(what: &str) -> Error {
             Error::configuration(format!("no {what} configured"))
@@ -135,12 +149,20 @@ impl PublicClientApplicationBuilder {
             return Err(Error::configuration("the client id is empty"));
         }
         let authority = Authority::parse(&self.authority.ok_or_else(|| missing("authority"))?)?;
+        if self.engine.refresh.refresh_ahead {
+            return Err(Error::configuration(
+                "refresh_ahead is not available for public clients: their tokens are renewed \
+                 with the user's refresh token when the user's requests need them",
+            ));
+        }
         let engine = self.engine.build()?;
         Ok(PublicClientApplication {
             core: Arc::new(ClientCore {
-                client_id: self.client_id,
-                authority,
-                credential: None,
+                identity: Arc::new(ClientIdentity {
+                    client_id: self.client_id,
+                    authority,
+                    credential: None,
+                }),
                 engine: Arc::new(engine),
             }),
         })
@@ -206,19 +228,19 @@ impl AcquireTokenWithDeviceCode<'_> {
         if self.scopes.is_empty() {
             return Err(Error::configuration("no scopes requested"));
         }
-        let plan = core.plan(
-            &PartitionKey::for_user(&core.client_id, ""),
-            core.authority.tenant(),
-            &self.scopes,
-            "device_code",
-            FlowKind::Public,
+        let identity = &core.identity;
+        let throttle_key = ThrottleKey::new(
+            &identity.client_id,
+            &identity.authority.url(),
+            self.scopes.normalized(),
+            Some("device_code"),
         );
-        if let Some(throttled) = core.engine.throttled(plan.throttle_key) {
+        if let Some(throttled) = core.engine.throttled(throttle_key) {
             return Err(throttled);
         }
         let outcome = device_code_flow(core, &self.scopes, self.on_code, started).await;
         core.engine
-            .record_outcome(plan.throttle_key, plan.flow, outcome.as_ref().err());
+            .record_outcome(throttle_key, FlowKind::Public, outcome.as_ref().err());
         outcome
     }
 }
@@ -239,39 +261,43 @@ async fn device_code_flow(
     started: Instant,
 ) -> Result<AuthenticationResult> {
     let engine = &core.engine;
-    let endpoint = format!("{}/oauth2/v2.0/devicecode", core.authority.url());
+    let identity = &core.identity;
+    let endpoint = format!("{}/oauth2/v2.0/devicecode", identity.authority.url());
     let form = vec![
-        ("client_id", core.client_id.clone()),
-        ("scope", ClientCore::request_scope(scopes)),
+        ("client_id", identity.client_id.clone()),
+        ("scope", ClientIdentity::request_scope(scopes)),
     ];
-    let response = engine.pipeline.post_form(&endpoint, &form).await?;
-    let info = parse_device_code(&response, engine.pipeline.runtime.now())?;
+    let response = engine.idp.post_form(&endpoint, &form).await?;
+    let info = parse_device_code(&response, engine.idp.runtime.now())?;
     let deadline = engine.now() + info.expires_in.as_secs();
     let mut interval = info.interval;
     let device_code = info.device_code.clone();
     on_code(&info);
     loop {
-        engine.pipeline.runtime.sleep(interval).await;
+        engine.idp.runtime.sleep(interval).await;
         if engine.now() >= deadline {
             return Err(Error::DeviceCodeExpired);
         }
-        let polled = core
-            .user_token_request(vec![
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:device_code".to_owned(),
-                ),
-                ("device_code", device_code.expose_secret().to_owned()),
-            ])
+        let polled = identity
+            .token_request(
+                &engine.idp,
+                &identity.authority,
+                vec![
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:device_code".to_owned(),
+                    ),
+                    ("device_code", device_code.expose_secret().to_owned()),
+                ],
+                true,
+            )
             .await;
         match polled {
             Ok((response, stats)) => {
-                let now = engine.now();
-                let tokens = core.user_tokens(&response, scopes, now)?;
-                let partition =
-                    PartitionKey::for_user(&core.client_id, &tokens.account.home_account_id);
-                let entry = core.store(&partition, tokens, true, now).await;
-                return Ok(idp_result(entry, stats, started));
+                let fetched = identity.user_tokens(&response, scopes, engine.now(), stats, true)?;
+                let partition = user_partition(identity, &fetched)?;
+                let token = engine.store_one_shot(&partition, fetched);
+                return Ok(idp_result(token, stats, started));
             }
             Err(error) => match error.idp_error().map(|e| e.error.as_str()) {
                 Some("authorization_pending") => {}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::engine::{Engine, RefreshOptions};
+use super::idp::Idp;
 use super::l2::L2Options;
-use super::pipeline::Pipeline;
 use crate::cache::{PartitionCache, TokenCache};
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
@@ -14,7 +14,7 @@ use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::throttle::ThrottlingPolicy;
 
-use super::confidential::DEFAULT_EXPIRY_BUFFER;
+use super::engine::DEFAULT_EXPIRY_BUFFER;
 
 /// Engine configuration gathered by a builder.
 pub(crate) struct EngineSettings {
@@ -70,7 +70,7 @@ impl EngineSettings {
             return Err(Error::configuration("max_response_bytes must be above 0"));
         }
         Ok(Engine::new(
-            Pipeline {
+            Idp {
                 transport,
                 runtime,
                 send_options: self.send_options,
@@ -80,8 +80,8 @@ impl EngineSettings {
             self.expiry_buffer,
             self.refresh,
             self.throttling,
-        )
-        .with_l2(self.l2))
+            self.l2,
+        ))
     }
 }
 

@@ -1,5 +1,5 @@
-//! User-token flows of a confidential client (on-behalf-of, authorization code, silent) and the
-//! requests they share with public clients.
+//! The user-token requests (on-behalf-of, authorization code, silent) that confidential and
+//! public applications share, over the engine and the flows.
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -9,96 +9,101 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use super::confidential::ConfidentialClientApplication;
-use super::engine::FlightResult;
-use super::user::{
-    ClientCore, UserPartition, cached_or_fetch, idp_result, partition_account,
-    redeem_refresh_token, secret,
-};
-use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenSecret};
+use super::engine::Engine;
+use super::flow::Job;
+use super::flows::client::ClientIdentity;
+use super::flows::on_behalf_of::OnBehalfOf;
+use super::flows::refresh_token::RefreshTokenGrant;
+use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::error::{Error, Result};
-use crate::result::AuthenticationResult;
+use crate::result::{
+    AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
+};
 use crate::scopes::{IntoScopeSet, ScopeSet};
-use crate::throttle::FlowKind;
+use crate::throttle::{FlowKind, ThrottleKey};
 
-impl ConfidentialClientApplication {
-    /// Acquire a token for a downstream API on behalf of the user whose access token
-    /// (`user_assertion`) this web API received. Tokens are cached per assertion (its SHA-256,
-    /// never the assertion itself); an expired one is renewed with the cached refresh token.
-    pub fn acquire_token_on_behalf_of(
-        &self,
-        scopes: impl IntoScopeSet,
-        user_assertion: impl Into<String>,
-    ) -> AcquireTokenOnBehalfOf<'_> {
-        AcquireTokenOnBehalfOf {
-            core: &self.inner.core,
-            scopes: scopes.into_scope_set(),
-            assertion: secret(user_assertion),
-            force_refresh: false,
-        }
+/// A client's identity and engine: what the user-flow requests of both application kinds
+/// hold.
+pub(crate) struct ClientCore {
+    pub identity: Arc<ClientIdentity>,
+    pub engine: Arc<Engine>,
+}
+
+impl ClientCore {
+    /// Accounts signed in to this client (from the L1 index).
+    pub(crate) fn accounts(&self) -> Vec<Account> {
+        let mut accounts: Vec<Account> = self
+            .engine
+            .cache
+            .get(&self.identity.accounts_index())
+            .map(|p| p.accounts().map(|a| (**a).clone()).collect())
+            .unwrap_or_default();
+        accounts.sort_by(|a, b| a.username.cmp(&b.username));
+        accounts
     }
 
-    /// Redeem an authorization code (from the redirect of [`authorization_url`](Self::authorization_url)).
-    /// The tokens are cached under the signed-in account, which [`accounts`](Self::accounts)
-    /// then lists for [`acquire_token_silent`](Self::acquire_token_silent).
-    pub fn acquire_token_by_authorization_code(
-        &self,
-        code: impl Into<String>,
-        scopes: impl IntoScopeSet,
-        redirect_uri: impl Into<String>,
-    ) -> AcquireTokenByAuthorizationCode<'_> {
-        AcquireTokenByAuthorizationCode {
-            core: &self.inner.core,
-            code: secret(code),
-            scopes: scopes.into_scope_set(),
-            redirect_uri: redirect_uri.into(),
-            pkce_verifier: None,
-        }
+    /// Forget `account`: its tokens and its index entry become tombstones, so no older copy
+    /// (another node, L2) brings them back. Returns once L2 has the removal.
+    pub(crate) async fn remove_account(&self, account: &Account) {
+        let now = self.engine.now();
+        let home = account.home_account_id.clone();
+        let partition = PartitionKey::for_user(&self.identity.client_id, &home);
+        self.engine.write(&partition, |current| {
+            current
+                .cloned()
+                .unwrap_or_default()
+                .without_account(&home, now)
+        });
+        self.engine
+            .write(&self.identity.accounts_index(), |current| {
+                current
+                    .cloned()
+                    .unwrap_or_default()
+                    .without_account(&home, now)
+            });
+        self.engine.flush().await;
     }
 
-    /// Start building the URL that sends a user to sign in (authorization code flow).
-    pub fn authorization_url(
-        &self,
-        scopes: impl IntoScopeSet,
-        redirect_uri: impl Into<String>,
-    ) -> AuthorizationUrl {
-        AuthorizationUrl::new(
-            &self.inner.core,
-            scopes.into_scope_set(),
-            redirect_uri.into(),
+    /// The throttle key of a user request.
+    fn throttle_key(&self, scopes: &ScopeSet, who: &str) -> ThrottleKey {
+        ThrottleKey::new(
+            &self.identity.client_id,
+            &self.identity.authority.url(),
+            scopes.normalized(),
+            Some(who),
         )
     }
+}
 
-    /// A token for `account` from the cache, renewed with its refresh token when needed.
-    pub fn acquire_token_silent(
-        &self,
-        scopes: impl IntoScopeSet,
-        account: &Account,
-    ) -> AcquireTokenSilent<'_> {
-        AcquireTokenSilent::new(&self.inner.core, scopes, account, FlowKind::Silent)
-    }
+/// A result for a token just obtained outside the coalesced path (authorization code, device
+/// code: one-shot grants nobody else can share).
+pub(crate) fn idp_result(
+    token: Arc<AccessToken>,
+    stats: super::idp::FetchStats,
+    started: Instant,
+) -> AuthenticationResult {
+    let mut metadata = AuthenticationResultMetadata::new(
+        TokenSource::IdentityProvider,
+        CacheRefreshReason::NoCachedAccessToken,
+    );
+    metadata.total_duration = started.elapsed();
+    metadata.http_duration = stats.http_duration;
+    metadata.retries = stats.retries;
+    AuthenticationResult::new(token, metadata)
+}
 
-    /// Accounts signed in to this application (authorization code), from the cache.
-    pub fn accounts(&self) -> Vec<Account> {
-        self.inner.core.accounts()
-    }
-
-    /// Forget `account` and its tokens (removals are remembered, so shared caches do not
-    /// bring them back).
-    pub async fn remove_account(&self, account: &Account) {
-        self.inner.core.remove_account(account).await
-    }
+/// A secret the caller hands in (user assertion, code), never logged.
+fn secret(value: impl Into<String>) -> TokenSecret {
+    TokenSecret::new(value.into())
 }
 
 /// An on-behalf-of request; await it, or set options first.
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenOnBehalfOf<'a> {
-    core: &'a Arc<ClientCore>,
+    core: &'a ClientCore,
     scopes: ScopeSet,
     assertion: TokenSecret,
     force_refresh: bool,
@@ -113,7 +118,20 @@ impl fmt::Debug for AcquireTokenOnBehalfOf<'_> {
     }
 }
 
-impl AcquireTokenOnBehalfOf<'_> {
+impl<'a> AcquireTokenOnBehalfOf<'a> {
+    pub(crate) fn new(
+        core: &'a ClientCore,
+        scopes: impl IntoScopeSet,
+        user_assertion: impl Into<String>,
+    ) -> Self {
+        AcquireTokenOnBehalfOf {
+            core,
+            scopes: scopes.into_scope_set(),
+            assertion: secret(user_assertion),
+            force_refresh: false,
+        }
+    }
+
     /// Skip the cached access token (the cached refresh token is still used).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
@@ -134,45 +152,35 @@ impl AcquireTokenOnBehalfOf<'_> {
             return Err(Error::configuration("the user assertion is empty"));
         }
         let core = self.core;
+        let identity = &core.identity;
         let partition =
-            PartitionKey::for_on_behalf_of(&core.client_id, self.assertion.expose_secret());
+            PartitionKey::for_on_behalf_of(&identity.client_id, self.assertion.expose_secret());
         // The partition is the user's (one assertion, one user), so its access tokens are
         // found without knowing the user first: no account id in the query, the authority's
         // tenant as realm. A node that has not seen the user yet can then hit L2.
-        let realm = core.authority.tenant();
         let query = AccessTokenQuery {
             home_account_id: None,
-            environment: core.authority.environment(),
-            realm,
+            environment: identity.authority.environment(),
+            realm: identity.authority.tenant(),
             token_type: "Bearer",
             key_id: None,
             scopes: &self.scopes,
         };
-        cached_or_fetch(
-            &core.engine,
-            &partition,
-            &query,
-            self.force_refresh,
-            started,
-            || {
-                core.plan(
+        core.engine
+            .acquire(&partition, &query, self.force_refresh, started, || {
+                Job::new(
                     &partition,
-                    realm,
-                    &self.scopes,
-                    partition.as_str(),
+                    &query,
+                    core.throttle_key(&self.scopes, partition.as_str()),
                     FlowKind::Confidential,
+                    Arc::new(OnBehalfOf {
+                        client: Arc::clone(identity),
+                        assertion: self.assertion.clone(),
+                        scopes: self.scopes.clone(),
+                    }),
                 )
-            },
-            || {
-                on_behalf_of(
-                    Arc::clone(core),
-                    partition.clone(),
-                    self.scopes.clone(),
-                    self.assertion.clone(),
-                )
-            },
-        )
-        .await
+            })
+            .await
     }
 }
 
@@ -185,63 +193,10 @@ impl<'a> IntoFuture for AcquireTokenOnBehalfOf<'a> {
     }
 }
 
-/// The on-behalf-of miss path: the cached refresh token first (no new exchange while it
-/// works), else the jwt-bearer exchange of the assertion.
-fn on_behalf_of(
-    core: Arc<ClientCore>,
-    partition: PartitionKey,
-    scopes: ScopeSet,
-    assertion: TokenSecret,
-) -> BoxFuture<'static, Result<FlightResult>> {
-    async move {
-        // Read when the flight runs: L2 may just have taught L1 another node's refresh token.
-        let account = partition_account(core.engine.cache.get(&partition).as_deref());
-        if let Some(home) = account.map(|a| a.home_account_id.clone()) {
-            match redeem_refresh_token(
-                Arc::clone(&core),
-                partition.clone(),
-                home,
-                scopes.clone(),
-                UserPartition::OnBehalfOf,
-            )
-            .await
-            {
-                Err(error) if error.is_interaction_required() => {
-                    tracing::info!(error = %error, "on-behalf-of: refresh token refused; exchanging the assertion again");
-                }
-                done => return done,
-            }
-        }
-        let (response, stats) = core
-            .user_token_request(vec![
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
-                ),
-                ("assertion", assertion.expose_secret().to_owned()),
-                ("requested_token_use", "on_behalf_of".to_owned()),
-                ("scope", ClientCore::request_scope(&scopes)),
-            ])
-            .await?;
-        let now = core.engine.now();
-        let mut tokens = core.user_tokens(&response, &scopes, now)?;
-        obo_access_token(&core, &mut tokens);
-        let entry = core.store(&partition, tokens, false, now).await;
-        Ok((entry, stats))
-    }
-    .boxed()
-}
-
-/// On-behalf-of access tokens are keyed by the partition (the assertion), not the account.
-pub(crate) fn obo_access_token(core: &ClientCore, tokens: &mut super::user::UserTokens) {
-    tokens.access.home_account_id = None;
-    core.authority.tenant().clone_into(&mut tokens.access.realm);
-}
-
 /// A silent request: the cache, else the account's refresh token; never a user prompt.
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenSilent<'a> {
-    core: &'a Arc<ClientCore>,
+    core: &'a ClientCore,
     scopes: ScopeSet,
     account: Account,
     force_refresh: bool,
@@ -259,7 +214,7 @@ impl fmt::Debug for AcquireTokenSilent<'_> {
 
 impl<'a> AcquireTokenSilent<'a> {
     pub(crate) fn new(
-        core: &'a Arc<ClientCore>,
+        core: &'a ClientCore,
         scopes: impl IntoScopeSet,
         account: &Account,
         flow: FlowKind,
@@ -273,7 +228,8 @@ impl<'a> AcquireTokenSilent<'a> {
         }
     }
 
-    /// Skip the cached access token and redeem the refresh token.
+    /// Skip the cached access token and redeem the refresh token (read from L2 too, so a node
+    /// that has not seen the user can renew).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
         self
@@ -291,42 +247,32 @@ impl<'a> AcquireTokenSilent<'a> {
             return Err(Error::configuration("no scopes requested"));
         }
         let core = self.core;
+        let identity = &core.identity;
         let home = self.account.home_account_id.as_str();
-        let partition = PartitionKey::for_user(&core.client_id, home);
+        let partition = PartitionKey::for_user(&identity.client_id, home);
         let query = AccessTokenQuery {
             home_account_id: Some(home),
-            environment: core.authority.environment(),
+            environment: identity.authority.environment(),
             realm: &self.account.realm,
             token_type: "Bearer",
             key_id: None,
             scopes: &self.scopes,
         };
-        cached_or_fetch(
-            &core.engine,
-            &partition,
-            &query,
-            self.force_refresh,
-            started,
-            || {
-                core.plan(
+        core.engine
+            .acquire(&partition, &query, self.force_refresh, started, || {
+                Job::new(
                     &partition,
-                    &self.account.realm,
-                    &self.scopes,
-                    home,
+                    &query,
+                    core.throttle_key(&self.scopes, home),
                     self.flow,
+                    Arc::new(RefreshTokenGrant {
+                        client: Arc::clone(identity),
+                        home_account_id: home.to_owned(),
+                        scopes: self.scopes.clone(),
+                    }),
                 )
-            },
-            || {
-                redeem_refresh_token(
-                    Arc::clone(core),
-                    partition.clone(),
-                    home.to_owned(),
-                    self.scopes.clone(),
-                    UserPartition::Account,
-                )
-            },
-        )
-        .await
+            })
+            .await
     }
 }
 
@@ -342,7 +288,7 @@ impl<'a> IntoFuture for AcquireTokenSilent<'a> {
 /// An authorization-code redemption; await it, or add the PKCE verifier first.
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenByAuthorizationCode<'a> {
-    core: &'a Arc<ClientCore>,
+    core: &'a ClientCore,
     code: TokenSecret,
     scopes: ScopeSet,
     redirect_uri: String,
@@ -358,7 +304,22 @@ impl fmt::Debug for AcquireTokenByAuthorizationCode<'_> {
     }
 }
 
-impl AcquireTokenByAuthorizationCode<'_> {
+impl<'a> AcquireTokenByAuthorizationCode<'a> {
+    pub(crate) fn new(
+        core: &'a ClientCore,
+        code: impl Into<String>,
+        scopes: impl IntoScopeSet,
+        redirect_uri: impl Into<String>,
+    ) -> Self {
+        AcquireTokenByAuthorizationCode {
+            core,
+            code: secret(code),
+            scopes: scopes.into_scope_set(),
+            redirect_uri: redirect_uri.into(),
+            pkce_verifier: None,
+        }
+    }
+
     /// The PKCE verifier whose challenge the authorize URL carried ([`Pkce::verifier`]).
     pub fn with_pkce_verifier(mut self, verifier: impl Into<String>) -> Self {
         self.pkce_verifier = Some(secret(verifier));
@@ -373,22 +334,42 @@ impl AcquireTokenByAuthorizationCode<'_> {
     pub async fn execute(self) -> Result<AuthenticationResult> {
         let started = Instant::now();
         let core = self.core;
+        let identity = &core.identity;
         let mut grant = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", self.code.expose_secret().to_owned()),
             ("redirect_uri", self.redirect_uri.clone()),
-            ("scope", ClientCore::request_scope(&self.scopes)),
+            ("scope", ClientIdentity::request_scope(&self.scopes)),
         ];
         if let Some(verifier) = &self.pkce_verifier {
             grant.push(("code_verifier", verifier.expose_secret().to_owned()));
         }
-        let (response, stats) = core.user_token_request(grant).await?;
-        let now = core.engine.now();
-        let tokens = core.user_tokens(&response, &self.scopes, now)?;
-        let partition = PartitionKey::for_user(&core.client_id, &tokens.account.home_account_id);
-        let entry = core.store(&partition, tokens, true, now).await;
-        Ok(idp_result(entry, stats, started))
+        let engine = &core.engine;
+        let (response, stats) = identity
+            .token_request(&engine.idp, &identity.authority, grant, true)
+            .await?;
+        let fetched = identity.user_tokens(&response, &self.scopes, engine.now(), stats, true)?;
+        let partition = user_partition(identity, &fetched)?;
+        let token = engine.store_one_shot(&partition, fetched);
+        Ok(idp_result(token, stats, started))
     }
+}
+
+/// The partition of the account a one-shot grant signed in.
+pub(crate) fn user_partition(
+    identity: &ClientIdentity,
+    fetched: &super::flow::Fetched,
+) -> Result<PartitionKey> {
+    let home =
+        fetched
+            .access
+            .home_account_id
+            .as_deref()
+            .ok_or_else(|| Error::MalformedResponse {
+                status: 200,
+                reason: "the answer does not name the user".to_owned(),
+            })?;
+    Ok(PartitionKey::for_user(&identity.client_id, home))
 }
 
 impl<'a> IntoFuture for AcquireTokenByAuthorizationCode<'a> {
@@ -455,14 +436,15 @@ pub struct AuthorizationUrl {
 }
 
 impl AuthorizationUrl {
-    fn new(core: &ClientCore, scopes: ScopeSet, redirect_uri: String) -> Self {
+    pub(crate) fn new(core: &ClientCore, scopes: ScopeSet, redirect_uri: String) -> Self {
+        let identity = &core.identity;
         AuthorizationUrl {
-            endpoint: format!("{}/oauth2/v2.0/authorize", core.authority.url()),
+            endpoint: format!("{}/oauth2/v2.0/authorize", identity.authority.url()),
             params: vec![
-                ("client_id", core.client_id.clone()),
+                ("client_id", identity.client_id.clone()),
                 ("response_type", "code".to_owned()),
                 ("redirect_uri", redirect_uri),
-                ("scope", ClientCore::request_scope(&scopes)),
+                ("scope", ClientIdentity::request_scope(&scopes)),
                 ("response_mode", "query".to_owned()),
                 ("client_info", "1".to_owned()),
             ],

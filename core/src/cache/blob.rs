@@ -59,6 +59,22 @@ pub enum BlobError {
     Tampered,
 }
 
+impl BlobError {
+    /// Whether the blob is fine for somebody else: sealed with a key this ring lacks, sealed
+    /// while we have no ring, plain while we require sealed blobs, or in a newer format. A node
+    /// must leave such a blob alone rather than overwrite it; anything else is garbage.
+    pub fn is_foreign(&self) -> bool {
+        match self {
+            BlobError::UnknownFormat(format) => *format > FORMAT_VERSION,
+            BlobError::UnknownKey(_) | BlobError::NoKeyRing | BlobError::NotSealed => true,
+            BlobError::Truncated
+            | BlobError::BadMagic
+            | BlobError::Corrupt(_)
+            | BlobError::Tampered => false,
+        }
+    }
+}
+
 /// AES-256-GCM keys: one active key seals, every key in the ring opens (rotation).
 #[derive(Clone)]
 pub struct KeyRing {

@@ -79,9 +79,14 @@ impl TokenCache {
         next
     }
 
-    /// Drop a partition whose entries have all expired.
-    pub fn remove(&self, key: &PartitionKey) {
-        self.l1.remove(key)
+    /// Drop partition `key` if every entry in it has expired by `now`, checked under the
+    /// partition's write lock (so a partition another thread has just written survives).
+    pub fn remove_if_expired(&self, key: &PartitionKey, now: u64) {
+        let stripe = &self.write_stripes[(self.hasher.hash_one(key) as usize) % WRITE_STRIPES];
+        let _guard = stripe.lock();
+        if self.l1.get(key).is_some_and(|p| p.latest_expiry() <= now) {
+            self.l1.remove(key);
+        }
     }
 
     /// The L1 implementation.

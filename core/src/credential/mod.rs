@@ -28,8 +28,9 @@
 //! one keeps being used and the file is read again on the next request. Without a last good
 //! credential the request fails with [`Error::Credential`]. Nothing here panics.
 //!
-//! The [`chain`] module holds [`TokenCredential`](chain::TokenCredential) and
-//! [`DefaultCredential`](chain::DefaultCredential): environment → managed identity → fallback.
+//! [`crate::chain`] builds on these: [`TokenCredential`](crate::chain::TokenCredential) and
+//! [`DefaultCredential`](crate::chain::DefaultCredential) (environment → managed identity →
+//! fallback).
 
 use std::fmt;
 use std::future::Future;
@@ -46,7 +47,6 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result, SharedError};
 use crate::runtime::unix_seconds;
 
-pub mod chain;
 mod env;
 mod files;
 mod reload;

@@ -1,4 +1,5 @@
-//! The HTTP side shared by every flow: build a form POST, send it, retry by policy, parse.
+//! The identity-provider client shared by every flow: build a form POST (or a managed-identity
+//! GET), send it, retry by policy, parse. It knows nothing of caches.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,12 +22,10 @@ const CLIENT_SKU: &str = "tokenwell.rust";
 pub(crate) struct FetchStats {
     pub http_duration: Duration,
     pub retries: u32,
-    /// The token came from the L2 store (another node or an earlier run), not the IdP.
-    pub from_l2: bool,
 }
 
 /// Transport, clock and the policies that govern talking to the identity provider.
-pub(crate) struct Pipeline {
+pub(crate) struct Idp {
     pub transport: Arc<dyn HttpTransport>,
     pub runtime: Arc<dyn Runtime>,
     pub send_options: SendOptions,
@@ -87,7 +86,7 @@ impl StatusRetry {
     }
 }
 
-impl Pipeline {
+impl Idp {
     /// POST a token request to `endpoint`, building the form anew for every attempt (client
     /// assertions must not be replayed), and retry as the policy allows.
     pub(crate) async fn token_request<F, Fut>(

@@ -19,7 +19,7 @@
 //! #     cache: std::sync::Arc<dyn tokenwell_core::cache::PartitionCache>,
 //! # ) -> Result<(), tokenwell_core::Error> {
 //! use tokenwell_core::ScopeSet;
-//! use tokenwell_core::credential::chain::{DefaultCredential, TokenCredential};
+//! use tokenwell_core::chain::{DefaultCredential, TokenCredential};
 //!
 //! let credential = DefaultCredential::builder()
 //!     .transport(transport)
@@ -37,9 +37,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{ClientCredential, EnvSecret, EnvVars};
 use crate::app::{ConfidentialClientApplication, ConfidentialClientApplicationBuilder};
 use crate::cache::PartitionCache;
+use crate::credential::{ClientCredential, EnvSecret, EnvVars};
 use crate::error::{Error, Result};
 use crate::http::HttpTransport;
 use crate::result::AuthenticationResult;

@@ -1,0 +1,134 @@
+//! The plug-in side of the acquisition pipeline: what a flow (client credentials,
+//! on-behalf-of, silent, managed identity) supplies to the engine, and nothing more.
+//!
+//! A flow knows how to ask the identity provider for one key and how to turn the answer into
+//! cache entries. Everything else — lookup, proactive refresh, coalescing, throttling, L2,
+//! farm lease, write-through, stale serving, refresh-ahead — belongs to the engine
+//! (`engine.rs`), so it holds the same way for every flow and every trigger.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::idp::{FetchStats, Idp};
+use crate::cache::{
+    AccessToken, AccessTokenQuery, Account, IdToken, Partition, PartitionKey, RefreshToken,
+};
+use crate::error::Result;
+use crate::scopes::ScopeSet;
+use crate::throttle::{FlowKind, ThrottleKey};
+
+/// A flow's renewal of one key at the identity provider.
+pub(crate) trait Flow: Send + Sync + 'static {
+    /// Ask the identity provider once (retries included) and return the entries to cache.
+    /// `cached` is L1's snapshot of the partition after L2 was read, for flows that redeem a
+    /// cached refresh token.
+    fn renew<'a>(
+        &'a self,
+        idp: &'a Idp,
+        cached: Option<Arc<Partition>>,
+    ) -> BoxFuture<'a, Result<Fetched>>;
+
+    /// Whether a token of this flow can be renewed with nobody asking (refresh-ahead): true
+    /// for the application's own tokens, false where a user must be present.
+    fn renews_unattended(&self) -> bool;
+}
+
+/// What one renewal produced: the access token and, for user flows, the entries around it.
+pub(crate) struct Fetched {
+    pub access: AccessToken,
+    pub refresh: Option<RefreshToken>,
+    pub id_token: Option<IdToken>,
+    pub account: Option<Account>,
+    /// Also list the account in this partition (the client's index of signed-in accounts).
+    pub account_index: Option<PartitionKey>,
+    pub stats: FetchStats,
+}
+
+impl Fetched {
+    /// An application token: no user entries.
+    pub(crate) fn access_only(access: AccessToken, stats: FetchStats) -> Self {
+        Fetched {
+            access,
+            refresh: None,
+            id_token: None,
+            account: None,
+            account_index: None,
+            stats,
+        }
+    }
+}
+
+/// Identifies an in-flight renewal: partition + realm + normalized scopes.
+pub(crate) type FlightKey = (PartitionKey, Arc<str>, Arc<str>);
+
+/// Everything the engine needs to renew one key, built only on the miss path (never on a hit).
+pub(crate) struct Job {
+    pub partition: PartitionKey,
+    pub query: OwnedQuery,
+    pub flight_key: FlightKey,
+    pub throttle_key: ThrottleKey,
+    pub kind: FlowKind,
+    pub flow: Arc<dyn Flow>,
+}
+
+impl Job {
+    /// A job whose flight is keyed by `partition`, `query.realm` and the query's scopes.
+    pub(crate) fn new(
+        partition: &PartitionKey,
+        query: &AccessTokenQuery<'_>,
+        throttle_key: ThrottleKey,
+        kind: FlowKind,
+        flow: Arc<dyn Flow>,
+    ) -> Self {
+        Job {
+            partition: partition.clone(),
+            flight_key: (
+                partition.clone(),
+                query.realm.into(),
+                query.scopes.normalized().into(),
+            ),
+            query: OwnedQuery::from_query(query),
+            throttle_key,
+            kind,
+            flow,
+        }
+    }
+}
+
+/// An owned access-token query, carried into a coalesced flight and refresh-ahead loops.
+#[derive(Clone, Debug)]
+pub(crate) struct OwnedQuery {
+    pub home_account_id: Option<String>,
+    pub environment: String,
+    pub realm: String,
+    pub token_type: String,
+    pub key_id: Option<String>,
+    pub scopes: ScopeSet,
+}
+
+impl OwnedQuery {
+    pub(crate) fn from_query(q: &AccessTokenQuery<'_>) -> Self {
+        OwnedQuery {
+            home_account_id: q.home_account_id.map(str::to_owned),
+            environment: q.environment.to_owned(),
+            realm: q.realm.to_owned(),
+            token_type: q.token_type.to_owned(),
+            key_id: q.key_id.map(str::to_owned),
+            scopes: q.scopes.clone(),
+        }
+    }
+
+    /// The matching token in `partition`, if any.
+    pub(crate) fn find(&self, partition: &Partition) -> Option<Arc<AccessToken>> {
+        let query = AccessTokenQuery {
+            home_account_id: self.home_account_id.as_deref(),
+            environment: &self.environment,
+            realm: &self.realm,
+            token_type: &self.token_type,
+            key_id: self.key_id.as_deref(),
+            scopes: &self.scopes,
+        };
+        partition.find_access_token(&query).cloned()
+    }
+}

@@ -1,0 +1,277 @@
+//! What the token-endpoint flows share: the client's identity (client id, authority,
+//! credential), one token-request path, and one way to turn an answer into cache entries.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+use crate::app::flow::Fetched;
+use crate::app::idp::{FetchStats, Idp};
+use crate::authority::Authority;
+use crate::cache::{AccessToken, Account, IdToken, Partition, PartitionKey, RefreshToken};
+use crate::credential::{AssertionContext, ClientCredential};
+use crate::error::{Error, Result};
+use crate::response::TokenResponse;
+use crate::scopes::ScopeSet;
+
+/// Scopes MSAL adds to every user request: a refresh token, an ID token, the profile.
+pub(crate) const RESERVED_SCOPES: [&str; 3] = ["offline_access", "openid", "profile"];
+
+/// Tenants that are not a tenant: tokens land in the user's home tenant (`utid`).
+const MULTI_TENANT: [&str; 3] = ["common", "organizations", "consumers"];
+
+/// Tokens living at least this long get a `refresh_on` at half their lifetime.
+const HALF_LIFE_REFRESH_MIN_LIFETIME: u64 = 2 * 3600;
+
+/// Who asks: the client id, its authority and (for confidential clients) its credential.
+pub(crate) struct ClientIdentity {
+    pub client_id: String,
+    pub authority: Authority,
+    /// `None` for public clients.
+    pub credential: Option<ClientCredential>,
+}
+
+impl ClientIdentity {
+    /// The partition listing the client's signed-in accounts (what `accounts()` reads).
+    pub(crate) fn accounts_index(&self) -> PartitionKey {
+        PartitionKey::for_user(&self.client_id, "")
+    }
+
+    /// The scopes sent for a user request: the requested ones plus MSAL's reserved ones.
+    pub(crate) fn request_scope(scopes: &ScopeSet) -> String {
+        let mut all: Vec<&str> = scopes.iter().collect();
+        for reserved in RESERVED_SCOPES {
+            if !all.iter().any(|s| s.eq_ignore_ascii_case(reserved)) {
+                all.push(reserved);
+            }
+        }
+        all.join(" ")
+    }
+
+    /// One token request: `grant` plus the client id, `extra` (e.g. `client_info=1`) and, for
+    /// confidential clients, the credential (rebuilt for each attempt; a provider's credential
+    /// rejected by the identity provider is reloaded and the request sent once more).
+    pub(crate) async fn token_request(
+        &self,
+        idp: &Idp,
+        authority: &Authority,
+        grant: Vec<(&'static str, String)>,
+        user_flow: bool,
+    ) -> Result<(TokenResponse, FetchStats)> {
+        let endpoint = authority.token_endpoint();
+        let (client_id, endpoint, grant) = (&self.client_id, &endpoint, &grant);
+        let context = || AssertionContext::new(client_id, endpoint, idp.runtime.now());
+        let send = |credential: Option<ClientCredential>| {
+            idp.token_request(endpoint, move || {
+                let context = context();
+                let credential = credential.clone();
+                let mut form = grant.clone();
+                form.push(("client_id", client_id.clone()));
+                if user_flow {
+                    form.push(("client_info", "1".to_owned()));
+                }
+                async move {
+                    if let Some(credential) = credential {
+                        credential.apply(&mut form, context).await?;
+                    }
+                    Ok(form)
+                }
+            })
+        };
+        match &self.credential {
+            Some(credential) => {
+                credential
+                    .send_with_reload(context, |current| send(Some(current)))
+                    .await
+            }
+            None => send(None).await,
+        }
+    }
+
+    /// Cache entries for a user-token answer; `index` also lists the account in the client's
+    /// account index.
+    ///
+    /// # Errors
+    /// [`Error::MalformedResponse`] when the answer says neither whose token it is
+    /// (`client_info`, ID token) nor carries a well-formed ID token.
+    pub(crate) fn user_tokens(
+        &self,
+        response: &TokenResponse,
+        requested: &ScopeSet,
+        now: u64,
+        stats: FetchStats,
+        index: bool,
+    ) -> Result<Fetched> {
+        let bad = |reason: &str| Error::MalformedResponse {
+            status: 200,
+            reason: reason.to_owned(),
+        };
+        let claims = match &response.id_token {
+            Some(token) => {
+                Some(id_token_claims(token.expose_secret()).ok_or_else(|| bad("bad `id_token`"))?)
+            }
+            None => None,
+        };
+        let claim = |name: &str| {
+            claims
+                .as_ref()
+                .and_then(|c| c.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (uid, utid) = match &response.client_info {
+            Some(info) => client_info(info).ok_or_else(|| bad("bad `client_info`"))?,
+            None => match (claim("oid"), claim("tid")) {
+                (Some(oid), Some(tid)) => (oid, tid),
+                _ => return Err(bad("neither `client_info` nor an ID token names the user")),
+            },
+        };
+        let home = format!("{uid}.{utid}");
+        let environment = self.authority.environment();
+        let tenant = self.authority.tenant();
+        let realm = if MULTI_TENANT.iter().any(|t| t.eq_ignore_ascii_case(tenant)) {
+            claim("tid").unwrap_or(utid)
+        } else {
+            tenant.to_owned()
+        };
+        let mut access = access_token_from_response(
+            response,
+            environment,
+            &self.client_id,
+            &realm,
+            requested,
+            now,
+        );
+        access.home_account_id = Some(home.clone());
+        let refresh = response.refresh_token.as_ref().map(|secret| {
+            let mut rt = RefreshToken::new(
+                &home,
+                environment,
+                &self.client_id,
+                access.target.clone(),
+                secret.clone(),
+                now,
+            );
+            rt.family_id = response.family_id.clone();
+            rt
+        });
+        let id_token = response.id_token.as_ref().map(|secret| {
+            IdToken::new(
+                &home,
+                environment,
+                &realm,
+                &self.client_id,
+                secret.clone(),
+                now,
+            )
+        });
+        let account = Account::new(
+            &home,
+            environment,
+            &realm,
+            claim("oid").unwrap_or(uid),
+            claim("preferred_username").unwrap_or_default(),
+            now,
+        );
+        Ok(Fetched {
+            access,
+            refresh,
+            id_token,
+            account: Some(account),
+            account_index: index.then(|| self.accounts_index()),
+            stats,
+        })
+    }
+}
+
+/// Build the cache entry for a token response, with MSAL's `refresh_on` rule: the IdP's
+/// `refresh_in`, else half of a lifetime of 2 h or more.
+pub(crate) fn access_token_from_response(
+    response: &TokenResponse,
+    environment: &str,
+    client_id: &str,
+    realm: &str,
+    requested: &ScopeSet,
+    now: u64,
+) -> AccessToken {
+    let target = match response.scope.as_deref() {
+        Some(granted) if !ScopeSet::parse(granted).is_empty() => ScopeSet::parse(granted),
+        _ => requested.clone(),
+    };
+    let mut entry = AccessToken::new(
+        environment,
+        client_id,
+        realm,
+        target,
+        response.token_type.clone(),
+        response.access_token.clone(),
+        now,
+        now + response.expires_in,
+    );
+    entry.extended_expires_on = now + response.ext_expires_in.unwrap_or(response.expires_in);
+    entry.refresh_on = match response.refresh_in {
+        Some(refresh_in) if refresh_in < response.expires_in => Some(now + refresh_in),
+        Some(_) => None,
+        None if response.expires_in >= HALF_LIFE_REFRESH_MIN_LIFETIME => {
+            Some(now + response.expires_in / 2)
+        }
+        None => None,
+    };
+    entry
+}
+
+/// The account a partition's tokens belong to (OBO partitions hold one user).
+pub(crate) fn partition_account(partition: Option<&Partition>) -> Option<Arc<Account>> {
+    partition.and_then(|p| p.accounts().next().cloned())
+}
+
+/// `(uid, utid)` from `client_info` (base64url JSON).
+fn client_info(encoded: &str) -> Option<(String, String)> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(encoded.trim_end_matches('=').as_bytes())
+        .ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    let uid = value.get("uid")?.as_str()?.to_owned();
+    let utid = value.get("utid")?.as_str()?.to_owned();
+    Some((uid, utid))
+}
+
+/// The claims of an ID token. Not verified: it came over TLS from the authority, and it only
+/// names the account (MSAL does the same).
+fn id_token_claims(jwt: &str) -> Option<serde_json::Map<String, Value>> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('=').as_bytes())
+        .ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_info_and_id_token_claims_decode() {
+        let info = URL_SAFE_NO_PAD.encode(br#"{"uid":"u1","utid":"t1"}"#);
+        assert_eq!(client_info(&info), Some(("u1".into(), "t1".into())));
+        assert_eq!(client_info("%%%"), None);
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"oid":"o","preferred_username":"ada"}"#);
+        let claims = id_token_claims(&format!("h.{payload}.s")).unwrap();
+        assert_eq!(claims["preferred_username"], "ada");
+        assert!(id_token_claims("nope").is_none());
+    }
+
+    #[test]
+    fn reserved_scopes_are_added_once() {
+        let scopes = ScopeSet::parse("User.Read openid");
+        assert_eq!(
+            ClientIdentity::request_scope(&scopes),
+            "User.Read offline_access openid profile"
+        );
+    }
+}
