@@ -339,12 +339,14 @@ struct ForcedTrial {
 
 /// `FORCED_TRIALS` races: warm the trial's key, move the clock into the 5-minute expiry buffer
 /// (every unforced caller misses and renews), then spawn `FORCED_STAMPEDE` unforced callers and,
-/// at a position that varies by trial, one forced caller. The forced caller reads what L1 holds
-/// for the key, moves the clock 1 s, and acquires: its token must come from the identity
-/// provider, differ from the one it read, and be cached later.
+/// at positions that vary by trial, `forced_callers` forced ones. Each forced caller reads what
+/// L1 holds for the key, moves the clock 1 s, and acquires: its token must come from the
+/// identity provider and differ from the one it read; it must not be older, and with a single
+/// forced caller (whose request is necessarily sent after its read) it must be cached later.
 async fn forced_refresh_race(
     flow: &str,
     rig: &Rig,
+    forced_callers: usize,
     requests: impl Fn() -> u64,
     mut trial_for: impl FnMut(usize) -> ForcedTrial,
 ) {
@@ -359,24 +361,30 @@ async fn forced_refresh_race(
         } = trial_for(trial);
         let warm = unforced().await.expect("warm-up");
         assert_eq!(warm.metadata().token_source, TokenSource::IdentityProvider);
+        let warm = secret_of(&warm);
         // 2 minutes of life left: inside the expiry buffer, so every unforced caller misses.
         rig.clock.advance(Duration::from_secs(3600 - 120));
         let before_requests = requests();
-        let forced_at = (trial * 53) % (FORCED_STAMPEDE + 1);
+        let forced_at: Vec<usize> = (0..forced_callers)
+            .map(|k| (trial * 53 + k * FORCED_STAMPEDE / forced_callers) % (FORCED_STAMPEDE + 1))
+            .collect();
         let mut tasks = Vec::with_capacity(FORCED_STAMPEDE);
-        let mut forced_task = None;
+        let mut forced_tasks = Vec::with_capacity(forced_callers);
         for n in 0..=FORCED_STAMPEDE {
-            if n == forced_at {
+            for _ in forced_at.iter().filter(|&&at| at == n) {
                 let forced = Arc::clone(&forced);
                 let cached = Arc::clone(&cached);
                 let clock = rig.clock.clone();
-                forced_task = Some(tokio::spawn(async move {
-                    let skipped = cached();
-                    // Anything the identity provider issues from here on is cached later than
-                    // `skipped`.
-                    clock.advance(Duration::from_secs(1));
-                    (skipped, forced().await)
-                }));
+                forced_tasks.push((
+                    n,
+                    tokio::spawn(async move {
+                        let skipped = cached();
+                        // What the identity provider issues for a request sent from here on
+                        // is cached later than `skipped`.
+                        clock.advance(Duration::from_secs(1));
+                        (skipped, forced().await)
+                    }),
+                ));
             }
             if n < FORCED_STAMPEDE {
                 let unforced = Arc::clone(&unforced);
@@ -396,85 +404,93 @@ async fn forced_refresh_race(
         if errors > 1 {
             problems.push(format!("{errors} unforced callers failed"));
         }
-        let (skipped, forced_result) = forced_task
-            .expect("forced caller spawned")
-            .await
-            .expect("the forced caller panicked");
-        let made = requests() - before_requests;
-        match (skipped, forced_result) {
-            (_, Err(error)) => problems.push(format!("forced caller failed: {error}")),
-            (None, Ok(_)) => problems.push("L1 held no token for the key".to_owned()),
-            (Some(skipped), Ok(result)) => {
-                let metadata = result.metadata();
-                if metadata.token_source != TokenSource::IdentityProvider {
-                    problems.push(format!(
-                        "forced token came from {:?}, not the identity provider",
-                        metadata.token_source
-                    ));
-                }
-                if metadata.cache_refresh_reason != CacheRefreshReason::ForceRefreshOrClaims {
-                    problems.push(format!(
-                        "forced result's refresh reason is {:?}",
-                        metadata.cache_refresh_reason
-                    ));
-                }
-                let entry = result.cache_entry();
-                if entry.secret.expose_secret() == skipped.secret.expose_secret() {
-                    problems.push(format!(
-                        "forced caller got the token it skipped (cached at {}, \
-                         warm-up token: {})",
-                        skipped.cached_at,
-                        if skipped.secret.expose_secret() == secret_of(&warm) {
-                            "yes"
-                        } else {
-                            "no, the stampede's renewal"
-                        }
-                    ));
-                } else if entry.cached_at <= skipped.cached_at
-                    || entry.expires_on <= skipped.expires_on
-                {
-                    problems.push(format!(
-                        "forced token (cached at {}, expires {}) is not newer than the skipped \
-                         one (cached at {}, expires {})",
-                        entry.cached_at, entry.expires_on, skipped.cached_at, skipped.expires_on
-                    ));
+        for (at, task) in forced_tasks {
+            let (skipped, forced_result) = task.await.expect("a forced caller panicked");
+            let who = format!("forced caller spawned after {at} unforced callers");
+            match (skipped, forced_result) {
+                (_, Err(error)) => problems.push(format!("{who} failed: {error}")),
+                (None, Ok(_)) => problems.push(format!("{who}: L1 held no token for the key")),
+                (Some(skipped), Ok(result)) => {
+                    let metadata = result.metadata();
+                    if metadata.token_source != TokenSource::IdentityProvider {
+                        problems.push(format!(
+                            "{who}: token came from {:?}, not the identity provider",
+                            metadata.token_source
+                        ));
+                    }
+                    if metadata.cache_refresh_reason != CacheRefreshReason::ForceRefreshOrClaims {
+                        problems.push(format!(
+                            "{who}: refresh reason is {:?}",
+                            metadata.cache_refresh_reason
+                        ));
+                    }
+                    let entry = result.cache_entry();
+                    let older = if forced_callers == 1 {
+                        entry.cached_at <= skipped.cached_at
+                            || entry.expires_on <= skipped.expires_on
+                    } else {
+                        entry.cached_at < skipped.cached_at
+                    };
+                    if entry.secret.expose_secret() == skipped.secret.expose_secret() {
+                        problems.push(format!(
+                            "{who} got the token it skipped (cached at {}, {})",
+                            skipped.cached_at,
+                            if skipped.secret.expose_secret() == warm {
+                                "the warm-up token"
+                            } else {
+                                "a renewal made during the race"
+                            }
+                        ));
+                    } else if older {
+                        problems.push(format!(
+                            "{who}: token (cached at {}, expires {}) is not newer than the \
+                             skipped one (cached at {}, expires {})",
+                            entry.cached_at,
+                            entry.expires_on,
+                            skipped.cached_at,
+                            skipped.expires_on
+                        ));
+                    }
                 }
             }
         }
-        if !(1..=2).contains(&made) {
+        let made = requests() - before_requests;
+        if !(1..=1 + forced_callers as u64).contains(&made) {
             problems.push(format!(
-                "{made} identity-provider requests (expected 1 or 2: the stampede's renewal, \
-                 and the forced one unless it joined that renewal)"
+                "{made} identity-provider requests (expected 1 to {}: the stampede's renewal, \
+                 and at most one per forced caller)",
+                1 + forced_callers
             ));
         }
         if !problems.is_empty() {
             broken.push(format!(
-                "trial {trial} (forced caller spawned after {forced_at} of {FORCED_STAMPEDE} \
-                 unforced callers, {made} identity-provider requests): {}",
+                "trial {trial} ({made} identity-provider requests): {}",
                 problems.join("; ")
             ));
         }
     }
     eprintln!(
-        "{flow}: {FORCED_TRIALS} forced-refresh races in {:.1?}, {} broken",
+        "{flow}: {FORCED_TRIALS} forced-refresh races ({forced_callers} forced, \
+         {FORCED_STAMPEDE} unforced callers) in {:.1?}, {} broken",
         started.elapsed(),
         broken.len()
     );
     assert!(
         broken.is_empty(),
-        "{flow}: {} of {FORCED_TRIALS} forced-refresh races broke:\n{}",
+        "{flow}: {} of {FORCED_TRIALS} forced-refresh races ({forced_callers} forced callers) \
+         broke:\n{}",
         broken.len(),
         broken.join("\n")
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn client_credentials_forced_refresh_under_stampede_gets_a_newer_token() {
+async fn client_credentials_forced(forced_callers: usize) {
     let rig = Rig::start(Transport::Reqwest).await;
     let app = rig.app();
     forced_refresh_race(
         "client credentials",
         &rig,
+        forced_callers,
         || rig.cc_requests(),
         |trial| {
             let scope = format!("api://forced-cc-{trial}/.default");
@@ -503,6 +519,18 @@ async fn client_credentials_forced_refresh_under_stampede_gets_a_newer_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_credentials_forced_refresh_under_stampede_gets_a_newer_token() {
+    client_credentials_forced(1).await;
+}
+
+/// Ten forced callers in the stampede: forced requests may share a flight with each other, but
+/// none may be handed the token it skipped (one written by a flight it then joined).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_credentials_forced_callers_racing_each_other_never_get_what_they_skipped() {
+    client_credentials_forced(10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_behalf_of_forced_refresh_under_stampede_gets_a_newer_token() {
     let rig = Rig::start(Transport::Reqwest).await;
     // The stampede's renewal and the forced request may both redeem the partition's refresh
@@ -513,6 +541,7 @@ async fn on_behalf_of_forced_refresh_under_stampede_gets_a_newer_token() {
     forced_refresh_race(
         "on-behalf-of",
         &rig,
+        1,
         || rig.emulator.token_requests(),
         |_| {
             let assertion = incoming_assertion(&rig);
