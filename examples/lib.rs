@@ -1,7 +1,9 @@
 //! Runnable examples of tokenwell; see the `[[example]]` entries of this crate's manifest.
-//! `cargo run --example quickstart` runs fully offline on the embedded IdP emulator.
+//! `cargo run --example quickstart` runs fully offline on the embedded IdP emulator;
+//! `cargo run --example farm` runs the farm drill ([`farm`]).
 //!
 //! The repository README is compiled here so its code sample stays correct:
 #![doc = include_str!("../README.md")]
 
 pub mod daemon;
+pub mod farm;

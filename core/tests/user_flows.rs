@@ -178,6 +178,15 @@ async fn obo_retry_after_throttles_the_same_request(t: Transport) {
 /// Sign `USER` in with an authorization code and PKCE; returns the app.
 async fn sign_in(rig: &Rig) -> tokenwell_core::ConfidentialClientApplication {
     let app = rig.app();
+    sign_in_on(rig, &app).await;
+    app
+}
+
+/// Sign `USER` in on `app`; returns the redeemed result.
+async fn sign_in_on(
+    rig: &Rig,
+    app: &tokenwell_core::ConfidentialClientApplication,
+) -> tokenwell_core::AuthenticationResult {
     let pkce = Pkce::new();
     let url = app
         .authorization_url(["User.Read"], REDIRECT)
@@ -206,7 +215,7 @@ async fn sign_in(rig: &Rig) -> tokenwell_core::ConfidentialClientApplication {
         result.metadata().token_source,
         TokenSource::IdentityProvider
     );
-    app
+    result
 }
 
 async fn auth_code_with_pkce_then_silent_from_cache(t: Transport) {
@@ -628,19 +637,7 @@ async fn forced_silent_on_a_new_node_redeems_the_refresh_token_from_l2(t: Transp
             .unwrap()
     };
     let a = node();
-    let pkce = Pkce::new();
-    let code = rig.emulator.issue_authorization_code(
-        CLIENT_ID,
-        USER,
-        &["User.Read", "offline_access", "openid", "profile"],
-        REDIRECT,
-        Some(pkce.challenge()),
-    );
-    let signed_in = a
-        .acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
-        .with_pkce_verifier(pkce.verifier())
-        .await
-        .unwrap();
+    let signed_in = sign_in_on(&rig, &a).await;
     a.flush().await;
     let account = a.accounts().pop().expect("signed in");
     let c = node();

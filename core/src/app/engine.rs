@@ -302,12 +302,16 @@ impl Engine {
     ) -> Result<AuthenticationResult> {
         let lookup_duration = started.elapsed();
         telemetry::cache_miss();
-        let mode = if force { Mode::Forced } else { Mode::Miss };
-        let (flight, leader) = self.flight(&job, mode);
-        if !leader {
-            telemetry::coalesced_waiter();
-        }
-        match flight.await {
+        let outcome = if force {
+            self.forced(&job, started).await
+        } else {
+            let (flight, leader) = self.flight(&job, Mode::Miss, started);
+            if !leader {
+                telemetry::coalesced_waiter();
+            }
+            flight.await
+        };
+        match outcome {
             Ok(resolved) => {
                 let (source, reason) = match resolved.found {
                     Found::L1 => (TokenSource::CacheL1, CacheRefreshReason::NotApplicable),
@@ -341,10 +345,29 @@ impl Engine {
         }
     }
 
+    /// A forced request: a renewal already in flight for the key is shared when it turns out
+    /// to have asked the identity provider (its token is newer than anything cached when the
+    /// caller skipped the cache); otherwise the forced flight, which never takes a cached token.
+    async fn forced(self: &Arc<Self>, job: &Arc<Job>, started: Instant) -> Result<Resolved> {
+        if let Some(flight) = self.flights.join(&(job.flight_key.clone(), false))
+            && let Ok(resolved) = flight.await
+            && resolved.found == Found::IdentityProvider
+        {
+            telemetry::coalesced_waiter();
+            return Ok(resolved);
+        }
+        let (flight, leader) = self.flight(job, Mode::Forced, started);
+        if !leader {
+            telemetry::coalesced_waiter();
+        }
+        flight.await
+    }
+
     /// Join the flight of `job`, or start it in `mode`. The bool is true for the starter.
-    fn flight(self: &Arc<Self>, job: &Arc<Job>, mode: Mode) -> (Flight, bool) {
+    /// `since`: when the caller's request began (see [`SingleFlight::join_or_start`]).
+    fn flight(self: &Arc<Self>, job: &Arc<Job>, mode: Mode, since: Instant) -> (Flight, bool) {
         let id = (job.flight_key.clone(), mode == Mode::Forced);
-        self.flights.join_or_start(id, || {
+        self.flights.join_or_start(id, since, || {
             let engine = Arc::clone(self);
             let job = Arc::clone(job);
             async move { engine.resolve(&job, mode).await }.boxed()
@@ -373,6 +396,7 @@ impl Engine {
             Mode::Renew {
                 after: token.cached_at,
             },
+            Instant::now(),
         );
         let engine = Arc::clone(self);
         let token = Arc::clone(token);
@@ -715,7 +739,7 @@ async fn refresh_ahead_loop(
             due = now + throttled.retry_after().unwrap_or_default().as_secs().max(1);
             continue;
         }
-        let (flight, _) = engine.flight(&job, Mode::Renew { after });
+        let (flight, _) = engine.flight(&job, Mode::Renew { after }, Instant::now());
         match flight.await {
             Ok(resolved) => {
                 telemetry::background_refresh(true);

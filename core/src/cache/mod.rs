@@ -102,3 +102,62 @@ impl std::fmt::Debug for TokenCache {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scopes::ScopeSet;
+
+    struct Map(Mutex<hashbrown::HashMap<PartitionKey, Arc<Partition>>>);
+
+    impl PartitionCache for Map {
+        fn get(&self, key: &PartitionKey) -> Option<Arc<Partition>> {
+            self.0.lock().get(key).cloned()
+        }
+        fn insert(&self, key: PartitionKey, partition: Arc<Partition>) {
+            self.0.lock().insert(key, partition);
+        }
+        fn remove(&self, key: &PartitionKey) {
+            self.0.lock().remove(key);
+        }
+        fn partition_count(&self) -> usize {
+            self.0.lock().len()
+        }
+    }
+
+    fn token(expires_on: u64) -> AccessToken {
+        AccessToken::new(
+            "login.example",
+            "client",
+            "tenant",
+            ScopeSet::parse("api://x/.default"),
+            "Bearer".to_owned(),
+            TokenSecret::new("secret"),
+            expires_on.saturating_sub(3600),
+            expires_on,
+        )
+    }
+
+    /// The expiry check runs against the partition as it is under the write lock: a lookup
+    /// that saw an expired snapshot never drops the fresh one another thread wrote since.
+    #[test]
+    fn remove_if_expired_keeps_a_partition_written_since() {
+        let cache = TokenCache::new(Arc::new(Map(Mutex::new(hashbrown::HashMap::new()))));
+        let key = PartitionKey::for_app("client", "tenant");
+        cache.update(&key, |_| Partition::from_access_tokens([token(100)]));
+        let seen = cache.get(&key).unwrap();
+        assert!(
+            seen.latest_expiry() <= 200,
+            "the lookup saw an expired partition"
+        );
+        // Another thread writes a fresh token before the lookup's removal runs.
+        cache.update(&key, |current| {
+            current.unwrap().with_access_token(token(10_000), 200)
+        });
+        cache.remove_if_expired(&key, 200);
+        assert!(cache.get(&key).is_some(), "the fresh partition survived");
+        cache.update(&key, |_| Partition::from_access_tokens([token(100)]));
+        cache.remove_if_expired(&key, 200);
+        assert!(cache.get(&key).is_none(), "an expired partition is dropped");
+    }
+}

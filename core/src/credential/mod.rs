@@ -28,9 +28,8 @@
 //! one keeps being used and the file is read again on the next request. Without a last good
 //! credential the request fails with [`Error::Credential`]. Nothing here panics.
 //!
-//! [`crate::chain`] builds on these: [`TokenCredential`](crate::chain::TokenCredential) and
-//! [`DefaultCredential`](crate::chain::DefaultCredential) (environment → managed identity →
-//! fallback).
+//! The credential chain (`DefaultCredential`: environment → managed identity → fallback) builds
+//! on these in the crate's `chain` module, above the applications.
 
 use std::fmt;
 use std::future::Future;
