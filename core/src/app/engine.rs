@@ -209,7 +209,13 @@ impl Engine {
         job: impl FnOnce() -> Job,
     ) -> Result<AuthenticationResult> {
         let now = self.now();
+        let mut skipped = None;
         let (reason, stale) = if force {
+            // What the caller skips: whatever L1 holds for it now, usable or not.
+            skipped = self
+                .cache
+                .get(partition)
+                .and_then(|p| p.find_access_token(query).cloned());
             (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
             match self.lookup(partition, query, now) {
@@ -231,8 +237,19 @@ impl Engine {
                 Lookup::Miss { reason, stale } => (reason, stale),
             }
         };
-        self.fetch(Arc::new(job()), force, reason, stale, started)
-            .await
+        let lookup_duration = started.elapsed();
+        telemetry::cache_miss();
+        let job = Arc::new(job());
+        let outcome = if force {
+            self.forced(&job, started, skipped).await
+        } else {
+            let (flight, leader) = self.flight(&job, Mode::Miss, started);
+            if !leader {
+                telemetry::coalesced_waiter();
+            }
+            flight.await
+        };
+        Self::fetched_result(outcome, reason, stale, started, lookup_duration)
     }
 
     /// Look `query` up in partition `partition` of L1. Synchronous and allocation-free.
@@ -290,27 +307,15 @@ impl Engine {
         AuthenticationResult::new(token, metadata)
     }
 
-    /// The miss path: join or start the flight, and fall back on a still-valid cached token
-    /// when the renewal fails for a transient reason.
-    async fn fetch(
-        self: &Arc<Self>,
-        job: Arc<Job>,
-        force: bool,
+    /// The result of the miss path, falling back on a still-valid cached token when the
+    /// renewal failed for a transient reason.
+    fn fetched_result(
+        outcome: Result<Resolved>,
         reason: CacheRefreshReason,
         stale: Option<Arc<AccessToken>>,
         started: Instant,
+        lookup_duration: Duration,
     ) -> Result<AuthenticationResult> {
-        let lookup_duration = started.elapsed();
-        telemetry::cache_miss();
-        let outcome = if force {
-            self.forced(&job, started).await
-        } else {
-            let (flight, leader) = self.flight(&job, Mode::Miss, started);
-            if !leader {
-                telemetry::coalesced_waiter();
-            }
-            flight.await
-        };
         match outcome {
             Ok(resolved) => {
                 let (source, reason) = match resolved.found {
@@ -345,21 +350,45 @@ impl Engine {
         }
     }
 
-    /// A forced request: a renewal already in flight for the key is shared when it turns out
-    /// to have asked the identity provider (its token is newer than anything cached when the
-    /// caller skipped the cache); otherwise the forced flight, which never takes a cached token.
-    async fn forced(self: &Arc<Self>, job: &Arc<Job>, started: Instant) -> Result<Resolved> {
+    /// A forced request: a renewal already in flight for the key is shared when it asked the
+    /// identity provider and brought a token other than `skipped` (what L1 held when the caller
+    /// started: a flight may have written it just before); otherwise the forced flight, which
+    /// never takes a cached token — joined again if the one joined had written `skipped`
+    /// itself before this caller started.
+    async fn forced(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        started: Instant,
+        skipped: Option<Arc<AccessToken>>,
+    ) -> Result<Resolved> {
+        let newer = |resolved: &Resolved| {
+            resolved.found == Found::IdentityProvider
+                && skipped.as_ref().is_none_or(|old| {
+                    !Arc::ptr_eq(old, &resolved.token)
+                        && old.secret != resolved.token.secret
+                        && resolved.token.cached_at >= old.cached_at
+                })
+        };
         if let Some(flight) = self.flights.join(&(job.flight_key.clone(), false))
             && let Ok(resolved) = flight.await
-            && resolved.found == Found::IdentityProvider
+            && newer(&resolved)
         {
             telemetry::coalesced_waiter();
             return Ok(resolved);
         }
-        let (flight, leader) = self.flight(job, Mode::Forced, started);
-        if !leader {
-            telemetry::coalesced_waiter();
+        // A forced flight that ended before this caller started has left the registry by the
+        // time its result is seen, so the next round starts or joins a later one.
+        for _ in 0..3 {
+            let (flight, leader) = self.flight(job, Mode::Forced, started);
+            if !leader {
+                telemetry::coalesced_waiter();
+            }
+            let resolved = flight.await?;
+            if leader || newer(&resolved) {
+                return Ok(resolved);
+            }
         }
+        let (flight, _) = self.flight(job, Mode::Forced, Instant::now());
         flight.await
     }
 
