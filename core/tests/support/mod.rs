@@ -43,6 +43,8 @@ pub struct Rig {
     pub clock: ManualClock,
     pub cache: Arc<MemoryCache>,
     pub transport: Arc<dyn HttpTransport>,
+    /// Which transport the rig runs over (farm nodes build their own of the same kind).
+    pub kind: Transport,
 }
 
 impl Rig {
@@ -55,6 +57,7 @@ impl Rig {
             clock: ManualClock::new(inner),
             cache: Arc::new(MemoryCache::new()),
             transport: transport.build(),
+            kind: transport,
         }
     }
 
