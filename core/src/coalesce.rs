@@ -1,7 +1,9 @@
 //! Request coalescing: concurrent misses for one key share one identity-provider call.
 //!
-//! The shared future is driven by whichever waiter polls it, so a cancelled caller does not
-//! cancel the others; the map entry is removed by the flight itself when it finishes.
+//! A flight runs as its own task (given to the caller's `spawn`), so no caller drives it: a
+//! cancelled caller cancels nothing, and a flight every caller abandoned still finishes,
+//! leaves the registry and drops what it holds (nothing keeps an engine alive through a
+//! forgotten flight). Waiters share the flight's result through a channel.
 //!
 //! A caller whose request began before a flight for its key ended belongs to that flight, even
 //! if it reaches the registry a moment after the flight left it. On success the engine's flight
@@ -14,13 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use futures::channel::oneshot;
 use futures::future::{BoxFuture, Shared};
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
+use crate::http::{TransportError, TransportErrorKind};
 
-type Flight<T> = Shared<BoxFuture<'static, Result<T>>>;
+type Flight<T, E> = Shared<BoxFuture<'static, std::result::Result<T, E>>>;
 
 /// How long a failure is remembered for callers that began before it.
 const FAILURE_MEMORY: Duration = Duration::from_secs(60);
@@ -28,21 +32,23 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 /// Failures remembered at most (the oldest are dropped first).
 const MAX_FAILURES: usize = 4096;
 
-struct Registry<K, T: Clone> {
-    flights: HashMap<K, Flight<T>>,
+struct Registry<K, T: Clone, E: Clone> {
+    flights: HashMap<K, Flight<T, E>>,
     /// The last failed flight per key: when it ended and its error.
-    failures: HashMap<K, (Instant, Error)>,
+    failures: HashMap<K, (Instant, E)>,
 }
 
-/// In-flight calls by key.
-pub(crate) struct SingleFlight<K, T: Clone> {
-    registry: Arc<Mutex<Registry<K, T>>>,
+/// In-flight calls by key; a flight yields `T` or fails with `E` (an [`Error`] and whatever
+/// the caller wants to carry with it).
+pub(crate) struct SingleFlight<K, T: Clone, E: Clone = Error> {
+    registry: Arc<Mutex<Registry<K, T, E>>>,
 }
 
-impl<K, T> SingleFlight<K, T>
+impl<K, T, E> SingleFlight<K, T, E>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
+    E: Clone + From<Error> + Send + Sync + 'static,
 {
     pub(crate) fn new() -> Self {
         SingleFlight {
@@ -54,14 +60,15 @@ where
     }
 
     /// Join the flight for `key`, or, for a caller whose request began at `since`, the failure
-    /// of a flight that ended after that; else start a flight with `start()`. The bool is true
-    /// for the caller that started it.
+    /// of a flight that ended after that; else start a flight: `start()` is the work, handed to
+    /// `spawn` as a task. The bool is true for the caller that started it.
     pub(crate) fn join_or_start(
         &self,
         key: K,
         since: Instant,
-        start: impl FnOnce() -> BoxFuture<'static, Result<T>>,
-    ) -> (Flight<T>, bool) {
+        spawn: impl FnOnce(BoxFuture<'static, ()>),
+        start: impl FnOnce() -> BoxFuture<'static, std::result::Result<T, E>>,
+    ) -> (Flight<T, E>, bool) {
         let mut registry = self.registry.lock();
         if let Some(flight) = registry.flights.get(&key) {
             return (flight.clone(), false);
@@ -73,41 +80,53 @@ where
             return (async move { Err(error) }.boxed().shared(), false);
         }
         let work = start();
-        let registry_handle = Arc::clone(&self.registry);
-        let key_for_cleanup = key.clone();
+        let (done, result) = oneshot::channel();
         let flight = async move {
-            let result = work.await;
-            let mut registry = registry_handle.lock();
-            registry.flights.remove(&key_for_cleanup);
-            match &result {
-                Ok(_) => {
-                    registry.failures.remove(&key_for_cleanup);
-                }
-                Err(error) => {
-                    let now = Instant::now();
-                    if registry.failures.len() >= MAX_FAILURES {
-                        registry
-                            .failures
-                            .retain(|_, (ended, _)| now.duration_since(*ended) < FAILURE_MEMORY);
-                    }
-                    if registry.failures.len() >= MAX_FAILURES {
-                        registry.failures.clear();
-                    }
-                    registry
-                        .failures
-                        .insert(key_for_cleanup, (now, error.clone()));
-                }
-            }
-            result
+            result.await.unwrap_or_else(|_| {
+                Err(E::from(Error::Transport(TransportError::new(
+                    TransportErrorKind::Other,
+                    "the token request was dropped by the runtime before it finished",
+                ))))
+            })
         }
         .boxed()
         .shared();
-        registry.flights.insert(key, flight.clone());
+        registry.flights.insert(key.clone(), flight.clone());
+        drop(registry);
+        let registry = Arc::clone(&self.registry);
+        spawn(
+            async move {
+                let result = work.await;
+                {
+                    let mut registry = registry.lock();
+                    registry.flights.remove(&key);
+                    match &result {
+                        Ok(_) => {
+                            registry.failures.remove(&key);
+                        }
+                        Err(error) => {
+                            let now = Instant::now();
+                            if registry.failures.len() >= MAX_FAILURES {
+                                registry.failures.retain(|_, (ended, _)| {
+                                    now.duration_since(*ended) < FAILURE_MEMORY
+                                });
+                            }
+                            if registry.failures.len() >= MAX_FAILURES {
+                                registry.failures.clear();
+                            }
+                            registry.failures.insert(key, (now, error.clone()));
+                        }
+                    }
+                }
+                let _ = done.send(result);
+            }
+            .boxed(),
+        );
         (flight, true)
     }
 
     /// The flight in progress for `key`, if any (joined, never started).
-    pub(crate) fn join(&self, key: &K) -> Option<Flight<T>> {
+    pub(crate) fn join(&self, key: &K) -> Option<Flight<T, E>> {
         self.registry.lock().flights.get(key).cloned()
     }
 }

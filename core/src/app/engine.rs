@@ -50,6 +50,11 @@ pub const DEFAULT_EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
 /// one (released early when it fails).
 const REFRESH_CLAIM_SECS: u64 = 600;
 
+/// The shortest wait between two refresh-ahead rounds of one key: a token that is due the
+/// moment it arrives (a lifetime inside the expiry buffer, a `refresh_in` below the jitter)
+/// must not make the loop ask the identity provider back to back.
+const MIN_REFRESH_AHEAD_INTERVAL_SECS: u64 = 60;
+
 /// Proactive-refresh settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefreshOptions {
@@ -117,11 +122,28 @@ pub(crate) struct Resolved {
     l2_duration: Duration,
 }
 
+/// A failed flight: the error, and the time it spent on L2 (part of a stale result's cache
+/// time).
+#[derive(Clone)]
+pub(crate) struct Failure {
+    error: Error,
+    l2_duration: Duration,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure {
+            error,
+            l2_duration: Duration::ZERO,
+        }
+    }
+}
+
 /// A flight is keyed by what it renews and by whether it is forced: a forced request never
 /// joins a flight that may answer from a cache.
 type FlightId = (FlightKey, bool);
 
-type Flight = Shared<BoxFuture<'static, Result<Resolved>>>;
+type Flight = Shared<BoxFuture<'static, std::result::Result<Resolved, Failure>>>;
 
 /// How the farm lease went.
 enum LeaseOutcome {
@@ -139,7 +161,7 @@ pub(crate) struct Engine {
     pub cache: Arc<TokenCache>,
     pub expiry_buffer_secs: u64,
     pub refresh: RefreshOptions,
-    flights: SingleFlight<FlightId, Resolved>,
+    flights: SingleFlight<FlightId, Resolved, Failure>,
     throttler: Throttler,
     l2: Option<Arc<L2>>,
     background: Arc<Background>,
@@ -268,9 +290,8 @@ impl Engine {
         };
         match snapshot.find_access_token(query) {
             Some(token) if !token.is_expired(now, self.expiry_buffer_secs) => {
-                let jitter = self.refresh.max_jitter.as_secs();
                 match token.refresh_on {
-                    Some(r) if now >= token.refresh_gate.jittered(r, jitter) => {
+                    Some(r) if now >= self.refresh_point(token, r) => {
                         Lookup::PastRefreshOn(Arc::clone(token))
                     }
                     _ => Lookup::Fresh(Arc::clone(token)),
@@ -292,6 +313,19 @@ impl Engine {
         }
     }
 
+    /// When this node renews `token` (whose `refresh_on` is `refresh_on`): jittered ± the
+    /// configured maximum, or only later with an L2
+    /// (see [`crate::cache::model::RefreshGate::jittered_late`]).
+    #[inline]
+    fn refresh_point(&self, token: &AccessToken, refresh_on: u64) -> u64 {
+        let jitter = self.refresh.max_jitter.as_secs();
+        if self.l2.is_some() {
+            token.refresh_gate.jittered_late(refresh_on, jitter)
+        } else {
+            token.refresh_gate.jittered(refresh_on, jitter)
+        }
+    }
+
     /// A result for a token served from L1 by the lookup.
     #[inline]
     pub(crate) fn cache_result(
@@ -310,7 +344,7 @@ impl Engine {
     /// The result of the miss path, falling back on a still-valid cached token when the
     /// renewal failed for a transient reason.
     fn fetched_result(
-        outcome: Result<Resolved>,
+        outcome: std::result::Result<Resolved, Failure>,
         reason: CacheRefreshReason,
         stale: Option<Arc<AccessToken>>,
         started: Instant,
@@ -330,7 +364,7 @@ impl Engine {
                 metadata.retries = resolved.stats.retries;
                 Ok(AuthenticationResult::new(resolved.token, metadata))
             }
-            Err(error) => match stale {
+            Err(Failure { error, l2_duration }) => match stale {
                 // Inside the expiry buffer but still valid: a transient failure must not take
                 // the service down. Serve the cached token and say why.
                 Some(token) if error.is_transient() => {
@@ -341,7 +375,7 @@ impl Engine {
                         CacheRefreshReason::Expired,
                     );
                     metadata.total_duration = started.elapsed();
-                    metadata.cache_duration = lookup_duration;
+                    metadata.cache_duration = lookup_duration + l2_duration;
                     metadata.refresh_failure = Some(error.to_string());
                     Ok(AuthenticationResult::new(token, metadata))
                 }
@@ -360,7 +394,7 @@ impl Engine {
         job: &Arc<Job>,
         started: Instant,
         skipped: Option<Arc<AccessToken>>,
-    ) -> Result<Resolved> {
+    ) -> std::result::Result<Resolved, Failure> {
         let newer = |resolved: &Resolved| {
             resolved.found == Found::IdentityProvider
                 && skipped.as_ref().is_none_or(|old| {
@@ -396,7 +430,8 @@ impl Engine {
     /// `since`: when the caller's request began (see [`SingleFlight::join_or_start`]).
     fn flight(self: &Arc<Self>, job: &Arc<Job>, mode: Mode, since: Instant) -> (Flight, bool) {
         let id = (job.flight_key.clone(), mode == Mode::Forced);
-        self.flights.join_or_start(id, since, || {
+        let spawn = |task| self.background.spawn(&*self.idp.runtime, task);
+        self.flights.join_or_start(id, since, spawn, || {
             let engine = Arc::clone(self);
             let job = Arc::clone(job);
             async move { engine.resolve(&job, mode).await }.boxed()
@@ -434,7 +469,7 @@ impl Engine {
             async move {
                 match flight.await {
                     Ok(_) => telemetry::background_refresh(true),
-                    Err(error) => {
+                    Err(Failure { error, .. }) => {
                         telemetry::background_refresh(false);
                         tracing::warn!(
                             error = %error,
@@ -451,7 +486,11 @@ impl Engine {
 
     /// The body of a flight: L1 again, L2, throttling, the farm lease, the identity provider,
     /// the cache writes.
-    async fn resolve(self: &Arc<Self>, job: &Arc<Job>, mode: Mode) -> Result<Resolved> {
+    async fn resolve(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        mode: Mode,
+    ) -> std::result::Result<Resolved, Failure> {
         // A flight that ended just before this one started may have written what we need:
         // joining a flight and re-checking L1 are thus one step for every caller.
         if let Some(token) = self.adoptable(self.cache.get(&job.partition).as_deref(), job, mode) {
@@ -467,7 +506,10 @@ impl Engine {
             l2_duration = started.elapsed();
         }
         if let Some(throttled) = self.throttled(job.throttle_key) {
-            return Err(throttled);
+            return Err(Failure {
+                error: throttled,
+                l2_duration,
+            });
         }
         if let Some(l2) = &self.l2
             && let Some(options) = l2.lease_options()
@@ -510,7 +552,7 @@ impl Engine {
                 if let (Some(l2), Some(lease)) = (&self.l2, lease) {
                     l2.release(&lease).await;
                 }
-                Err(error)
+                Err(Failure { error, l2_duration })
             }
         }
     }
@@ -561,7 +603,7 @@ impl Engine {
         let runtime = &*self.idp.runtime;
         let deadline = Instant::now() + options.max_wait;
         loop {
-            match l2.try_lease(&job.partition, options.ttl).await {
+            match l2.try_lease(&job.lease_key, options.ttl).await {
                 Ok(Some(lease)) => {
                     // The previous holder may have written just before we took the lease.
                     if let Some(token) = self.read_l2(l2, job, mode).await {
@@ -684,16 +726,17 @@ impl Engine {
     }
 
     /// When a token should be renewed with nobody asking: its jittered `refresh_on`, else a
-    /// minute before it enters the expiry buffer.
+    /// minute before it enters the expiry buffer; never sooner than
+    /// [`MIN_REFRESH_AHEAD_INTERVAL_SECS`] from now.
     fn refresh_ahead_due(&self, token: &AccessToken) -> u64 {
-        match token.refresh_on {
-            Some(r) => token
-                .refresh_gate
-                .jittered(r, self.refresh.max_jitter.as_secs()),
+        let earliest = self.now().saturating_add(MIN_REFRESH_AHEAD_INTERVAL_SECS);
+        let due = match token.refresh_on {
+            Some(r) => self.refresh_point(token, r),
             None => token
                 .expires_on
                 .saturating_sub(self.expiry_buffer_secs + 60),
-        }
+        };
+        due.max(earliest)
     }
 
     /// Start the refresh-ahead loop of the job's key, unless it runs already.
@@ -752,13 +795,22 @@ async fn refresh_ahead_loop(
         };
         let _round = engine.background.enter();
         let now = engine.now();
+        if job
+            .flow
+            .unattended_until()
+            .is_some_and(|until| now >= until)
+        {
+            // The flow's session is over (an on-behalf-of assertion expired): nobody can ask
+            // for this key again, so stop renewing it.
+            engine.refresh_ahead.lock().remove(&job.flight_key);
+            return;
+        }
         // A newer token may have arrived meanwhile (a caller's miss, a background refresh).
         if let Some(current) = engine
             .cache
             .get(&job.partition)
             .and_then(|p| job.query.find(&p))
             && current.cached_at > after
-            && engine.refresh_ahead_due(&current) > now
         {
             after = current.cached_at;
             due = engine.refresh_ahead_due(&current);
@@ -775,12 +827,12 @@ async fn refresh_ahead_loop(
                 after = resolved.token.cached_at;
                 due = engine.refresh_ahead_due(&resolved.token);
             }
-            Err(error) if error.is_transient() => {
+            Err(Failure { error, .. }) if error.is_transient() => {
                 telemetry::background_refresh(false);
                 tracing::warn!(error = %error, "refresh-ahead failed; retrying after back-off");
                 due = engine.now() + engine.refresh.failure_backoff.as_secs().max(1);
             }
-            Err(error) => {
+            Err(Failure { error, .. }) => {
                 // Only a caller can fix this (a revoked credential, an ended user session):
                 // stop; the next successful acquisition of the key starts a new loop.
                 telemetry::background_refresh(false);

@@ -32,6 +32,12 @@ pub(crate) trait Flow: Send + Sync + 'static {
     /// Whether a token of this flow can be renewed with nobody asking (refresh-ahead): true
     /// for the application's own tokens, false where a user must be present.
     fn renews_unattended(&self) -> bool;
+
+    /// Until when (Unix seconds) unattended renewal makes sense: `None` for as long as the
+    /// application lives; an on-behalf-of key ends with its user assertion.
+    fn unattended_until(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What one renewal produced: the access token and, for user flows, the entries around it.
@@ -65,6 +71,9 @@ pub(crate) type FlightKey = (PartitionKey, Arc<str>, Arc<str>);
 /// Everything the engine needs to renew one key, built only on the miss path (never on a hit).
 pub(crate) struct Job {
     pub partition: PartitionKey,
+    /// The farm lease of this key (partition, realm and scopes), so renewals of other scopes
+    /// of one partition never wait for each other.
+    pub lease_key: PartitionKey,
     pub query: OwnedQuery,
     pub flight_key: FlightKey,
     pub throttle_key: ThrottleKey,
@@ -81,8 +90,19 @@ impl Job {
         kind: FlowKind,
         flow: Arc<dyn Flow>,
     ) -> Self {
+        let lease_key = {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::new()
+                .chain_update(query.realm.as_bytes())
+                .chain_update([0u8])
+                .chain_update(query.scopes.normalized().as_bytes())
+                .finalize();
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            PartitionKey::from_raw(format!("{partition}#{hex}"))
+        };
         Job {
             partition: partition.clone(),
+            lease_key,
             flight_key: (
                 partition.clone(),
                 query.realm.into(),

@@ -159,6 +159,40 @@ struct PendingWrite {
     leases: Vec<Lease>,
 }
 
+/// The writer task of one partition. If the task ends without finishing its queue (a store
+/// driver panicked, the runtime dropped it), dropping it frees the partition's slot, so the
+/// next change starts a new writer instead of queueing behind a dead one; queued leases
+/// expire on their own.
+struct Writer {
+    l2: Arc<L2>,
+    key: PartitionKey,
+    finished: bool,
+}
+
+impl Writer {
+    /// The queue is empty and the slot freed: nothing for `drop` to clean up.
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.l2.pending.lock().remove(&self.key);
+        self.l2.record_error(
+            &self.l2.write_errors,
+            "write",
+            format!(
+                "the writer of partition {} stopped before finishing",
+                self.key
+            ),
+        );
+    }
+}
+
 /// The engine's L2 handle.
 pub(crate) struct L2 {
     options: L2Options,
@@ -358,25 +392,33 @@ impl L2 {
                 }),
             );
         }
-        let l2 = Arc::clone(self);
-        let key = key.clone();
+        let mut writer = Writer {
+            l2: Arc::clone(self),
+            key: key.clone(),
+            finished: false,
+        };
         self.background.spawn(
             &*self.runtime,
             async move {
                 loop {
                     let next = {
-                        let mut pending = l2.pending.lock();
-                        match pending.get_mut(&key).and_then(Option::take) {
+                        let mut pending = writer.l2.pending.lock();
+                        match pending.get_mut(&writer.key).and_then(Option::take) {
                             Some(next) => next,
                             None => {
-                                pending.remove(&key);
+                                pending.remove(&writer.key);
+                                drop(pending);
+                                writer.finish();
                                 return;
                             }
                         }
                     };
-                    l2.write(&key, next.snapshot, &next.written).await;
+                    writer
+                        .l2
+                        .write(&writer.key, next.snapshot, &next.written)
+                        .await;
                     for lease in &next.leases {
-                        l2.release(lease).await;
+                        writer.l2.release(lease).await;
                     }
                 }
             }

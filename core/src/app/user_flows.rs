@@ -173,11 +173,12 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
                     &query,
                     core.throttle_key(&self.scopes, partition.as_str()),
                     FlowKind::Confidential,
-                    Arc::new(OnBehalfOf {
-                        client: Arc::clone(identity),
-                        assertion: self.assertion.clone(),
-                        scopes: self.scopes.clone(),
-                    }),
+                    Arc::new(OnBehalfOf::new(
+                        Arc::clone(identity),
+                        self.assertion.clone(),
+                        self.scopes.clone(),
+                        core.engine.now(),
+                    )),
                 )
             })
             .await

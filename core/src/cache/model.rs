@@ -126,6 +126,17 @@ impl RefreshGate {
         (refresh_on as i64 + shift).max(0) as u64
     }
 
+    /// `refresh_on` moved later by this entry's share of `max_jitter_secs` (never earlier).
+    /// For nodes sharing an L2: the farm renews when its *earliest* node is due, and the
+    /// others adopt that token, so a jitter that could move a node earlier would shorten every
+    /// cycle of the farm by almost the whole jitter.
+    #[inline]
+    pub fn jittered_late(&self, refresh_on: u64, max_jitter_secs: u64) -> u64 {
+        let shift =
+            max_jitter_secs.saturating_mul(u64::from(self.jitter_permille.unsigned_abs())) / 1000;
+        refresh_on.saturating_add(shift)
+    }
+
     /// Claim the right to start a background refresh at `now`; on success no other claim
     /// succeeds until `hold_until`.
     #[inline]

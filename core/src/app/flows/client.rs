@@ -110,7 +110,7 @@ impl ClientIdentity {
         };
         let claims = match &response.id_token {
             Some(token) => {
-                Some(id_token_claims(token.expose_secret()).ok_or_else(|| bad("bad `id_token`"))?)
+                Some(jwt_claims(token.expose_secret()).ok_or_else(|| bad("bad `id_token`"))?)
             }
             None => None,
         };
@@ -238,9 +238,10 @@ fn client_info(encoded: &str) -> Option<(String, String)> {
     Some((uid, utid))
 }
 
-/// The claims of an ID token. Not verified: it came over TLS from the authority, and it only
-/// names the account (MSAL does the same).
-fn id_token_claims(jwt: &str) -> Option<serde_json::Map<String, Value>> {
+/// The claims of a JWT (an ID token, a user assertion). Not verified: an ID token came over
+/// TLS from the authority and only names the account (MSAL does the same); an assertion's
+/// `exp` only bounds refresh-ahead.
+pub(crate) fn jwt_claims(jwt: &str) -> Option<serde_json::Map<String, Value>> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('=').as_bytes())
@@ -261,9 +262,9 @@ mod tests {
         assert_eq!(client_info(&info), Some(("u1".into(), "t1".into())));
         assert_eq!(client_info("%%%"), None);
         let payload = URL_SAFE_NO_PAD.encode(br#"{"oid":"o","preferred_username":"ada"}"#);
-        let claims = id_token_claims(&format!("h.{payload}.s")).unwrap();
+        let claims = jwt_claims(&format!("h.{payload}.s")).unwrap();
         assert_eq!(claims["preferred_username"], "ada");
-        assert!(id_token_claims("nope").is_none());
+        assert!(jwt_claims("nope").is_none());
     }
 
     #[test]
