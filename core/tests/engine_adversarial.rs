@@ -95,7 +95,7 @@ async fn stays_at_most(what: &str, at_most: u64, window: Duration, count: impl F
 // Refresh-ahead loops
 // ---------------------------------------------------------------------------------------------
 
-/// BUG: a token whose lifetime is at most `expiry_buffer + 60 s` (here 300 s against the
+/// Regression (adversarial review of the engine): a token whose lifetime is at most `expiry_buffer + 60 s` (here 300 s against the
 /// default 5 min buffer) has its refresh-ahead due time in the past as soon as it is fetched.
 /// The loop then renews at once, gets another such token, and renews again: a hot loop against
 /// the identity provider with nobody asking (the clock does not even move here).
@@ -147,7 +147,7 @@ async fn dropping_the_app_stops_refresh_ahead(t: Transport) {
     .await;
 }
 
-/// BUG: a caller that gives up while its flight is at the identity provider leaves the flight
+/// Regression (adversarial review of the engine): a caller that gives up while its flight is at the identity provider leaves the flight
 /// in the engine's registry, unpolled. The flight holds an `Arc<Engine>` and the engine holds
 /// the registry: a cycle. The engine outlives the application, and so do its refresh-ahead
 /// loops, which keep renewing tokens for an application that no longer exists.
@@ -188,7 +188,7 @@ async fn dropping_the_app_stops_refresh_ahead_after_a_cancelled_call(t: Transpor
     .await;
 }
 
-/// BUG: one refresh-ahead loop per on-behalf-of key, forever. The partition is keyed by the
+/// Regression (adversarial review of the engine): one refresh-ahead loop per on-behalf-of key, forever. The partition is keyed by the
 /// user assertion; once that assertion has expired no caller can ever present it again, yet the
 /// loop keeps redeeming the refresh token every `refresh_in` for as long as the refresh token
 /// lives (days), and a web API gets a new assertion per user per hour: loops and IdP traffic
@@ -235,7 +235,7 @@ async fn refresh_ahead_stops_once_the_on_behalf_of_assertion_has_expired(t: Tran
 // The farm lease
 // ---------------------------------------------------------------------------------------------
 
-/// BUG: the farm lease is taken per *partition*, but flights are per (partition, realm,
+/// Regression (adversarial review of the engine): the farm lease is taken per *partition*, but flights are per (partition, realm,
 /// scopes). Two cold requests for different scopes of one application (one partition) on one
 /// node: the second flight finds the lease held — by its own node, for another scope — and
 /// waits for that flight's IdP round trip and L2 write before it may ask. Cold starts with N
@@ -380,7 +380,7 @@ fn partition() -> PartitionKey {
     PartitionKey::for_app(CLIENT_ID, TENANT)
 }
 
-/// BUG: the writer task of a partition removes its `pending` entry only when it runs out of
+/// Regression (adversarial review of the engine): the writer task of a partition removes its `pending` entry only when it runs out of
 /// work. If it dies instead (a panicking store driver here; a runtime shutting down does the
 /// same), the entry stays: `pending_writes` is 1 forever, every later change of the partition
 /// is folded into a slot no task will ever write, and leases queued there are never released.
@@ -424,7 +424,7 @@ async fn a_panicking_store_write_does_not_disable_l2_for_the_partition(t: Transp
 // Metadata
 // ---------------------------------------------------------------------------------------------
 
-/// BUG: a token served stale (renewal failed transiently inside the expiry buffer) reports a
+/// Regression (adversarial review of the engine): a token served stale (renewal failed transiently inside the expiry buffer) reports a
 /// `cache_duration` without the L2 read the flight made, though ADR 0005 says `cache_duration`
 /// covers L1 and L2 time on every path.
 async fn stale_token_cache_duration_includes_the_l2_read(t: Transport) {
@@ -599,7 +599,7 @@ async fn foreign_blob_survives_forced_writes_and_leases(t: Transport) {
 // flush()
 // ---------------------------------------------------------------------------------------------
 
-/// BUG: `flush()` returns while a refresh-ahead round is due but not yet running: the clock
+/// Regression (adversarial review of the engine): `flush()` returns while a refresh-ahead round is due but not yet running: the clock
 /// passed the loop's due time (its sleep is over), but the round counts itself only once its
 /// task is next polled. On one thread this is deterministic: `flush()` runs first and sees
 /// nothing pending, and the renewal happens after it returned.

@@ -17,6 +17,7 @@
 //! A flow ([`Flow`]) supplies only its request and its cache entries; the rules above are
 //! written once, here, so they hold for every flow and trigger.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -165,8 +166,12 @@ pub(crate) struct Engine {
     throttler: Throttler,
     l2: Option<Arc<L2>>,
     background: Arc<Background>,
-    /// Refresh-ahead loops by key; dropping the senders (with the engine) stops the loops.
-    refresh_ahead: Mutex<HashMap<FlightKey, oneshot::Sender<()>>>,
+    /// Refresh-ahead loops by key, with each loop's next due time (`u64::MAX` while a round
+    /// runs); dropping a sender (with the engine, or [`stop_background`](Self::stop_background))
+    /// stops its loop.
+    refresh_ahead: Mutex<HashMap<FlightKey, RefreshAheadLoop>>,
+    /// Set when the application is dropped: no new refresh-ahead loop starts.
+    stopped: AtomicBool,
 }
 
 impl Engine {
@@ -198,6 +203,7 @@ impl Engine {
             l2,
             background,
             refresh_ahead: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -216,7 +222,30 @@ impl Engine {
     /// L2 writes, background refreshes, refresh-ahead rounds. Sleeping refresh-ahead loops do
     /// not count.
     pub(crate) async fn flush(&self) {
-        self.background.idle().await
+        // Bounded: a loop whose task the runtime dropped (shutting down) never runs again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.background.idle().await;
+            // A loop whose due time has passed but whose task has not run yet has not counted
+            // itself: give it the runtime until it has.
+            let now = self.now();
+            let due = self
+                .refresh_ahead
+                .lock()
+                .values()
+                .any(|l| l.due.load(Ordering::Acquire) <= now);
+            if !due || Instant::now() >= deadline {
+                return;
+            }
+            self.idp.runtime.io_timeout(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The application is gone: stop the refresh-ahead loops (at their next wake-up, or now if
+    /// they sleep) and start no new ones. Flights in progress finish on their own.
+    pub(crate) fn stop_background(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.refresh_ahead.lock().clear();
     }
 
     /// The whole pipeline for one request. `job` is called only when the cache cannot answer
@@ -742,20 +771,35 @@ impl Engine {
     /// Start the refresh-ahead loop of the job's key, unless it runs already.
     fn start_refresh_ahead(self: &Arc<Self>, job: &Arc<Job>, token: &AccessToken) {
         let mut loops = self.refresh_ahead.lock();
-        if loops.contains_key(&job.flight_key) {
+        if self.stopped.load(Ordering::Acquire) || loops.contains_key(&job.flight_key) {
             return;
         }
         let (stop, stopped) = oneshot::channel();
-        loops.insert(job.flight_key.clone(), stop);
+        let due = Arc::new(AtomicU64::new(self.refresh_ahead_due(token)));
+        loops.insert(
+            job.flight_key.clone(),
+            RefreshAheadLoop {
+                _stop: stop,
+                due: Arc::clone(&due),
+            },
+        );
         let task = refresh_ahead_loop(
             Arc::downgrade(self),
             stopped,
             Arc::clone(job),
-            self.refresh_ahead_due(token),
+            due,
             token.cached_at,
         );
         self.idp.runtime.spawn(task.boxed());
     }
+}
+
+/// A running refresh-ahead loop, as the engine sees it.
+struct RefreshAheadLoop {
+    /// Dropped to stop the loop.
+    _stop: oneshot::Sender<()>,
+    /// When its next round is due (`u64::MAX` while one runs), for `flush`.
+    due: Arc<AtomicU64>,
 }
 
 impl Resolved {
@@ -776,10 +820,12 @@ async fn refresh_ahead_loop(
     engine: Weak<Engine>,
     mut stopped: oneshot::Receiver<()>,
     job: Arc<Job>,
-    mut due: u64,
+    next_due: Arc<AtomicU64>,
     mut after: u64,
 ) {
+    let mut due = next_due.load(Ordering::Acquire);
     loop {
+        next_due.store(due, Ordering::Release);
         let sleep = {
             let Some(engine) = engine.upgrade() else {
                 return;
@@ -790,10 +836,18 @@ async fn refresh_ahead_loop(
         if let Either::Right(_) = select(sleep, &mut stopped).await {
             return;
         }
+        // Woken and stopped at once: stopping wins.
+        if !matches!(stopped.try_recv(), Ok(None)) {
+            return;
+        }
         let Some(engine) = engine.upgrade() else {
             return;
         };
+        if engine.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let _round = engine.background.enter();
+        next_due.store(u64::MAX, Ordering::Release);
         let now = engine.now();
         if job
             .flow

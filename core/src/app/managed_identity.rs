@@ -37,6 +37,13 @@ struct Inner {
     engine: Arc<Engine>,
 }
 
+impl Drop for Inner {
+    /// The last handle of the application is gone: its refresh-ahead loops stop.
+    fn drop(&mut self) {
+        self.engine.stop_background();
+    }
+}
+
 impl ManagedIdentityApplication {
     /// Start configuring an application for `identity`.
     pub fn builder(identity: ManagedIdentityId) -> ManagedIdentityApplicationBuilder {

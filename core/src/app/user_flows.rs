@@ -32,6 +32,13 @@ pub(crate) struct ClientCore {
     pub engine: Arc<Engine>,
 }
 
+impl Drop for ClientCore {
+    /// The last handle of the application is gone: its refresh-ahead loops stop.
+    fn drop(&mut self) {
+        self.engine.stop_background();
+    }
+}
+
 impl ClientCore {
     /// Accounts signed in to this client (from the L1 index).
     pub(crate) fn accounts(&self) -> Vec<Account> {
