@@ -60,7 +60,9 @@ const MIN_REFRESH_AHEAD_INTERVAL_SECS: u64 = 60;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefreshOptions {
     /// Each node moves `refresh_on` by a random amount within ± this (default 5 min), so the
-    /// nodes of a farm do not all refresh in the same second.
+    /// nodes of a farm do not all refresh in the same second. With an L2 the move is only
+    /// later (0 to + this): the farm renews when its earliest node is due and the others adopt
+    /// that token, so an earlier move would shorten every cycle.
     pub max_jitter: Duration,
     /// After a failed background refresh, wait this long before the next one (default 30 s).
     pub failure_backoff: Duration,
