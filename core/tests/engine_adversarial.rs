@@ -20,12 +20,12 @@ use bytes::Bytes;
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::cache::{BlobCodec, KeyRing, PartitionKey};
 use tokenwell_core::{
-    CacheRefreshReason, L2Options, Lease, LeaseOptions, RefreshOptions, StoreError, StoreErrorKind,
-    StoreWrite, StoredBlob, TokenSource, TokenStore,
+    CacheRefreshReason, L2Options, Lease, LeaseOptions, StoreError, StoreErrorKind, StoreWrite,
+    StoredBlob, TokenSource, TokenStore,
 };
 use tokenwell_idp_emulator::{Fault, TokenLifetimes};
 
-use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport};
+use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport, advance, no_jitter, wait_until};
 
 over_each_transport!(
     refresh_ahead_does_not_spin_on_short_lived_tokens,
@@ -42,34 +42,6 @@ over_each_transport!(
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn no_jitter(refresh_ahead: bool) -> RefreshOptions {
-    RefreshOptions {
-        max_jitter: Duration::ZERO,
-        refresh_ahead,
-        ..RefreshOptions::default()
-    }
-}
-
-/// Move the app's clock and the emulator's together.
-fn advance(rig: &Rig, by: Duration) {
-    rig.clock.advance(by);
-    rig.emulator.advance_time(by);
-}
-
-/// Poll (real time, bounded) until `count()` reaches `at_least`; fails loudly otherwise.
-async fn wait_until(what: &str, at_least: u64, count: impl Fn() -> u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count() < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: expected at least {at_least}, saw {}",
-            count()
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// Watch `count()` for `window` of real time and fail as soon as it exceeds `at_most`.
 /// (An observation window for something that must *not* happen, not an ordering sleep.)

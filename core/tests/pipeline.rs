@@ -14,12 +14,12 @@ use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::{
     CacheRefreshReason, ConfidentialClientApplication, Error, L2Options, Lease, LeaseOptions,
-    ManagedIdentityId, PublicClientApplication, RefreshOptions, StoreError, StoreWrite, StoredBlob,
-    TokenSource, TokenStore,
+    ManagedIdentityId, PublicClientApplication, StoreError, StoreWrite, StoredBlob, TokenSource,
+    TokenStore,
 };
 use tokenwell_idp_emulator::TokenLifetimes;
 
-use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport};
+use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport, advance, no_jitter, wait_until};
 
 over_each_transport!(
     refresh_ahead_renews_managed_identity_tokens,
@@ -31,34 +31,6 @@ over_each_transport!(
 
 const MINUTE: Duration = Duration::from_secs(60);
 const RESOURCE: &str = "https://vault.azure.net";
-
-fn no_jitter(refresh_ahead: bool) -> RefreshOptions {
-    RefreshOptions {
-        max_jitter: Duration::ZERO,
-        refresh_ahead,
-        ..RefreshOptions::default()
-    }
-}
-
-/// Move the app's clock and the emulator's together.
-fn advance(rig: &Rig, by: Duration) {
-    rig.clock.advance(by);
-    rig.emulator.advance_time(by);
-}
-
-/// Poll (real time, bounded) until `count()` reaches `at_least`; fails loudly otherwise.
-async fn wait_until(what: &str, at_least: u64, count: impl Fn() -> u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while count() < at_least {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: expected at least {at_least}, saw {}",
-            count()
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 async fn refresh_ahead_renews_managed_identity_tokens(t: Transport) {
     let rig = Rig::start(t).await;

@@ -115,6 +115,35 @@ impl Rig {
     }
 }
 
+/// Refresh options without jitter (so `refresh_on` is exact in tests), refresh-ahead as given.
+pub fn no_jitter(refresh_ahead: bool) -> tokenwell_core::RefreshOptions {
+    tokenwell_core::RefreshOptions {
+        max_jitter: Duration::ZERO,
+        refresh_ahead,
+        ..tokenwell_core::RefreshOptions::default()
+    }
+}
+
+/// Move the app's clock and the emulator's together.
+pub fn advance(rig: &Rig, by: Duration) {
+    rig.clock.advance(by);
+    rig.emulator.advance_time(by);
+}
+
+/// Poll (real time, bounded) until `count()` reaches `at_least`; fails loudly otherwise.
+pub async fn wait_until(what: &str, at_least: u64, count: impl Fn() -> u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count() < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: expected at least {at_least}, saw {}",
+            count()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Generate one `#[tokio::test]` per transport for each named async test function taking a
 /// [`Transport`].
 #[macro_export]
