@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis_support::{RedisCluster, RedisServer, eventually};
-use support::farm::{self, DEFAULT_JITTER, StoreFactory};
+use support::farm::{self, StoreFactory};
 use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport};
 use tokenwell_cache_redis::RedisStore;
 use tokenwell_core::cache::{BlobCodec, PartitionKey};
@@ -179,118 +179,8 @@ async fn cluster_second_node_and_concurrent_writers(t: Transport) {
 }
 
 // Issue 11: each test starts its own redis-server; nodes build their own reqwest transports.
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_refresh_8_nodes_no_jitter() {
+farm_proofs!(|_: &Rig| {
     let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
     let stores = nodes_on(redis.url());
-    farm::farm_refresh_costs_one_request_per_cycle(
-        &rig,
-        &stores,
-        8,
-        Duration::ZERO,
-        Duration::from_secs(60),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_refresh_8_nodes_default_jitter() {
-    let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
-    let stores = nodes_on(redis.url());
-    farm::farm_refresh_costs_one_request_per_cycle(
-        &rig,
-        &stores,
-        8,
-        DEFAULT_JITTER,
-        Duration::from_secs(30),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_refresh_32_nodes_no_jitter() {
-    let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
-    let stores = nodes_on(redis.url());
-    farm::farm_refresh_costs_one_request_per_cycle(
-        &rig,
-        &stores,
-        32,
-        Duration::ZERO,
-        Duration::from_secs(120),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_refresh_32_nodes_default_jitter() {
-    let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
-    let stores = nodes_on(redis.url());
-    farm::farm_refresh_costs_one_request_per_cycle(
-        &rig,
-        &stores,
-        32,
-        DEFAULT_JITTER,
-        Duration::from_secs(60),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_outage_8_nodes_no_jitter() {
-    let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
-    let stores = nodes_on(redis.url());
-    farm::farm_rides_out_an_idp_outage(
-        &rig,
-        &stores,
-        8,
-        Duration::ZERO,
-        Duration::from_secs(60),
-        Duration::from_secs(300),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_outage_8_nodes_default_jitter() {
-    let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
-    let stores = nodes_on(redis.url());
-    farm::farm_rides_out_an_idp_outage(
-        &rig,
-        &stores,
-        8,
-        DEFAULT_JITTER,
-        Duration::from_secs(30),
-        Duration::from_secs(300),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_outage_32_nodes_default_jitter() {
-    let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
-    let stores = nodes_on(redis.url());
-    farm::farm_rides_out_an_idp_outage(
-        &rig,
-        &stores,
-        32,
-        DEFAULT_JITTER,
-        Duration::from_secs(60),
-        Duration::from_secs(900),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mixed_codecs_leave_each_other_alone() {
-    let redis = RedisServer::start();
-    let rig = Rig::start(Transport::Reqwest).await;
-    farm::mixed_codecs_leave_each_other_alone(&rig, &nodes_on(redis.url())).await;
-}
+    (redis, stores)
+});

@@ -922,3 +922,59 @@ pub async fn mixed_codecs_leave_each_other_alone(rig: &Rig, stores: &StoreFactor
         }
     }
 }
+
+/// Generate issue 11's farm proofs as tests, once per backend: `$backend(&rig)` returns
+/// `(guard, StoreFactory)`, the guard keeping the backend (a `redis-server` child …) alive
+/// for the test. The scenarios and their parameters live here, in one place.
+#[macro_export]
+macro_rules! farm_proofs {
+    ($backend:expr) => {
+        $crate::farm_proofs!(@refresh $backend, farm_refresh_8_nodes_no_jitter, 8, ZERO, 60);
+        $crate::farm_proofs!(@refresh $backend, farm_refresh_8_nodes_default_jitter, 8, DEFAULT, 30);
+        $crate::farm_proofs!(@refresh $backend, farm_refresh_32_nodes_no_jitter, 32, ZERO, 120);
+        $crate::farm_proofs!(@refresh $backend, farm_refresh_32_nodes_default_jitter, 32, DEFAULT, 60);
+        $crate::farm_proofs!(@outage $backend, farm_outage_8_nodes_no_jitter, 8, ZERO, 60, 300);
+        $crate::farm_proofs!(@outage $backend, farm_outage_8_nodes_default_jitter, 8, DEFAULT, 30, 300);
+        $crate::farm_proofs!(@outage $backend, farm_outage_32_nodes_default_jitter, 32, DEFAULT, 60, 900);
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn mixed_codecs_leave_each_other_alone() {
+            let rig = $crate::support::Rig::start($crate::support::Transport::Reqwest).await;
+            let (_backend, stores) = ($backend)(&rig);
+            $crate::support::farm::mixed_codecs_leave_each_other_alone(&rig, &stores).await;
+        }
+    };
+    (@jitter ZERO) => { std::time::Duration::ZERO };
+    (@jitter DEFAULT) => { $crate::support::farm::DEFAULT_JITTER };
+    (@refresh $backend:expr, $name:ident, $nodes:expr, $jitter:ident, $step:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let rig = $crate::support::Rig::start($crate::support::Transport::Reqwest).await;
+            let (_backend, stores) = ($backend)(&rig);
+            $crate::support::farm::farm_refresh_costs_one_request_per_cycle(
+                &rig,
+                &stores,
+                $nodes,
+                $crate::farm_proofs!(@jitter $jitter),
+                std::time::Duration::from_secs($step),
+            )
+            .await;
+        }
+    };
+    (@outage $backend:expr, $name:ident, $nodes:expr, $jitter:ident, $step:expr, $outage_step:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let rig = $crate::support::Rig::start($crate::support::Transport::Reqwest).await;
+            let (_backend, stores) = ($backend)(&rig);
+            $crate::support::farm::farm_rides_out_an_idp_outage(
+                &rig,
+                &stores,
+                $nodes,
+                $crate::farm_proofs!(@jitter $jitter),
+                std::time::Duration::from_secs($step),
+                std::time::Duration::from_secs($outage_step),
+            )
+            .await;
+        }
+    };
+}
