@@ -660,8 +660,9 @@ impl Engine {
     }
 
     /// Write what a flow fetched to L1 now and to L2 behind the caller (releasing `lease`
-    /// once stored). Returns the cached access token.
-    fn store(
+    /// once stored). Returns the cached access token. One-shot grants (authorization code,
+    /// device code), which nobody else could share, call it outside any flight.
+    pub(crate) fn store(
         self: &Arc<Self>,
         partition: &PartitionKey,
         fetched: Fetched,
@@ -744,16 +745,6 @@ impl Engine {
                 .throttler
                 .record_failure(key, flow, e, self.idp.runtime.now()),
         }
-    }
-
-    /// Cache what a one-shot grant (authorization code, device code) fetched, outside any
-    /// flight: nobody else could have shared it.
-    pub(crate) fn store_one_shot(
-        self: &Arc<Self>,
-        partition: &PartitionKey,
-        fetched: Fetched,
-    ) -> Arc<AccessToken> {
-        self.store(partition, fetched, None)
     }
 
     /// When a token should be renewed with nobody asking: its jittered `refresh_on`, else a

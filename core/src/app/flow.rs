@@ -97,8 +97,9 @@ impl Job {
                 .chain_update([0u8])
                 .chain_update(query.scopes.normalized().as_bytes())
                 .finalize();
-            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-            PartitionKey::from_raw(format!("{partition}#{hex}"))
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&digest[..8]);
+            PartitionKey::from_raw(format!("{partition}#{:016x}", u64::from_be_bytes(prefix)))
         };
         Job {
             partition: partition.clone(),

@@ -296,7 +296,7 @@ async fn device_code_flow(
             Ok((response, stats)) => {
                 let fetched = identity.user_tokens(&response, scopes, engine.now(), stats, true)?;
                 let partition = user_partition(identity, &fetched)?;
-                let token = engine.store_one_shot(&partition, fetched);
+                let token = engine.store(&partition, fetched, None);
                 return Ok(idp_result(token, stats, started));
             }
             Err(error) => match error.idp_error().map(|e| e.error.as_str()) {

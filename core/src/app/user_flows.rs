@@ -180,12 +180,12 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
                     &query,
                     core.throttle_key(&self.scopes, partition.as_str()),
                     FlowKind::Confidential,
-                    Arc::new(OnBehalfOf::new(
-                        Arc::clone(identity),
-                        self.assertion.clone(),
-                        self.scopes.clone(),
-                        core.engine.now(),
-                    )),
+                    Arc::new(OnBehalfOf {
+                        client: Arc::clone(identity),
+                        assertion: self.assertion.clone(),
+                        scopes: self.scopes.clone(),
+                        requested_at: core.engine.now(),
+                    }),
                 )
             })
             .await
@@ -358,7 +358,7 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
             .await?;
         let fetched = identity.user_tokens(&response, &self.scopes, engine.now(), stats, true)?;
         let partition = user_partition(identity, &fetched)?;
-        let token = engine.store_one_shot(&partition, fetched);
+        let token = engine.store(&partition, fetched, None);
         Ok(idp_result(token, stats, started))
     }
 }

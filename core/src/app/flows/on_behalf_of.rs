@@ -18,29 +18,10 @@ use crate::scopes::ScopeSet;
 pub(crate) struct OnBehalfOf {
     pub client: Arc<ClientIdentity>,
     pub assertion: TokenSecret,
-    /// The assertion's `exp` (unverified: it only bounds refresh-ahead).
-    pub assertion_expires_on: u64,
     pub scopes: ScopeSet,
-}
-
-impl OnBehalfOf {
-    /// The flow for `assertion`, its `exp` read from the JWT (else `now` + 1 h).
-    pub(crate) fn new(
-        client: Arc<ClientIdentity>,
-        assertion: TokenSecret,
-        scopes: ScopeSet,
-        now: u64,
-    ) -> Self {
-        let assertion_expires_on = super::client::jwt_claims(assertion.expose_secret())
-            .and_then(|claims| claims.get("exp").and_then(serde_json::Value::as_u64))
-            .unwrap_or(now.saturating_add(3600));
-        OnBehalfOf {
-            client,
-            assertion,
-            assertion_expires_on,
-            scopes,
-        }
-    }
+    /// When the request was made (Unix seconds): bounds refresh-ahead when the assertion has
+    /// no readable `exp`.
+    pub requested_at: u64,
 }
 
 impl Flow for OnBehalfOf {
@@ -114,10 +95,13 @@ impl Flow for OnBehalfOf {
         true
     }
 
-    /// The assertion's `exp`: after it, no request can present the assertion again, so its
-    /// key is not worth renewing (and a web API sees a new assertion per user per hour). An
-    /// assertion without a readable `exp` is renewed for an hour from now at most.
+    /// The assertion's `exp` (unverified: it only bounds refresh-ahead): after it, no request
+    /// can present the assertion again, so its key is not worth renewing (and a web API sees a
+    /// new assertion per user per hour). Without a readable `exp`, an hour after the request.
+    /// Read only here, by refresh-ahead rounds, never on a request's path.
     fn unattended_until(&self) -> Option<u64> {
-        Some(self.assertion_expires_on)
+        let exp = super::client::jwt_claims(self.assertion.expose_secret())
+            .and_then(|claims| claims.get("exp").and_then(serde_json::Value::as_u64));
+        Some(exp.unwrap_or(self.requested_at.saturating_add(3600)))
     }
 }
