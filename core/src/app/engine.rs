@@ -17,8 +17,11 @@
 //! A flow ([`Flow`]) supplies only its request and its cache entries; the rules above are
 //! written once, here, so they hold for every flow and trigger.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -251,16 +254,18 @@ impl Engine {
     }
 
     /// The whole pipeline for one request. `job` is called only when the cache cannot answer
-    /// alone (miss, forced, or a token past `refresh_on`), so a hit builds nothing.
+    /// alone (miss, forced, or a token past `refresh_on`), so a hit builds nothing. The cache
+    /// is read synchronously: a hit returns a ready future, and only the miss path becomes an
+    /// (allocated) state machine.
     #[inline]
-    pub(crate) async fn acquire(
+    pub(crate) fn acquire(
         self: &Arc<Self>,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
         force: bool,
         started: Instant,
         job: impl FnOnce() -> Job,
-    ) -> Result<AuthenticationResult> {
+    ) -> Acquire {
         let now = self.now();
         let mut skipped = None;
         let (reason, stale) = if force {
@@ -273,7 +278,7 @@ impl Engine {
         } else {
             match self.lookup(partition, query, now) {
                 Lookup::Fresh(token) => {
-                    return Ok(Self::cache_result(
+                    return Acquire::ready(Self::cache_result(
                         token,
                         CacheRefreshReason::NotApplicable,
                         started,
@@ -281,7 +286,7 @@ impl Engine {
                 }
                 Lookup::PastRefreshOn(token) => {
                     self.refresh_in_background(&token, now, job);
-                    return Ok(Self::cache_result(
+                    return Acquire::ready(Self::cache_result(
                         token,
                         CacheRefreshReason::ProactivelyRefreshed,
                         started,
@@ -293,16 +298,22 @@ impl Engine {
         let lookup_duration = started.elapsed();
         telemetry::cache_miss();
         let job = Arc::new(job());
-        let outcome = if force {
-            self.forced(&job, started, skipped).await
-        } else {
-            let (flight, leader) = self.flight(&job, Mode::Miss, started);
-            if !leader {
-                telemetry::coalesced_waiter();
+        let engine = Arc::clone(self);
+        Acquire::Pending(
+            async move {
+                let outcome = if force {
+                    engine.forced(&job, started, skipped).await
+                } else {
+                    let (flight, leader) = engine.flight(&job, Mode::Miss, started);
+                    if !leader {
+                        telemetry::coalesced_waiter();
+                    }
+                    flight.await
+                };
+                Self::fetched_result(outcome, reason, stale, started, lookup_duration)
             }
-            flight.await
-        };
-        Self::fetched_result(outcome, reason, stale, started, lookup_duration)
+            .boxed(),
+        )
     }
 
     /// Look `query` up in partition `partition` of L1. Synchronous and allocation-free.
@@ -784,6 +795,34 @@ impl Engine {
             token.cached_at,
         );
         self.idp.runtime.spawn(task.boxed());
+    }
+}
+
+/// What [`Engine::acquire`] returns: a cache hit, ready; or the miss path, to await.
+pub(crate) enum Acquire {
+    Ready(Option<Result<AuthenticationResult>>),
+    Pending(BoxFuture<'static, Result<AuthenticationResult>>),
+}
+
+impl Acquire {
+    fn ready(result: AuthenticationResult) -> Self {
+        Acquire::Ready(Some(Ok(result)))
+    }
+}
+
+impl Future for Acquire {
+    type Output = Result<AuthenticationResult>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Acquire::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("an acquisition polled after it completed"),
+            ),
+            Acquire::Pending(fetch) => fetch.as_mut().poll(cx),
+        }
     }
 }
 
