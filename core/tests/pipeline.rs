@@ -27,6 +27,7 @@ over_each_transport!(
     background_refresh_adopts_the_token_another_node_renewed,
     a_store_without_leases_is_never_asked_for_one,
     cache_duration_includes_the_l2_read,
+    a_contended_write_stops_at_the_write_deadline,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -279,4 +280,61 @@ async fn cache_duration_includes_the_l2_read(t: Transport) {
         hit.metadata()
     );
     assert!(hit.metadata().cache_duration <= hit.metadata().total_duration);
+}
+
+/// A store where every compare-and-set loses (another writer always got there first), and
+/// each store call takes 200 ms.
+struct AlwaysConflicts {
+    inner: MemoryStore,
+}
+
+#[async_trait]
+impl TokenStore for AlwaysConflicts {
+    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn store(
+        &self,
+        _key: &PartitionKey,
+        _blob: Bytes,
+        _expected_version: Option<u64>,
+        _ttl: Option<Duration>,
+    ) -> Result<StoreWrite, StoreError> {
+        // Simulated store latency (not ordering).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(StoreWrite::Conflict)
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// `write_deadline` bounds a background write however many compare-and-set rounds it could
+/// still try (64 rounds × 200 ms would be 12.8 s); the caller never waited for it, and the
+/// give-up is counted.
+async fn a_contended_write_stops_at_the_write_deadline(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig
+        .builder()
+        .cache(Arc::new(MemoryCache::new()))
+        .l2(L2Options::new(Arc::new(AlwaysConflicts {
+            inner: MemoryStore::new(),
+        }))
+        .write_timeout(Duration::from_secs(1))
+        .write_deadline(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let r = app.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::IdentityProvider);
+    let started = std::time::Instant::now();
+    app.flush().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the write ran {took:?} past a 500 ms deadline"
+    );
+    let health = app.l2_health().unwrap();
+    assert_eq!(health.write_errors, 1, "{health:?}");
+    assert_eq!(health.pending_writes, 0, "{health:?}");
+    assert!(health.last_error.is_some(), "{health:?}");
 }
