@@ -1,4 +1,4 @@
-//! An in-process [`TokenStore`]: the L2 contract (versions, compare-and-set, TTL, leases)
+//! An in-process [`TokenStore`]: the L2 contract (entries merged under a lock, expiry, leases)
 //! without a server, for tests, single-process apps and farm simulations (several
 //! applications sharing one `Arc<MemoryStore>` behave like nodes sharing Redis).
 
@@ -15,10 +15,11 @@ use rand::Rng;
 use tokenwell_core::Runtime;
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::store::{
-    Lease, StoreError, StoreErrorKind, StoreWrite, StoredBlob, TokenStore,
+    EntryId, EntryWrite, Lease, Repair, StoreEntry, StoreError, StoreErrorKind, StoredPartition,
+    TokenStore, WriteReport,
 };
 
-/// Default bound on the bytes held (blobs and keys): 256 MiB.
+/// Default bound on the bytes held (entries and keys): 256 MiB.
 pub const DEFAULT_STORE_MAX_BYTES: usize = 256 * 1024 * 1024;
 
 /// Where "now" comes from: the system clock, or a runtime's (a manual test clock).
@@ -37,23 +38,54 @@ impl Clock {
     }
 }
 
-struct Entry {
-    bytes: Bytes,
-    version: u64,
-    expires_at: Option<SystemTime>,
-    /// Write order, for evicting the least recently written entry first.
+/// One partition: its entries by id, plus what a test put there to exercise migrations and
+/// repairs.
+#[derive(Default)]
+struct Slot {
+    entries: HashMap<EntryId, StoreEntry>,
+    /// Raw names of entries "the store cannot parse" (tests of the engine's repair path).
+    unreadable: Vec<String>,
+    legacy: Option<Bytes>,
+    /// Earliest `expires_at` of the entries: pruning runs only once it has passed.
+    earliest_expiry: u64,
+    bytes: usize,
+    /// Write order, for evicting the least recently written partition first.
     seq: u64,
 }
 
-impl Entry {
-    fn is_live(&self, now: SystemTime) -> bool {
-        self.expires_at.is_none_or(|at| at > now)
+impl Slot {
+    fn recount(&mut self) {
+        self.earliest_expiry = self
+            .entries
+            .values()
+            .map(StoreEntry::expires_at)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.bytes = self.entries.values().map(entry_bytes).sum::<usize>()
+            + self.legacy.as_ref().map_or(0, Bytes::len)
+            + self.unreadable.iter().map(String::len).sum::<usize>();
     }
+
+    /// Drop expired entries (bounded work: only when the earliest expiry has passed).
+    fn prune(&mut self, now: u64) {
+        if now >= self.earliest_expiry {
+            self.entries.retain(|_, entry| !entry.is_expired(now));
+            self.recount();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.unreadable.is_empty() && self.legacy.is_none()
+    }
+}
+
+fn entry_bytes(entry: &StoreEntry) -> usize {
+    std::mem::size_of::<StoreEntry>() + entry.payload().len()
 }
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<PartitionKey, Entry>,
+    partitions: HashMap<PartitionKey, Slot>,
     by_seq: BTreeMap<u64, PartitionKey>,
     bytes: usize,
     next_seq: u64,
@@ -61,36 +93,60 @@ struct State {
 }
 
 impl State {
-    fn remove(&mut self, key: &PartitionKey) -> Option<Entry> {
-        let entry = self.entries.remove(key)?;
-        self.by_seq.remove(&entry.seq);
-        self.bytes -= entry_bytes(key, &entry.bytes);
-        Some(entry)
+    fn remove(&mut self, key: &PartitionKey) -> Option<Slot> {
+        let slot = self.partitions.remove(key)?;
+        self.by_seq.remove(&slot.seq);
+        self.bytes -= slot.bytes + key.as_str().len();
+        Some(slot)
     }
 
-    fn purge_expired(&mut self, now: SystemTime) {
-        let expired: Vec<PartitionKey> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| !e.is_live(now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.remove(&key);
+    /// Take `key`'s slot out for a change (put it back with [`put`](Self::put)).
+    fn take(&mut self, key: &PartitionKey) -> Slot {
+        self.remove(key).unwrap_or_else(|| Slot {
+            earliest_expiry: u64::MAX,
+            ..Slot::default()
+        })
+    }
+
+    /// Put a changed slot back as the most recently written, evicting the least recently
+    /// written partitions while over `max_bytes`.
+    fn put(&mut self, key: &PartitionKey, mut slot: Slot, max_bytes: usize) {
+        if slot.is_empty() {
+            return;
         }
-        self.leases.retain(|_, (_, until)| *until > now);
+        let size = slot.bytes + key.as_str().len();
+        while self.bytes + size > max_bytes {
+            let Some((_, oldest)) = self.by_seq.pop_first() else {
+                break;
+            };
+            if let Some(evicted) = self.partitions.remove(&oldest) {
+                self.bytes -= evicted.bytes + oldest.as_str().len();
+            }
+        }
+        slot.seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_seq.insert(slot.seq, key.clone());
+        self.bytes += size;
+        self.partitions.insert(key.clone(), slot);
+    }
+
+    fn purge_expired(&mut self, now: u64, wall: SystemTime) {
+        let keys: Vec<PartitionKey> = self.partitions.keys().cloned().collect();
+        for key in keys {
+            let mut slot = self.take(&key);
+            slot.prune(now);
+            self.put(&key, slot, usize::MAX);
+        }
+        self.leases.retain(|_, (_, until)| *until > wall);
     }
 }
 
-fn entry_bytes(key: &PartitionKey, blob: &Bytes) -> usize {
-    key.as_str().len() + blob.len()
-}
-
-/// In-process [`TokenStore`] with the same versioned semantics as the Redis and SQLite stores.
+/// In-process [`TokenStore`] with the same merge rule as the Redis and SQLite stores
+/// ([`StoreEntry::supersedes`], applied under one lock).
 ///
-/// Bounded by bytes: when a write would exceed the bound, expired blobs go first, then the
-/// least recently written ones (a cache may forget; the engine re-fetches). Cloning an
-/// `Arc<MemoryStore>` shares it.
+/// Bounded by bytes: when a write would exceed the bound, the least recently written
+/// partitions go (a cache may forget; the engine re-fetches). Cloning an `Arc<MemoryStore>`
+/// shares it.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -127,17 +183,37 @@ impl MemoryStore {
         self.available.store(available, Ordering::SeqCst);
     }
 
-    /// Number of blobs held (expired ones included until purged).
+    /// Number of partitions held (expired ones included until purged).
     pub fn len(&self) -> usize {
-        self.state.lock().entries.len()
+        self.state.lock().partitions.len()
     }
 
-    /// True when no blob is held.
+    /// True when no partition is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Bytes held (blobs and keys).
+    /// Put a whole-partition blob of the layout before entries under `key`, as a store written
+    /// by an older release would hold it (migration tests).
+    pub fn put_legacy(&self, key: &PartitionKey, blob: Bytes) {
+        let mut state = self.state.lock();
+        let mut slot = state.take(key);
+        slot.legacy = Some(blob);
+        slot.recount();
+        state.put(key, slot, usize::MAX);
+    }
+
+    /// Put an entry the store "cannot parse" under the raw name `name` (tests of the engine's
+    /// repair path; Redis and SQLite hold such entries when something else wrote the data).
+    pub fn put_unparseable(&self, key: &PartitionKey, name: &str) {
+        let mut state = self.state.lock();
+        let mut slot = state.take(key);
+        slot.unreadable.push(name.to_owned());
+        slot.recount();
+        state.put(key, slot, usize::MAX);
+    }
+
+    /// Bytes held (entries and keys).
     pub fn bytes(&self) -> usize {
         self.state.lock().bytes
     }
@@ -147,10 +223,10 @@ impl MemoryStore {
         self.max_bytes
     }
 
-    /// Drop expired blobs and leases now (writes also do it when the store is full).
+    /// Drop expired entries and leases now (writes also prune the partition they write).
     pub fn purge_expired(&self) {
-        let now = self.clock.now();
-        self.state.lock().purge_expired(now);
+        let wall = self.clock.now();
+        self.state.lock().purge_expired(unix_seconds(wall), wall);
     }
 
     fn check_available(&self) -> Result<(), StoreError> {
@@ -175,7 +251,7 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.state.lock();
         f.debug_struct("MemoryStore")
-            .field("blobs", &state.entries.len())
+            .field("partitions", &state.partitions.len())
             .field("bytes", &state.bytes)
             .field("max_bytes", &self.max_bytes)
             .field("leases", &state.leases.len())
@@ -227,74 +303,79 @@ impl fmt::Debug for MemoryStoreBuilder {
 
 #[async_trait]
 impl TokenStore for MemoryStore {
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
         self.check_available()?;
-        let now = self.clock.now();
+        let now = unix_seconds(self.clock.now());
         let state = self.state.lock();
-        Ok(state
-            .entries
-            .get(key)
-            .filter(|e| e.is_live(now))
-            .map(|e| StoredBlob {
-                bytes: e.bytes.clone(),
-                version: e.version,
-            }))
+        let Some(slot) = state.partitions.get(key) else {
+            return Ok(StoredPartition::default());
+        };
+        let mut stored = StoredPartition::of(
+            slot.entries
+                .values()
+                .filter(|entry| !entry.is_expired(now))
+                .cloned()
+                .collect(),
+        );
+        stored.unreadable = slot.unreadable.clone();
+        stored.legacy = slot.legacy.clone();
+        Ok(stored)
     }
 
-    async fn store(
+    async fn write(
         &self,
         key: &PartitionKey,
-        blob: Bytes,
-        expected_version: Option<u64>,
-        ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError> {
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
         self.check_available()?;
-        let size = entry_bytes(key, &blob);
-        if size > self.max_bytes {
+        let size: usize = write.entries.iter().map(entry_bytes).sum();
+        if size + key.as_str().len() > self.max_bytes {
             return Err(StoreError::new(
                 StoreErrorKind::Configuration,
                 format!(
-                    "blob of {size} bytes exceeds the memory store's bound of {} bytes",
+                    "a write of {size} bytes exceeds the memory store's bound of {} bytes",
                     self.max_bytes
                 ),
             ));
         }
-        let now = self.clock.now();
-        let expires_at = ttl.map(|ttl| now.checked_add(ttl).unwrap_or(now));
+        let mut report = WriteReport::default();
         let mut state = self.state.lock();
-        let existing = state.entries.get(key);
-        let live_version = existing.filter(|e| e.is_live(now)).map(|e| e.version);
-        if live_version != expected_version {
-            return Ok(StoreWrite::Conflict);
-        }
-        // Versions keep counting through expiry, so a stale writer cannot match a recreated blob.
-        let version = existing.map_or(0, |e| e.version).saturating_add(1);
-        state.remove(key);
-        if state.bytes + size > self.max_bytes {
-            state.purge_expired(now);
-        }
-        while state.bytes + size > self.max_bytes {
-            let Some((_, oldest)) = state.by_seq.pop_first() else {
-                break;
-            };
-            if let Some(entry) = state.entries.remove(&oldest) {
-                state.bytes -= entry_bytes(&oldest, &entry.bytes);
+        let mut slot = state.take(key);
+        slot.prune(write.now);
+        for repair in &write.repair {
+            match repair {
+                Repair::Unparseable(name) => {
+                    let before = slot.unreadable.len();
+                    slot.unreadable.retain(|n| n != name);
+                    report.repaired += (before - slot.unreadable.len()) as u32;
+                }
+                Repair::Corrupt(entry) => {
+                    if slot.entries.get(&entry.id()) == Some(entry) {
+                        slot.entries.remove(&entry.id());
+                        report.repaired += 1;
+                    }
+                }
+                _ => {}
             }
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        state.by_seq.insert(seq, key.clone());
-        state.bytes += size;
-        state.entries.insert(
-            key.clone(),
-            Entry {
-                bytes: blob,
-                version,
-                expires_at,
-                seq,
-            },
-        );
-        Ok(StoreWrite::Stored { version })
+        if write.drop_legacy {
+            slot.legacy = None;
+        }
+        for entry in &write.entries {
+            if entry.is_expired(write.now) {
+                continue;
+            }
+            match slot.entries.get(&entry.id()) {
+                Some(stored) if !entry.supersedes(stored) => report.superseded += 1,
+                _ => {
+                    slot.entries.insert(entry.id(), entry.clone());
+                    report.applied += 1;
+                }
+            }
+        }
+        slot.recount();
+        state.put(key, slot, self.max_bytes);
+        Ok(report)
     }
 
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
@@ -341,6 +422,12 @@ impl TokenStore for MemoryStore {
     }
 }
 
+/// Unix seconds of `time` (0 before the epoch).
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,29 +453,14 @@ mod tests {
         futures::executor::block_on(f)
     }
 
-    #[test]
-    fn ttl_follows_the_manual_clock_and_versions_keep_counting() {
-        let clock = ManualClock::new(Arc::new(FixedRuntime));
-        let store = MemoryStore::builder()
-            .runtime(Arc::new(clock.clone()))
-            .build();
-        let k = key("ttl");
-        let ttl = Some(Duration::from_secs(60));
-        let v1 = block_on(store.store(&k, Bytes::from_static(b"a"), None, ttl)).unwrap();
-        assert_eq!(v1, StoreWrite::Stored { version: 1 });
-        clock.advance(Duration::from_secs(59));
-        assert!(block_on(store.load(&k)).unwrap().is_some());
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(block_on(store.load(&k)).unwrap(), None, "expired");
-        assert_eq!(
-            block_on(store.store(&k, Bytes::from_static(b"b"), Some(1), None)).unwrap(),
-            StoreWrite::Conflict,
-            "an expired blob has no version to match"
-        );
-        assert_eq!(
-            block_on(store.store(&k, Bytes::from_static(b"b"), None, None)).unwrap(),
-            StoreWrite::Stored { version: 2 }
-        );
+    fn entry(id: u8, payload_len: usize) -> StoreEntry {
+        StoreEntry::new(
+            EntryId::from_bytes([id; 16]),
+            100,
+            u64::MAX,
+            false,
+            Bytes::from(vec![0u8; payload_len]),
+        )
     }
 
     #[test]
@@ -418,32 +490,40 @@ mod tests {
     fn stays_within_its_byte_bound() {
         let store = MemoryStore::builder().max_bytes(10_000).build();
         for i in 0..100 {
-            let blob = Bytes::from(vec![0u8; 900]);
-            block_on(store.store(&key(&format!("k{i}")), blob, None, None)).unwrap();
+            let write = EntryWrite::new(vec![entry(1, 800)], 1_000);
+            block_on(store.write(&key(&format!("k{i}")), &write)).unwrap();
             assert!(store.bytes() <= 10_000, "{}", store.bytes());
         }
         assert!(store.len() >= 9, "{}", store.len());
         assert!(
-            block_on(store.load(&key("k99"))).unwrap().is_some(),
+            !block_on(store.load(&key("k99"))).unwrap().is_empty(),
             "newest kept"
         );
         assert!(
-            block_on(store.load(&key("k0"))).unwrap().is_none(),
+            block_on(store.load(&key("k0"))).unwrap().is_empty(),
             "oldest evicted"
         );
-        let too_big =
-            block_on(store.store(&key("big"), Bytes::from(vec![0u8; 20_000]), None, None))
-                .unwrap_err();
-        assert_eq!(too_big.kind(), StoreErrorKind::Configuration);
+        let too_big = EntryWrite::new(vec![entry(1, 20_000)], 1_000);
+        let error = block_on(store.write(&key("big"), &too_big)).unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Configuration);
     }
 
     #[test]
     fn conforms_to_the_token_store_contract() {
         let store: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
-        block_on(tokenwell_core::testkit::store_conformance(
-            store,
+        let runtime = tokio_runtime();
+        runtime.block_on(tokenwell_core::testkit::store_conformance(
+            vec![store],
             "memory-conformance",
         ));
+    }
+
+    fn tokio_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -453,6 +533,6 @@ mod tests {
         let err = block_on(store.load(&key("x"))).unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Unavailable);
         store.set_available(true);
-        assert_eq!(block_on(store.load(&key("x"))).unwrap(), None);
+        assert!(block_on(store.load(&key("x"))).unwrap().is_empty());
     }
 }

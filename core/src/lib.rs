@@ -41,5 +41,8 @@ pub use result::{
 pub use retry::RetryPolicy;
 pub use runtime::{ManualClock, Runtime};
 pub use scopes::{IntoScopeSet, ScopeSet};
-pub use store::{Lease, StoreError, StoreErrorKind, StoreWrite, StoredBlob, TokenStore};
+pub use store::{
+    EntryId, EntryWrite, Lease, Repair, StoreEntry, StoreError, StoreErrorKind, StoredPartition,
+    TokenStore, WriteReport,
+};
 pub use throttle::{FlowKind, ThrottlingPolicy};

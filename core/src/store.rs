@@ -1,8 +1,13 @@
-//! The L2 seam: a shared or persistent store of partition blobs (Redis, SQLite, memory).
+//! The L2 seam: a shared or persistent store of cache *entries*, grouped by partition (Redis,
+//! SQLite, memory).
 //!
-//! Stores move opaque bytes with a version for compare-and-set; they never parse a blob. The
-//! engine encodes partitions with [`crate::cache::blob`], merges on conflict, and treats every
-//! store failure as a miss (reads) or a logged, counted loss (writes) — never as a failed call.
+//! A write carries only the entries it changes. The store applies each one with the merge rule
+//! of [`StoreEntry::supersedes`] atomically on its side (a Lua script, an UPSERT with a
+//! `WHERE`, a lock), so concurrent writers never lose each other's entries and never retry.
+//! Stores see only what the merge needs in clear (entry id, `written_at`, `expires_at`,
+//! tombstone flag); the payload is opaque, encoded and optionally sealed per entry by
+//! [`crate::cache::BlobCodec`]. Every store failure is a miss (reads) or a logged, counted loss
+//! (writes) for the engine — never a failed call. ADR 0006 says why.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,35 +19,249 @@ use bytes::Bytes;
 use crate::cache::PartitionKey;
 use crate::error::SharedError;
 
-/// A blob as stored, with the version a compare-and-set must name to replace it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoredBlob {
-    /// The encoded partition.
-    pub bytes: Bytes,
-    /// Monotonic per key; starts at 1 for the first write.
-    pub version: u64,
+/// Largest time value (Unix seconds) a store keeps: 2^53 - 1, exact in a Lua number and in an
+/// SQLite integer. Larger values are clamped to it when an entry is built.
+pub const MAX_STORE_SECONDS: u64 = (1 << 53) - 1;
+
+/// Identity of an entry inside its partition: 128 bits of SHA-256 of what identifies it (for
+/// an access token: account, environment, realm, token type, key id and scopes). A removal
+/// (tombstone) has the id of the entry it removes, so the store merges the two.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId([u8; 16]);
+
+impl EntryId {
+    /// The id from its 16 bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        EntryId(bytes)
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Parse the 32 lowercase hex characters of [`Display`](fmt::Display). `None` for anything
+    /// else (a store uses this to tell its own fields from foreign ones).
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.as_bytes();
+        if text.len() != 32 {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = (digit(text[2 * i])? << 4) | digit(text[2 * i + 1])?;
+        }
+        Some(EntryId(bytes))
+    }
+
+    /// The 32 hex characters stores use as field or row names.
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
 }
 
-impl fmt::Debug for StoredBlob {
+impl fmt::Display for EntryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredBlob")
-            .field("bytes", &self.bytes.len())
-            .field("version", &self.version)
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntryId({self})")
+    }
+}
+
+/// One cache entry as a store holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreEntry {
+    id: EntryId,
+    written_at: u64,
+    expires_at: u64,
+    tombstone: bool,
+    payload: Bytes,
+}
+
+impl StoreEntry {
+    /// An entry; times above [`MAX_STORE_SECONDS`] are clamped to it.
+    pub fn new(
+        id: EntryId,
+        written_at: u64,
+        expires_at: u64,
+        tombstone: bool,
+        payload: Bytes,
+    ) -> Self {
+        StoreEntry {
+            id,
+            written_at: written_at.min(MAX_STORE_SECONDS),
+            expires_at: expires_at.min(MAX_STORE_SECONDS),
+            tombstone,
+            payload,
+        }
+    }
+
+    /// The entry's identity in its partition.
+    pub fn id(&self) -> EntryId {
+        self.id
+    }
+
+    /// When the entry (or its removal) was written, Unix seconds: the newest wins.
+    pub fn written_at(&self) -> u64 {
+        self.written_at
+    }
+
+    /// Unix seconds from which the store may forget the entry.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+
+    /// Whether this is a removal.
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
+    }
+
+    /// The encoded entry (opaque to stores).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Whether a write of `self` replaces `stored` (same id): the newer `written_at` wins; on a
+    /// tie the write wins (a write carries only entries its node changed, ADR 0002), except
+    /// that a removal is never undone by an entry written in the same second.
+    ///
+    /// Every store applies exactly this rule; the testkit checks it.
+    pub fn supersedes(&self, stored: &StoreEntry) -> bool {
+        self.written_at > stored.written_at
+            || (self.written_at == stored.written_at && (self.tombstone || !stored.tombstone))
+    }
+
+    /// Whether the store may forget the entry at `now`.
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
+}
+
+impl fmt::Debug for StoreEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreEntry")
+            .field("id", &self.id)
+            .field("written_at", &self.written_at)
+            .field("expires_at", &self.expires_at)
+            .field("tombstone", &self.tombstone)
+            .field("payload", &self.payload.len())
             .finish()
     }
 }
 
-/// Outcome of [`TokenStore::store`].
+/// What a store holds for one partition, from [`TokenStore::load`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredPartition {
+    /// The partition's entries (at most one per id; expired ones may be included).
+    pub entries: Vec<StoreEntry>,
+    /// Entries the store holds but cannot parse (a field or row of the wrong type, a missing
+    /// column …), by their raw name. The engine names them in its next write's
+    /// [`Repair::Unparseable`] so the store drops them.
+    pub unreadable: Vec<String>,
+    /// A whole-partition blob written by the layout before entries (format `TWC1`). The
+    /// engine reads it and, on its next write, rewrites its entries and sets
+    /// [`EntryWrite::drop_legacy`].
+    pub legacy: Option<Bytes>,
+}
+
+impl StoredPartition {
+    /// A partition of `entries`.
+    pub fn of(entries: Vec<StoreEntry>) -> Self {
+        StoredPartition {
+            entries,
+            ..Self::default()
+        }
+    }
+
+    /// True when the store holds nothing for the partition.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.unreadable.is_empty() && self.legacy.is_none()
+    }
+}
+
+/// A store entry to drop because it is broken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum StoreWrite {
-    /// Written; the blob now has this version.
-    Stored {
-        /// The new version.
-        version: u64,
-    },
-    /// Not written: the stored version was not the expected one. Re-read, merge, try again.
-    Conflict,
+pub enum Repair {
+    /// Drop the entry stored under this raw name if the store still cannot parse it.
+    Unparseable(String),
+    /// Drop this entry if it is still exactly what is stored (same `written_at` and payload):
+    /// it parsed, but its payload did not decode or authenticate. An entry written since is
+    /// kept.
+    Corrupt(StoreEntry),
+}
+
+/// One write to a partition: the changed entries, applied atomically with the merge rule.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct EntryWrite {
+    /// Entries to merge in (each replaces the stored one of its id when it
+    /// [`supersedes`](StoreEntry::supersedes) it).
+    pub entries: Vec<StoreEntry>,
+    /// The writer's clock (Unix seconds): the store drops entries expired by then.
+    pub now: u64,
+    /// Broken entries to drop.
+    pub repair: Vec<Repair>,
+    /// Drop the partition's legacy blob ([`StoredPartition::legacy`]): its entries are in
+    /// this write.
+    pub drop_legacy: bool,
+}
+
+impl EntryWrite {
+    /// A write of `entries` at `now`.
+    pub fn new(entries: Vec<StoreEntry>, now: u64) -> Self {
+        EntryWrite {
+            entries,
+            now,
+            ..Self::default()
+        }
+    }
+
+    /// Also drop these broken entries.
+    pub fn repairing(mut self, repair: Vec<Repair>) -> Self {
+        self.repair = repair;
+        self
+    }
+
+    /// Also drop the legacy blob.
+    pub fn dropping_legacy(mut self) -> Self {
+        self.drop_legacy = true;
+        self
+    }
+
+    /// The latest `expires_at` of the written entries (a store's TTL for the partition).
+    pub fn latest_expiry(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(StoreEntry::expires_at)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// What a [`TokenStore::write`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteReport {
+    /// Entries written (new, or superseding the stored one).
+    pub applied: u32,
+    /// Entries not written because the stored one is newer (or a same-second removal).
+    pub superseded: u32,
+    /// Broken entries (or a broken container, such as a Redis key of the wrong type) dropped.
+    pub repaired: u32,
 }
 
 /// A farm-wide lease on a key: while held, other nodes wait for its holder's refresh.
@@ -54,39 +273,35 @@ pub struct Lease {
     pub token: String,
 }
 
-/// Partition blob storage with versions.
+/// Storage of cache entries by partition, merged on the store's side.
 ///
 /// # Cancel safety
-/// A cancelled `store` may or may not have been applied; the next `load` tells. Versions make
-/// that harmless: the engine always merges before it writes.
+/// A cancelled `write` may or may not have been applied, entry by entry; the merge rule makes
+/// applying it later, or twice, harmless.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
-    /// The blob of `key`, if any.
+    /// Everything stored for `key` (`StoredPartition::is_empty` when nothing is).
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot answer; the engine treats it as a miss.
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError>;
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError>;
 
-    /// Write `blob` if the stored version is `expected_version` (`None`: only if absent).
-    /// `ttl` lets the store forget the blob once every token in it has expired.
+    /// Apply `write` to `key` atomically: each entry replaces the stored entry of its id when
+    /// it [`supersedes`](StoreEntry::supersedes) it; entries expired at `write.now` are
+    /// dropped (all of them eventually, in bounded work per write); repairs and the legacy
+    /// drop are applied. The cost must not grow with the partition's size.
     ///
     /// # Errors
-    /// [`StoreError`] when the store cannot answer. A version mismatch is not an error but
-    /// [`StoreWrite::Conflict`].
-    async fn store(
+    /// [`StoreError`] when the store cannot answer (nothing or everything may have been
+    /// applied).
+    async fn write(
         &self,
         key: &PartitionKey,
-        blob: Bytes,
-        expected_version: Option<u64>,
-        ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError>;
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError>;
 
-    /// Delete `key` (no error when absent).
-    ///
-    /// Versions may start again at 1 after a removal, so a writer still holding a version read
-    /// before it could overwrite a re-created blob. The engine therefore never removes blobs:
-    /// removals of entries are tombstones inside the blob, merged like any write. `remove` is an
-    /// administrative reset (and what tests use).
+    /// Delete everything stored for `key` (no error when absent). An administrative reset:
+    /// the engine never calls it (removals are tombstones, merged like any entry).
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot answer.
@@ -125,17 +340,15 @@ pub trait TokenStore: Send + Sync + 'static {
 
 #[async_trait]
 impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
         (**self).load(key).await
     }
-    async fn store(
+    async fn write(
         &self,
         key: &PartitionKey,
-        blob: Bytes,
-        expected_version: Option<u64>,
-        ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError> {
-        (**self).store(key, blob, expected_version, ttl).await
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        (**self).write(key, write).await
     }
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
         (**self).remove(key).await

@@ -1,216 +1,399 @@
 //! Conformance suite every [`TokenStore`] runs against itself (memory, SQLite, Redis, Redis
 //! Cluster), so they all keep the same contract. Enabled by the `testkit` feature.
 //!
+//! Run it on a multi-threaded tokio runtime with several handles on the same store, each with
+//! its own connection where the store has connections: the contention checks spread their
+//! writers over them as tasks, so writes really interleave.
+//!
 //! ```text
-//! #[tokio::test]
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 //! async fn conforms() {
-//!     let store = Arc::new(MyStore::open(...));
-//!     tokenwell_core::testkit::store_conformance(store, "conformance-1").await;
+//!     let stores = (0..4).map(|_| Arc::new(MyStore::open(...)) as Arc<dyn TokenStore>).collect();
+//!     tokenwell_core::testkit::store_conformance(stores, "conformance-1").await;
 //! }
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::future::join_all;
 
 use crate::cache::PartitionKey;
-use crate::store::{StoreWrite, TokenStore};
+use crate::store::{EntryId, EntryWrite, Repair, StoreEntry, StoredPartition, TokenStore};
 
-/// Run every check; panics (test failure) with a message naming the broken rule. `namespace`
-/// keeps keys of concurrent runs against one server apart.
-pub async fn store_conformance(store: Arc<dyn TokenStore>, namespace: &str) {
-    round_trip_and_versions(&*store, namespace).await;
-    removal(&*store, namespace).await;
-    keys_are_independent(&*store, namespace).await;
-    large_blob(&*store, namespace).await;
-    no_lost_update_under_contention(Arc::clone(&store), namespace).await;
-    leases(&*store, namespace).await;
+/// Run every check; panics (test failure) with a message naming the broken rule. `stores` are
+/// handles on one store (separate connections where possible; at least one); `namespace` keeps
+/// keys of concurrent runs against one server apart.
+///
+/// # Panics
+/// On any broken rule, when `stores` is empty, or when not called on a multi-threaded tokio
+/// runtime (the contention checks would prove nothing on one thread).
+pub async fn store_conformance(stores: Vec<Arc<dyn TokenStore>>, namespace: &str) {
+    assert!(!stores.is_empty(), "store_conformance needs a store");
+    assert_eq!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::MultiThread,
+        "store_conformance must run on a multi-threaded runtime so writers interleave"
+    );
+    let store = &*stores[0];
+    absent_partition_is_empty(store, namespace).await;
+    round_trip(store, namespace).await;
+    merge_rule(store, namespace).await;
+    expired_entries_are_dropped(store, namespace).await;
+    repairs(store, namespace).await;
+    removal_and_independent_keys(store, namespace).await;
+    large_entry(store, namespace).await;
+    no_lost_entry_under_contention(&stores, namespace).await;
+    newest_wins_under_contention(&stores, namespace).await;
+    leases(&stores, namespace).await;
 }
 
 fn key(namespace: &str, name: &str) -> PartitionKey {
     PartitionKey::for_app(namespace, name)
 }
 
-fn stored_version(write: StoreWrite, rule: &str) -> u64 {
-    match write {
-        StoreWrite::Stored { version } => version,
-        other => panic!("{rule}: expected Stored, got {other:?}"),
+/// Now, in Unix seconds: stores that filter by their own clock must keep these entries.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn id(n: u32) -> EntryId {
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&n.to_be_bytes());
+    bytes[15] = 0xa5;
+    EntryId::from_bytes(bytes)
+}
+
+fn entry(n: u32, written_at: u64, tombstone: bool, payload: &str) -> StoreEntry {
+    StoreEntry::new(
+        id(n),
+        written_at,
+        now() + 3600,
+        tombstone,
+        Bytes::copy_from_slice(payload.as_bytes()),
+    )
+}
+
+async fn load(store: &dyn TokenStore, k: &PartitionKey) -> HashMap<EntryId, StoreEntry> {
+    let stored = store.load(k).await.expect("load");
+    assert!(
+        stored.unreadable.is_empty(),
+        "no unreadable entries in a partition only the testkit wrote: {:?}",
+        stored.unreadable
+    );
+    let mut by_id = HashMap::new();
+    for entry in stored.entries {
+        assert!(
+            by_id.insert(entry.id(), entry).is_none(),
+            "at most one entry per id"
+        );
+    }
+    by_id
+}
+
+async fn write(store: &dyn TokenStore, k: &PartitionKey, entries: Vec<StoreEntry>) -> (u32, u32) {
+    let report = store
+        .write(k, &EntryWrite::new(entries, now()))
+        .await
+        .expect("write");
+    (report.applied, report.superseded)
+}
+
+async fn absent_partition_is_empty(store: &dyn TokenStore, ns: &str) {
+    let stored = store.load(&key(ns, "absent")).await.unwrap();
+    assert_eq!(
+        stored,
+        StoredPartition::default(),
+        "an absent partition loads empty"
+    );
+}
+
+async fn round_trip(store: &dyn TokenStore, ns: &str) {
+    let k = key(ns, "round-trip");
+    let binary = StoreEntry::new(
+        id(3),
+        now(),
+        now() + 60,
+        false,
+        Bytes::from((0..=255u8).collect::<Vec<_>>()),
+    );
+    let entries = vec![
+        entry(1, now(), false, "one"),
+        entry(2, now() - 5, true, "removed"),
+        binary,
+    ];
+    assert_eq!(
+        write(store, &k, entries.clone()).await,
+        (3, 0),
+        "3 new entries applied"
+    );
+    let back = load(store, &k).await;
+    assert_eq!(back.len(), 3, "every entry written is read back");
+    for written in &entries {
+        assert_eq!(
+            back.get(&written.id()),
+            Some(written),
+            "an entry reads back exactly as written (id, times, tombstone flag, payload bytes)"
+        );
+    }
+    // A write carrying one entry leaves the others alone.
+    write(store, &k, vec![entry(4, now(), false, "four")]).await;
+    assert_eq!(
+        load(store, &k).await.len(),
+        4,
+        "a write adds; it never replaces the partition"
+    );
+}
+
+async fn merge_rule(store: &dyn TokenStore, ns: &str) {
+    let k = key(ns, "merge");
+    let t = now();
+    write(store, &k, vec![entry(1, t, false, "first")]).await;
+    assert_eq!(
+        write(store, &k, vec![entry(1, t - 1, false, "older")]).await,
+        (0, 1),
+        "an older entry is superseded"
+    );
+    assert_eq!(load(store, &k).await[&id(1)].payload().as_ref(), b"first");
+    assert_eq!(
+        write(store, &k, vec![entry(1, t, false, "same second")]).await,
+        (1, 0),
+        "on a tie the write wins"
+    );
+    assert_eq!(
+        load(store, &k).await[&id(1)].payload().as_ref(),
+        b"same second"
+    );
+    assert_eq!(
+        write(store, &k, vec![entry(1, t, true, "removed")]).await,
+        (1, 0),
+        "a removal wins a tie with an entry"
+    );
+    assert_eq!(
+        write(store, &k, vec![entry(1, t, false, "resurrect")]).await,
+        (0, 1),
+        "an entry of the same second never undoes a removal"
+    );
+    assert!(load(store, &k).await[&id(1)].is_tombstone());
+    assert_eq!(
+        write(store, &k, vec![entry(1, t + 1, false, "newer")]).await,
+        (1, 0),
+        "a newer entry replaces a removal"
+    );
+    let stored = load(store, &k).await;
+    assert!(!stored[&id(1)].is_tombstone());
+    assert_eq!(stored[&id(1)].payload().as_ref(), b"newer");
+    // Several entries in one write, each judged on its own.
+    let mixed = vec![entry(1, t - 10, false, "stale"), entry(2, t, false, "new")];
+    assert_eq!(
+        write(store, &k, mixed).await,
+        (1, 1),
+        "each entry of a write is merged on its own"
+    );
+}
+
+async fn expired_entries_are_dropped(store: &dyn TokenStore, ns: &str) {
+    let k = key(ns, "expiry");
+    let t = now();
+    let short = StoreEntry::new(id(1), t, t + 10, false, Bytes::from_static(b"short"));
+    let long = StoreEntry::new(id(2), t, t + 3600, false, Bytes::from_static(b"long"));
+    write(store, &k, vec![short, long]).await;
+    assert_eq!(load(store, &k).await.len(), 2);
+    // A later write (the writer's clock past the short entry's expiry) prunes it.
+    let later = StoreEntry::new(id(3), t + 20, t + 3600, false, Bytes::from_static(b"later"));
+    let report = store
+        .write(&k, &EntryWrite::new(vec![later], t + 20))
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1);
+    let left = load(store, &k).await;
+    assert!(
+        !left.contains_key(&id(1)),
+        "an entry expired at the writer's clock is dropped by the partition's next write"
+    );
+    assert!(left.contains_key(&id(2)) && left.contains_key(&id(3)));
+    // An entry already expired at the writer's clock is not stored.
+    let dead = StoreEntry::new(id(4), t, t + 5, false, Bytes::from_static(b"dead"));
+    let report = store
+        .write(&k, &EntryWrite::new(vec![dead], t + 20))
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 0, "an expired entry is not written");
+    assert!(!load(store, &k).await.contains_key(&id(4)));
+}
+
+async fn repairs(store: &dyn TokenStore, ns: &str) {
+    let k = key(ns, "repair");
+    let t = now();
+    let bad = entry(1, t, false, "garbage that failed to decode");
+    let other = entry(2, t, false, "fine");
+    write(store, &k, vec![bad.clone(), other]).await;
+    let report = store
+        .write(
+            &k,
+            &EntryWrite::new(Vec::new(), t).repairing(vec![
+                Repair::Corrupt(bad.clone()),
+                Repair::Unparseable("no-such-entry".into()),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.repaired, 1,
+        "a corrupt entry still stored as seen is dropped"
+    );
+    let left = load(store, &k).await;
+    assert!(!left.contains_key(&id(1)), "the corrupt entry is gone");
+    assert!(left.contains_key(&id(2)), "a repair touches nothing else");
+    // A corrupt entry replaced since it was seen is kept: the repair names what was seen.
+    let replaced = entry(1, t + 1, false, "written since by another node");
+    write(store, &k, vec![replaced.clone()]).await;
+    let report = store
+        .write(
+            &k,
+            &EntryWrite::new(Vec::new(), t).repairing(vec![Repair::Corrupt(bad)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.repaired, 0,
+        "an entry written since is not repaired away"
+    );
+    assert_eq!(load(store, &k).await.get(&id(1)), Some(&replaced));
+    // Dropping a legacy blob that is not there is harmless.
+    store
+        .write(&k, &EntryWrite::new(Vec::new(), t).dropping_legacy())
+        .await
+        .unwrap();
+    assert_eq!(load(store, &k).await.len(), 2);
+}
+
+async fn removal_and_independent_keys(store: &dyn TokenStore, ns: &str) {
+    let a = key(ns, "independent-a");
+    let b = key(ns, "independent-b");
+    write(store, &a, vec![entry(1, now(), false, "a")]).await;
+    write(store, &b, vec![entry(1, now(), false, "b")]).await;
+    assert_eq!(load(store, &a).await[&id(1)].payload().as_ref(), b"a");
+    assert_eq!(load(store, &b).await[&id(1)].payload().as_ref(), b"b");
+    store.remove(&a).await.unwrap();
+    assert!(store.load(&a).await.unwrap().is_empty(), "removed");
+    assert_eq!(
+        load(store, &b).await.len(),
+        1,
+        "removing one key keeps the others"
+    );
+    store
+        .remove(&a)
+        .await
+        .expect("removing an absent key is not an error");
+}
+
+async fn large_entry(store: &dyn TokenStore, ns: &str) {
+    let k = key(ns, "large");
+    let payload = Bytes::from(
+        (0..1024 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let big = StoreEntry::new(id(1), now(), now() + 60, false, payload);
+    write(store, &k, vec![big.clone()]).await;
+    assert_eq!(
+        load(store, &k).await.get(&id(1)),
+        Some(&big),
+        "1 MiB entry intact"
+    );
+}
+
+/// 8 writers on separate handles, as tasks on the multi-threaded runtime, each writing 16
+/// entries of one partition one write at a time: every entry is there at the end.
+async fn no_lost_entry_under_contention(stores: &[Arc<dyn TokenStore>], ns: &str) {
+    const WRITERS: u32 = 8;
+    const ENTRIES: u32 = 16;
+    let k = key(ns, "contention");
+    let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS as usize));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&stores[w as usize % stores.len()]);
+            let (k, barrier) = (k.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                for e in 0..ENTRIES {
+                    let n = w * 1000 + e;
+                    let report = store
+                        .write(
+                            &k,
+                            &EntryWrite::new(vec![entry(n, now(), false, "x")], now()),
+                        )
+                        .await
+                        .expect("write under contention");
+                    assert_eq!(
+                        report.applied, 1,
+                        "a new entry is applied, contention or not"
+                    );
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    let stored = load(&*stores[0], &k).await;
+    for w in 0..WRITERS {
+        for e in 0..ENTRIES {
+            assert!(
+                stored.contains_key(&id(w * 1000 + e)),
+                "entry {e} of writer {w} was lost under contention"
+            );
+        }
     }
 }
 
-async fn round_trip_and_versions(store: &dyn TokenStore, ns: &str) {
-    let k = key(ns, "round-trip");
-    assert_eq!(
-        store.load(&k).await.unwrap(),
-        None,
-        "absent key loads as None"
-    );
-    let v1 = stored_version(
-        store
-            .store(
-                &k,
-                Bytes::from_static(b"one"),
-                None,
-                Some(Duration::from_secs(600)),
-            )
-            .await
-            .unwrap(),
-        "create with expected None",
-    );
-    let loaded = store.load(&k).await.unwrap().expect("stored blob loads");
-    assert_eq!(loaded.bytes, Bytes::from_static(b"one"));
-    assert_eq!(
-        loaded.version, v1,
-        "load returns the version store reported"
-    );
-
-    assert_eq!(
-        store
-            .store(&k, Bytes::from_static(b"two"), None, None)
-            .await
-            .unwrap(),
-        StoreWrite::Conflict,
-        "create over an existing blob conflicts"
-    );
-    assert_eq!(
-        store
-            .store(&k, Bytes::from_static(b"two"), Some(v1 + 100), None)
-            .await
-            .unwrap(),
-        StoreWrite::Conflict,
-        "a wrong expected version conflicts"
-    );
-    let v2 = stored_version(
-        store
-            .store(&k, Bytes::from_static(b"two"), Some(v1), None)
-            .await
-            .unwrap(),
-        "replace at the current version",
-    );
-    assert!(v2 > v1, "versions increase ({v1} -> {v2})");
-    assert_eq!(
-        store
-            .store(&k, Bytes::from_static(b"stale"), Some(v1), None)
-            .await
-            .unwrap(),
-        StoreWrite::Conflict,
-        "a stale version conflicts"
-    );
-    let loaded = store.load(&k).await.unwrap().unwrap();
-    assert_eq!(
-        loaded.bytes,
-        Bytes::from_static(b"two"),
-        "conflicts changed nothing"
-    );
-    assert_eq!(loaded.version, v2);
-}
-
-async fn removal(store: &dyn TokenStore, ns: &str) {
-    let k = key(ns, "removal");
-    store
-        .store(&k, Bytes::from_static(b"x"), None, None)
-        .await
-        .unwrap();
-    store.remove(&k).await.unwrap();
-    assert_eq!(
-        store.load(&k).await.unwrap(),
-        None,
-        "removed key loads as None"
-    );
-    store
-        .remove(&k)
-        .await
-        .expect("removing an absent key is fine");
-    stored_version(
-        store
-            .store(&k, Bytes::from_static(b"again"), None, None)
-            .await
-            .unwrap(),
-        "re-create after removal",
-    );
-}
-
-async fn keys_are_independent(store: &dyn TokenStore, ns: &str) {
-    let a = key(ns, "independent-a");
-    let b = key(ns, "independent-b");
-    store
-        .store(&a, Bytes::from_static(b"a"), None, None)
-        .await
-        .unwrap();
-    store
-        .store(&b, Bytes::from_static(b"b"), None, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load(&a).await.unwrap().unwrap().bytes,
-        Bytes::from_static(b"a")
-    );
-    assert_eq!(
-        store.load(&b).await.unwrap().unwrap().bytes,
-        Bytes::from_static(b"b")
-    );
-    store.remove(&a).await.unwrap();
-    assert!(
-        store.load(&b).await.unwrap().is_some(),
-        "removing a key spares others"
-    );
-}
-
-async fn large_blob(store: &dyn TokenStore, ns: &str) {
-    let k = key(ns, "large");
-    let blob: Bytes = (0..1024 * 1024u32)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<_>>()
-        .into();
-    store.store(&k, blob.clone(), None, None).await.unwrap();
-    assert_eq!(
-        store.load(&k).await.unwrap().unwrap().bytes,
-        blob,
-        "1 MiB blob intact"
-    );
-}
-
-/// Writers increment a counter blob with compare-and-set loops; the final count proves that
-/// no write was lost.
-async fn no_lost_update_under_contention(store: Arc<dyn TokenStore>, ns: &str) {
+/// Writers race on the same 4 ids with distinct times: each id ends with its newest write,
+/// whatever the order the store saw them in.
+async fn newest_wins_under_contention(stores: &[Arc<dyn TokenStore>], ns: &str) {
     const WRITERS: u64 = 8;
-    const INCREMENTS: u64 = 25;
-    let k = key(ns, "contention");
-    let writers = (0..WRITERS).map(|_| {
-        let store = Arc::clone(&store);
-        let k = k.clone();
-        async move {
-            for _ in 0..INCREMENTS {
-                loop {
-                    let current = store.load(&k).await.unwrap();
-                    let (count, version) = match &current {
-                        Some(b) => (
-                            u64::from_le_bytes(b.bytes[..8].try_into().unwrap()),
-                            Some(b.version),
-                        ),
-                        None => (0, None),
-                    };
-                    let next = Bytes::copy_from_slice(&(count + 1).to_le_bytes());
-                    match store.store(&k, next, version, None).await.unwrap() {
-                        StoreWrite::Stored { .. } => break,
-                        _ => continue,
-                    }
+    const ROUNDS: u64 = 12;
+    let k = key(ns, "newest-wins");
+    let base = now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&stores[w as usize % stores.len()]);
+            let k = k.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    // Times interleave across writers; writer 0 holds the newest of each id.
+                    let written_at = base + (ROUNDS - round) * WRITERS + (WRITERS - w);
+                    let entries = (0..4)
+                        .map(|n| entry(n, written_at, round % 5 == 4, &format!("w{w}r{round}")))
+                        .collect();
+                    store
+                        .write(&k, &EntryWrite::new(entries, base))
+                        .await
+                        .expect("write under contention");
                 }
-            }
-        }
-    });
-    join_all(writers).await;
-    let last = store.load(&k).await.unwrap().unwrap();
-    assert_eq!(
-        u64::from_le_bytes(last.bytes[..8].try_into().unwrap()),
-        WRITERS * INCREMENTS,
-        "compare-and-set lost an update"
-    );
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    let stored = load(&*stores[0], &k).await;
+    for n in 0..4 {
+        let winner = &stored[&id(n)];
+        assert_eq!(
+            winner.written_at(),
+            base + ROUNDS * WRITERS + WRITERS,
+            "id {n}: the newest write wins, whatever the arrival order"
+        );
+        assert_eq!(winner.payload().as_ref(), b"w0r0");
+    }
 }
 
-async fn leases(store: &dyn TokenStore, ns: &str) {
+async fn leases(stores: &[Arc<dyn TokenStore>], ns: &str) {
+    let store = &*stores[0];
     let k = key(ns, "lease");
     let ttl = Duration::from_secs(30);
     if !store.supports_leases() {
@@ -246,4 +429,26 @@ async fn leases(store: &dyn TokenStore, ns: &str) {
         .expect("a released lease can be taken again");
     assert_ne!(second.token, first.token, "lease tokens are unique");
     store.release(&second).await.unwrap();
+
+    // Racing for a free lease from every handle at once: exactly one wins.
+    let raced = key(ns, "lease-race");
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % stores.len()]);
+            let (raced, barrier) = (raced.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.try_lease(&raced, ttl).await.expect("try_lease")
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    for racer in racers {
+        granted += usize::from(racer.await.expect("racer task").is_some());
+    }
+    assert_eq!(
+        granted, 1,
+        "16 racers for one free lease: exactly one holds it"
+    );
 }

@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, Either, Shared, select};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use super::background::Background;
 use super::flow::{Fetched, FlightKey, Job};
 use super::idp::{FetchStats, Idp};
 use super::l2::{L2, L2Health, L2Options, LeaseOptions};
-use crate::cache::partition::AccessTokenKey;
+use crate::cache::entry::CacheEntry;
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
 use crate::error::{Error, Result};
@@ -689,10 +689,11 @@ impl Engine {
             stats: _,
         } = fetched;
         let token = Arc::new(access);
-        let written: HashSet<AccessTokenKey> = [AccessTokenKey::of(&token)].into_iter().collect();
         let stored = Arc::clone(&token);
         let indexed = account_index.zip(account.clone());
-        let next = self.cache.update(partition, move |current| {
+        let mut changes = Vec::new();
+        let learn = self.l2.is_some();
+        self.cache.update(partition, |current| {
             let mut next = Partition::after_write(current, stored, now);
             if let Some(account) = account {
                 next = next.with_account(account);
@@ -703,9 +704,12 @@ impl Engine {
             if let Some(id) = id_token {
                 next = next.with_id_token(id);
             }
+            if learn {
+                changes = next.changes_since(current);
+            }
             next
         });
-        self.write_behind(partition, next, written, lease);
+        self.write_behind(partition, changes, lease);
         if let Some((index, account)) = indexed {
             self.write(&index, move |current| {
                 current.cloned().unwrap_or_default().with_account(account)
@@ -722,24 +726,31 @@ impl Engine {
         key: &PartitionKey,
         update: impl FnOnce(Option<&Partition>) -> Partition,
     ) -> Arc<Partition> {
-        let before = self.l2.as_ref().and_then(|_| self.cache.get(key));
-        let next = self.cache.update(key, update);
-        if self.l2.is_some() {
-            let written = next.changed_since(before.as_deref());
-            self.write_behind(key, Arc::clone(&next), written, None);
+        let mut changes = Vec::new();
+        let learn = self.l2.is_some();
+        let next = self.cache.update(key, |current| {
+            let next = update(current);
+            if learn {
+                changes = next.changes_since(current);
+            }
+            next
+        });
+        if learn {
+            self.write_behind(key, changes, None);
         }
         next
     }
 
+    /// Queue `changes` for L2 (releasing `lease` once written); with no L2, release nothing
+    /// (leases come from L2).
     fn write_behind(
         self: &Arc<Self>,
         key: &PartitionKey,
-        snapshot: Arc<Partition>,
-        written: HashSet<AccessTokenKey>,
+        changes: Vec<CacheEntry>,
         lease: Option<Lease>,
     ) {
         if let Some(l2) = &self.l2 {
-            l2.write_behind(key, snapshot, written, lease);
+            l2.write_behind(key, changes, lease);
         }
     }
 

@@ -2,11 +2,13 @@
 //!
 //! Rules (DESIGN §5): an L1 hit never touches L2; an L1 miss reads L2 (bounded by a timeout)
 //! before the identity provider; new tokens go to L1 at once and to L2 behind the caller
-//! (write-behind, one writer per partition per node, bounded in total time), with
-//! compare-and-set and a merge on conflict, so nodes never erase each other's tokens. Any store
-//! failure is a miss (read) or a logged, counted loss (write) — never a failed call. A blob this
-//! node cannot read because it lacks the key or the format (another codec, another key ring, a
-//! newer version) is left alone; garbage and blobs that fail authentication are repaired.
+//! (write-behind, one writer per partition per node). A write carries only the entries this
+//! node changed; the store merges them on its side (ADR 0006), so nodes never erase each
+//! other's tokens and nothing is retried or given up on. Any store failure is a miss (read) or
+//! a logged, counted loss (write) — never a failed call. An entry this node cannot read because
+//! it lacks the key or the format (another key ring, a newer version) is left alone; garbage
+//! and entries that fail authentication are dropped by the partition's next write, and a
+//! legacy whole-partition blob is rewritten as entries by it.
 
 use std::fmt;
 use std::future::Future;
@@ -16,18 +18,21 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{Either, select};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use super::background::Background;
-use crate::cache::partition::AccessTokenKey;
+use crate::cache::entry::CacheEntry;
 use crate::cache::{BlobCodec, BlobError, Partition, PartitionKey, TokenCache};
 use crate::runtime::{Runtime, unix_seconds};
-use crate::store::{Lease, StoreError, StoreErrorKind, StoreWrite, TokenStore};
+use crate::store::{EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, TokenStore};
 use crate::telemetry;
 
-/// A warning about one partition's unreadable blob is logged at most once per this interval.
+/// A warning about one partition's unreadable entries is logged at most once per this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(300);
+/// Partitions whose repairs wait for their next write; past this many, the oldest are forgotten
+/// (a later read finds them again).
+const MAX_PENDING_REPAIRS: usize = 10_000;
 
 /// Farm-wide single flight: one node refreshes a key while the others wait for its write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,8 +63,6 @@ pub struct L2Options {
     codec: BlobCodec,
     read_timeout: Duration,
     write_timeout: Duration,
-    write_deadline: Duration,
-    max_write_attempts: u32,
     lease: Option<LeaseOptions>,
 }
 
@@ -71,8 +74,6 @@ impl L2Options {
             codec: BlobCodec::plain(),
             read_timeout: Duration::from_millis(250),
             write_timeout: Duration::from_millis(500),
-            write_deadline: Duration::from_secs(10),
-            max_write_attempts: 64,
             lease: None,
         }
     }
@@ -89,23 +90,10 @@ impl L2Options {
         self
     }
 
-    /// Longest wait for each store call of a write; past it the write is abandoned (and
-    /// counted).
+    /// Longest wait for a write (one store call, behind the caller); past it the write is
+    /// abandoned and counted, and the tokens stay in this node's L1.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
-        self
-    }
-
-    /// Longest total time one background write may take, compare-and-set rounds included
-    /// (default 10 s). Writes happen behind the caller: this bounds the work, not a call.
-    pub fn write_deadline(mut self, deadline: Duration) -> Self {
-        self.write_deadline = deadline;
-        self
-    }
-
-    /// Compare-and-set rounds before a contended write gives up (default 64).
-    pub fn max_write_attempts(mut self, attempts: u32) -> Self {
-        self.max_write_attempts = attempts.max(1);
         self
     }
 
@@ -123,8 +111,6 @@ impl fmt::Debug for L2Options {
             .field("codec", &self.codec)
             .field("read_timeout", &self.read_timeout)
             .field("write_timeout", &self.write_timeout)
-            .field("write_deadline", &self.write_deadline)
-            .field("max_write_attempts", &self.max_write_attempts)
             .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
@@ -134,29 +120,63 @@ impl fmt::Debug for L2Options {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct L2Health {
-    /// The last store failure or unreadable blob, described (no token, no secret).
+    /// The last store failure or unreadable entry, described (no token, no secret).
     pub last_error: Option<String>,
     /// Reads that failed or timed out (each was treated as a miss).
     pub read_errors: u64,
-    /// Writes that failed, timed out or gave up (the tokens stayed in L1 only).
+    /// Writes that failed or timed out (the tokens stayed in L1 only).
     pub write_errors: u64,
-    /// Blobs this node could not read for lack of a key or a format (sealed with a key it
+    /// Entries this node could not read for lack of a key or a format (sealed with a key it
     /// does not hold, sealed vs plain, a newer format): left alone, never overwritten.
-    pub undecodable_blobs: u64,
-    /// Blobs that were garbage or failed authentication, replaced by this node's entries.
-    pub repaired_blobs: u64,
+    pub undecodable_entries: u64,
+    /// Broken entries (garbage, failed authentication, unparseable in the store, a store
+    /// container of the wrong type) that this node's writes dropped.
+    pub repaired_entries: u64,
+    /// Legacy whole-partition blobs this node rewrote as entries.
+    pub migrated_partitions: u64,
     /// Partitions waiting to be written behind callers.
     pub pending_writes: usize,
     /// Whether farm leases are in use (configured and supported by the store).
     pub farm_lease: bool,
 }
 
-/// One partition waiting to be written: the newest L1 snapshot to write, the access tokens
-/// this node changed (they win `cached_at` ties), and the leases to release once written.
+/// One partition waiting to be written: the entries this node changed (the newest per id), and
+/// the leases to release once written.
+#[derive(Default)]
 struct PendingWrite {
-    snapshot: Arc<Partition>,
-    written: HashSet<AccessTokenKey>,
+    entries: HashMap<EntryId, CacheEntry>,
     leases: Vec<Lease>,
+}
+
+impl PendingWrite {
+    fn add(&mut self, changes: Vec<CacheEntry>, lease: Option<Lease>) {
+        for entry in changes {
+            match self.entries.entry(entry.id()) {
+                hashbrown::hash_map::Entry::Occupied(mut queued) => {
+                    // The store's rule, applied early: the later change wins unless older.
+                    let old = queued.get();
+                    if entry.written_at() > old.written_at()
+                        || (entry.written_at() == old.written_at()
+                            && (entry.is_tombstone() || !old.is_tombstone()))
+                    {
+                        queued.insert(entry);
+                    }
+                }
+                hashbrown::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                }
+            }
+        }
+        self.leases.extend(lease);
+    }
+}
+
+/// What a read found that the partition's next write must fix.
+#[derive(Default)]
+struct Fixes {
+    repair: Vec<Repair>,
+    /// A legacy blob was read (and merged into L1): rewrite the partition as entries.
+    migrate: bool,
 }
 
 /// The writer task of one partition. If the task ends without finishing its queue (a store
@@ -206,7 +226,10 @@ pub(crate) struct L2 {
     write_errors: AtomicU64,
     undecodable: AtomicU64,
     repaired: AtomicU64,
+    migrated: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Repairs and migrations found by reads, for each partition's next write.
+    fixes: Mutex<HashMap<PartitionKey, Fixes>>,
     warned: Mutex<HashMap<PartitionKey, Instant>>,
     /// Partitions with a writer task; `Some` while new changes wait for it.
     pending: Mutex<HashMap<PartitionKey, Option<PendingWrite>>>,
@@ -239,7 +262,9 @@ impl L2 {
             write_errors: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
+            migrated: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            fixes: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         }
@@ -256,8 +281,9 @@ impl L2 {
             last_error: self.last_error.lock().clone(),
             read_errors: self.read_errors.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
-            undecodable_blobs: self.undecodable.load(Ordering::Relaxed),
-            repaired_blobs: self.repaired.load(Ordering::Relaxed),
+            undecodable_entries: self.undecodable.load(Ordering::Relaxed),
+            repaired_entries: self.repaired.load(Ordering::Relaxed),
+            migrated_partitions: self.migrated.load(Ordering::Relaxed),
             pending_writes: self.pending.lock().len(),
             farm_lease: self.lease.is_some(),
         }
@@ -285,8 +311,9 @@ impl L2 {
         }
     }
 
-    /// Count (and, rate-limited, log) a blob that did not decode; says whether it is foreign.
-    fn undecodable(&self, key: &PartitionKey, error: &BlobError, repairing: bool) -> bool {
+    /// Count (and, rate-limited, log) an entry or legacy blob that did not decode; says
+    /// whether it is foreign (left alone) rather than garbage (to repair).
+    fn undecodable(&self, key: &PartitionKey, error: &BlobError) -> bool {
         let foreign = error.is_foreign();
         if foreign {
             self.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -294,19 +321,34 @@ impl L2 {
                 "partition {key}: {error} (left alone: another node's key or format)"
             ));
             if self.warn_due(key) {
-                tracing::warn!(partition = %key, error = %error, "cache blob written with a key or format this node does not have; leaving it alone (check the nodes' codecs and key rings)");
+                tracing::warn!(partition = %key, error = %error, "cache entry written with a key or format this node does not have; leaving it alone (check the nodes' codecs and key rings)");
             }
         } else {
             telemetry::l2_corrupt_blob();
             *self.last_error.lock() = Some(format!("partition {key}: {error}"));
-            if repairing {
-                self.repaired.fetch_add(1, Ordering::Relaxed);
-            }
             if self.warn_due(key) {
-                tracing::warn!(partition = %key, error = %error, "unreadable cache blob; it will be replaced");
+                tracing::warn!(partition = %key, error = %error, "unreadable cache entry; the partition's next write drops it");
             }
         }
         foreign
+    }
+
+    /// Remember what the partition's next write must fix.
+    fn remember_fixes(&self, key: &PartitionKey, repair: Vec<Repair>, migrate: bool) {
+        if repair.is_empty() && !migrate {
+            return;
+        }
+        let mut fixes = self.fixes.lock();
+        if fixes.len() >= MAX_PENDING_REPAIRS && !fixes.contains_key(key) {
+            return;
+        }
+        let slot = fixes.entry(key.clone()).or_default();
+        for item in repair {
+            if !slot.repair.contains(&item) {
+                slot.repair.push(item);
+            }
+        }
+        slot.migrate |= migrate;
     }
 
     /// Bound `operation` by `limit` of real time.
@@ -326,6 +368,7 @@ impl L2 {
     }
 
     /// Read and decode the partition: `None` when absent, unreadable or undecodable (counted).
+    /// Broken entries and a legacy blob are remembered for the partition's next write.
     pub(crate) async fn load(&self, key: &PartitionKey) -> Option<Partition> {
         let loaded = Self::bounded(
             &*self.runtime,
@@ -333,15 +376,8 @@ impl L2 {
             self.options.store.load(key),
         )
         .await;
-        match loaded {
-            Ok(Some(blob)) => match self.options.codec.decode(key, &blob.bytes) {
-                Ok(partition) => Some(partition),
-                Err(error) => {
-                    self.undecodable(key, &error, false);
-                    None
-                }
-            },
-            Ok(None) => None,
+        let stored = match loaded {
+            Ok(stored) => stored,
             Err(error) => {
                 self.record_error(
                     &self.read_errors,
@@ -349,48 +385,73 @@ impl L2 {
                     format!("read of partition {key} failed: {error}"),
                 );
                 tracing::warn!(partition = %key, error = %error, "cache store read failed; treating as a miss");
-                None
+                return None;
+            }
+        };
+        if stored.is_empty() {
+            return None;
+        }
+        let codec = &self.options.codec;
+        let mut repair: Vec<Repair> = stored
+            .unreadable
+            .iter()
+            .map(|name| Repair::Unparseable(name.clone()))
+            .collect();
+        if !repair.is_empty() {
+            telemetry::l2_corrupt_blob();
+            *self.last_error.lock() = Some(format!(
+                "partition {key}: {} entries the store cannot parse; the next write drops them",
+                repair.len()
+            ));
+        }
+        let mut entries = Vec::with_capacity(stored.entries.len());
+        for entry in &stored.entries {
+            match codec.decode_entry(key, entry) {
+                Ok(decoded) => entries.push(decoded),
+                Err(error) => {
+                    if !self.undecodable(key, &error) {
+                        repair.push(Repair::Corrupt(entry.clone()));
+                    }
+                }
             }
         }
+        let now = unix_seconds(self.runtime.now());
+        let found = !entries.is_empty();
+        let mut partition = Partition::from_entries(entries, now);
+        let mut migrate = false;
+        if let Some(blob) = &stored.legacy {
+            match codec.decode_legacy(key, blob) {
+                Ok(legacy) => {
+                    partition = partition.merge(&legacy, now);
+                    migrate = true;
+                }
+                // Garbage: the next write drops it (its entries are lost either way).
+                Err(error) => migrate = !self.undecodable(key, &error),
+            }
+        }
+        self.remember_fixes(key, repair, migrate);
+        (found || !partition.is_empty()).then_some(partition)
     }
 
-    /// Queue `snapshot` (L1's partition after a change to the entries `written`) for writing
-    /// behind the caller. One writer task per partition: changes that arrive while it writes
-    /// are folded into its next round. `lease`, if any, is released once the change is stored.
+    /// Queue `changes` (entries this node just wrote to L1) for writing behind the caller. One
+    /// writer task per partition: changes that arrive while it writes are folded into its next
+    /// round. `lease`, if any, is released once the change is stored.
     pub(crate) fn write_behind(
         self: &Arc<Self>,
         key: &PartitionKey,
-        snapshot: Arc<Partition>,
-        written: HashSet<AccessTokenKey>,
+        changes: Vec<CacheEntry>,
         lease: Option<Lease>,
     ) {
         {
             let mut pending = self.pending.lock();
             if let Some(slot) = pending.get_mut(key) {
-                match slot {
-                    Some(queued) => {
-                        queued.snapshot = snapshot;
-                        queued.written.extend(written);
-                        queued.leases.extend(lease);
-                    }
-                    None => {
-                        *slot = Some(PendingWrite {
-                            snapshot,
-                            written,
-                            leases: lease.into_iter().collect(),
-                        })
-                    }
-                }
+                slot.get_or_insert_with(PendingWrite::default)
+                    .add(changes, lease);
                 return;
             }
-            pending.insert(
-                key.clone(),
-                Some(PendingWrite {
-                    snapshot,
-                    written,
-                    leases: lease.into_iter().collect(),
-                }),
-            );
+            let mut next = PendingWrite::default();
+            next.add(changes, lease);
+            pending.insert(key.clone(), Some(next));
         }
         let mut writer = Writer {
             l2: Arc::clone(self),
@@ -413,10 +474,7 @@ impl L2 {
                             }
                         }
                     };
-                    writer
-                        .l2
-                        .write(&writer.key, next.snapshot, &next.written)
-                        .await;
+                    writer.l2.write(&writer.key, next.entries).await;
                     for lease in &next.leases {
                         writer.l2.release(lease).await;
                     }
@@ -426,86 +484,63 @@ impl L2 {
         );
     }
 
-    /// Write `ours` to the store, merging with what is there (compare-and-set; re-read and
-    /// merge on conflict), within the write deadline. Teaches L1 what other nodes wrote.
-    /// Failures are logged and counted, never returned.
-    async fn write(
-        &self,
-        key: &PartitionKey,
-        ours: Arc<Partition>,
-        written: &HashSet<AccessTokenKey>,
-    ) {
-        let store = &self.options.store;
-        let (runtime, cache) = (&*self.runtime, &self.cache);
-        let deadline = Instant::now() + self.options.write_deadline;
-        let limit = || {
-            self.options
-                .write_timeout
-                .min(deadline.saturating_duration_since(Instant::now()))
-        };
-        let failed = |error: StoreError| {
-            self.record_error(
-                &self.write_errors,
-                "write",
-                format!("write of partition {key} failed: {error}"),
-            );
-            tracing::warn!(partition = %key, error = %error, "cache store write failed; token kept in memory only");
-        };
-        for _ in 0..self.options.max_write_attempts {
-            let now = unix_seconds(runtime.now());
-            let current = match Self::bounded(runtime, limit(), store.load(key)).await {
-                Ok(current) => current,
-                Err(error) => return failed(error),
-            };
-            let (merged, expected) = match &current {
-                Some(blob) => match self.options.codec.decode(key, &blob.bytes) {
-                    Ok(theirs) => (
-                        Arc::new(ours.merge_for_write(&theirs, now, written)),
-                        Some(blob.version),
-                    ),
-                    Err(error) => {
-                        if self.undecodable(key, &error, true) {
-                            // Another node's key or format: overwriting would erase its tokens.
-                            return;
-                        }
-                        (Arc::new(ours.without_expired(now)), Some(blob.version))
-                    }
-                },
-                None => (Arc::new(ours.without_expired(now)), None),
-            };
-            if merged.is_empty() {
-                return;
-            }
-            let ttl = Duration::from_secs(merged.latest_expiry().saturating_sub(now).max(1));
-            let blob = self.options.codec.encode(key, &merged);
-            match Self::bounded(
-                runtime,
-                limit(),
-                store.store(key, blob, expected, Some(ttl)),
-            )
-            .await
-            {
-                Ok(StoreWrite::Stored { .. }) => {
-                    if current.is_some() {
-                        // Teach L1 the entries other nodes wrote.
-                        cache.update(key, |l1| match l1 {
-                            Some(l1) => l1.merge(&merged, now),
-                            None => (*merged).clone(),
-                        });
-                    }
-                    return;
+    /// Write `changes` to the store in one call (the store merges them), with the repairs and
+    /// the migration a read found for this partition. Failures are logged and counted, never
+    /// returned; repairs and migrations are kept for the next write.
+    async fn write(&self, key: &PartitionKey, changes: HashMap<EntryId, CacheEntry>) {
+        let mut fixes = self.fixes.lock().remove(key).unwrap_or_default();
+        let codec = &self.options.codec;
+        let now = unix_seconds(self.runtime.now());
+        let mut entries: Vec<_> = changes
+            .values()
+            .map(|entry| codec.encode_entry(key, entry))
+            .collect();
+        if fixes.migrate {
+            // Every entry L1 holds for the partition: it has the legacy blob merged in. If L1
+            // has evicted it, the legacy blob stays until a write that can rewrite it.
+            match self.cache.get(key) {
+                Some(current) => entries.extend(
+                    current
+                        .to_entries()
+                        .iter()
+                        .filter(|entry| !changes.contains_key(&entry.id()))
+                        .map(|entry| codec.encode_entry(key, entry)),
+                ),
+                None => {
+                    fixes.migrate = false;
+                    self.remember_fixes(key, Vec::new(), true);
                 }
-                Ok(_) if Instant::now() < deadline => continue,
-                Ok(_) => break,
-                Err(error) => return failed(error),
             }
         }
-        self.record_error(
-            &self.write_errors,
-            "write_contention",
-            format!("write of partition {key} gave up after repeated conflicts"),
-        );
-        tracing::warn!(partition = %key, "cache store write gave up after repeated conflicts; token kept in memory only");
+        entries.retain(|entry| !entry.is_expired(now));
+        let mut write = EntryWrite::new(entries, now).repairing(fixes.repair.clone());
+        if fixes.migrate {
+            write = write.dropping_legacy();
+        }
+        let written = Self::bounded(
+            &*self.runtime,
+            self.options.write_timeout,
+            self.options.store.write(key, &write),
+        )
+        .await;
+        match written {
+            Ok(report) => {
+                self.repaired
+                    .fetch_add(u64::from(report.repaired), Ordering::Relaxed);
+                if fixes.migrate {
+                    self.migrated.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                self.remember_fixes(key, fixes.repair, fixes.migrate);
+                self.record_error(
+                    &self.write_errors,
+                    "write",
+                    format!("write of partition {key} failed: {error}"),
+                );
+                tracing::warn!(partition = %key, error = %error, "cache store write failed; token kept in memory only");
+            }
+        }
     }
 
     /// Try to take the farm lease of `key`. `Ok(None)` when someone else holds it; `Err` when

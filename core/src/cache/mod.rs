@@ -1,6 +1,7 @@
 //! The token cache: entry model, partitions, the L1 seam and the engine's view of them.
 
 pub mod blob;
+pub(crate) mod entry;
 pub mod model;
 pub mod msal_json;
 pub mod partition;

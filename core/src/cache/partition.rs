@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use sha2::{Digest, Sha256};
 
+use super::entry::CacheEntry;
 use super::model::{AccessToken, Account, IdToken, RefreshToken};
 use crate::scopes::ScopeSet;
 
@@ -98,7 +99,7 @@ pub struct AccessTokenQuery<'a> {
 pub const USER_ENTRY_LIFETIME_SECS: u64 = 90 * 24 * 3600;
 
 /// How long a removal is remembered; longer than any token lives, so no copy can resurrect it.
-const TOMBSTONE_RETENTION_SECS: u64 = 48 * 3600;
+pub(crate) const TOMBSTONE_RETENTION_SECS: u64 = 48 * 3600;
 
 /// The hash covers only what varies within a partition (realm, scopes, account); environment,
 /// token type and key id are compared by `Equivalent` but not hashed, which keeps the hot-path
@@ -150,6 +151,18 @@ impl AccessTokenKey {
 }
 
 impl AccessTokenKey {
+    /// Feed the identity's parts, in a fixed order, to `sink` (entry ids). Absent optional
+    /// parts feed a marker no real value has; the token type is lowercased (compared
+    /// case-insensitively).
+    pub(crate) fn feed(&self, sink: &mut impl FnMut(&str)) {
+        sink(self.home_account_id.as_deref().unwrap_or("\u{1}none"));
+        sink(&self.environment);
+        sink(&self.realm);
+        sink(&self.token_type.to_ascii_lowercase());
+        sink(self.key_id.as_deref().unwrap_or("\u{1}none"));
+        sink(&self.scopes);
+    }
+
     /// `entry` has this identity.
     fn matches(&self, entry: &AccessToken) -> bool {
         self.home_account_id.as_deref() == entry.home_account_id.as_deref()
@@ -478,47 +491,11 @@ impl Partition {
     /// Merge two copies of a partition (ours and one read from a shared store): per entry the
     /// newest `cached_at` wins (ours on a tie); a removal newer than an entry keeps it removed.
     pub fn merge(&self, other: &Partition, now: u64) -> Partition {
-        Self::merge_by(other, self, now, |_| true)
+        Self::merge_by(other, self, now)
     }
 
-    /// Merge our copy into `theirs` when writing to a shared store: as [`merge`](Self::merge),
-    /// but on a `cached_at` tie only the entries this write changed (`written`) beat theirs, so
-    /// a stale copy we merely learned earlier never overwrites another node's newer write made
-    /// in the same second.
-    pub(crate) fn merge_for_write(
-        &self,
-        theirs: &Partition,
-        now: u64,
-        written: &hashbrown::HashSet<AccessTokenKey>,
-    ) -> Partition {
-        Self::merge_by(theirs, self, now, |key| written.contains(key))
-    }
-
-    /// Keys of the entries of `self` that are not the very same entries in `before` (new or
-    /// replaced by a write).
-    pub(crate) fn changed_since(
-        &self,
-        before: Option<&Partition>,
-    ) -> hashbrown::HashSet<AccessTokenKey> {
-        self.access_tokens
-            .values()
-            .filter(|token| {
-                before
-                    .and_then(|b| b.access_tokens.get_same(token))
-                    .is_none_or(|old| !Arc::ptr_eq(old, token))
-            })
-            .map(|token| AccessTokenKey::of(token))
-            .collect()
-    }
-
-    /// `base` overlaid with `overlay`: an overlay entry wins when newer, or on a tie when
-    /// `overlay_wins_tie(key)`.
-    fn merge_by(
-        base: &Partition,
-        overlay: &Partition,
-        now: u64,
-        overlay_wins_tie: impl Fn(&AccessTokenKey) -> bool,
-    ) -> Partition {
+    /// `base` overlaid with `overlay`: an overlay entry wins when newer or on a tie.
+    fn merge_by(base: &Partition, overlay: &Partition, now: u64) -> Partition {
         let mut tombstones = base.tombstones.clone();
         for (key, removed_at) in &overlay.tombstones {
             let slot = tombstones.entry(key.clone()).or_insert(*removed_at);
@@ -543,8 +520,7 @@ impl Partition {
                 continue;
             }
             let wins = merged.access_tokens.get_key(&key).is_none_or(|existing| {
-                token.cached_at > existing.cached_at
-                    || (token.cached_at == existing.cached_at && overlay_wins_tie(&key))
+                token.cached_at > existing.cached_at || token.cached_at == existing.cached_at
             });
             if wins {
                 merged.insert_access_token(Arc::clone(token));
@@ -721,6 +697,156 @@ impl Partition {
             self = self.with_account(account);
         }
         self
+    }
+
+    /// Every entry and removal, as L2 stores them (a full rewrite: migration, tests).
+    pub(crate) fn to_entries(&self) -> Vec<CacheEntry> {
+        let mut entries: Vec<CacheEntry> = self
+            .access_tokens
+            .values()
+            .map(|t| CacheEntry::AccessToken(Arc::clone(t)))
+            .collect();
+        entries.extend(
+            self.refresh_tokens
+                .values()
+                .map(|t| CacheEntry::RefreshToken(Arc::clone(t))),
+        );
+        entries.extend(
+            self.id_tokens
+                .values()
+                .map(|t| CacheEntry::IdToken(Arc::clone(t))),
+        );
+        entries.extend(
+            self.accounts
+                .values()
+                .map(|a| CacheEntry::Account(Arc::clone(a))),
+        );
+        entries.extend(
+            self.tombstones
+                .iter()
+                .map(|(key, at)| CacheEntry::AccessTokenRemoved {
+                    key: key.clone(),
+                    at: *at,
+                }),
+        );
+        entries.extend(
+            self.entry_tombstones
+                .iter()
+                .map(|(key, at)| CacheEntry::EntryRemoved {
+                    key: key.clone(),
+                    at: *at,
+                }),
+        );
+        entries
+    }
+
+    /// The entries of `self` that `before` does not hold as the very same entry (new,
+    /// replaced, or newly removed): what a write to L2 must carry.
+    pub(crate) fn changes_since(&self, before: Option<&Partition>) -> Vec<CacheEntry> {
+        let Some(before) = before else {
+            return self.to_entries();
+        };
+        fn changed<T>(
+            now: &HashMap<Box<str>, Arc<T>>,
+            then: &HashMap<Box<str>, Arc<T>>,
+            wrap: fn(Arc<T>) -> CacheEntry,
+            out: &mut Vec<CacheEntry>,
+        ) {
+            for (key, entry) in now {
+                if then.get(key).is_none_or(|old| !Arc::ptr_eq(old, entry)) {
+                    out.push(wrap(Arc::clone(entry)));
+                }
+            }
+        }
+        let mut out: Vec<CacheEntry> = self
+            .access_tokens
+            .values()
+            .filter(|token| {
+                before
+                    .access_tokens
+                    .get_same(token)
+                    .is_none_or(|old| !Arc::ptr_eq(old, token))
+            })
+            .map(|t| CacheEntry::AccessToken(Arc::clone(t)))
+            .collect();
+        changed(
+            &self.refresh_tokens,
+            &before.refresh_tokens,
+            CacheEntry::RefreshToken,
+            &mut out,
+        );
+        changed(
+            &self.id_tokens,
+            &before.id_tokens,
+            CacheEntry::IdToken,
+            &mut out,
+        );
+        changed(
+            &self.accounts,
+            &before.accounts,
+            CacheEntry::Account,
+            &mut out,
+        );
+        for (key, at) in &self.tombstones {
+            if before.tombstones.get(key) != Some(at) {
+                out.push(CacheEntry::AccessTokenRemoved {
+                    key: key.clone(),
+                    at: *at,
+                });
+            }
+        }
+        for (key, at) in &self.entry_tombstones {
+            if before.entry_tombstones.get(key) != Some(at) {
+                out.push(CacheEntry::EntryRemoved {
+                    key: key.clone(),
+                    at: *at,
+                });
+            }
+        }
+        out
+    }
+
+    /// A partition of `entries` as a store merged them (at most one per id; the newest wins
+    /// where several copies meet), without those expired at `now`.
+    pub(crate) fn from_entries(
+        entries: impl IntoIterator<Item = CacheEntry>,
+        now: u64,
+    ) -> Partition {
+        let mut removed = Partition::new();
+        let mut live = Partition::new();
+        for entry in entries {
+            match entry {
+                CacheEntry::AccessToken(token) => live.insert_access_token(token),
+                CacheEntry::RefreshToken(token) => put_entry(
+                    &mut live.refresh_tokens,
+                    &mut live.entry_tombstones,
+                    &mut live.approx_bytes,
+                    token,
+                ),
+                CacheEntry::IdToken(token) => put_entry(
+                    &mut live.id_tokens,
+                    &mut live.entry_tombstones,
+                    &mut live.approx_bytes,
+                    token,
+                ),
+                CacheEntry::Account(account) => put_entry(
+                    &mut live.accounts,
+                    &mut live.entry_tombstones,
+                    &mut live.approx_bytes,
+                    account,
+                ),
+                CacheEntry::AccessTokenRemoved { key, at } => {
+                    let slot = removed.tombstones.entry(key).or_insert(at);
+                    *slot = (*slot).max(at);
+                }
+                CacheEntry::EntryRemoved { key, at } => {
+                    let slot = removed.entry_tombstones.entry(key).or_insert(at);
+                    *slot = (*slot).max(at);
+                }
+            }
+        }
+        // The merge applies removals to entries no newer than them, and drops the expired.
+        live.merge(&removed, now)
     }
 
     fn section_bytes(&self) -> usize {
