@@ -16,12 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::cache::{BlobCodec, KeyRing, PartitionKey};
 use tokenwell_core::{
-    CacheRefreshReason, L2Options, Lease, LeaseOptions, StoreError, StoreErrorKind, StoreWrite,
-    StoredBlob, TokenSource, TokenStore,
+    CacheRefreshReason, EntryWrite, L2Options, Lease, LeaseOptions, StoreError, StoreErrorKind,
+    StoredPartition, TokenSource, TokenStore, WriteReport,
 };
 use tokenwell_idp_emulator::{Fault, TokenLifetimes};
 
@@ -38,7 +37,7 @@ over_each_transport!(
     late_callers_never_start_a_second_flight,
     forced_request_never_takes_a_token_from_a_cache_flight,
     a_lease_store_that_errors_does_not_make_callers_wait,
-    foreign_blob_survives_forced_writes_and_leases,
+    foreign_entries_survive_forced_writes_and_leases,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -271,7 +270,7 @@ async fn a_lease_store_that_errors_does_not_make_callers_wait(t: Transport) {
     app.flush().await;
     let health = app.l2_health().unwrap();
     assert_eq!(health.pending_writes, 0, "{health:?}");
-    assert!(store.inner.load(&partition()).await.unwrap().is_some());
+    assert!(!store.inner.load(&partition()).await.unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +303,7 @@ impl Faulty {
 
 #[async_trait]
 impl TokenStore for Faulty {
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         if !self.load_delay.is_zero() {
             // Simulated store latency (not ordering): the read takes this long.
@@ -312,17 +311,15 @@ impl TokenStore for Faulty {
         }
         self.inner.load(key).await
     }
-    async fn store(
+    async fn write(
         &self,
         key: &PartitionKey,
-        blob: Bytes,
-        expected_version: Option<u64>,
-        ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError> {
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
         if self.panic_next_store.swap(false, Ordering::SeqCst) {
             panic!("store driver bug (injected)");
         }
-        self.inner.store(key, blob, expected_version, ttl).await
+        self.inner.write(key, write).await
     }
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
         self.inner.remove(key).await
@@ -376,11 +373,9 @@ async fn a_panicking_store_write_does_not_disable_l2_for_the_partition(t: Transp
         .unwrap();
     app.flush().await;
     let health = app.l2_health().unwrap();
-    let stored = store.inner.load(&partition()).await.unwrap().map(|blob| {
-        BlobCodec::plain()
-            .decode(&partition(), &blob.bytes)
-            .unwrap()
-    });
+    let stored = rig
+        .stored_partition(&store.inner, &partition(), &BlobCodec::plain())
+        .await;
     let has_renewed = stored.is_some_and(|p| {
         p.access_tokens()
             .any(|t| t.secret.expose_secret() == renewed.access_token().expose_secret())
@@ -514,9 +509,11 @@ async fn forced_request_never_takes_a_token_from_a_cache_flight(t: Transport) {
 // The foreign-blob rule (guarantee that holds)
 // ---------------------------------------------------------------------------------------------
 
-/// A node that cannot read the blob (another key ring) never overwrites it: not on a miss, not
-/// on forced renewals, not with a farm lease; and its lease is released each time.
-async fn foreign_blob_survives_forced_writes_and_leases(t: Transport) {
+/// A node that cannot read an entry (another key ring) never deletes it as garbage, and never
+/// touches the entries it does not write: not on a miss, not on forced renewals, not with a
+/// farm lease; and its lease is released each time. (Its own newer token for a scope the owner
+/// also holds supersedes the owner's entry by the merge rule: the same token identity.)
+async fn foreign_entries_survive_forced_writes_and_leases(t: Transport) {
     let rig = Rig::start(t).await;
     let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
     let owner = rig
@@ -525,9 +522,12 @@ async fn foreign_blob_survives_forced_writes_and_leases(t: Transport) {
         .l2(L2Options::new(store.clone()).codec(BlobCodec::sealed(KeyRing::new("k1", [1; 32]))))
         .build()
         .unwrap();
+    const OWNED: &str = "api://owner-only/.default";
     owner.acquire_token_for_client([SCOPE]).await.unwrap();
+    owner.acquire_token_for_client([OWNED]).await.unwrap();
     owner.flush().await;
-    let blob = store.load(&partition()).await.unwrap().unwrap();
+    let before = store.load(&partition()).await.unwrap();
+    assert_eq!(before.entries.len(), 2);
 
     let stranger = rig
         .builder()
@@ -560,11 +560,30 @@ async fn foreign_blob_survives_forced_writes_and_leases(t: Transport) {
         "a lease was left held"
     );
     stranger.flush().await;
-    assert_eq!(store.load(&partition()).await.unwrap().unwrap(), blob);
+    let after = store.load(&partition()).await.unwrap();
+    for entry in &before.entries {
+        let kept = after.entries.iter().find(|e| e.id() == entry.id());
+        assert!(kept.is_some(), "the stranger deleted the owner's entry {:?}", entry.id());
+    }
+    let owned = before
+        .entries
+        .iter()
+        .filter(|e| after.entries.contains(e))
+        .count();
+    assert!(owned >= 1, "the owner's entry for its own scope is untouched");
     let health = stranger.l2_health().unwrap();
-    assert!(health.undecodable_blobs >= 1, "{health:?}");
-    assert_eq!(health.repaired_blobs, 0, "{health:?}");
+    assert!(health.undecodable_entries >= 1, "{health:?}");
+    assert_eq!(health.repaired_entries, 0, "{health:?}");
     assert_eq!(health.pending_writes, 0, "{health:?}");
+    // The owner still reads its own scope's entry from L2 on a fresh node.
+    let fresh_owner = rig
+        .builder()
+        .cache(Arc::new(MemoryCache::new()))
+        .l2(L2Options::new(store.clone()).codec(BlobCodec::sealed(KeyRing::new("k1", [1; 32]))))
+        .build()
+        .unwrap();
+    let r = fresh_owner.acquire_token_for_client([OWNED]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
 }
 
 // ---------------------------------------------------------------------------------------------

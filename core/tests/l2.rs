@@ -15,8 +15,8 @@ over_each_transport!(
     second_node_first_call_is_an_l2_hit,
     concurrent_writers_lose_no_token,
     farm_lease_makes_one_request,
-    unreadable_blobs_are_misses,
-    sealed_blobs_rotate_and_resist_tampering,
+    unreadable_entries_are_misses,
+    sealed_entries_rotate_and_resist_tampering,
     store_outage_is_never_fatal,
 );
 
@@ -40,14 +40,14 @@ async fn farm_lease_makes_one_request(t: Transport) {
     farm::farm_lease_makes_one_request(&rig, &shared(Arc::new(MemoryStore::new())), 1_000).await;
 }
 
-async fn unreadable_blobs_are_misses(t: Transport) {
+async fn unreadable_entries_are_misses(t: Transport) {
     let rig = Rig::start(t).await;
-    farm::unreadable_blobs_are_misses(&rig, &shared(Arc::new(MemoryStore::new()))).await;
+    farm::unreadable_entries_are_misses(&rig, &shared(Arc::new(MemoryStore::new()))).await;
 }
 
-async fn sealed_blobs_rotate_and_resist_tampering(t: Transport) {
+async fn sealed_entries_rotate_and_resist_tampering(t: Transport) {
     let rig = Rig::start(t).await;
-    farm::sealed_blobs_rotate_and_resist_tampering(&rig, &shared(Arc::new(MemoryStore::new())))
+    farm::sealed_entries_rotate_and_resist_tampering(&rig, &shared(Arc::new(MemoryStore::new())))
         .await;
 }
 

@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::{
     CacheRefreshReason, ConfidentialClientApplication, Error, L2Options, Lease, LeaseOptions,
-    ManagedIdentityId, PublicClientApplication, StoreError, StoreWrite, StoredBlob, TokenSource,
+    ManagedIdentityId, PublicClientApplication, EntryWrite, StoreError, StoredPartition, TokenSource, WriteReport,
     TokenStore,
 };
 use tokenwell_idp_emulator::TokenLifetimes;
@@ -27,7 +26,7 @@ over_each_transport!(
     background_refresh_adopts_the_token_another_node_renewed,
     a_store_without_leases_is_never_asked_for_one,
     cache_duration_includes_the_l2_read,
-    a_contended_write_stops_at_the_write_deadline,
+    a_hanging_write_stops_at_the_write_timeout,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -186,21 +185,19 @@ struct NoLeases {
 
 #[async_trait]
 impl TokenStore for NoLeases {
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
         if !self.load_delay.is_zero() {
             // Simulated store latency (not ordering): the read takes this long.
             tokio::time::sleep(self.load_delay).await;
         }
         self.inner.load(key).await
     }
-    async fn store(
+    async fn write(
         &self,
         key: &PartitionKey,
-        blob: Bytes,
-        expected_version: Option<u64>,
-        ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError> {
-        self.inner.store(key, blob, expected_version, ttl).await
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.inner.write(key, write).await
     }
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
         self.inner.remove(key).await
@@ -282,46 +279,39 @@ async fn cache_duration_includes_the_l2_read(t: Transport) {
     assert!(hit.metadata().cache_duration <= hit.metadata().total_duration);
 }
 
-/// A store where every compare-and-set loses (another writer always got there first), and
-/// each store call takes 200 ms.
-struct AlwaysConflicts {
+/// A store whose writes hang (a server that accepted the connection and went silent).
+struct HangingWrites {
     inner: MemoryStore,
 }
 
 #[async_trait]
-impl TokenStore for AlwaysConflicts {
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+impl TokenStore for HangingWrites {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
         self.inner.load(key).await
     }
-    async fn store(
+    async fn write(
         &self,
         _key: &PartitionKey,
-        _blob: Bytes,
-        _expected_version: Option<u64>,
-        _ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError> {
-        // Simulated store latency (not ordering).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(StoreWrite::Conflict)
+        _write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        futures::future::pending().await
     }
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
         self.inner.remove(key).await
     }
 }
 
-/// `write_deadline` bounds a background write however many compare-and-set rounds it could
-/// still try (64 rounds × 200 ms would be 12.8 s); the caller never waited for it, and the
-/// give-up is counted.
-async fn a_contended_write_stops_at_the_write_deadline(t: Transport) {
+/// `write_timeout` bounds a background write to a store that never answers: the caller never
+/// waited for it, the write is abandoned at the timeout and counted.
+async fn a_hanging_write_stops_at_the_write_timeout(t: Transport) {
     let rig = Rig::start(t).await;
     let app = rig
         .builder()
         .cache(Arc::new(MemoryCache::new()))
-        .l2(L2Options::new(Arc::new(AlwaysConflicts {
+        .l2(L2Options::new(Arc::new(HangingWrites {
             inner: MemoryStore::new(),
         }))
-        .write_timeout(Duration::from_secs(1))
-        .write_deadline(Duration::from_millis(500)))
+        .write_timeout(Duration::from_millis(500)))
         .build()
         .unwrap();
     let r = app.acquire_token_for_client([SCOPE]).await.unwrap();
@@ -331,7 +321,7 @@ async fn a_contended_write_stops_at_the_write_deadline(t: Transport) {
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(5),
-        "the write ran {took:?} past a 500 ms deadline"
+        "the write ran {took:?} past a 500 ms timeout"
     );
     let health = app.l2_health().unwrap();
     assert_eq!(health.write_errors, 1, "{health:?}");

@@ -16,7 +16,7 @@ use tokenwell_core::app::ConfidentialClientApplicationBuilder;
 use tokenwell_core::cache::{AccessToken, BlobCodec, KeyRing, PartitionKey};
 use tokenwell_core::runtime::unix_seconds;
 use tokenwell_core::{
-    ConfidentialClientApplication, L2Options, LeaseOptions, ManualClock, RefreshOptions, Runtime,
+    ConfidentialClientApplication, EntryWrite, L2Options, StoreEntry, StoredPartition, LeaseOptions, ManualClock, RefreshOptions, Runtime,
     TokenSource, TokenStore,
 };
 use tokenwell_idp_emulator::{Fault, TokenLifetimes};
@@ -113,15 +113,13 @@ pub async fn concurrent_writers_lose_no_token(rig: &Rig, stores: &StoreFactory, 
         assert_eq!(health.write_errors, 0, "{health:?}");
         assert_eq!(health.pending_writes, 0, "{health:?}");
     }
-    // Read the final blob straight from the store.
+    // Read the final entries straight from the store.
     let store = stores();
     let key = PartitionKey::for_app(CLIENT_ID, TENANT);
-    let blob = store
-        .load(&key)
+    let partition = rig
+        .stored_partition(&*store, &key, &BlobCodec::plain())
         .await
-        .unwrap()
         .expect("the partition is stored");
-    let partition = BlobCodec::plain().decode(&key, &blob.bytes).unwrap();
     let stored: std::collections::HashSet<String> = partition
         .access_tokens()
         .map(|t| t.secret.expose_secret().to_owned())
@@ -174,49 +172,85 @@ pub async fn farm_lease_makes_one_request(rig: &Rig, stores: &StoreFactory, call
     assert_eq!(tokens.len(), 1);
 }
 
-/// Garbage blobs are dropped (a miss), then repaired with a good one; a blob in a newer
-/// format than this node knows is a miss too, but left alone (another node can read it).
-pub async fn unreadable_blobs_are_misses(rig: &Rig, stores: &StoreFactory) {
+/// The stored entry of `SCOPE`'s token, from a partition a node just wrote.
+async fn scope_entry(store: &dyn TokenStore, key: &PartitionKey) -> StoreEntry {
+    let stored = store.load(key).await.unwrap();
+    assert_eq!(stored.entries.len(), 1, "one token in the partition");
+    stored.entries[0].clone()
+}
+
+/// Write `entry` with its payload replaced by `payload` (same id and times: a tie the write
+/// wins), as a broken or foreign writer would leave it.
+async fn overwrite_payload(
+    store: &dyn TokenStore,
+    key: &PartitionKey,
+    entry: &StoreEntry,
+    written_at: u64,
+    payload: Vec<u8>,
+) -> StoreEntry {
+    let replaced = StoreEntry::new(
+        entry.id(),
+        written_at,
+        entry.expires_at(),
+        false,
+        Bytes::from(payload),
+    );
+    let report = store
+        .write(key, &EntryWrite::new(vec![replaced.clone()], 0))
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1, "the test's entry replaced the stored one");
+    replaced
+}
+
+/// Garbage entries are misses, dropped by the partition's next write, which stores a good one;
+/// an entry in a newer format than this node knows is a miss too, but left alone (another node
+/// can read it).
+pub async fn unreadable_entries_are_misses(rig: &Rig, stores: &StoreFactory) {
     let key = PartitionKey::for_app(CLIENT_ID, TENANT);
     let store = stores();
-    let garbage: [&[u8]; 2] = [
-        b"definitely not a blob",
-        b"TWC1\x01\x00\x00\xff\xff\xff\xff\xff\xff",
-    ];
+    let seed = node(rig, stores(), |o| o);
+    seed.acquire_token_for_client([SCOPE]).await.unwrap();
+    seed.flush().await;
+    let good = scope_entry(&*store, &key).await;
+    let garbage: [&[u8]; 2] = [b"definitely not an entry", b"TWE\x01\x00\x00\xff\xff\xff\xff"];
     for (i, bytes) in garbage.into_iter().enumerate() {
-        store.remove(&key).await.unwrap();
-        store
-            .store(&key, Bytes::copy_from_slice(bytes), None, None)
-            .await
-            .unwrap();
+        overwrite_payload(&*store, &key, &good, good.written_at(), bytes.to_vec()).await;
         let app = node(rig, stores(), |o| o);
         let r = app.acquire_token_for_client([SCOPE]).await.unwrap();
         assert_eq!(r.metadata().token_source, TokenSource::IdentityProvider);
-        assert_eq!(rig.cc_requests(), i as u64 + 1);
+        assert_eq!(rig.cc_requests(), i as u64 + 2);
         app.flush().await;
-        let blob = store.load(&key).await.unwrap().unwrap();
-        let decoded = BlobCodec::plain().decode(&key, &blob.bytes).unwrap();
-        assert_eq!(decoded.access_token_count(), 1, "the bad blob was replaced");
+        let decoded = rig
+            .stored_partition(&*store, &key, &BlobCodec::plain())
+            .await
+            .expect("stored");
+        assert_eq!(decoded.access_token_count(), 1, "the bad entry was replaced");
         let health = app.l2_health().unwrap();
-        assert_eq!(health.repaired_blobs, 1, "{health:?}");
-        assert_eq!(health.undecodable_blobs, 0, "{health:?}");
+        assert_eq!(health.repaired_entries, 1, "{health:?}");
+        assert_eq!(health.undecodable_entries, 0, "{health:?}");
     }
-    // A newer format: a miss, and never overwritten.
-    let future: &[u8] = b"TWC1\x09\x00\x00future-format-payload";
-    store.remove(&key).await.unwrap();
-    store
-        .store(&key, Bytes::copy_from_slice(future), None, None)
-        .await
-        .unwrap();
+    // A newer format, written later than anything here: a miss, and never dropped.
+    let future = overwrite_payload(
+        &*store,
+        &key,
+        &good,
+        rig.now() + 3600,
+        b"TWE\x09\x00\x00future-format-payload".to_vec(),
+    )
+    .await;
     let app = node(rig, stores(), |o| o);
     let r = app.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(r.metadata().token_source, TokenSource::IdentityProvider);
     app.flush().await;
-    let blob = store.load(&key).await.unwrap().unwrap();
-    assert_eq!(&blob.bytes[..], future, "a newer format is left alone");
+    assert_eq!(
+        scope_entry(&*store, &key).await,
+        future,
+        "a newer format is left alone"
+    );
     let health = app.l2_health().unwrap();
-    assert!(health.undecodable_blobs >= 1, "{health:?}");
-    assert_eq!(health.repaired_blobs, 0, "{health:?}");
+    assert!(health.undecodable_entries >= 1, "{health:?}");
+    assert_eq!(health.repaired_entries, 0, "{health:?}");
     assert!(
         health
             .last_error
@@ -226,9 +260,10 @@ pub async fn unreadable_blobs_are_misses(rig: &Rig, stores: &StoreFactory) {
     );
 }
 
-/// Encryption at rest: shared keys read each other's blobs; a retired key still in the ring
-/// reads; tampered blobs and keys outside the ring are misses.
-pub async fn sealed_blobs_rotate_and_resist_tampering(rig: &Rig, stores: &StoreFactory) {
+/// Encryption at rest: shared keys read each other's entries; a retired key still in the ring
+/// reads; tampered entries and keys outside the ring are misses, and only tampered ones are
+/// repaired.
+pub async fn sealed_entries_rotate_and_resist_tampering(rig: &Rig, stores: &StoreFactory) {
     let old = KeyRing::new("k1", [7; 32]);
     let rotated = KeyRing::new("k2", [8; 32]).with_retired("k1", [7; 32]);
     let writer = node(rig, stores(), |o| o.codec(BlobCodec::sealed(old.clone())));
@@ -236,13 +271,10 @@ pub async fn sealed_blobs_rotate_and_resist_tampering(rig: &Rig, stores: &StoreF
     writer.flush().await;
     let key = PartitionKey::for_app(CLIENT_ID, TENANT);
     let store = stores();
-    let blob = store.load(&key).await.unwrap().unwrap();
+    let sealed = scope_entry(&*store, &key).await;
+    let secret = first.access_token().expose_secret().as_bytes();
     assert!(
-        !blob.bytes.windows(24).any(|w| first
-            .access_token()
-            .expose_secret()
-            .as_bytes()
-            .starts_with(w)),
+        !sealed.payload().windows(secret.len().min(24)).any(|w| secret.starts_with(w)),
         "the token is not stored in clear"
     );
 
@@ -267,15 +299,11 @@ pub async fn sealed_blobs_rotate_and_resist_tampering(rig: &Rig, stores: &StoreF
     );
     stranger.flush().await;
     let health = stranger.l2_health().unwrap();
-    assert!(health.undecodable_blobs >= 1, "{health:?}");
-    let kept = store.load(&key).await.unwrap().unwrap();
-    assert_eq!(
-        kept, blob,
-        "a blob sealed with a key the stranger lacks is left alone"
-    );
+    assert!(health.undecodable_entries >= 1, "{health:?}");
+    assert_eq!(health.repaired_entries, 0, "a foreign entry is not repaired: {health:?}");
     let requests = rig.cc_requests();
 
-    // Tamper with the stored ciphertext (rewrite a k2 blob first, then flip one byte).
+    // Tamper with a stored ciphertext (a k2 entry written first, then one byte flipped).
     let sealer = node(rig, stores(), |o| {
         o.codec(BlobCodec::sealed(rotated.clone()))
     });
@@ -285,14 +313,11 @@ pub async fn sealed_blobs_rotate_and_resist_tampering(rig: &Rig, stores: &StoreF
         .await
         .unwrap();
     sealer.flush().await;
-    let blob = store.load(&key).await.unwrap().unwrap();
-    let mut bytes = blob.bytes.to_vec();
+    let entry = scope_entry(&*store, &key).await;
+    let mut bytes = entry.payload().to_vec();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
-    store
-        .store(&key, Bytes::from(bytes), Some(blob.version), None)
-        .await
-        .unwrap();
+    overwrite_payload(&*store, &key, &entry, entry.written_at(), bytes).await;
     let victim = node(rig, stores(), |o| o.codec(BlobCodec::sealed(rotated)));
     let r = victim.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(
@@ -303,7 +328,7 @@ pub async fn sealed_blobs_rotate_and_resist_tampering(rig: &Rig, stores: &StoreF
     assert_eq!(rig.cc_requests(), requests + 2);
     victim.flush().await;
     assert_eq!(
-        victim.l2_health().unwrap().repaired_blobs,
+        victim.l2_health().unwrap().repaired_entries,
         1,
         "tampered: repaired"
     );
@@ -456,10 +481,10 @@ impl Farm {
     /// The newest access token of the farm's partition in the store.
     pub async fn newest_in_store(&self) -> Option<Arc<AccessToken>> {
         let key = PartitionKey::for_app(CLIENT_ID, TENANT);
-        let blob = self.store.load(&key).await.expect("the store answers")?;
+        let stored = self.store.load(&key).await.expect("the store answers");
         let partition = BlobCodec::plain()
-            .decode(&key, &blob.bytes)
-            .expect("the farm writes plain blobs");
+            .decode_partition(&key, &stored, 0)
+            .expect("the farm writes plain entries");
         partition
             .access_tokens()
             .max_by_key(|t| t.cached_at)
@@ -769,12 +794,12 @@ struct CodecNode {
 const FOREIGN_BLOB_WARNING: &str = "key or format this node does not have";
 
 /// Issue 11, mixed codecs: a plain node, a node sealing with key k1 and one sealing with k2
-/// share one store and one partition. Each node in turn writes first (the store is emptied
-/// between turns); then every node asks for a token, forced and not, many times. Every call
-/// succeeds; after every node's writes the first writer's blob is still there, still decodes
-/// with its codec and holds its latest token; every node that met a blob it cannot read
-/// counts it in `l2_health()` (`undecodable_blobs`, `last_error`) and warned exactly once
-/// (once per partition per interval, not once per call).
+/// share one store and one partition. Each node has a scope of its own and all share one; in
+/// rounds, every node asks for both, forced and not. Every call succeeds; after every call each
+/// node's own-scope entry is still in the store, still decodes with that node's codec and holds
+/// its latest token (nobody deletes or overwrites what it cannot read); every node that met an
+/// entry it cannot read counts it in `l2_health()` (`undecodable_entries`, `last_error`), never
+/// "repairs" it, and warned exactly once (once per partition per interval, not once per call).
 pub async fn mixed_codecs_leave_each_other_alone(rig: &Rig, stores: &StoreFactory) {
     const ROUNDS: usize = 10;
     let key = PartitionKey::for_app(CLIENT_ID, TENANT);
@@ -805,21 +830,17 @@ pub async fn mixed_codecs_leave_each_other_alone(rig: &Rig, stores: &StoreFactor
             }
         })
         .collect();
+    let own_scope = |name: &str| format!("api://{}/.default", name.replace(' ', "-"));
 
-    for first in 0..nodes.len() {
-        store.remove(&key).await.unwrap();
-        let undecodable_before: Vec<u64> = nodes
-            .iter()
-            .map(|n| n.app.l2_health().unwrap().undecodable_blobs)
-            .collect();
-        for round in 0..ROUNDS {
-            // The first writer goes first in every round, so its blob is the one in the store.
-            for n in (first..nodes.len()).chain(0..first) {
+    for round in 0..ROUNDS {
+        for n in 0..nodes.len() {
+            let force = round % 2 == 0;
+            for shared in [false, true] {
                 let node = &mut nodes[n];
-                let force = round % 2 == 0;
+                let scope = if shared { SCOPE.to_owned() } else { own_scope(node.name) };
                 let result = node
                     .app
-                    .acquire_token_for_client([SCOPE])
+                    .acquire_token_for_client([scope.as_str()])
                     .with_force_refresh(force)
                     .into_future()
                     .with_subscriber(node.dispatch.clone())
@@ -830,78 +851,48 @@ pub async fn mixed_codecs_leave_each_other_alone(rig: &Rig, stores: &StoreFactor
                             node.name
                         )
                     });
-                let served = result.access_token().expose_secret().to_owned();
-                if force || node.token.is_none() {
-                    assert_eq!(
-                        result.metadata().token_source,
-                        TokenSource::IdentityProvider,
-                        "{}: forced calls and first calls go to the IdP (nothing readable in L2)",
-                        node.name
-                    );
-                } else {
-                    assert_eq!(
-                        Some(&served),
-                        node.token.as_ref(),
-                        "{}: its own token from L1",
-                        node.name
-                    );
+                if !shared {
+                    node.token = Some(result.access_token().expose_secret().to_owned());
                 }
-                node.token = Some(served);
                 node.app.flush().await;
-
-                let writer = &nodes[first];
-                let blob = store.load(&key).await.unwrap().unwrap_or_else(|| {
-                    panic!(
-                        "the blob of {} (first writer) is gone after {}'s call",
-                        writer.name, nodes[n].name
-                    )
-                });
-                let stored = writer.codec.decode(&key, &blob.bytes).unwrap_or_else(|e| {
-                    panic!(
-                        "the blob of {} (first writer) no longer decodes with its codec after \
-                         {}'s call: {e}",
-                        writer.name, nodes[n].name
-                    )
-                });
-                let expected = writer
-                    .token
-                    .as_deref()
-                    .expect("the first writer has a token");
+            }
+            // Every node's own-scope entry survives every other node's writes.
+            let stored = store.load(&key).await.unwrap();
+            for owner in nodes.iter().filter(|o| o.token.is_some()) {
+                let decoded: Vec<_> = stored
+                    .entries
+                    .iter()
+                    .filter_map(|e| owner.codec.decode_partition(&key, &StoredPartition::of(vec![e.clone()]), 0).ok())
+                    .collect();
+                let expected = owner.token.as_deref().expect("checked");
                 assert!(
-                    stored
+                    decoded.iter().any(|p| p
                         .access_tokens()
-                        .any(|t| t.secret.expose_secret() == expected),
-                    "the first writer's ({}) latest token was erased after {}'s call",
-                    writer.name,
+                        .any(|t| t.secret.expose_secret() == expected)),
+                    "{}'s latest own-scope token was erased after {}'s calls (round {round})",
+                    owner.name,
                     nodes[n].name
                 );
             }
         }
-        for (n, node) in nodes.iter().enumerate() {
-            let health = node.app.l2_health().unwrap();
-            let met = health.undecodable_blobs - undecodable_before[n];
-            if n == first {
-                assert_eq!(met, 0, "{} reads its own blobs: {health:?}", node.name);
-            } else {
-                // Each forced call reads the blob and declines to overwrite it.
-                assert!(
-                    met >= ROUNDS.div_ceil(2) as u64,
-                    "{} met the first writer's ({}) blob on every forced call: {health:?}",
-                    node.name,
-                    nodes[first].name
-                );
-                assert!(
-                    health
-                        .last_error
-                        .as_deref()
-                        .is_some_and(|e| e.contains("left alone")),
-                    "{}: {health:?}",
-                    node.name
-                );
-            }
-            assert_eq!(health.write_errors, 0, "{}: {health:?}", node.name);
-            assert_eq!(health.repaired_blobs, 0, "{}: {health:?}", node.name);
-        }
+    }
+    for node in &nodes {
+        let health = node.app.l2_health().unwrap();
+        assert!(
+            health.undecodable_entries >= ROUNDS as u64,
+            "{} met the other nodes' entries on its reads: {health:?}",
+            node.name
+        );
+        assert!(
+            health
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("left alone")),
+            "{}: {health:?}",
+            node.name
+        );
+        assert_eq!(health.write_errors, 0, "{}: {health:?}", node.name);
+        assert_eq!(health.repaired_entries, 0, "{}: {health:?}", node.name);
     }
 
     let tokens: Vec<&str> = nodes.iter().filter_map(|n| n.token.as_deref()).collect();
@@ -911,9 +902,9 @@ pub async fn mixed_codecs_leave_each_other_alone(rig: &Rig, stores: &StoreFactor
         assert_eq!(
             warnings,
             1,
-            "{}: one warning per partition per interval for {} unreadable blobs met; logs:\n{}",
+            "{}: one warning per partition per interval for {} unreadable entries met; logs:\n{}",
             node.name,
-            health.undecodable_blobs,
+            health.undecodable_entries,
             node.logs.text(tracing::Level::WARN)
         );
         let text = node.logs.text(tracing::Level::TRACE);

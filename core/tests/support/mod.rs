@@ -130,6 +130,32 @@ pub fn advance(rig: &Rig, by: Duration) {
     rig.emulator.advance_time(by);
 }
 
+impl Rig {
+    /// Unix seconds on the rig's (manual) clock.
+    pub fn now(&self) -> u64 {
+        tokenwell_core::runtime::unix_seconds(self.clock.now())
+    }
+
+    /// What `store` holds for `key`, decoded with `codec` at the rig's time: `None` when the
+    /// store holds nothing there.
+    pub async fn stored_partition(
+        &self,
+        store: &dyn tokenwell_core::TokenStore,
+        key: &tokenwell_core::cache::PartitionKey,
+        codec: &tokenwell_core::cache::BlobCodec,
+    ) -> Option<tokenwell_core::cache::Partition> {
+        let stored = store.load(key).await.expect("the store answers");
+        if stored.is_empty() {
+            return None;
+        }
+        Some(
+            codec
+                .decode_partition(key, &stored, self.now())
+                .expect("the stored entries decode"),
+        )
+    }
+}
+
 /// Poll (real time, bounded) until `count()` reaches `at_least`; fails loudly otherwise.
 pub async fn wait_until(what: &str, at_least: u64, count: impl Fn() -> u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
