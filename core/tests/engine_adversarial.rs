@@ -563,14 +563,21 @@ async fn foreign_entries_survive_forced_writes_and_leases(t: Transport) {
     let after = store.load(&partition()).await.unwrap();
     for entry in &before.entries {
         let kept = after.entries.iter().find(|e| e.id() == entry.id());
-        assert!(kept.is_some(), "the stranger deleted the owner's entry {:?}", entry.id());
+        assert!(
+            kept.is_some(),
+            "the stranger deleted the owner's entry {:?}",
+            entry.id()
+        );
     }
     let owned = before
         .entries
         .iter()
         .filter(|e| after.entries.contains(e))
         .count();
-    assert!(owned >= 1, "the owner's entry for its own scope is untouched");
+    assert!(
+        owned >= 1,
+        "the owner's entry for its own scope is untouched"
+    );
     let health = stranger.l2_health().unwrap();
     assert!(health.undecodable_entries >= 1, "{health:?}");
     assert_eq!(health.repaired_entries, 0, "{health:?}");

@@ -5,11 +5,16 @@ mod support;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use parking_lot::Mutex;
 use tokenwell_cache_memory::MemoryStore;
-use tokenwell_core::{TokenSource, TokenStore};
+use tokenwell_core::cache::{AccessToken, BlobCodec, Partition, PartitionKey, TokenSecret};
+use tokenwell_core::{
+    EntryWrite, ScopeSet, StoreError, StoredPartition, TokenSource, TokenStore, WriteReport,
+};
 
 use support::farm::{self, StoreFactory};
-use support::{Rig, SCOPE, Transport};
+use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport};
 
 over_each_transport!(
     second_node_first_call_is_an_l2_hit,
@@ -18,6 +23,9 @@ over_each_transport!(
     unreadable_entries_are_misses,
     sealed_entries_rotate_and_resist_tampering,
     store_outage_is_never_fatal,
+    a_legacy_blob_is_read_then_rewritten_as_entries,
+    an_entry_the_store_cannot_parse_is_dropped_by_the_next_write,
+    a_write_carries_only_the_entries_it_changes,
 );
 
 /// Every node shares one in-process store (the factory hands out the same instance).
@@ -87,4 +95,136 @@ async fn store_outage_is_never_fatal(t: Transport) {
     let b = farm::node(&rig, factory(), |o| o);
     let r = b.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+}
+
+/// Issue 12, migration: a store written by the release before entries holds one legacy blob
+/// per partition. A new node reads it (an L2 hit), and its next write to the partition rewrites
+/// every legacy token as an entry and drops the blob; nothing is lost on the way.
+async fn a_legacy_blob_is_read_then_rewritten_as_entries(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(MemoryStore::new());
+    let key = PartitionKey::for_app(CLIENT_ID, TENANT);
+    let now = rig.now();
+    let authority = tokenwell_core::Authority::parse(&rig.emulator.authority(TENANT)).unwrap();
+    let legacy_token = |scope: &str, secret: &str| {
+        AccessToken::new(
+            authority.environment(),
+            CLIENT_ID,
+            TENANT,
+            ScopeSet::parse(scope),
+            "Bearer",
+            TokenSecret::new(secret),
+            now,
+            now + 3600,
+        )
+    };
+    let legacy = Partition::from_access_tokens([
+        legacy_token(SCOPE, "legacy-token-1"),
+        legacy_token("api://other/.default", "legacy-token-2"),
+    ]);
+    store.put_legacy(&key, BlobCodec::plain().encode_legacy(&key, &legacy));
+
+    let node = farm::node(&rig, shared(Arc::clone(&store))(), |o| o);
+    let r = node.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    assert_eq!(r.access_token().expose_secret(), "legacy-token-1");
+    // A new token for another scope: the partition's next write migrates it.
+    node.acquire_token_for_client(["api://third/.default"])
+        .await
+        .unwrap();
+    node.flush().await;
+    let stored = store.load(&key).await.unwrap();
+    assert_eq!(stored.legacy, None, "the legacy blob was dropped");
+    assert_eq!(
+        stored.entries.len(),
+        3,
+        "two legacy tokens and the new one, as entries"
+    );
+    let health = node.l2_health().unwrap();
+    assert_eq!(health.migrated_partitions, 1, "{health:?}");
+    assert_eq!(health.write_errors, 0, "{health:?}");
+    let fresh = farm::node(&rig, shared(Arc::clone(&store))(), |o| o);
+    let r = fresh
+        .acquire_token_for_client(["api://other/.default"])
+        .await
+        .unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    assert_eq!(r.access_token().expose_secret(), "legacy-token-2");
+    assert_eq!(rig.cc_requests(), 1, "only the third scope went to the IdP");
+}
+
+/// Issue 12, repair: an entry the store holds but cannot parse (another program wrote there)
+/// does not stop reads, and the partition's next write drops it (counted).
+async fn an_entry_the_store_cannot_parse_is_dropped_by_the_next_write(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(MemoryStore::new());
+    let key = PartitionKey::for_app(CLIENT_ID, TENANT);
+    let seed = farm::node(&rig, shared(Arc::clone(&store))(), |o| o);
+    seed.acquire_token_for_client([SCOPE]).await.unwrap();
+    seed.flush().await;
+    store.put_unparseable(&key, "not-an-entry");
+    assert_eq!(store.load(&key).await.unwrap().unreadable, ["not-an-entry"]);
+
+    let node = farm::node(&rig, shared(Arc::clone(&store))(), |o| o);
+    let r = node.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(
+        r.metadata().token_source,
+        TokenSource::CacheL2,
+        "reads still work"
+    );
+    node.acquire_token_for_client(["api://other/.default"])
+        .await
+        .unwrap();
+    node.flush().await;
+    let stored = store.load(&key).await.unwrap();
+    assert!(stored.unreadable.is_empty(), "the next write dropped it");
+    assert_eq!(stored.entries.len(), 2);
+    let health = node.l2_health().unwrap();
+    assert_eq!(health.repaired_entries, 1, "{health:?}");
+}
+
+/// A store that records the writes it is asked to make.
+struct Recording {
+    inner: MemoryStore,
+    writes: Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl TokenStore for Recording {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn write(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.writes.lock().push(write.entries.len());
+        self.inner.write(key, write).await
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// Issue 12, write cost: a new token in a partition of 200 sends one entry, not the partition.
+async fn a_write_carries_only_the_entries_it_changes(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(Recording {
+        inner: MemoryStore::new(),
+        writes: Mutex::new(Vec::new()),
+    });
+    let node = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    for n in 0..200 {
+        node.acquire_token_for_client([format!("api://r{n}/.default").as_str()])
+            .await
+            .unwrap();
+        node.flush().await;
+    }
+    let writes = store.writes.lock().clone();
+    assert_eq!(writes.len(), 200, "one write per new token");
+    assert!(
+        writes.iter().all(|&entries| entries == 1),
+        "every write carried the one new entry: {writes:?}"
+    );
 }

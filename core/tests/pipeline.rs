@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::{
-    CacheRefreshReason, ConfidentialClientApplication, Error, L2Options, Lease, LeaseOptions,
-    ManagedIdentityId, PublicClientApplication, EntryWrite, StoreError, StoredPartition, TokenSource, WriteReport,
-    TokenStore,
+    CacheRefreshReason, ConfidentialClientApplication, EntryWrite, Error, L2Options, Lease,
+    LeaseOptions, ManagedIdentityId, PublicClientApplication, StoreError, StoredPartition,
+    TokenSource, TokenStore, WriteReport,
 };
 use tokenwell_idp_emulator::TokenLifetimes;
 

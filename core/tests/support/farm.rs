@@ -16,8 +16,8 @@ use tokenwell_core::app::ConfidentialClientApplicationBuilder;
 use tokenwell_core::cache::{AccessToken, BlobCodec, KeyRing, PartitionKey};
 use tokenwell_core::runtime::unix_seconds;
 use tokenwell_core::{
-    ConfidentialClientApplication, EntryWrite, L2Options, StoreEntry, StoredPartition, LeaseOptions, ManualClock, RefreshOptions, Runtime,
-    TokenSource, TokenStore,
+    ConfidentialClientApplication, EntryWrite, L2Options, LeaseOptions, ManualClock,
+    RefreshOptions, Runtime, StoreEntry, StoredPartition, TokenSource, TokenStore,
 };
 use tokenwell_idp_emulator::{Fault, TokenLifetimes};
 use tracing::instrument::WithSubscriber;
@@ -146,6 +146,87 @@ pub async fn concurrent_writers_lose_no_token(rig: &Rig, stores: &StoreFactory, 
     }
 }
 
+/// Issue 12: `nodes` applications (each its own store handle — its own connection where the
+/// store has connections — and its own L1), with default L2 settings, each acquire `scopes`
+/// scopes of one partition all at once. Every token reaches the store (none lost, no write
+/// error), and a fresh node then gets every one of them from L2 without asking the IdP.
+pub async fn many_nodes_write_one_partition_losslessly(
+    rig: &Rig,
+    stores: &StoreFactory,
+    nodes: usize,
+    scopes: usize,
+) {
+    let apps: Vec<_> = (0..nodes)
+        .map(|_| {
+            rig.builder()
+                .cache(Arc::new(MemoryCache::new()))
+                .l2(L2Options::new(stores()))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let scope = |n: usize, s: usize| format!("api://node{n}-scope{s}/.default");
+    let barrier = Arc::new(tokio::sync::Barrier::new(nodes * scopes));
+    let mut tasks = Vec::new();
+    for (n, app) in apps.iter().enumerate() {
+        for s in 0..scopes {
+            let (app, barrier, scope) = (app.clone(), Arc::clone(&barrier), scope(n, s));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let r = app
+                    .acquire_token_for_client([scope.as_str()])
+                    .await
+                    .unwrap();
+                (scope, r.access_token().expose_secret().to_owned())
+            }));
+        }
+    }
+    let mut issued = Vec::new();
+    for task in tasks {
+        issued.push(task.await.unwrap());
+    }
+    assert_eq!(rig.cc_requests(), (nodes * scopes) as u64);
+    for (n, app) in apps.iter().enumerate() {
+        app.flush().await;
+        let health = app.l2_health().unwrap();
+        assert_eq!(health.write_errors, 0, "node {n}: {health:?}");
+        assert_eq!(health.pending_writes, 0, "node {n}: {health:?}");
+    }
+    let key = PartitionKey::for_app(CLIENT_ID, TENANT);
+    let stored = rig
+        .stored_partition(&*stores(), &key, &BlobCodec::plain())
+        .await
+        .expect("the partition is stored");
+    let secrets: HashSet<&str> = stored
+        .access_tokens()
+        .map(|t| t.secret.expose_secret())
+        .collect();
+    let lost = issued
+        .iter()
+        .filter(|(_, token)| !secrets.contains(token.as_str()))
+        .count();
+    assert_eq!(lost, 0, "{lost} of {} tokens lost", issued.len());
+    let fresh = rig
+        .builder()
+        .cache(Arc::new(MemoryCache::new()))
+        .l2(L2Options::new(stores()))
+        .build()
+        .unwrap();
+    let before = rig.cc_requests();
+    for (scope, token) in &issued {
+        let r = fresh
+            .acquire_token_for_client([scope.as_str()])
+            .await
+            .unwrap();
+        assert_eq!(r.access_token().expose_secret(), token);
+    }
+    assert_eq!(
+        rig.cc_requests(),
+        before,
+        "a fresh node found every token in L2"
+    );
+}
+
 /// With the farm lease, four nodes × `callers` concurrent cold calls make one IdP request.
 pub async fn farm_lease_makes_one_request(rig: &Rig, stores: &StoreFactory, callers: usize) {
     rig.emulator
@@ -199,7 +280,10 @@ async fn overwrite_payload(
         .write(key, &EntryWrite::new(vec![replaced.clone()], 0))
         .await
         .unwrap();
-    assert_eq!(report.applied, 1, "the test's entry replaced the stored one");
+    assert_eq!(
+        report.applied, 1,
+        "the test's entry replaced the stored one"
+    );
     replaced
 }
 
@@ -213,7 +297,10 @@ pub async fn unreadable_entries_are_misses(rig: &Rig, stores: &StoreFactory) {
     seed.acquire_token_for_client([SCOPE]).await.unwrap();
     seed.flush().await;
     let good = scope_entry(&*store, &key).await;
-    let garbage: [&[u8]; 2] = [b"definitely not an entry", b"TWE\x01\x00\x00\xff\xff\xff\xff"];
+    let garbage: [&[u8]; 2] = [
+        b"definitely not an entry",
+        b"TWE\x01\x00\x00\xff\xff\xff\xff",
+    ];
     for (i, bytes) in garbage.into_iter().enumerate() {
         overwrite_payload(&*store, &key, &good, good.written_at(), bytes.to_vec()).await;
         let app = node(rig, stores(), |o| o);
@@ -225,7 +312,11 @@ pub async fn unreadable_entries_are_misses(rig: &Rig, stores: &StoreFactory) {
             .stored_partition(&*store, &key, &BlobCodec::plain())
             .await
             .expect("stored");
-        assert_eq!(decoded.access_token_count(), 1, "the bad entry was replaced");
+        assert_eq!(
+            decoded.access_token_count(),
+            1,
+            "the bad entry was replaced"
+        );
         let health = app.l2_health().unwrap();
         assert_eq!(health.repaired_entries, 1, "{health:?}");
         assert_eq!(health.undecodable_entries, 0, "{health:?}");
@@ -274,7 +365,10 @@ pub async fn sealed_entries_rotate_and_resist_tampering(rig: &Rig, stores: &Stor
     let sealed = scope_entry(&*store, &key).await;
     let secret = first.access_token().expose_secret().as_bytes();
     assert!(
-        !sealed.payload().windows(secret.len().min(24)).any(|w| secret.starts_with(w)),
+        !sealed
+            .payload()
+            .windows(secret.len().min(24))
+            .any(|w| secret.starts_with(w)),
         "the token is not stored in clear"
     );
 
@@ -300,7 +394,10 @@ pub async fn sealed_entries_rotate_and_resist_tampering(rig: &Rig, stores: &Stor
     stranger.flush().await;
     let health = stranger.l2_health().unwrap();
     assert!(health.undecodable_entries >= 1, "{health:?}");
-    assert_eq!(health.repaired_entries, 0, "a foreign entry is not repaired: {health:?}");
+    assert_eq!(
+        health.repaired_entries, 0,
+        "a foreign entry is not repaired: {health:?}"
+    );
     let requests = rig.cc_requests();
 
     // Tamper with a stored ciphertext (a k2 entry written first, then one byte flipped).
@@ -837,7 +934,11 @@ pub async fn mixed_codecs_leave_each_other_alone(rig: &Rig, stores: &StoreFactor
             let force = round % 2 == 0;
             for shared in [false, true] {
                 let node = &mut nodes[n];
-                let scope = if shared { SCOPE.to_owned() } else { own_scope(node.name) };
+                let scope = if shared {
+                    SCOPE.to_owned()
+                } else {
+                    own_scope(node.name)
+                };
                 let result = node
                     .app
                     .acquire_token_for_client([scope.as_str()])
@@ -862,7 +963,12 @@ pub async fn mixed_codecs_leave_each_other_alone(rig: &Rig, stores: &StoreFactor
                 let decoded: Vec<_> = stored
                     .entries
                     .iter()
-                    .filter_map(|e| owner.codec.decode_partition(&key, &StoredPartition::of(vec![e.clone()]), 0).ok())
+                    .filter_map(|e| {
+                        owner
+                            .codec
+                            .decode_partition(&key, &StoredPartition::of(vec![e.clone()]), 0)
+                            .ok()
+                    })
                     .collect();
                 let expected = owner.token.as_deref().expect("checked");
                 assert!(
@@ -927,6 +1033,14 @@ macro_rules! farm_proofs {
         $crate::farm_proofs!(@outage $backend, farm_outage_8_nodes_no_jitter, 8, ZERO, 60, 300);
         $crate::farm_proofs!(@outage $backend, farm_outage_8_nodes_default_jitter, 8, DEFAULT, 30, 300);
         $crate::farm_proofs!(@outage $backend, farm_outage_32_nodes_default_jitter, 32, DEFAULT, 60, 900);
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn thirty_two_nodes_write_one_partition_losslessly() {
+            let rig = $crate::support::Rig::start($crate::support::Transport::Reqwest).await;
+            let (_backend, stores) = ($backend)(&rig);
+            $crate::support::farm::many_nodes_write_one_partition_losslessly(&rig, &stores, 32, 16)
+                .await;
+        }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn mixed_codecs_leave_each_other_alone() {
