@@ -83,7 +83,12 @@ pub(crate) fn parse_response(
         (None, ResponseShape::ManagedIdentity) => {
             let expires_on = timestamp_field(status, &object, "expires_on")?
                 .ok_or_else(|| malformed(status, "neither `expires_in` nor `expires_on` is set"))?;
-            expires_on.saturating_sub(crate::runtime::unix_seconds(now))
+            let lifetime = expires_on.saturating_sub(crate::runtime::unix_seconds(now));
+            // The same cap as `expires_in`: one lifetime rule for every flow.
+            if lifetime > MAX_LIFETIME_SECS {
+                return Err(malformed(status, "`expires_on` is implausibly far away"));
+            }
+            lifetime
         }
         (None, ResponseShape::TokenEndpoint) => {
             return Err(malformed(status, "`expires_in` is missing"));
@@ -362,6 +367,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(mi.expires_in, 3600);
+        // Issue 14: an absurd `expires_on` is a typed error (it used to overflow a SystemTime
+        // and panic), capped like `expires_in` at ten years.
+        for absurd in ["18446744073709551615", "99999999999", "315360001000"] {
+            let body = format!(r#"{{"access_token":"x","expires_on":"{absurd}"}}"#);
+            let error = parse_response(
+                &response(200, &body),
+                1024,
+                now,
+                ResponseShape::ManagedIdentity,
+            )
+            .unwrap_err();
+            assert!(error.to_string().contains("implausibly"), "{absurd}: {error}");
+        }
         assert!(
             parse_token_response(
                 &response(200, r#"{"access_token":"x","expires_on":"4600"}"#),

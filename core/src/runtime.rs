@@ -55,8 +55,14 @@ pub fn unix_seconds(time: SystemTime) -> u64 {
 }
 
 /// The `SystemTime` of `seconds` since the Unix epoch.
+///
+/// Saturating: times come from the network, stores and imports, so a value past what
+/// `SystemTime` holds (`u64::MAX`) becomes [`crate::store::MAX_STORE_SECONDS`] instead of a panic.
 pub fn from_unix_seconds(seconds: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(seconds)
+    let seconds = seconds.min(crate::store::MAX_STORE_SECONDS);
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(seconds))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 /// A test clock that only moves when told to, wrapped around a real runtime for spawning.
@@ -181,5 +187,20 @@ impl Runtime for ManualClock {
 
     fn io_timeout(&self, duration: Duration) -> BoxFuture<'static, ()> {
         self.inner.io_timeout(duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: times from the network, stores and imports never panic on conversion.
+    #[test]
+    fn from_unix_seconds_saturates() {
+        for seconds in [u64::MAX, i64::MAX as u64, crate::store::MAX_STORE_SECONDS + 1] {
+            let time = from_unix_seconds(seconds);
+            assert_eq!(unix_seconds(time), crate::store::MAX_STORE_SECONDS);
+        }
+        assert_eq!(unix_seconds(from_unix_seconds(1_000)), 1_000);
     }
 }

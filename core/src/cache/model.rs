@@ -122,8 +122,13 @@ impl RefreshGate {
     /// `refresh_on` moved by this entry's share of `max_jitter_secs`.
     #[inline]
     pub fn jittered(&self, refresh_on: u64, max_jitter_secs: u64) -> u64 {
-        let shift = (max_jitter_secs as i64 * self.jitter_permille as i64) / 1000;
-        (refresh_on as i64 + shift).max(0) as u64
+        // Saturating: `refresh_on` may come from a store or an import, hostile or absurd.
+        let shift = i64::try_from(max_jitter_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(i64::from(self.jitter_permille))
+            / 1000;
+        let refresh_on = i64::try_from(refresh_on).unwrap_or(i64::MAX);
+        u64::try_from(refresh_on.saturating_add(shift)).unwrap_or(0)
     }
 
     /// `refresh_on` moved later by this entry's share of `max_jitter_secs` (never earlier).
@@ -469,5 +474,32 @@ impl Account {
             + self.local_account_id.len()
             + self.username.len()
             + 32
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    /// Issue 14: a `refresh_on` read from a store or an import near `i64::MAX` or `u64::MAX`
+    /// used to overflow in `jittered`; every extreme now saturates.
+    #[test]
+    fn jitter_never_overflows() {
+        for permille in [-1000i16, -1, 0, 1, 1000] {
+            let gate = RefreshGate {
+                jitter_permille: permille,
+                ..RefreshGate::default()
+            };
+            for refresh_on in [0, 1, i64::MAX as u64 - 1, i64::MAX as u64, u64::MAX] {
+                for jitter in [0, 300, i64::MAX as u64, u64::MAX] {
+                    let early = gate.jittered(refresh_on, jitter);
+                    let late = gate.jittered_late(refresh_on, jitter);
+                    assert!(late >= refresh_on, "jittered_late never moves earlier");
+                    if permille >= 0 {
+                        assert!(early >= refresh_on.min(i64::MAX as u64));
+                    }
+                }
+            }
+        }
     }
 }
