@@ -36,6 +36,24 @@ impl Authority {
                 "authority '{url}' must not have a query"
             )));
         }
+        if authority.as_str().contains('@') {
+            // Never echo the URL: it holds a password.
+            return Err(Error::configuration(
+                "the authority URL holds a user name or password; remove it (credentials go in \
+                 the application's credential, never in the authority)",
+            ));
+        }
+        // The raw port text (after an IPv6 literal's `]`): `http::Uri` hides ports it cannot
+        // read (`:99999`) rather than refusing them.
+        let raw = authority.as_str();
+        let after_host = raw.rfind(']').map_or(raw, |end| &raw[end..]);
+        if let Some((_, port)) = after_host.rsplit_once(':')
+            && !matches!(port.parse::<u16>(), Ok(1..))
+        {
+            return Err(Error::configuration(format!(
+                "authority '{url}' has an invalid port '{port}' (1-65535)"
+            )));
+        }
         let mut segments = uri.path().split('/').filter(|s| !s.is_empty());
         let tenant = segments.next().ok_or_else(|| {
             Error::configuration(format!(
@@ -45,6 +63,13 @@ impl Authority {
         if segments.next().is_some() {
             return Err(Error::configuration(format!(
                 "authority '{url}' has more than a tenant in its path"
+            )));
+        }
+        let decoded_dots = tenant.to_ascii_lowercase().replace("%2e", ".");
+        if decoded_dots == "." || decoded_dots == ".." || tenant.contains('%') {
+            return Err(Error::configuration(format!(
+                "authority '{url}' has an invalid tenant segment '{tenant}' (dot segments and \
+                 percent-encoding are refused)"
             )));
         }
         let host_only = authority
@@ -112,6 +137,28 @@ fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14: passwords, invalid ports and dot segments are refused, and the error never
+    /// shows the password.
+    #[test]
+    fn refuses_credentials_bad_ports_and_dot_segments() {
+        let error = Authority::parse("https://user:hunter2@login.example/t").unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
+        for url in [
+            "https://login.example:0/t",
+            "https://login.example:99999/t",
+            "https://login.example:/t",
+            "https://login.example/..",
+            "https://login.example/.",
+            "https://login.example/%2e%2e",
+            "https://login.example/%2E%2e/",
+            "https://login.example/ten%41nt",
+        ] {
+            assert!(Authority::parse(url).is_err(), "{url} was accepted");
+        }
+        assert!(Authority::parse("https://login.example:8443/contoso.onmicrosoft.com").is_ok());
+    }
 
     #[test]
     fn parses_https_and_loopback_http() {

@@ -378,7 +378,10 @@ mod tests {
                 ResponseShape::ManagedIdentity,
             )
             .unwrap_err();
-            assert!(error.to_string().contains("implausibly"), "{absurd}: {error}");
+            assert!(
+                error.to_string().contains("implausibly"),
+                "{absurd}: {error}"
+            );
         }
         assert!(
             parse_token_response(

@@ -197,7 +197,11 @@ mod tests {
     /// Issue 14: times from the network, stores and imports never panic on conversion.
     #[test]
     fn from_unix_seconds_saturates() {
-        for seconds in [u64::MAX, i64::MAX as u64, crate::store::MAX_STORE_SECONDS + 1] {
+        for seconds in [
+            u64::MAX,
+            i64::MAX as u64,
+            crate::store::MAX_STORE_SECONDS + 1,
+        ] {
             let time = from_unix_seconds(seconds);
             assert_eq!(unix_seconds(time), crate::store::MAX_STORE_SECONDS);
         }
