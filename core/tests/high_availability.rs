@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokenwell_core::{
@@ -54,10 +55,6 @@ async fn wait_for_requests(rig: &Rig, count: u64) {
     );
 }
 
-/// Let background tasks settle (real time) so a later count is final.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(200)).await;
-}
 
 async fn proactive_refresh_serves_the_cached_token_and_refreshes_once(t: Transport) {
     let rig = Rig::start(t).await;
@@ -83,17 +80,8 @@ async fn proactive_refresh_serves_the_cached_token_and_refreshes_once(t: Transpo
             CacheRefreshReason::ProactivelyRefreshed
         );
     }
-    wait_for_requests(&rig, 2).await;
-    // Wait (bounded) for the background refresh to land in the cache.
-    let mut next = app.acquire_token_for_client([SCOPE]).await.unwrap();
-    for _ in 0..200 {
-        if next.access_token().expose_secret() != first.access_token().expose_secret() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        next = app.acquire_token_for_client([SCOPE]).await.unwrap();
-    }
-    settle().await;
+    // The background refresh has finished once `flush` returns (an event, not a sleep).
+    app.flush().await;
     assert_eq!(rig.cc_requests(), 2, "exactly one background request");
     let next = app.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(next.metadata().token_source, TokenSource::CacheL1);
@@ -126,7 +114,7 @@ async fn failed_background_refresh_keeps_serving_until_expiry(t: Transport) {
             first.access_token().expose_secret()
         );
         assert_eq!(r.metadata().token_source, TokenSource::CacheL1);
-        settle().await;
+        app.flush().await;
         rig.clock.advance(10 * MINUTE);
         elapsed += 10;
     }
@@ -195,7 +183,7 @@ async fn outage_drill_two_hours_without_a_failed_call(t: Transport) {
     // The identity provider comes back: the next refresh lands and the new token is served.
     rig.emulator.set_outage(None);
     rig.clock.auto_advance(true);
-    settle().await;
+    app.flush().await;
     let mut renewed = false;
     for _ in 0..50 {
         let r = app.acquire_token_for_client([SCOPE]).await.unwrap();
@@ -203,7 +191,7 @@ async fn outage_drill_two_hours_without_a_failed_call(t: Transport) {
             renewed = true;
             break;
         }
-        settle().await;
+        app.flush().await;
         rig.clock.advance(MINUTE);
     }
     assert!(renewed, "the token was renewed once the IdP came back");
@@ -394,14 +382,13 @@ async fn a_cancelled_caller_does_not_cancel_the_others(t: Transport) {
         let app = app.clone();
         tokio::spawn(async move { app.acquire_token_for_client([SCOPE]).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = {
-        let app = app.clone();
-        tokio::spawn(async move { app.acquire_token_for_client([SCOPE]).await })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first caller's flight is at the IdP (the emulator has the request).
+    wait_for_requests(&rig, 1).await;
+    // One poll registers the second caller with that flight.
+    let mut second = Box::pin(app.acquire_token_for_client([SCOPE]).into_future());
+    assert!(futures::poll!(second.as_mut()).is_pending());
     first.abort();
-    let result = second.await.unwrap().unwrap();
+    let result = second.await.unwrap();
     assert_eq!(
         result.metadata().token_source,
         TokenSource::IdentityProvider
@@ -427,12 +414,12 @@ async fn refresh_ahead_renews_without_requests_and_stops_with_the_app(t: Transpo
         .unwrap();
     let first = app.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(rig.cc_requests(), 1);
-    settle().await;
+    app.flush().await;
     assert_eq!(rig.cc_requests(), 1, "nothing before refresh_on");
 
     rig.clock.advance(30 * MINUTE);
     wait_for_requests(&rig, 2).await;
-    settle().await;
+    app.flush().await;
     let hit = app.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(hit.metadata().token_source, TokenSource::CacheL1);
     assert_eq!(
@@ -448,12 +435,33 @@ async fn refresh_ahead_renews_without_requests_and_stops_with_the_app(t: Transpo
     // The loop goes on at the new token's refresh_on…
     rig.clock.advance(30 * MINUTE);
     wait_for_requests(&rig, 3).await;
-    // …and stops when the application is dropped.
+    app.flush().await;
+    // …and stops when the application is dropped. A witness application with its own
+    // refresh-ahead loop, due at the same moment, is woken by the same clock move: once its
+    // request has arrived, a loop the dropped application left behind would have fired too.
+    let witness = rig
+        .builder()
+        .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
+        .refresh_options(RefreshOptions {
+            max_jitter: Duration::ZERO,
+            refresh_ahead: true,
+            ..RefreshOptions::default()
+        })
+        .build()
+        .unwrap();
+    witness
+        .acquire_token_for_client(["api://witness/.default"])
+        .await
+        .unwrap();
     drop(app);
     drop(hit);
     drop(first);
-    settle().await;
     rig.clock.advance(60 * MINUTE);
-    settle().await;
-    assert_eq!(rig.cc_requests(), 3, "no refresh after the app is gone");
+    wait_for_requests(&rig, 5).await;
+    witness.flush().await;
+    assert_eq!(
+        rig.cc_requests(),
+        5,
+        "the witness's two requests and no refresh after the app is gone"
+    );
 }
