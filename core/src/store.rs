@@ -307,6 +307,12 @@ pub trait TokenStore: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot answer.
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError>;
 
+    /// Whether the store is reached over a network (Redis): entries that are not sealed are
+    /// then readable by anyone with access to it, and the engine warns at build time.
+    fn is_networked(&self) -> bool {
+        false
+    }
+
     /// Whether this store implements [`try_lease`](Self::try_lease) and
     /// [`release`](Self::release). A store that says `false` is never asked for a lease, so a
     /// configured farm lease never makes a caller wait on it.
@@ -352,6 +358,9 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     }
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
         (**self).remove(key).await
+    }
+    fn is_networked(&self) -> bool {
+        (**self).is_networked()
     }
     fn supports_leases(&self) -> bool {
         (**self).supports_leases()

@@ -55,7 +55,6 @@ async fn wait_for_requests(rig: &Rig, count: u64) {
     );
 }
 
-
 async fn proactive_refresh_serves_the_cached_token_and_refreshes_once(t: Transport) {
     let rig = Rig::start(t).await;
     rig.emulator

@@ -26,6 +26,7 @@ over_each_transport!(
     a_legacy_blob_is_read_then_rewritten_as_entries,
     an_entry_the_store_cannot_parse_is_dropped_by_the_next_write,
     a_write_carries_only_the_entries_it_changes,
+    a_networked_store_without_sealing_warns_once_at_build,
 );
 
 /// Every node shares one in-process store (the factory hands out the same instance).
@@ -226,5 +227,55 @@ async fn a_write_carries_only_the_entries_it_changes(t: Transport) {
     assert!(
         writes.iter().all(|&entries| entries == 1),
         "every write carried the one new entry: {writes:?}"
+    );
+}
+
+/// A memory store that says it is reached over the network.
+struct Networked(MemoryStore);
+
+#[async_trait]
+impl TokenStore for Networked {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
+        self.0.load(key).await
+    }
+    async fn write(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.0.write(key, write).await
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.0.remove(key).await
+    }
+    fn is_networked(&self) -> bool {
+        true
+    }
+}
+
+/// Issue 14: tokens in a network store without sealing are readable by anyone with access to
+/// it; the application says so once, at build, and not when the entries are sealed.
+async fn a_networked_store_without_sealing_warns_once_at_build(t: Transport) {
+    let rig = Rig::start(t).await;
+    let logs = farm::LogRecorder::default();
+    let dispatch = tracing::Dispatch::new(logs.clone());
+    const WARNING: &str = "entries are not sealed";
+    let plain = tracing::dispatcher::with_default(&dispatch, || {
+        farm::node(&rig, Arc::new(Networked(MemoryStore::new())), |o| o)
+    });
+    assert_eq!(logs.count(tracing::Level::WARN, WARNING), 1);
+    plain.acquire_token_for_client([SCOPE]).await.unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        farm::node(&rig, Arc::new(Networked(MemoryStore::new())), |o| {
+            o.codec(BlobCodec::sealed(tokenwell_core::cache::KeyRing::new(
+                "k1", [1; 32],
+            )))
+        });
+        farm::node(&rig, Arc::new(MemoryStore::new()), |o| o);
+    });
+    assert_eq!(
+        logs.count(tracing::Level::WARN, WARNING),
+        1,
+        "no warning for sealed entries or an in-process store"
     );
 }

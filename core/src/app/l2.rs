@@ -252,6 +252,12 @@ impl L2 {
             }
             None => None,
         };
+        if options.store.is_networked() && !options.codec.is_sealed() {
+            tracing::warn!(
+                "the L2 store is reached over the network and its entries are not sealed: anyone \
+                 with access to the store can read the tokens (use L2Options::codec(BlobCodec::sealed(..)))"
+            );
+        }
         L2 {
             options,
             runtime,

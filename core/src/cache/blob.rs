@@ -183,6 +183,11 @@ impl BlobCodec {
         BlobCodec { keyring: None }
     }
 
+    /// Whether entries are sealed (encrypted and authenticated).
+    pub fn is_sealed(&self) -> bool {
+        self.keyring.is_some()
+    }
+
     /// Sealed blobs with `keyring`.
     pub fn sealed(keyring: KeyRing) -> Self {
         BlobCodec {
