@@ -17,7 +17,7 @@ pub const RETRIES: &str = "tokenwell_retries_total";
 pub const COALESCED_WAITERS: &str = "tokenwell_coalesced_waiters_total";
 /// L2 store failures (treated as misses or lost writes), labelled `op`.
 pub const L2_ERRORS: &str = "tokenwell_l2_errors_total";
-/// L2 blobs dropped because they could not be decoded or authenticated.
+/// L2 entries (or legacy blobs) that could not be decoded or authenticated.
 pub const L2_CORRUPT_BLOBS: &str = "tokenwell_l2_corrupt_blobs_total";
 /// Calls refused locally by client-side throttling.
 pub const THROTTLED: &str = "tokenwell_throttled_total";
@@ -77,8 +77,87 @@ pub(crate) fn l2_corrupt_blob() {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    /// Records the names and labels of every metric registered through it.
+    #[derive(Default)]
+    struct Names(Mutex<Vec<String>>);
+
+    impl Names {
+        fn push(&self, key: &Key) {
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}{{{}}}", key.name(), labels.join(",")));
+        }
+    }
+
+    impl Recorder for Names {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            self.push(key);
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            self.push(key);
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            self.push(key);
+            Histogram::noop()
+        }
+    }
+
+    /// What each helper emits, read through a recorder, against the documented constants (the
+    /// hot-path helpers use literals, which this keeps in step).
     #[test]
-    fn names_match_the_constants() {
-        assert_eq!(super::CACHE_HITS, "tokenwell_cache_hits_total");
+    fn emitted_names_match_the_constants() {
+        use super::*;
+        let names = Names::default();
+        metrics::with_local_recorder(&names, || {
+            cache_hit_l1();
+            cache_hit_l2();
+            cache_miss();
+            idp_request(true, 0.1);
+            idp_request(false, 0.1);
+            retry();
+            coalesced_waiter();
+            stale_served();
+            throttled();
+            background_refresh(true);
+            background_refresh(false);
+            l2_error("write");
+            l2_corrupt_blob();
+        });
+        let emitted = names.0.lock().unwrap().clone();
+        let expected = [
+            format!("{CACHE_HITS}{{level=l1}}"),
+            format!("{CACHE_HITS}{{level=l2}}"),
+            format!("{CACHE_MISSES}{{}}"),
+            format!("{IDP_REQUESTS}{{outcome=ok}}"),
+            format!("{IDP_DURATION}{{}}"),
+            format!("{IDP_REQUESTS}{{outcome=error}}"),
+            format!("{IDP_DURATION}{{}}"),
+            format!("{RETRIES}{{}}"),
+            format!("{COALESCED_WAITERS}{{}}"),
+            format!("{STALE_SERVED}{{}}"),
+            format!("{THROTTLED}{{}}"),
+            format!("{BACKGROUND_REFRESHES}{{outcome=ok}}"),
+            format!("{BACKGROUND_REFRESHES}{{outcome=error}}"),
+            format!("{L2_ERRORS}{{op=write}}"),
+            format!("{L2_CORRUPT_BLOBS}{{}}"),
+        ];
+        assert_eq!(emitted, expected);
     }
 }
