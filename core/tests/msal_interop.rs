@@ -3,9 +3,11 @@
 //! exports → MSAL loads it and `acquire_token_for_client` answers from the cache. The emulator's
 //! request count proves no side went back to the IdP.
 //!
-//! Needs `python3` with `msal` (`scripts/requirements-interop.txt`). When `import msal` fails the
-//! test tries `pip install` once; when that fails too it skips with a loud message, unless
-//! `TOKENWELL_REQUIRE_MSAL=1` (CI), which turns the skip into a failure.
+//! Needs `python3`. The test makes its own virtual environment under the target directory
+//! (`CARGO_TARGET_TMPDIR/msal-venv`) and installs `msal` there
+//! (`scripts/requirements-interop.txt`) — never into the system's Python. When that fails it
+//! skips with a loud message, unless `TOKENWELL_REQUIRE_MSAL=1` (CI), which turns the skip into
+//! a failure.
 
 mod support;
 
@@ -26,11 +28,17 @@ fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts")
 }
 
-fn python(args: &[&str]) -> std::io::Result<Output> {
-    Command::new("python3").args(args).output()
+/// The interop virtual environment's interpreter.
+fn venv_python() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("msal-venv/bin/python")
 }
 
-/// `Ok` when MSAL Python can be imported (installing it if needed); `Err(why)` to skip.
+fn python(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(venv_python()).args(args).output()
+}
+
+/// `Ok` when MSAL Python can be imported in the test's virtual environment (creating it and
+/// installing MSAL if needed); `Err(why)` to skip.
 fn msal_python() -> Result<(), String> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     READY
@@ -38,6 +46,22 @@ fn msal_python() -> Result<(), String> {
             let import = || python(&["-c", "import msal"]).is_ok_and(|o| o.status.success());
             if import() {
                 return Ok(());
+            }
+            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("msal-venv");
+            let created = Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv)
+                .output();
+            match created {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => {
+                    return Err(format!(
+                        "`python3 -m venv {}` failed: {}",
+                        venv.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                Err(e) => return Err(format!("cannot run python3: {e}")),
             }
             let requirements = scripts_dir().join("requirements-interop.txt");
             let requirements = requirements.to_string_lossy();
@@ -71,7 +95,7 @@ fn require_msal(test: &str) -> bool {
                 "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
                  !! SKIPPED {test}: MSAL Python interop NOT TESTED.\n\
                  !! {why}\n\
-                 !! Install it with: python3 -m pip install -r scripts/requirements-interop.txt\n\
+                 !! The test installs it into a virtual environment under the target directory.\n\
                  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
             );
             false
@@ -98,10 +122,10 @@ async fn msal_interop(command: &str, authority: &str, cache_flag: &str, file: &P
         file.to_string_lossy().into_owned(),
     ];
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(venv_python())
             .args(&args)
             .output()
-            .expect("run python3")
+            .expect("run the interop venv's python")
     })
     .await
     .unwrap();
