@@ -1,7 +1,13 @@
-//! L2 benches: an `acquire_token_for_client` served from L2 (the L1 keeps nothing) over Redis
-//! (its own `redis-server` child on a free loopback port) and over SQLite (a temp file), next
-//! to the store's raw `load` of the same blob (goal: at most 1.5×); and the blob codec, plain
-//! and sealed (AES-GCM), for partitions of 1, 10 and 100 tokens.
+//! L2 benches over Redis (its own `redis-server` child on a free loopback port) and SQLite (a
+//! temp file):
+//! - an `acquire_token_for_client` served from L2 (the L1 keeps nothing) next to the store's
+//!   raw `load` of the same partition (goal: at most 1.5×), with 1 token in the partition and
+//!   with 10,000;
+//! - the write of one new token into partitions of 1, 100, 10,000 and 100,000 tokens (goal:
+//!   flat, within 1.5× from 1 to 100k — a write carries only its entry, ADR 0006);
+//! - the entry codec, plain and sealed (AES-GCM), for partitions of 1, 10 and 100 tokens;
+//! - a load figure: 4 nodes × 200 tasks on one partition of 400 scopes against the emulator
+//!   over a healthy Redis, each call's latency (goal: p99 ≤ 50 ms).
 //!
 //! Run: `cargo bench --bench l2` (needs `redis-server` on the `PATH`)
 
@@ -12,11 +18,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use tokenwell_benches::{TENANT, app_over_l2, bench_partition_key, partition_of, record_figure};
+use tokenwell_benches::{
+    TENANT, app_over_l2, bench_partition_key, partition_of, record_figure, record_text, token,
+};
+use tokenwell_cache_memory::MemoryCache;
 use tokenwell_cache_redis::RedisStore;
 use tokenwell_cache_sqlite::SqliteStore;
-use tokenwell_core::cache::{BlobCodec, KeyRing};
-use tokenwell_core::{ConfidentialClientApplication, L2Options, ScopeSet, TokenSource, TokenStore};
+use tokenwell_core::cache::{BlobCodec, KeyRing, Partition, PartitionKey};
+use tokenwell_core::runtime::unix_seconds;
+use tokenwell_core::{
+    ClientCredential, ConfidentialClientApplication, EntryWrite, L2Options, ScopeSet, StoreEntry,
+    TokenSource, TokenStore,
+};
+use tokenwell_idp_emulator::Emulator;
 use tokenwell_runtime_tokio::TokioRuntime;
 
 /// A `redis-server` child on a free loopback port, killed on drop.
@@ -94,6 +108,88 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
+fn now() -> u64 {
+    unix_seconds(std::time::SystemTime::now())
+}
+
+/// Fill partition `key` of `store` with `tokens` tokens, in writes of at most 2,000 entries.
+async fn fill(store: &dyn TokenStore, key: &PartitionKey, tokens: usize) {
+    let entries = BlobCodec::plain().encode_partition(key, &partition_of(tokens));
+    for chunk in entries.chunks(2_000) {
+        store
+            .write(key, &EntryWrite::new(chunk.to_vec(), now()))
+            .await
+            .expect("fill the partition");
+    }
+}
+
+/// The entry of one new token (`api://new-{n}/.default`) for `key`.
+fn new_entry(key: &PartitionKey, n: usize) -> StoreEntry {
+    let partition = Partition::from_access_tokens([token(TENANT, 1_000_000_000 + n, now())]);
+    BlobCodec::plain()
+        .encode_partition(key, &partition)
+        .pop()
+        .expect("one entry")
+}
+
+/// Criterion bench of one store write of a new token into partitions of 1 to 100k tokens.
+fn write_one_new_token(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    store: &Arc<dyn TokenStore>,
+) {
+    let mut group = c.benchmark_group(format!("l2_write_one_token/{name}"));
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    let mut medians = Vec::new();
+    for size in [1usize, 100, 10_000, 100_000] {
+        let key = PartitionKey::for_app("bench-write", &format!("{name}-{size}"));
+        runtime.block_on(fill(&**store, &key, size));
+        let mut n = 0usize;
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.to_async(runtime).iter(|| {
+                n += 1;
+                let entry = new_entry(&key, n);
+                let store = Arc::clone(store);
+                let key = key.clone();
+                async move {
+                    let write = EntryWrite::new(vec![entry], now());
+                    black_box(store.write(&key, &write).await.expect("write"))
+                }
+            })
+        });
+        // Paired figure: mean of 300 writes, measured right after, for the flatness ratio.
+        let mean = runtime.block_on(per_call(300, || {
+            n += 1;
+            let entry = new_entry(&key, n);
+            let (store, key) = (Arc::clone(store), key.clone());
+            async move {
+                let write = EntryWrite::new(vec![entry], now());
+                black_box(store.write(&key, &write).await.expect("write"));
+            }
+        }));
+        medians.push((size, mean));
+    }
+    group.finish();
+    let smallest = medians[0].1;
+    let text: Vec<String> = medians
+        .iter()
+        .map(|(size, ns)| format!("{size}: {:.1} us ({:.2}x)", ns / 1000.0, ns / smallest))
+        .collect();
+    println!(
+        "l2_write_one_token/{name}: {} (goal: flat within 1.5x)",
+        text.join(", ")
+    );
+    record_text(&format!("l2_write.{name}"), &text.join(" / "));
+    record_figure(
+        &format!("l2_write_flatness.{name}"),
+        medians[medians.len() - 1].1 / smallest,
+    );
+}
+
 /// Criterion bench of the app's L2 hit and the store's raw load, then their ratio from
 /// back-to-back pairs (both sides see the same machine load; the median pair wins).
 fn l2_hit_vs_raw(
@@ -101,12 +197,12 @@ fn l2_hit_vs_raw(
     runtime: &tokio::runtime::Runtime,
     name: &str,
     store: Arc<dyn TokenStore>,
+    tokens: usize,
 ) {
     let key = bench_partition_key();
-    let blob = BlobCodec::plain().encode(&key, &partition_of(1));
-    runtime
-        .block_on(store.store(&key, blob, None, None))
-        .expect("store the blob");
+    runtime.block_on(store.remove(&key)).expect("empty partition");
+    runtime.block_on(fill(&*store, &key, tokens));
+    let name = &format!("{name}-{tokens}");
     let app: ConfidentialClientApplication = app_over_l2(
         L2Options::new(Arc::clone(&store)),
         Arc::new(TokioRuntime::from_handle(runtime.handle().clone())),
@@ -178,7 +274,7 @@ fn codec(c: &mut Criterion) {
             BlobCodec::sealed(KeyRing::new("bench-key", [42; 32])),
         ),
     ];
-    let mut group = c.benchmark_group("blob_codec");
+    let mut group = c.benchmark_group("entry_codec");
     group
         .sample_size(30)
         .warm_up_time(Duration::from_millis(300))
@@ -186,20 +282,98 @@ fn codec(c: &mut Criterion) {
     for tokens in [1usize, 10, 100] {
         let partition = partition_of(tokens);
         for (name, codec) in &codecs {
-            let blob = codec.encode(&key, &partition);
+            let stored = tokenwell_core::StoredPartition::of(codec.encode_partition(&key, &partition));
             group.bench_with_input(
                 BenchmarkId::new(format!("encode_{name}"), tokens),
                 &tokens,
-                |b, _| b.iter(|| black_box(codec.encode(&key, &partition))),
+                |b, _| b.iter(|| black_box(codec.encode_partition(&key, &partition))),
             );
             group.bench_with_input(
                 BenchmarkId::new(format!("decode_{name}"), tokens),
                 &tokens,
-                |b, _| b.iter(|| black_box(codec.decode(&key, &blob).expect("decode"))),
+                |b, _| {
+                    b.iter(|| {
+                        black_box(codec.decode_partition(&key, &stored, 0).expect("decode"))
+                    })
+                },
             );
         }
     }
     group.finish();
+}
+
+/// 4 nodes (own L1, own Redis connection, default L2 settings) × 200 tasks, each task asking
+/// for 2 of 400 scopes of one partition at once, cold, against the emulator: every call's
+/// latency, p50 / p99 / max. Before ADR 0006 the compare-and-set rounds made this seconds.
+fn load_on_one_partition(runtime: &tokio::runtime::Runtime, redis_url: &str) {
+    const NODES: usize = 4;
+    const TASKS: usize = 200;
+    const SCOPES: usize = 400;
+    let (mut latencies, requests) = runtime.block_on(async {
+        let emulator = Emulator::start().await.expect("emulator");
+        emulator.register_client_secret("load-client", "load-secret");
+        let nodes: Vec<ConfidentialClientApplication> = (0..NODES)
+            .map(|_| {
+                let store = RedisStore::builder()
+                    .url(redis_url)
+                    .key_prefix("load:")
+                    .build()
+                    .expect("redis store");
+                ConfidentialClientApplication::builder("load-client")
+                    .authority(emulator.authority("load-tenant"))
+                    .credential(ClientCredential::secret("load-secret"))
+                    .transport(Arc::new(tokenwell_http_reqwest::ReqwestTransport::new()))
+                    .runtime(Arc::new(TokioRuntime::current()))
+                    .cache(Arc::new(MemoryCache::new()))
+                    .l2(L2Options::new(Arc::new(store)))
+                    .build()
+                    .expect("node")
+            })
+            .collect();
+        let barrier = Arc::new(tokio::sync::Barrier::new(NODES * TASKS));
+        let mut tasks = Vec::new();
+        for (n, node) in nodes.iter().enumerate() {
+            for t in 0..TASKS {
+                let (node, barrier) = (node.clone(), Arc::clone(&barrier));
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    let mut took = Vec::new();
+                    for k in 0..2 {
+                        let scope = format!("api://load-{}/.default", (t * 2 + k + n * 97) % SCOPES);
+                        let started = Instant::now();
+                        node.acquire_token_for_client([scope.as_str()])
+                            .await
+                            .expect("call");
+                        took.push(started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    took
+                }));
+            }
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.expect("task"));
+        }
+        for node in &nodes {
+            node.flush().await;
+            let health = node.l2_health().expect("l2");
+            assert_eq!(health.write_errors, 0, "{health:?}");
+        }
+        (latencies, emulator.token_requests())
+    });
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
+    println!(
+        "l2_load: {NODES} nodes x {TASKS} tasks x 2 calls on one partition of {SCOPES} scopes \
+         (Redis, emulator): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, {requests} IdP \
+         requests (goal: p99 <= 50 ms)"
+    );
+    record_figure("l2_load.p99_ms", p99);
+    record_text(
+        "l2_load",
+        &format!("p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms, {requests} IdP requests"),
+    );
 }
 
 fn main() {
@@ -219,7 +393,10 @@ fn main() {
             .build()
             .expect("redis store")
     }));
-    l2_hit_vs_raw(&mut criterion, &runtime, "redis", redis);
+    l2_hit_vs_raw(&mut criterion, &runtime, "redis", Arc::clone(&redis), 1);
+    l2_hit_vs_raw(&mut criterion, &runtime, "redis", Arc::clone(&redis), 10_000);
+    write_one_new_token(&mut criterion, &runtime, "redis", &redis);
+    load_on_one_partition(&runtime, &server.url());
 
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite: Arc<dyn TokenStore> = Arc::new(
@@ -227,7 +404,9 @@ fn main() {
             .block_on(SqliteStore::open(dir.path().join("bench.sqlite")))
             .expect("sqlite store"),
     );
-    l2_hit_vs_raw(&mut criterion, &runtime, "sqlite", sqlite);
+    l2_hit_vs_raw(&mut criterion, &runtime, "sqlite", Arc::clone(&sqlite), 1);
+    l2_hit_vs_raw(&mut criterion, &runtime, "sqlite", Arc::clone(&sqlite), 10_000);
+    write_one_new_token(&mut criterion, &runtime, "sqlite", &sqlite);
 
     criterion.final_summary();
     drop(server);

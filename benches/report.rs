@@ -120,18 +120,42 @@ fn main() {
         );
     }
     for store in ["redis", "sqlite"] {
-        let app = median_ns(&format!("l2_hit/{store}/app_l2_hit"));
-        let raw = median_ns(&format!("l2_hit/{store}/raw_load"));
-        let paired = figure(&format!("l2_ratio.{store}"));
+        for tokens in [1, 10_000] {
+            let name = format!("{store}-{tokens}");
+            let app = median_ns(&format!("l2_hit/{name}/app_l2_hit"));
+            let raw = median_ns(&format!("l2_hit/{name}/raw_load"));
+            let paired = figure(&format!("l2_ratio.{name}"));
+            let _ = writeln!(
+                out,
+                "| L2 hit (no L1) over {store}, partition of {tokens} tokens: app / raw `load` (paired ratio) | {} / {} ({}) | ≤ 1.5× | {} |",
+                show(app, ns),
+                show(raw, ns),
+                show(paired, |r| format!("{r:.2}×")),
+                verdict(&[paired], |v| v <= 1.5),
+            );
+        }
+    }
+    for store in ["redis", "sqlite"] {
+        let cells: Vec<_> = [1, 100, 10_000, 100_000]
+            .iter()
+            .map(|n| show(median_ns(&format!("l2_write_one_token/{store}/{n}")), ns))
+            .collect();
+        let flatness = figure(&format!("l2_write_flatness.{store}"));
         let _ = writeln!(
             out,
-            "| L2 hit (no L1) over {store}, 1-token blob: app / raw `load` (paired ratio) | {} / {} ({}) | ≤ 1.5× | {} |",
-            show(app, ns),
-            show(raw, ns),
-            show(paired, |r| format!("{r:.2}×")),
-            verdict(&[paired], |v| v <= 1.5),
+            "| L2 write of one new token into a partition of 1 / 100 / 10k / 100k tokens, {store} (100k ÷ 1, paired) | {} ({}) | ≤ 1.5× | {} |",
+            cells.join(" / "),
+            show(flatness, |r| format!("{r:.2}×")),
+            verdict(&[flatness], |v| v <= 1.5),
         );
     }
+    let p99 = figure("l2_load.p99_ms");
+    let _ = writeln!(
+        out,
+        "| load: 4 nodes × 200 tasks × 2 calls on one partition of 400 scopes (Redis, emulator), p99 call | {} | ≤ 50 ms | {} |",
+        show(p99, |v| format!("{v:.1} ms")),
+        verdict(&[p99], |v| v <= 50.0),
+    );
     for op in [
         "encode_plain",
         "decode_plain",
@@ -140,11 +164,11 @@ fn main() {
     ] {
         let cells: Vec<_> = [1, 10, 100]
             .iter()
-            .map(|t| show(median_ns(&format!("blob_codec/{op}/{t}")), ns))
+            .map(|t| show(median_ns(&format!("entry_codec/{op}/{t}")), ns))
             .collect();
         let _ = writeln!(
             out,
-            "| blob {} (1 / 10 / 100 tokens) | {} | – | |",
+            "| entry codec {} (partition of 1 / 10 / 100 tokens) | {} | – | |",
             op.replace('_', " "),
             cells.join(" / "),
         );
