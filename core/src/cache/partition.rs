@@ -519,9 +519,10 @@ impl Partition {
             if !alive(token, &key) {
                 continue;
             }
-            let wins = merged.access_tokens.get_key(&key).is_none_or(|existing| {
-                token.cached_at > existing.cached_at || token.cached_at == existing.cached_at
-            });
+            let wins = merged
+                .access_tokens
+                .get_key(&key)
+                .is_none_or(|existing| token.cached_at >= existing.cached_at);
             if wins {
                 merged.insert_access_token(Arc::clone(token));
             }
