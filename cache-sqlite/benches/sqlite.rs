@@ -73,7 +73,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A store at `path` whose partition `key` holds `n` entries, written in one big write.
-fn filled(runtime: &tokio::runtime::Runtime, path: &Path, key: &PartitionKey, n: u64) -> SqliteStore {
+fn filled(
+    runtime: &tokio::runtime::Runtime,
+    path: &Path,
+    key: &PartitionKey,
+    n: u64,
+) -> SqliteStore {
     runtime.block_on(async {
         let store = SqliteStore::open(path).await.unwrap();
         let entries = (0..n).map(|i| synthetic(i, now())).collect();

@@ -27,12 +27,32 @@ pub(crate) const PRUNE_BATCH: i64 = 256;
 macro_rules! well_formed {
     ($t:literal) => {
         concat!(
-            "(typeof(", $t, ".entry_id) = 'text' AND length(", $t, ".entry_id) = 32",
-            " AND ", $t, ".entry_id NOT GLOB '*[^0-9a-f]*'",
-            " AND typeof(", $t, ".written_at) = 'integer' AND ", $t, ".written_at >= 0",
-            " AND typeof(", $t, ".expires_at) = 'integer' AND ", $t, ".expires_at >= 0",
-            " AND typeof(", $t, ".tombstone) = 'integer' AND ", $t, ".tombstone IN (0, 1)",
-            " AND typeof(", $t, ".payload) = 'blob')"
+            "(typeof(",
+            $t,
+            ".entry_id) = 'text' AND length(",
+            $t,
+            ".entry_id) = 32",
+            " AND ",
+            $t,
+            ".entry_id NOT GLOB '*[^0-9a-f]*'",
+            " AND typeof(",
+            $t,
+            ".written_at) = 'integer' AND ",
+            $t,
+            ".written_at >= 0",
+            " AND typeof(",
+            $t,
+            ".expires_at) = 'integer' AND ",
+            $t,
+            ".expires_at >= 0",
+            " AND typeof(",
+            $t,
+            ".tombstone) = 'integer' AND ",
+            $t,
+            ".tombstone IN (0, 1)",
+            " AND typeof(",
+            $t,
+            ".payload) = 'blob')"
         )
     };
 }
@@ -166,9 +186,15 @@ fn parse_row(row: &Row<'_>) -> Result<Result<StoreEntry, String>, rusqlite::Erro
         _ => None,
     };
     Ok(match (id, written_at, expires_at, tombstone, payload) {
-        (Some(id), Some(written_at), Some(expires_at), Some(tombstone), Some(payload)) => Ok(
-            StoreEntry::new(id, written_at, expires_at, tombstone, Bytes::copy_from_slice(payload)),
-        ),
+        (Some(id), Some(written_at), Some(expires_at), Some(tombstone), Some(payload)) => {
+            Ok(StoreEntry::new(
+                id,
+                written_at,
+                expires_at,
+                tombstone,
+                Bytes::copy_from_slice(payload),
+            ))
+        }
         _ => Err(name),
     })
 }

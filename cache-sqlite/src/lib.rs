@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokenwell_core::cache::PartitionKey;
@@ -358,6 +357,7 @@ impl TokenStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use tokenwell_core::store::{EntryId, StoreEntry, StoreErrorKind};
 
     fn key(name: &str) -> PartitionKey {
@@ -472,7 +472,12 @@ mod tests {
             "only that partition's blob was dropped"
         );
         assert_eq!(
-            store.load(&key("untouched")).await.unwrap().legacy.as_deref(),
+            store
+                .load(&key("untouched"))
+                .await
+                .unwrap()
+                .legacy
+                .as_deref(),
             Some(&[0u8][..])
         );
     }
@@ -587,7 +592,11 @@ mod tests {
             .await
             .unwrap();
         let left = rows(&path, "SELECT count(*) FROM entries");
-        assert_eq!(left, 600 - entries::PRUNE_BATCH, "one bounded batch on open");
+        assert_eq!(
+            left,
+            600 - entries::PRUNE_BATCH,
+            "one bounded batch on open"
+        );
         let other = key("other");
         let write = EntryWrite::new(vec![entry(1, now, now + 600, b"x")], now);
         store.write(&other, &write).await.unwrap();

@@ -115,7 +115,10 @@ fn writer(path: &Path) {
                     let mut applied = 0;
                     for n in (t..ENTRIES_PER_PROCESS).step_by(THREADS as usize) {
                         let report = store
-                            .write(&shared_key(), &EntryWrite::new(vec![entry(process, n)], now()))
+                            .write(
+                                &shared_key(),
+                                &EntryWrite::new(vec![entry(process, n)], now()),
+                            )
                             .await
                             .unwrap_or_else(|e| panic!("a write failed under contention: {e}"));
                         applied += report.applied;

@@ -34,7 +34,10 @@ fn entry(n: u8, written_at: u64, payload: &'static [u8]) -> StoreEntry {
 }
 
 async fn write_one(store: &SqliteStore, k: &PartitionKey, e: StoreEntry) -> (u32, u32) {
-    let report = store.write(k, &EntryWrite::new(vec![e], now())).await.unwrap();
+    let report = store
+        .write(k, &EntryWrite::new(vec![e], now()))
+        .await
+        .unwrap();
     (report.applied, report.superseded)
 }
 
@@ -58,7 +61,11 @@ async fn conforms_with_one_connection_per_handle() {
     let path = dir.path().join("one.sqlite");
     let mut stores: Vec<Arc<dyn TokenStore>> = Vec::new();
     for _ in 0..4 {
-        let store = SqliteStore::builder(&path).pool_size(1).open().await.unwrap();
+        let store = SqliteStore::builder(&path)
+            .pool_size(1)
+            .open()
+            .await
+            .unwrap();
         stores.push(Arc::new(store));
     }
     tokenwell_core::testkit::store_conformance(stores, "sqlite-one").await;
