@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokenwell_core::store::{
     EntryId, EntryWrite, Repair, StoreEntry, StoreError, StoredPartition, WriteReport,
 };
@@ -65,11 +65,12 @@ const PRUNE_PARTITION: &str = "DELETE FROM entries WHERE rowid IN (
      WHERE partition = ?1 AND typeof(expires_at) = 'integer' AND expires_at <= ?2
      LIMIT ?3)";
 
-/// Expired rows of any partition, through `entries_by_expiry`.
-const PURGE_ENTRIES: &str = "DELETE FROM entries WHERE rowid IN (
-     SELECT rowid FROM entries
-     WHERE typeof(expires_at) = 'integer' AND expires_at <= ?1
-     LIMIT ?2)";
+/// The first partition after the purge cursor (an index seek, not a scan).
+const NEXT_PARTITION: &str =
+    "SELECT partition FROM entries WHERE partition > ?1 ORDER BY partition LIMIT 1";
+
+/// Partitions the file-wide purge visits per step at most.
+const PURGE_PARTITIONS: usize = 32;
 
 /// Expired blobs of the layout before entries.
 const PURGE_LEGACY: &str = "DELETE FROM partitions WHERE rowid IN (
@@ -265,16 +266,50 @@ pub(crate) fn write(
     Ok(report)
 }
 
-/// Delete at most [`PRUNE_BATCH`] expired entry rows and as many expired legacy blobs, of
-/// any partition; returns how many rows went.
-pub(crate) fn purge_batch(conn: &Connection, now: i64) -> Result<usize, rusqlite::Error> {
-    let entries = conn
-        .prepare_cached(PURGE_ENTRIES)?
-        .execute(params![now, PRUNE_BATCH])?;
+/// One bounded step of the file-wide purge: prune up to [`PURGE_PARTITIONS`] partitions after
+/// `cursor` (in key order, wrapping around), deleting at most [`PRUNE_BATCH`] entry rows in
+/// all, and as many expired legacy blobs. Returns the rows deleted and whether more work is
+/// left (the cursor has not come round, or a batch was full).
+pub(crate) fn purge_step(
+    conn: &Connection,
+    now: i64,
+    cursor: &mut String,
+) -> Result<(usize, bool), rusqlite::Error> {
+    let mut budget = PRUNE_BATCH;
+    let mut wrapped = false;
+    for _ in 0..PURGE_PARTITIONS {
+        let next = conn
+            .prepare_cached(NEXT_PARTITION)?
+            .query_row([cursor.as_str()], |row| {
+                Ok(match row.get_ref(0)? {
+                    ValueRef::Text(text) => Some(String::from_utf8_lossy(text).into_owned()),
+                    // A partition that is not TEXT sorts after every key: end of the round.
+                    _ => None,
+                })
+            })
+            .optional()?
+            .flatten();
+        let Some(partition) = next else {
+            cursor.clear();
+            wrapped = true;
+            break;
+        };
+        let deleted = conn
+            .prepare_cached(PRUNE_PARTITION)?
+            .execute(params![partition, now, budget])?;
+        budget -= i64::try_from(deleted).unwrap_or(budget);
+        if budget <= 0 {
+            // This partition may hold more: the next step starts with it again.
+            break;
+        }
+        *cursor = partition;
+    }
+    let entries = usize::try_from(PRUNE_BATCH - budget).unwrap_or(0);
     let legacy = conn
         .prepare_cached(PURGE_LEGACY)?
         .execute(params![now, PRUNE_BATCH])?;
-    Ok(entries + legacy)
+    let more = !wrapped || budget <= 0 || i64::try_from(legacy).unwrap_or(0) >= PRUNE_BATCH;
+    Ok((entries + legacy, more))
 }
 
 /// Store times are at most 2^53 - 1 (`StoreEntry::new` clamps), so this never saturates for

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokenwell_core::cache::PartitionKey;
@@ -44,8 +45,16 @@ pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: Arc<Pool>,
-    /// Unix seconds of the last purge of expired rows.
-    last_purge: Arc<AtomicU64>,
+    purge: Arc<PurgeState>,
+}
+
+/// Where the file-wide purge of expired rows stands (shared by a store's clones).
+#[derive(Default)]
+struct PurgeState {
+    /// Unix seconds of the last purge step that finished a round; 0: a round is under way.
+    last: AtomicU64,
+    /// The last partition the purge visited (it goes through them in key order).
+    cursor: Mutex<String>,
 }
 
 impl SqliteStore {
@@ -79,14 +88,17 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError`] when the file cannot be written.
     pub async fn purge_expired(&self) -> Result<usize, StoreError> {
-        self.last_purge.store(unix_seconds(), Ordering::Relaxed);
+        let purge = Arc::clone(&self.purge);
         self.pool
-            .run(|conn, settings| {
+            .run(move |conn, settings| {
+                let mut cursor = purge.cursor.lock();
+                cursor.clear();
                 let mut total = 0;
                 loop {
-                    let (rows, full) = purge_batch(conn, &settings.ctx)?;
+                    let (rows, more) = purge_step(conn, &settings.ctx, &mut cursor)?;
                     total += rows;
-                    if !full {
+                    if !more {
+                        purge.last.store(unix_seconds(), Ordering::Relaxed);
                         return Ok(total);
                     }
                 }
@@ -94,23 +106,22 @@ impl SqliteStore {
             .await
     }
 
-    /// Inside a write's transaction, purge one batch of expired rows of the whole file when
-    /// the interval has passed (one writer wins the race). A full batch leaves the interval
-    /// open so the next write takes the next batch. Failures are only logged: the write itself
-    /// stands and a later write tries again.
-    fn maybe_purge(conn: &Connection, settings: &Settings, last_purge: &AtomicU64) {
+    /// Inside a write's transaction, take one bounded step of the file-wide purge when a round
+    /// is under way or the interval has passed since the last one. Failures are only logged:
+    /// the write itself stands and a later write tries again.
+    fn maybe_purge(conn: &Connection, settings: &Settings, purge: &PurgeState) {
         let now = unix_seconds();
-        let last = last_purge.load(Ordering::Relaxed);
-        if now < last.saturating_add(settings.purge_interval.as_secs())
-            || last_purge
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        let last = purge.last.load(Ordering::Relaxed);
+        if now < last.saturating_add(settings.purge_interval.as_secs()) {
             return;
         }
-        match purge_batch(conn, &settings.ctx) {
-            Ok((_, true)) => last_purge.store(0, Ordering::Relaxed),
-            Ok((_, false)) => {}
+        // Another writer of this store is taking the step: skip it.
+        let Some(mut cursor) = purge.cursor.try_lock() else {
+            return;
+        };
+        match purge_step(conn, &settings.ctx, &mut cursor) {
+            Ok((_, true)) => purge.last.store(0, Ordering::Relaxed),
+            Ok((_, false)) => purge.last.store(now, Ordering::Relaxed),
             Err(error) => tracing::debug!(%error, "purge of expired token-store rows failed"),
         }
     }
@@ -179,7 +190,7 @@ impl SqliteStoreBuilder {
             purge_interval: self.purge_interval,
             ctx,
         };
-        let job = move || -> Result<(Pool, bool), StoreError> {
+        let job = move || -> Result<(Pool, bool, String), StoreError> {
             let ctx = &settings.ctx;
             file::prepare(&settings.path, ctx)?;
             let mut conn = pool::connect(&settings)?;
@@ -191,16 +202,17 @@ impl SqliteStoreBuilder {
             }
             schema::migrate(&mut conn, ctx)?;
             // Best effort: a store locked by another process still opens.
-            let more = match purge_batch(&conn, ctx) {
-                Ok((_, full)) => full,
+            let mut cursor = String::new();
+            let more = match purge_step(&conn, ctx, &mut cursor) {
+                Ok((_, more)) => more,
                 Err(error) => {
                     tracing::debug!(%error, "purge on open failed");
                     false
                 }
             };
-            Ok((Pool::new(settings, conn), more))
+            Ok((Pool::new(settings, conn), more, cursor))
         };
-        let (pool, more) = match tokio::runtime::Handle::try_current() {
+        let (pool, more, cursor) = match tokio::runtime::Handle::try_current() {
             Ok(handle) => handle.spawn_blocking(job).await.map_err(|e| {
                 StoreError::new(
                     tokenwell_core::store::StoreErrorKind::Other,
@@ -209,11 +221,14 @@ impl SqliteStoreBuilder {
             })??,
             Err(_) => job()?,
         };
-        // More expired rows than a batch: let the first write purge again.
-        let last_purge = if more { 0 } else { unix_seconds() };
+        // A round under way: the next writes carry on with it.
+        let last = if more { 0 } else { unix_seconds() };
         Ok(SqliteStore {
             pool: Arc::new(pool),
-            last_purge: Arc::new(AtomicU64::new(last_purge)),
+            purge: Arc::new(PurgeState {
+                last: AtomicU64::new(last),
+                cursor: Mutex::new(cursor),
+            }),
         })
     }
 }
@@ -230,10 +245,16 @@ fn unix_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Delete expired rows (entries, legacy blobs, leases) in bounded batches; returns how many
-/// went and whether a batch was full (more may be left).
-fn purge_batch(conn: &Connection, ctx: &ErrorContext) -> Result<(usize, bool), StoreError> {
-    let rows = entries::purge_batch(conn, to_i64(unix_seconds())).map_err(|e| ctx.sqlite(e))?;
+/// One bounded step of the purge of expired rows: entries and legacy blobs (see
+/// [`entries::purge_step`]) and a batch of leases. Returns the rows deleted and whether more
+/// work is left.
+fn purge_step(
+    conn: &Connection,
+    ctx: &ErrorContext,
+    cursor: &mut String,
+) -> Result<(usize, bool), StoreError> {
+    let (rows, more) =
+        entries::purge_step(conn, to_i64(unix_seconds()), cursor).map_err(|e| ctx.sqlite(e))?;
     let leases = conn
         .prepare_cached(
             "DELETE FROM leases WHERE rowid IN (
@@ -241,8 +262,8 @@ fn purge_batch(conn: &Connection, ctx: &ErrorContext) -> Result<(usize, bool), S
         )
         .and_then(|mut stmt| stmt.execute(params![unix_millis(), entries::PRUNE_BATCH]))
         .map_err(|e| ctx.sqlite(e))?;
-    let full = rows.max(leases) >= usize::try_from(entries::PRUNE_BATCH).unwrap_or(usize::MAX);
-    Ok((rows + leases, full))
+    let full = i64::try_from(leases).unwrap_or(i64::MAX) >= entries::PRUNE_BATCH;
+    Ok((rows + leases, more || full))
 }
 
 #[async_trait]
@@ -263,7 +284,7 @@ impl TokenStore for SqliteStore {
     ) -> Result<WriteReport, StoreError> {
         let key = key.clone();
         let write = write.clone();
-        let last_purge = Arc::clone(&self.last_purge);
+        let purge = Arc::clone(&self.purge);
         self.pool
             .run(move |conn, settings| {
                 let ctx = &settings.ctx;
@@ -271,7 +292,7 @@ impl TokenStore for SqliteStore {
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(|e| ctx.sqlite(e))?;
                 let report = entries::write(&tx, key.as_str(), &write, ctx)?;
-                SqliteStore::maybe_purge(&tx, settings, &last_purge);
+                SqliteStore::maybe_purge(&tx, settings, &purge);
                 tx.commit().map_err(|e| ctx.sqlite(e))?;
                 Ok(report)
             })
@@ -623,6 +644,48 @@ mod tests {
             rows(&path, "SELECT count(*) FROM entries"),
             2,
             "within the interval, other partitions' expired rows wait"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_file_wide_purge_visits_partitions_in_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rounds.sqlite");
+        let store = SqliteStore::builder(&path)
+            .purge_interval(Duration::from_secs(3600))
+            .open()
+            .await
+            .unwrap();
+        let now = unix_seconds();
+        for p in 0..40 {
+            store
+                .write(
+                    &key(&format!("p{p:02}")),
+                    &EntryWrite::new(vec![entry(1, now, now + 600, b"x")], now),
+                )
+                .await
+                .unwrap();
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE entries SET expires_at = 1", [])
+            .unwrap();
+        let store = SqliteStore::builder(&path)
+            .purge_interval(Duration::from_secs(3600))
+            .open()
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&path, "SELECT count(*) FROM entries"),
+            8,
+            "opening visits one step of partitions"
+        );
+        let write = EntryWrite::new(vec![entry(1, now, now + 600, b"y")], now);
+        store.write(&key("zz"), &write).await.unwrap();
+        assert_eq!(
+            rows(&path, "SELECT count(*) FROM entries"),
+            1,
+            "the next write finishes the round"
         );
     }
 
