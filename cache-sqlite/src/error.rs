@@ -88,7 +88,7 @@ impl ErrorContext {
         StoreError::new(kind, format!("{what} {}: {error}", self.path)).with_source(error)
     }
 
-    /// Stored data that breaks the schema's rules (a negative version …).
+    /// Stored data this build cannot work with (an invalid `schema_version` …).
     pub(crate) fn corrupt(&self, what: impl std::fmt::Display) -> StoreError {
         StoreError::new(
             StoreErrorKind::Corrupt,

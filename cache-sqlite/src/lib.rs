@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod entries;
 mod error;
 mod file;
 mod pool;
@@ -14,12 +15,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use parking_lot::Mutex;
 use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokenwell_core::cache::PartitionKey;
-use tokenwell_core::store::{Lease, StoreError, StoreWrite, StoredBlob, TokenStore};
+use tokenwell_core::store::{
+    EntryWrite, Lease, StoreError, StoredPartition, TokenStore, WriteReport,
+};
 
+use crate::entries::to_i64;
 use crate::error::ErrorContext;
 use crate::pool::{Pool, Settings};
 
@@ -35,14 +39,22 @@ pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// A [`TokenStore`] in one SQLite file, shared safely by the threads of a process and by
 /// several processes (a CLI and a daemon).
 ///
-/// One row per partition (`key`, `version`, `blob`, `expires_at`); every write is a
-/// compare-and-set inside `BEGIN IMMEDIATE`, so concurrent writers, in or out of the process,
-/// never lose each other's updates. Cloning is cheap and shares the connections.
+/// One row per cache entry; a write merges its entries with one UPSERT each inside
+/// `BEGIN IMMEDIATE`, so concurrent writers, in or out of the process, never lose each other's
+/// entries and never retry. Cloning is cheap and shares the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: Arc<Pool>,
-    /// Unix seconds of the last purge of expired rows.
-    last_purge: Arc<AtomicU64>,
+    purge: Arc<PurgeState>,
+}
+
+/// Where the file-wide purge of expired rows stands (shared by a store's clones).
+#[derive(Default)]
+struct PurgeState {
+    /// Unix seconds of the last purge step that finished a round; 0: a round is under way.
+    last: AtomicU64,
+    /// The last partition the purge visited (it goes through them in key order).
+    cursor: Mutex<String>,
 }
 
 impl SqliteStore {
@@ -69,32 +81,48 @@ impl SqliteStore {
         &self.pool.settings.path
     }
 
-    /// Delete expired partitions and leases now; returns how many rows went. Writes also do
-    /// it, at most once per purge interval, and so does opening.
+    /// Delete every expired entry, legacy blob and lease now; returns how many rows went.
+    /// Writes also do it in bounded batches (their own partition each time, the whole file at
+    /// most once per purge interval), and opening does one batch.
     ///
     /// # Errors
     /// [`StoreError`] when the file cannot be written.
     pub async fn purge_expired(&self) -> Result<usize, StoreError> {
-        self.last_purge.store(unix_seconds(), Ordering::Relaxed);
+        let purge = Arc::clone(&self.purge);
         self.pool
-            .run(|conn, settings| purge(conn, &settings.ctx))
+            .run(move |conn, settings| {
+                let mut cursor = purge.cursor.lock();
+                cursor.clear();
+                let mut total = 0;
+                loop {
+                    let (rows, more) = purge_step(conn, &settings.ctx, &mut cursor)?;
+                    total += rows;
+                    if !more {
+                        purge.last.store(unix_seconds(), Ordering::Relaxed);
+                        return Ok(total);
+                    }
+                }
+            })
             .await
     }
 
-    /// Purge after a write when the interval has passed; one writer wins the race, failures are
-    /// only logged (the next write tries again).
-    fn maybe_purge(conn: &Connection, settings: &Settings, last_purge: &AtomicU64) {
+    /// Inside a write's transaction, take one bounded step of the file-wide purge when a round
+    /// is under way or the interval has passed since the last one. Failures are only logged:
+    /// the write itself stands and a later write tries again.
+    fn maybe_purge(conn: &Connection, settings: &Settings, purge: &PurgeState) {
         let now = unix_seconds();
-        let last = last_purge.load(Ordering::Relaxed);
+        let last = purge.last.load(Ordering::Relaxed);
         if now < last.saturating_add(settings.purge_interval.as_secs()) {
             return;
         }
-        if last_purge
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-            && let Err(error) = purge(conn, &settings.ctx)
-        {
-            tracing::debug!(%error, "purge of expired token-store rows failed");
+        // Another writer of this store is taking the step: skip it.
+        let Some(mut cursor) = purge.cursor.try_lock() else {
+            return;
+        };
+        match purge_step(conn, &settings.ctx, &mut cursor) {
+            Ok((_, true)) => purge.last.store(0, Ordering::Relaxed),
+            Ok((_, false)) => purge.last.store(now, Ordering::Relaxed),
+            Err(error) => tracing::debug!(%error, "purge of expired token-store rows failed"),
         }
     }
 }
@@ -137,15 +165,16 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// Minimum time between purges of expired rows done by writes (default 60 s; zero: every
-    /// write).
+    /// Minimum time between purges of expired rows of the whole file done by writes (default
+    /// 60 s; zero: every write). Each purge deletes a bounded batch; a write always prunes its
+    /// own partition.
     pub fn purge_interval(mut self, interval: Duration) -> Self {
         self.purge_interval = interval;
         self
     }
 
     /// Open the store: check the path, create the file with mode 0600 if absent, switch it to
-    /// WAL, apply schema migrations, purge expired rows.
+    /// WAL, apply schema migrations, purge one batch of expired rows.
     ///
     /// # Errors
     /// [`StoreError`] of kind `Configuration` for a missing directory, a read-only file or an
@@ -161,7 +190,7 @@ impl SqliteStoreBuilder {
             purge_interval: self.purge_interval,
             ctx,
         };
-        let job = move || -> Result<Pool, StoreError> {
+        let job = move || -> Result<(Pool, bool, String), StoreError> {
             let ctx = &settings.ctx;
             file::prepare(&settings.path, ctx)?;
             let mut conn = pool::connect(&settings)?;
@@ -173,12 +202,17 @@ impl SqliteStoreBuilder {
             }
             schema::migrate(&mut conn, ctx)?;
             // Best effort: a store locked by another process still opens.
-            if let Err(error) = purge(&conn, ctx) {
-                tracing::debug!(%error, "purge on open failed");
-            }
-            Ok(Pool::new(settings, conn))
+            let mut cursor = String::new();
+            let more = match purge_step(&conn, ctx, &mut cursor) {
+                Ok((_, more)) => more,
+                Err(error) => {
+                    tracing::debug!(%error, "purge on open failed");
+                    false
+                }
+            };
+            Ok((Pool::new(settings, conn), more, cursor))
         };
-        let pool = match tokio::runtime::Handle::try_current() {
+        let (pool, more, cursor) = match tokio::runtime::Handle::try_current() {
             Ok(handle) => handle.spawn_blocking(job).await.map_err(|e| {
                 StoreError::new(
                     tokenwell_core::store::StoreErrorKind::Other,
@@ -187,9 +221,14 @@ impl SqliteStoreBuilder {
             })??,
             Err(_) => job()?,
         };
+        // A round under way: the next writes carry on with it.
+        let last = if more { 0 } else { unix_seconds() };
         Ok(SqliteStore {
             pool: Arc::new(pool),
-            last_purge: Arc::new(AtomicU64::new(unix_seconds())),
+            purge: Arc::new(PurgeState {
+                last: AtomicU64::new(last),
+                cursor: Mutex::new(cursor),
+            }),
         })
     }
 }
@@ -206,121 +245,56 @@ fn unix_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn purge(conn: &Connection, ctx: &ErrorContext) -> Result<usize, StoreError> {
-    let now = to_i64(unix_seconds());
-    let partitions = conn
-        .prepare_cached("DELETE FROM partitions WHERE expires_at IS NOT NULL AND expires_at <= ?1")
-        .and_then(|mut stmt| stmt.execute([now]))
-        .map_err(|e| ctx.sqlite(e))?;
+/// One bounded step of the purge of expired rows: entries and legacy blobs (see
+/// [`entries::purge_step`]) and a batch of leases. Returns the rows deleted and whether more
+/// work is left.
+fn purge_step(
+    conn: &Connection,
+    ctx: &ErrorContext,
+    cursor: &mut String,
+) -> Result<(usize, bool), StoreError> {
+    let (rows, more) =
+        entries::purge_step(conn, to_i64(unix_seconds()), cursor).map_err(|e| ctx.sqlite(e))?;
     let leases = conn
-        .prepare_cached("DELETE FROM leases WHERE expires_at_ms <= ?1")
-        .and_then(|mut stmt| stmt.execute([unix_millis()]))
+        .prepare_cached(
+            "DELETE FROM leases WHERE rowid IN (
+                 SELECT rowid FROM leases WHERE expires_at_ms <= ?1 LIMIT ?2)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![unix_millis(), entries::PRUNE_BATCH]))
         .map_err(|e| ctx.sqlite(e))?;
-    Ok(partitions + leases)
-}
-
-fn version_of(raw: i64, ctx: &ErrorContext) -> Result<u64, StoreError> {
-    u64::try_from(raw).map_err(|_| ctx.corrupt(format!("negative version {raw}")))
+    let full = i64::try_from(leases).unwrap_or(i64::MAX) >= entries::PRUNE_BATCH;
+    Ok((rows + leases, more || full))
 }
 
 #[async_trait]
 impl TokenStore for SqliteStore {
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
         let key = key.clone();
         self.pool
             .run(move |conn, settings| {
-                let ctx = &settings.ctx;
-                let now = to_i64(unix_seconds());
-                let row: Option<(i64, Vec<u8>)> = conn
-                    .prepare_cached(
-                        "SELECT version, blob FROM partitions
-                         WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-                    )
-                    .and_then(|mut stmt| {
-                        stmt.query_row(params![key.as_str(), now], |row| {
-                            Ok((row.get(0)?, row.get(1)?))
-                        })
-                        .optional()
-                    })
-                    .map_err(|e| ctx.sqlite(e))?;
-                row.map(|(version, blob)| {
-                    Ok(StoredBlob {
-                        bytes: Bytes::from(blob),
-                        version: version_of(version, ctx)?,
-                    })
-                })
-                .transpose()
+                entries::load(conn, key.as_str(), to_i64(unix_seconds()), &settings.ctx)
             })
             .await
     }
 
-    async fn store(
+    async fn write(
         &self,
         key: &PartitionKey,
-        blob: Bytes,
-        expected_version: Option<u64>,
-        ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError> {
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
         let key = key.clone();
-        let last_purge = Arc::clone(&self.last_purge);
+        let write = write.clone();
+        let purge = Arc::clone(&self.purge);
         self.pool
             .run(move |conn, settings| {
                 let ctx = &settings.ctx;
-                let now = unix_seconds();
-                let expires_at = ttl.map(|ttl| {
-                    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-                    to_i64(now.saturating_add(secs))
-                });
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(|e| ctx.sqlite(e))?;
-                let current: Option<(i64, Option<i64>)> = tx
-                    .prepare_cached("SELECT version, expires_at FROM partitions WHERE key = ?1")
-                    .and_then(|mut stmt| {
-                        stmt.query_row([key.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-                            .optional()
-                    })
-                    .map_err(|e| ctx.sqlite(e))?;
-                let stored_version = current.map(|(v, _)| version_of(v, ctx)).transpose()?;
-                let live_version = match current {
-                    Some((_, Some(at))) if at <= to_i64(now) => None,
-                    Some(_) => stored_version,
-                    None => None,
-                };
-                if live_version != expected_version {
-                    // Dropping the transaction rolls it back; nothing was written.
-                    return Ok(StoreWrite::Conflict);
-                }
-                // Versions keep counting through expiry: a stale writer never matches a new blob.
-                let version = stored_version
-                    .unwrap_or(0)
-                    .checked_add(1)
-                    .filter(|v| i64::try_from(*v).is_ok())
-                    .ok_or_else(|| ctx.corrupt("version counter exhausted"))?;
-                tx.prepare_cached(
-                    "INSERT INTO partitions (key, version, blob, expires_at)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (key) DO UPDATE SET
-                         version = excluded.version,
-                         blob = excluded.blob,
-                         expires_at = excluded.expires_at",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        key.as_str(),
-                        to_i64(version),
-                        blob.as_ref(),
-                        expires_at
-                    ])
-                })
-                .map_err(|e| ctx.sqlite(e))?;
+                let report = entries::write(&tx, key.as_str(), &write, ctx)?;
+                SqliteStore::maybe_purge(&tx, settings, &purge);
                 tx.commit().map_err(|e| ctx.sqlite(e))?;
-                SqliteStore::maybe_purge(conn, settings, &last_purge);
-                Ok(StoreWrite::Stored { version })
+                Ok(report)
             })
             .await
     }
@@ -329,10 +303,19 @@ impl TokenStore for SqliteStore {
         let key = key.clone();
         self.pool
             .run(move |conn, settings| {
-                conn.prepare_cached("DELETE FROM partitions WHERE key = ?1")
-                    .and_then(|mut stmt| stmt.execute([key.as_str()]))
-                    .map(drop)
-                    .map_err(|e| settings.ctx.sqlite(e))
+                let ctx = &settings.ctx;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| ctx.sqlite(e))?;
+                for sql in [
+                    "DELETE FROM entries WHERE partition = ?1",
+                    "DELETE FROM partitions WHERE key = ?1",
+                ] {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut stmt| stmt.execute([key.as_str()]))
+                        .map_err(|e| ctx.sqlite(e))?;
+                }
+                tx.commit().map_err(|e| ctx.sqlite(e))
             })
             .await
     }
@@ -395,31 +378,53 @@ impl TokenStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokenwell_core::store::StoreErrorKind;
+    use bytes::Bytes;
+    use tokenwell_core::store::{EntryId, StoreEntry, StoreErrorKind};
 
     fn key(name: &str) -> PartitionKey {
         PartitionKey::for_app("client", name)
     }
 
+    fn entry(n: u8, written_at: u64, expires_at: u64, payload: &'static [u8]) -> StoreEntry {
+        StoreEntry::new(
+            EntryId::from_bytes([n; 16]),
+            written_at,
+            expires_at,
+            false,
+            Bytes::from_static(payload),
+        )
+    }
+
+    /// A file built by this crate's code at schema `version`.
+    fn file_at_version(path: &Path, version: u32) -> Connection {
+        let ctx = ErrorContext::new(path, DEFAULT_BUSY_TIMEOUT);
+        std::fs::File::create(path).unwrap();
+        let mut conn = Connection::open(path).unwrap();
+        schema::migrate_to(&mut conn, version, &ctx).unwrap();
+        assert_eq!(schema::current_version(&conn, &ctx).unwrap(), version);
+        conn
+    }
+
+    fn rows(path: &Path, sql: &str) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn old_schema_migrates_forward_and_keeps_its_rows() {
+    async fn version_1_file_migrates_forward_and_keeps_its_blob() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.sqlite");
-        {
-            let ctx = ErrorContext::new(&path, DEFAULT_BUSY_TIMEOUT);
-            std::fs::File::create(&path).unwrap();
-            let mut conn = Connection::open(&path).unwrap();
-            schema::migrate_to(&mut conn, 1, &ctx).unwrap();
-            assert_eq!(schema::current_version(&conn, &ctx).unwrap(), 1);
-            conn.execute(
+        file_at_version(&path, 1)
+            .execute(
                 "INSERT INTO partitions (key, version, blob, expires_at) VALUES (?1, 7, x'0102', NULL)",
                 [key("old").as_str()],
             )
             .unwrap();
-        }
         let store = SqliteStore::open(&path).await.unwrap();
-        let loaded = store.load(&key("old")).await.unwrap().unwrap();
-        assert_eq!((loaded.version, &loaded.bytes[..]), (7, &[1u8, 2][..]));
+        let loaded = store.load(&key("old")).await.unwrap();
+        assert_eq!(loaded.legacy.as_deref(), Some(&[1u8, 2][..]));
         assert!(
             store
                 .try_lease(&key("old"), Duration::from_secs(5))
@@ -433,6 +438,68 @@ mod tests {
         assert_eq!(
             schema::current_version(&conn, &ctx).unwrap(),
             SCHEMA_VERSION
+        );
+    }
+
+    #[tokio::test]
+    async fn version_2_file_migrates_to_entries_and_drop_legacy_deletes_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.sqlite");
+        let conn = file_at_version(&path, 2);
+        let blob = b"TWC1 whole-partition blob".to_vec();
+        conn.execute(
+            "INSERT INTO partitions (key, version, blob, expires_at) VALUES (?1, 3, ?2, NULL)",
+            params![key("migrated").as_str(), blob],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO partitions (key, version, blob, expires_at) VALUES (?1, 1, x'00', NULL)",
+            [key("untouched").as_str()],
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(
+            rows(&path, "SELECT version FROM schema_version"),
+            3,
+            "opening migrated the file to the entry layout"
+        );
+        let k = key("migrated");
+        let loaded = store.load(&k).await.unwrap();
+        assert_eq!(loaded.legacy, Some(Bytes::from(blob)));
+        assert!(loaded.entries.is_empty() && loaded.unreadable.is_empty());
+
+        // The engine's first write: the blob's entries, and drop the blob.
+        let now = unix_seconds();
+        let entries = vec![
+            entry(1, now, now + 600, b"one"),
+            entry(2, now, now + 600, b"two"),
+        ];
+        let report = store
+            .write(&k, &EntryWrite::new(entries.clone(), now).dropping_legacy())
+            .await
+            .unwrap();
+        assert_eq!(report.applied, 2);
+        let loaded = store.load(&k).await.unwrap();
+        assert_eq!(loaded.legacy, None, "the blob row is gone");
+        let mut back = loaded.entries;
+        back.sort_by_key(StoreEntry::id);
+        assert_eq!(back, entries, "the entries of the same write are kept");
+        assert_eq!(
+            rows(&path, "SELECT count(*) FROM partitions"),
+            1,
+            "only that partition's blob was dropped"
+        );
+        assert_eq!(
+            store
+                .load(&key("untouched"))
+                .await
+                .unwrap()
+                .legacy
+                .as_deref(),
+            Some(&[0u8][..])
         );
     }
 
@@ -459,85 +526,167 @@ mod tests {
             .open()
             .await
             .unwrap();
-        let k = key("ttl");
+        let now = unix_seconds();
+        let (a, b) = (key("a"), key("b"));
         store
-            .store(
-                &k,
-                Bytes::from_static(b"x"),
-                None,
-                Some(Duration::from_secs(600)),
+            .write(
+                &a,
+                &EntryWrite::new(
+                    vec![
+                        entry(1, now, now + 600, b"1"),
+                        entry(2, now, now + 600, b"2"),
+                    ],
+                    now,
+                ),
             )
             .await
             .unwrap();
-        // Age the row as if its TTL had passed.
-        Connection::open(&path)
-            .unwrap()
-            .execute("UPDATE partitions SET expires_at = 1", [])
-            .unwrap();
-        assert_eq!(
-            store.load(&k).await.unwrap(),
-            None,
-            "expired rows do not load"
-        );
-        assert_eq!(
-            store
-                .store(&k, Bytes::from_static(b"y"), Some(1), None)
-                .await
-                .unwrap(),
-            StoreWrite::Conflict,
-            "an expired blob has no version to match"
-        );
-        assert_eq!(
-            store
-                .store(&k, Bytes::from_static(b"y"), None, None)
-                .await
-                .unwrap(),
-            StoreWrite::Stored { version: 2 },
-            "versions keep counting through expiry"
-        );
         store
-            .store(
-                &key("other"),
-                Bytes::from_static(b"z"),
-                None,
-                Some(Duration::from_secs(60)),
+            .write(
+                &b,
+                &EntryWrite::new(vec![entry(1, now, now + 600, b"b")], now),
             )
             .await
             .unwrap();
+        // Age entry 1 of `a` as if its expiry had passed: it no longer loads.
         Connection::open(&path)
             .unwrap()
             .execute(
-                "UPDATE partitions SET expires_at = 1 WHERE expires_at IS NOT NULL",
-                [],
+                "UPDATE entries SET expires_at = 1 WHERE partition = ?1 AND entry_id = ?2",
+                params![a.as_str(), EntryId::from_bytes([1; 16]).to_hex()],
             )
             .unwrap();
-        assert_eq!(store.purge_expired().await.unwrap(), 1);
-        // A write purges too (interval zero).
+        let loaded = store.load(&a).await.unwrap();
+        assert_eq!(loaded.entries.len(), 1, "expired rows do not load");
+        assert!(loaded.unreadable.is_empty());
+        // A write to `b` purges the whole file (interval zero).
         store
-            .store(
+            .write(
+                &b,
+                &EntryWrite::new(vec![entry(2, now, now + 600, b"b2")], now),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows(&path, "SELECT count(*) FROM entries"), 3);
+        // And `purge_expired` everything at once, legacy blobs included.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE entries SET expires_at = 1", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO partitions (key, version, blob, expires_at) VALUES ('old', 1, x'00', 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(store.purge_expired().await.unwrap(), 4);
+        assert_eq!(rows(&path, "SELECT count(*) FROM entries"), 0);
+    }
+
+    #[tokio::test]
+    async fn the_file_wide_purge_is_bounded_and_catches_up_over_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bounded.sqlite");
+        let store = SqliteStore::builder(&path)
+            .purge_interval(Duration::from_secs(3600))
+            .open()
+            .await
+            .unwrap();
+        let now = unix_seconds();
+        let many: Vec<_> = (0..600u32)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                StoreEntry::new(EntryId::from_bytes(id), now, now + 600, false, Bytes::new())
+            })
+            .collect();
+        store
+            .write(&key("big"), &EntryWrite::new(many, now))
+            .await
+            .unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE entries SET expires_at = 1", [])
+            .unwrap();
+        // Reopening purges one batch and leaves the interval open for the next writes.
+        let store = SqliteStore::builder(&path)
+            .purge_interval(Duration::from_secs(3600))
+            .open()
+            .await
+            .unwrap();
+        let left = rows(&path, "SELECT count(*) FROM entries");
+        assert_eq!(
+            left,
+            600 - entries::PRUNE_BATCH,
+            "one bounded batch on open"
+        );
+        let other = key("other");
+        let write = EntryWrite::new(vec![entry(1, now, now + 600, b"x")], now);
+        store.write(&other, &write).await.unwrap();
+        assert_eq!(
+            rows(&path, "SELECT count(*) FROM entries"),
+            600 - 2 * entries::PRUNE_BATCH + 1,
+            "a full batch lets the next write purge again"
+        );
+        store.write(&other, &write).await.unwrap();
+        assert_eq!(rows(&path, "SELECT count(*) FROM entries"), 1);
+        // Nothing left to catch up on: the interval applies again.
+        Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE entries SET expires_at = 1", [])
+            .unwrap();
+        store
+            .write(
                 &key("third"),
-                Bytes::from_static(b"t"),
-                None,
-                Some(Duration::from_secs(60)),
+                &EntryWrite::new(vec![entry(1, now, now + 600, b"t")], now),
             )
             .await
             .unwrap();
+        assert_eq!(
+            rows(&path, "SELECT count(*) FROM entries"),
+            2,
+            "within the interval, other partitions' expired rows wait"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_file_wide_purge_visits_partitions_in_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rounds.sqlite");
+        let store = SqliteStore::builder(&path)
+            .purge_interval(Duration::from_secs(3600))
+            .open()
+            .await
+            .unwrap();
+        let now = unix_seconds();
+        for p in 0..40 {
+            store
+                .write(
+                    &key(&format!("p{p:02}")),
+                    &EntryWrite::new(vec![entry(1, now, now + 600, b"x")], now),
+                )
+                .await
+                .unwrap();
+        }
         Connection::open(&path)
             .unwrap()
-            .execute(
-                "UPDATE partitions SET expires_at = 1 WHERE key = ?1",
-                [key("third").as_str()],
-            )
+            .execute("UPDATE entries SET expires_at = 1", [])
             .unwrap();
-        store
-            .store(&key("fourth"), Bytes::from_static(b"f"), None, None)
+        let store = SqliteStore::builder(&path)
+            .purge_interval(Duration::from_secs(3600))
+            .open()
             .await
             .unwrap();
-        let rows: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT count(*) FROM partitions", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 2, "the write purged the expired row");
+        assert_eq!(
+            rows(&path, "SELECT count(*) FROM entries"),
+            8,
+            "opening visits one step of partitions"
+        );
+        let write = EntryWrite::new(vec![entry(1, now, now + 600, b"y")], now);
+        store.write(&key("zz"), &write).await.unwrap();
+        assert_eq!(
+            rows(&path, "SELECT count(*) FROM entries"),
+            1,
+            "the next write finishes the round"
+        );
     }
 
     #[test]
@@ -547,11 +696,15 @@ mod tests {
         futures::executor::block_on(async {
             let store = SqliteStore::open(&path).await.unwrap();
             let k = key("inline");
+            let now = unix_seconds();
             store
-                .store(&k, Bytes::from_static(b"x"), None, None)
+                .write(
+                    &k,
+                    &EntryWrite::new(vec![entry(1, now, now + 60, b"x")], now),
+                )
                 .await
                 .unwrap();
-            assert!(store.load(&k).await.unwrap().is_some());
+            assert_eq!(store.load(&k).await.unwrap().entries.len(), 1);
         });
     }
 }

@@ -28,6 +28,22 @@ const MIGRATIONS: &[&str] = &[
          token         TEXT NOT NULL,
          expires_at_ms INTEGER NOT NULL
      );",
+    // 3: one row per cache entry, merged by UPSERT; `partitions` stays for the blobs written
+    // before (read as legacy, dropped by the engine's next write of the partition). Columns
+    // are nullable and untyped on purpose: rows that break the rules are reported and
+    // repaired, never trusted. (partition, expires_at) prunes one partition without reading
+    // it; the file-wide purge visits partitions through it too (no index on expires_at alone:
+    // it would add two random page writes to every write of a large partition).
+    "CREATE TABLE entries (
+         partition  TEXT NOT NULL,
+         entry_id   TEXT NOT NULL,
+         written_at INTEGER,
+         expires_at INTEGER,
+         tombstone  INTEGER,
+         payload    BLOB,
+         PRIMARY KEY (partition, entry_id)
+     );
+     CREATE INDEX entries_by_partition_expiry ON entries (partition, expires_at);",
 ];
 
 /// The schema version this build writes.

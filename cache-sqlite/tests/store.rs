@@ -10,30 +10,65 @@ use rusqlite::Connection;
 use tokenwell_cache_sqlite::SqliteStore;
 use tokenwell_core::TokenStore;
 use tokenwell_core::cache::PartitionKey;
-use tokenwell_core::store::{StoreErrorKind, StoreWrite};
+use tokenwell_core::store::{EntryId, EntryWrite, StoreEntry, StoreErrorKind};
 
 fn key(name: &str) -> PartitionKey {
     PartitionKey::for_app("client", name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conforms_to_the_token_store_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("conformance.sqlite"))
-        .await
-        .unwrap();
-    tokenwell_core::testkit::store_conformance(Arc::new(store), "sqlite-conformance").await;
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
-#[tokio::test]
-async fn conforms_with_a_single_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::builder(dir.path().join("one.sqlite"))
-        .pool_size(1)
-        .open()
+fn entry(n: u8, written_at: u64, payload: &'static [u8]) -> StoreEntry {
+    StoreEntry::new(
+        EntryId::from_bytes([n; 16]),
+        written_at,
+        now() + 3600,
+        false,
+        Bytes::from_static(payload),
+    )
+}
+
+async fn write_one(store: &SqliteStore, k: &PartitionKey, e: StoreEntry) -> (u32, u32) {
+    let report = store
+        .write(k, &EntryWrite::new(vec![e], now()))
         .await
         .unwrap();
-    tokenwell_core::testkit::store_conformance(Arc::new(store), "sqlite-one").await;
+    (report.applied, report.superseded)
+}
+
+/// Four handles on one file: separate pools, so the contention checks interleave writes of
+/// separate connections as separate processes would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conforms_to_the_token_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conformance.sqlite");
+    let mut stores: Vec<Arc<dyn TokenStore>> = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(SqliteStore::open(&path).await.unwrap()));
+    }
+    tokenwell_core::testkit::store_conformance(stores, "sqlite-conformance").await;
+}
+
+/// Same with one connection per handle (every call of a handle queues on its permit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conforms_with_one_connection_per_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.sqlite");
+    let mut stores: Vec<Arc<dyn TokenStore>> = Vec::new();
+    for _ in 0..4 {
+        let store = SqliteStore::builder(&path)
+            .pool_size(1)
+            .open()
+            .await
+            .unwrap();
+        stores.push(Arc::new(store));
+    }
+    tokenwell_core::testkit::store_conformance(stores, "sqlite-one").await;
 }
 
 #[tokio::test]
@@ -41,10 +76,8 @@ async fn new_file_is_private_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("private.sqlite");
     let store = SqliteStore::open(&path).await.unwrap();
-    store
-        .store(&key("a"), Bytes::from_static(b"kept"), None, None)
-        .await
-        .unwrap();
+    let kept = entry(1, now(), b"kept");
+    write_one(&store, &key("a"), kept.clone()).await;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "database file mode {mode:o}");
     let wal = dir.path().join("private.sqlite-wal");
@@ -54,8 +87,8 @@ async fn new_file_is_private_and_survives_reopening() {
     }
     drop(store);
     let reopened = SqliteStore::open(&path).await.unwrap();
-    let loaded = reopened.load(&key("a")).await.unwrap().unwrap();
-    assert_eq!(loaded.bytes, Bytes::from_static(b"kept"));
+    let loaded = reopened.load(&key("a")).await.unwrap();
+    assert_eq!(loaded.entries, vec![kept]);
 }
 
 #[tokio::test]
@@ -128,20 +161,20 @@ async fn a_lock_held_past_the_timeout_is_busy() {
         .open()
         .await
         .unwrap();
-    store
-        .store(&key("k"), Bytes::from_static(b"v1"), None, None)
-        .await
-        .unwrap();
+    let t = now();
+    let v1 = entry(1, t, b"v1");
+    write_one(&store, &key("k"), v1.clone()).await;
 
     // Another connection (as another process would) takes the write lock and keeps it.
     let holder = Connection::open(&path).unwrap();
     holder
-        .execute_batch("BEGIN IMMEDIATE; UPDATE partitions SET blob = x'00';")
+        .execute_batch("BEGIN IMMEDIATE; UPDATE entries SET payload = x'00';")
         .unwrap();
 
     let started = Instant::now();
+    let v2 = entry(1, t + 1, b"v2");
     let err = store
-        .store(&key("k"), Bytes::from_static(b"v2"), Some(1), None)
+        .write(&key("k"), &EntryWrite::new(vec![v2.clone()], t))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Busy, "{err}");
@@ -151,15 +184,62 @@ async fn a_lock_held_past_the_timeout_is_busy() {
         "waited the timeout"
     );
     // WAL: reads still work while the writer holds its lock, and see the committed data.
-    let loaded = store.load(&key("k")).await.unwrap().unwrap();
-    assert_eq!(loaded.bytes, Bytes::from_static(b"v1"));
+    assert_eq!(store.load(&key("k")).await.unwrap().entries, vec![v1]);
 
     holder.execute_batch("ROLLBACK;").unwrap();
-    assert_eq!(
-        store
-            .store(&key("k"), Bytes::from_static(b"v2"), Some(1), None)
-            .await
-            .unwrap(),
-        StoreWrite::Stored { version: 2 }
-    );
+    assert_eq!(write_one(&store, &key("k"), v2.clone()).await, (1, 0));
+    assert_eq!(store.load(&key("k")).await.unwrap().entries, vec![v2]);
+}
+
+/// 32 handles on one file (32 pools, default settings), each writing 16 distinct entries of
+/// one partition at once, one write per entry: all 512 are there, and no write failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_handles_writing_one_partition_lose_no_entry() {
+    const HANDLES: u32 = 32;
+    const ENTRIES: u32 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("contended.sqlite");
+    let mut stores = Vec::new();
+    for _ in 0..HANDLES {
+        stores.push(SqliteStore::open(&path).await.unwrap());
+    }
+    let k = key("contended");
+    let id = |h: u32, n: u32| {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&h.to_be_bytes());
+        bytes[4..8].copy_from_slice(&n.to_be_bytes());
+        EntryId::from_bytes(bytes)
+    };
+    let barrier = Arc::new(tokio::sync::Barrier::new(HANDLES as usize));
+    let writers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(h, store)| {
+            let (store, barrier, k) = (store.clone(), Arc::clone(&barrier), k.clone());
+            let h = h as u32;
+            tokio::spawn(async move {
+                barrier.wait().await;
+                for n in 0..ENTRIES {
+                    let e = StoreEntry::new(id(h, n), now(), now() + 3600, false, Bytes::new());
+                    let report = store
+                        .write(&k, &EntryWrite::new(vec![e], now()))
+                        .await
+                        .unwrap_or_else(|err| panic!("handle {h}, entry {n}: {err}"));
+                    assert_eq!(report.applied, 1);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let stored = stores[0].load(&k).await.unwrap();
+    assert!(stored.unreadable.is_empty());
+    let mut ids: Vec<EntryId> = stored.entries.iter().map(StoreEntry::id).collect();
+    ids.sort();
+    let mut expected: Vec<EntryId> = (0..HANDLES)
+        .flat_map(|h| (0..ENTRIES).map(move |n| id(h, n)))
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every entry of every handle is there");
 }
