@@ -200,7 +200,9 @@ fn l2_hit_vs_raw(
     tokens: usize,
 ) {
     let key = bench_partition_key();
-    runtime.block_on(store.remove(&key)).expect("empty partition");
+    runtime
+        .block_on(store.remove(&key))
+        .expect("empty partition");
     runtime.block_on(fill(&*store, &key, tokens));
     let name = &format!("{name}-{tokens}");
     let app: ConfidentialClientApplication = app_over_l2(
@@ -282,7 +284,8 @@ fn codec(c: &mut Criterion) {
     for tokens in [1usize, 10, 100] {
         let partition = partition_of(tokens);
         for (name, codec) in &codecs {
-            let stored = tokenwell_core::StoredPartition::of(codec.encode_partition(&key, &partition));
+            let stored =
+                tokenwell_core::StoredPartition::of(codec.encode_partition(&key, &partition));
             group.bench_with_input(
                 BenchmarkId::new(format!("encode_{name}"), tokens),
                 &tokens,
@@ -292,9 +295,7 @@ fn codec(c: &mut Criterion) {
                 BenchmarkId::new(format!("decode_{name}"), tokens),
                 &tokens,
                 |b, _| {
-                    b.iter(|| {
-                        black_box(codec.decode_partition(&key, &stored, 0).expect("decode"))
-                    })
+                    b.iter(|| black_box(codec.decode_partition(&key, &stored, 0).expect("decode")))
                 },
             );
         }
@@ -339,7 +340,8 @@ fn load_on_one_partition(runtime: &tokio::runtime::Runtime, redis_url: &str) {
                     barrier.wait().await;
                     let mut took = Vec::new();
                     for k in 0..2 {
-                        let scope = format!("api://load-{}/.default", (t * 2 + k + n * 97) % SCOPES);
+                        let scope =
+                            format!("api://load-{}/.default", (t * 2 + k + n * 97) % SCOPES);
                         let started = Instant::now();
                         node.acquire_token_for_client([scope.as_str()])
                             .await
@@ -394,7 +396,13 @@ fn main() {
             .expect("redis store")
     }));
     l2_hit_vs_raw(&mut criterion, &runtime, "redis", Arc::clone(&redis), 1);
-    l2_hit_vs_raw(&mut criterion, &runtime, "redis", Arc::clone(&redis), 10_000);
+    l2_hit_vs_raw(
+        &mut criterion,
+        &runtime,
+        "redis",
+        Arc::clone(&redis),
+        10_000,
+    );
     write_one_new_token(&mut criterion, &runtime, "redis", &redis);
     load_on_one_partition(&runtime, &server.url());
 
@@ -405,7 +413,13 @@ fn main() {
             .expect("sqlite store"),
     );
     l2_hit_vs_raw(&mut criterion, &runtime, "sqlite", Arc::clone(&sqlite), 1);
-    l2_hit_vs_raw(&mut criterion, &runtime, "sqlite", Arc::clone(&sqlite), 10_000);
+    l2_hit_vs_raw(
+        &mut criterion,
+        &runtime,
+        "sqlite",
+        Arc::clone(&sqlite),
+        10_000,
+    );
     write_one_new_token(&mut criterion, &runtime, "sqlite", &sqlite);
 
     criterion.final_summary();
