@@ -349,11 +349,9 @@ impl TokenStore for MemoryStore {
                     slot.unreadable.retain(|n| n != name);
                     report.repaired += (before - slot.unreadable.len()) as u32;
                 }
-                Repair::Corrupt(entry) => {
-                    if slot.entries.get(&entry.id()) == Some(entry) {
-                        slot.entries.remove(&entry.id());
-                        report.repaired += 1;
-                    }
+                Repair::Corrupt(entry) if slot.entries.get(&entry.id()) == Some(entry) => {
+                    slot.entries.remove(&entry.id());
+                    report.repaired += 1;
                 }
                 _ => {}
             }
