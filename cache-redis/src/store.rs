@@ -762,7 +762,7 @@ mod tests {
 
     #[test]
     fn headers_outside_what_lua_holds_exactly_do_not_parse() {
-        let field = EntryId::from_bytes([1; 16]).to_hex();
+        let field = EntryId::from_bytes([0xab; 16]).to_hex();
         for value in [
             &b"9007199254740992:1:0:x"[..],
             b"1:00000000000000001:0:x",

@@ -122,7 +122,7 @@ async fn failed_renewal_keeps_the_connection_retries_and_reports() {
     assert_eq!(provider.count(), 1, "no new token");
     assert_eq!(
         clients_of(&mut admin, &user).await,
-        [(connection, "hmget".to_owned())],
+        [(connection, "hgetall".to_owned())],
         "same connection, still serving"
     );
 
