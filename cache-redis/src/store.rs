@@ -178,7 +178,8 @@ if latest > 0 then
   local wanted = latest - now
   local ttl = redis.call('TTL', key)
   if ttl == -1 or (ttl >= 0 and wanted > ttl) then
-    redis.call('EXPIRE', key, wanted)
+    -- As an integer string: Redis may format a large Lua number with an exponent.
+    redis.call('EXPIRE', key, string.format('%.0f', wanted))
   end
 end
 

@@ -436,6 +436,18 @@ async fn the_key_ttl_follows_the_latest_expiry_and_never_shrinks() {
     assert_eq!(report.superseded, 1);
     assert!(ttl(&mut admin).await <= 1000);
 
+    // The latest expiry a store keeps (2^53 - 1) is a valid TTL too.
+    let far = key("ttl-far");
+    let now = unix_now();
+    let forever = StoreEntry::new(entry_id(1), now, u64::MAX, false, "x".into());
+    let report = store
+        .write(&far, &EntryWrite::new(vec![forever], now))
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1);
+    let far_ttl: i64 = admin.ttl(store.blob_key(&far)).await.unwrap();
+    assert!(far_ttl > 1 << 52, "{far_ttl}");
+
     // A legacy key without a TTL gets one from its first entry write.
     let legacy = key("ttl-legacy");
     let _: () = admin
