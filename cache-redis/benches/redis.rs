@@ -107,11 +107,11 @@ fn main() {
     group.finish();
 
     let mut group = criterion.benchmark_group("load a partition of 10_000 entries");
-    let key = PartitionKey::for_app("bench-client", "write-10000");
+    let bulk = PartitionKey::for_app("bench-client", "write-10000");
     group.bench_function("load", |b| {
         b.to_async(&runtime).iter(|| {
             let store = Arc::clone(&store);
-            let key = key.clone();
+            let key = bulk.clone();
             async move {
                 let stored = store.load(&key).await.expect("load");
                 assert_eq!(stored.entries.len(), 10_000);
@@ -187,7 +187,9 @@ fn entry(n: u32, payload: Bytes) -> StoreEntry {
     )
 }
 
-/// Fill `key` with `size` entries of [`ENTRY_BYTES`], in writes of [`FILL_BATCH`].
+/// Fill `key` with `size` entries of [`ENTRY_BYTES`], in writes of [`FILL_BATCH`], then write
+/// until the prune sweep those writes started has completed (the steady state: nothing is due
+/// to expire, so a write scans nothing).
 async fn fill(store: &RedisStore, key: &PartitionKey, size: u32) {
     let mut next = 0;
     while next < size {
@@ -198,6 +200,16 @@ async fn fill(store: &RedisStore, key: &PartitionKey, size: u32) {
             .await
             .expect("fill the partition");
         next = end;
+    }
+    loop {
+        let write = EntryWrite::new(vec![entry(0, filler())], now());
+        let (_, step) = store
+            .write_with_prune(key, &write)
+            .await
+            .expect("sweep the partition");
+        if step.scanned == 0 {
+            break;
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //! entry named by [`EntryId::to_hex`] and valued `"<written_at>:<expires_at>:<0|1>:" ..
 //! payload`. A write is one Lua script on that key: it merges each entry with
 //! [`StoreEntry::supersedes`], applies repairs, drops the legacy fields `v` and `b` when
-//! asked, prunes a bounded slice of expired entries (an `HSCAN` step whose cursor lives in
-//! the field `~scan`) and extends the key's TTL. Leases are plain keys
+//! asked, prunes a bounded slice of expired entries once one may have expired (an `HSCAN`
+//! step whose cursor lives in the field `~scan`; `~next` bounds the earliest expiry) and
+//! extends the key's TTL. Leases are plain keys
 //! `<prefix>lease:<partition>` holding a random token. Every script touches a single key, so
 //! everything works on a cluster without hash tags.
 
@@ -38,10 +39,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_KEY_PREFIX: &str = "tokenwell:";
 
 /// Fields of a partition's hash that are not entries: the blob layout's counter and blob,
-/// and the prune step's `HSCAN` cursor.
+/// and the prune step's state (`HSCAN` cursor, earliest live expiry seen by the current
+/// sweep, earliest expiry in the hash).
 const LEGACY_VERSION_FIELD: &str = "v";
 const LEGACY_BLOB_FIELD: &str = "b";
 const SCAN_CURSOR_FIELD: &str = "~scan";
+const SCAN_MIN_FIELD: &str = "~smin";
+const NEXT_PRUNE_FIELD: &str = "~next";
 
 /// Buckets one write's prune step asks `HSCAN` to visit: the bound on a write's pruning work,
 /// whatever the partition's size. Redis may return a few more fields than this (a bucket can
@@ -106,7 +110,7 @@ for _ = 1, unparseable do
     local drop
     if field == 'v' then
       drop = redis.call('HEXISTS', key, 'b') == 0
-    elseif field == 'b' or field == '~scan' then
+    elseif field == 'b' or field == '~scan' or field == '~smin' or field == '~next' then
       drop = false
     else
       drop = not (is_entry_name(field) and parse(value))
@@ -131,7 +135,7 @@ if ARGV[2] == '1' then
   redis.call('HDEL', key, 'v', 'b')
 end
 
-local latest = 0
+local latest, earliest = 0, max_time
 for _ = 1, entries do
   local field, value = ARGV[at], ARGV[at + 1]
   at = at + 2
@@ -144,34 +148,54 @@ for _ = 1, entries do
       redis.call('HSET', key, field, value)
       applied = applied + 1
       if e > latest then latest = e end
+      if e < earliest then earliest = e end
     end
   end
 end
 
-local cursor = redis.call('HGET', key, '~scan') or '0'
-if not string.match(cursor, '^%d+$') or #cursor > 20 then cursor = '0' end
-local step = redis.pcall('HSCAN', key, cursor, 'COUNT', scan_count)
-if type(step) == 'table' and step[1] and not step.err then
-  local fields = step[2]
-  for i = 1, #fields, 2 do
-    local field = fields[i]
-    scanned = scanned + 1
-    if is_entry_name(field) then
-      local _, e = parse(fields[i + 1])
-      if e and e <= now then
-        redis.call('HDEL', key, field)
-        pruned = pruned + 1
+-- '~next' is at most the earliest expiry in the hash: until then there is nothing to prune
+-- and a write scans nothing. Once due, each write takes one HSCAN step ('~scan' holds the
+-- cursor, '~smin' the earliest live expiry seen so far); a completed sweep sets '~next'.
+local next_due = tonumber(redis.call('HGET', key, '~next') or '0') or 0
+local cursor = redis.call('HGET', key, '~scan')
+if cursor or now >= next_due then
+  local smin = tonumber(redis.call('HGET', key, '~smin') or '') or max_time
+  if not cursor or not string.match(cursor, '^%d+$') or #cursor > 20 then
+    cursor = '0'
+    smin = max_time
+  end
+  local step = redis.pcall('HSCAN', key, cursor, 'COUNT', scan_count)
+  if type(step) == 'table' and step[1] and not step.err then
+    local fields = step[2]
+    for i = 1, #fields, 2 do
+      local field = fields[i]
+      scanned = scanned + 1
+      if is_entry_name(field) then
+        local _, e = parse(fields[i + 1])
+        if e and e <= now then
+          redis.call('HDEL', key, field)
+          pruned = pruned + 1
+        elseif e and e < smin then
+          smin = e
+        end
       end
     end
+    cursor = step[1]
+  else
+    cursor = '0'
   end
-  cursor = step[1]
-else
-  cursor = '0'
-end
-if cursor == '0' then
-  redis.call('HDEL', key, '~scan')
-elseif redis.call('EXISTS', key) == 1 then
-  redis.call('HSET', key, '~scan', cursor)
+  if earliest < smin then smin = earliest end
+  -- Never recreate a key the prune step emptied (it would come back without a TTL).
+  if cursor == '0' then
+    redis.call('HDEL', key, '~scan', '~smin')
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HSET', key, '~next', string.format('%.0f', smin))
+    end
+  elseif redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, '~scan', cursor, '~smin', string.format('%.0f', smin))
+  end
+elseif earliest < next_due then
+  redis.call('HSET', key, '~next', string.format('%.0f', earliest))
 end
 
 if latest > 0 then
@@ -644,7 +668,9 @@ fn parse_partition(fields: Vec<(Vec<u8>, Vec<u8>)>) -> StoredPartition {
     let mut lone_version = false;
     for (field, value) in fields {
         match field.as_slice() {
-            f if f == SCAN_CURSOR_FIELD.as_bytes() => {}
+            f if [SCAN_CURSOR_FIELD, SCAN_MIN_FIELD, NEXT_PRUNE_FIELD]
+                .iter()
+                .any(|reserved| f == reserved.as_bytes()) => {}
             f if f == LEGACY_BLOB_FIELD.as_bytes() => stored.legacy = Some(Bytes::from(value)),
             f if f == LEGACY_VERSION_FIELD.as_bytes() => lone_version = true,
             _ => match parse_entry(&field, value) {

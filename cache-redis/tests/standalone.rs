@@ -83,11 +83,15 @@ async fn entries_are_fields_of_one_hash_with_a_header_ttl_and_prefix() {
     let fields: Vec<(String, Vec<u8>)> = admin.hgetall(&redis_key).await.unwrap();
     assert_eq!(
         fields,
-        vec![(
-            written.id().to_hex(),
-            format!("{now}:{}:0:pay:load", now + 60).into_bytes()
-        )],
-        "one field per entry, named by its id, valued header + payload"
+        vec![
+            (
+                written.id().to_hex(),
+                format!("{now}:{}:0:pay:load", now + 60).into_bytes()
+            ),
+            ("~next".to_owned(), (now + 60).to_string().into_bytes()),
+        ],
+        "one field per entry, named by its id, valued header + payload; and the earliest \
+         expiry, when pruning is next due"
     );
     let ttl: i64 = admin.ttl(&redis_key).await.unwrap();
     assert!((55..=60).contains(&ttl), "TTL from expires_at, got {ttl}");
