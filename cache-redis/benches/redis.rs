@@ -1,5 +1,9 @@
-//! An L2 read through `RedisStore::load` (4 KiB blob) against a raw `GET` of a 4 KiB value on
-//! the same server (its own `redis-server`), and their ratio (goal: at most 1.5x).
+//! On its own `redis-server`:
+//! - an L2 read through `RedisStore::load` (a partition of one 4 KiB entry) against a raw
+//!   `GET` of a 4 KiB value, and their ratio (goal: at most 1.5x);
+//! - writing one entry into a partition of N entries, N = 1 … 100,000 (goal: flat, the write
+//!   script never reads the whole hash);
+//! - loading a partition of 10,000 entries.
 //!
 //! `cargo bench -p tokenwell-cache-redis`
 
@@ -14,10 +18,14 @@ use bytes::Bytes;
 use criterion::Criterion;
 use support::RedisServer;
 use tokenwell_cache_redis::RedisStore;
-use tokenwell_core::TokenStore;
 use tokenwell_core::cache::PartitionKey;
+use tokenwell_core::{EntryId, EntryWrite, StoreEntry, TokenStore};
 
 const BLOB_BYTES: usize = 4 * 1024;
+/// Payload of each entry of the partitions the write and bulk-load groups use.
+const ENTRY_BYTES: usize = 256;
+/// Entries per write while filling a partition.
+const FILL_BATCH: u32 = 1_000;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -29,6 +37,8 @@ fn main() {
     let (store, raw, key) = runtime.block_on(async {
         let store = RedisStore::builder()
             .url(server.url())
+            // Filling and loading 100,000 entries takes longer than an L2 read should.
+            .timeout(std::time::Duration::from_secs(10))
             .build()
             .expect("store");
         let key = PartitionKey::for_app("bench-client", "bench-tenant");
@@ -37,9 +47,9 @@ fn main() {
             .collect::<Vec<_>>()
             .into();
         store
-            .store(&key, blob.clone(), None, None)
+            .write(&key, &EntryWrite::new(vec![entry(0, blob.clone())], now()))
             .await
-            .expect("store the blob");
+            .expect("write the entry");
         let mut raw = redis::Client::open(server.url())
             .expect("url")
             .get_multiplexed_async_connection()
@@ -74,6 +84,39 @@ fn main() {
             let store = Arc::clone(&store);
             let key = key.clone();
             async move { black_box(store.load(&key).await.expect("load")) }
+        })
+    });
+    group.finish();
+
+    // Writing one entry into partitions of growing size.
+    let mut group = criterion.benchmark_group("write one entry into a partition of N entries");
+    for size in [1u32, 100, 10_000, 100_000] {
+        let key = PartitionKey::for_app("bench-client", &format!("write-{size}"));
+        runtime.block_on(fill(&store, &key, size));
+        group.bench_function(format!("N={size}"), |b| {
+            b.to_async(&runtime).iter(|| {
+                let store = Arc::clone(&store);
+                let key = key.clone();
+                async move {
+                    let write = EntryWrite::new(vec![entry(0, filler())], now());
+                    black_box(store.write(&key, &write).await.expect("write"))
+                }
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = criterion.benchmark_group("load a partition of 10_000 entries");
+    let bulk = PartitionKey::for_app("bench-client", "write-10000");
+    group.bench_function("load", |b| {
+        b.to_async(&runtime).iter(|| {
+            let store = Arc::clone(&store);
+            let key = bulk.clone();
+            async move {
+                let stored = store.load(&key).await.expect("load");
+                assert_eq!(stored.entries.len(), 10_000);
+                black_box(stored)
+            }
         })
     });
     group.finish();
@@ -119,6 +162,55 @@ fn main() {
         store_ns / 1000.0,
     );
     drop(server);
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn filler() -> Bytes {
+    Bytes::from(vec![0x5a; ENTRY_BYTES])
+}
+
+/// Entry `n`, written now, expiring in a day.
+fn entry(n: u32, payload: Bytes) -> StoreEntry {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    StoreEntry::new(
+        EntryId::from_bytes(id),
+        now(),
+        now() + 86_400,
+        false,
+        payload,
+    )
+}
+
+/// Fill `key` with `size` entries of [`ENTRY_BYTES`], in writes of [`FILL_BATCH`], then write
+/// until the prune sweep those writes started has completed (the steady state: nothing is due
+/// to expire, so a write scans nothing).
+async fn fill(store: &RedisStore, key: &PartitionKey, size: u32) {
+    let mut next = 0;
+    while next < size {
+        let end = (next + FILL_BATCH).min(size);
+        let entries = (next..end).map(|n| entry(n, filler())).collect();
+        store
+            .write(key, &EntryWrite::new(entries, now()))
+            .await
+            .expect("fill the partition");
+        next = end;
+    }
+    loop {
+        let write = EntryWrite::new(vec![entry(0, filler())], now());
+        let (_, step) = store
+            .write_with_prune(key, &write)
+            .await
+            .expect("sweep the partition");
+        if step.scanned == 0 {
+            break;
+        }
+    }
 }
 
 /// Mean nanoseconds per call over `calls` sequential calls.

@@ -1,9 +1,15 @@
 //! [`RedisStore`]: core's [`TokenStore`] on Redis or Redis Cluster.
 //!
-//! Layout: one hash per partition, `<prefix>blob:<partition>` with fields `v` (version) and
-//! `b` (blob), written by a Lua compare-and-set so version and blob change together; leases
-//! are plain keys `<prefix>lease:<partition>` holding a random token. Every script touches a
-//! single key, so everything works on a cluster without hash tags.
+//! Layout: one hash per partition, `<prefix>blob:<partition>` (the key of the blob layout
+//! before it, so a store written by an older release migrates in place), with one field per
+//! entry named by [`EntryId::to_hex`] and valued `"<written_at>:<expires_at>:<0|1>:" ..
+//! payload`. A write is one Lua script on that key: it merges each entry with
+//! [`StoreEntry::supersedes`], applies repairs, drops the legacy fields `v` and `b` when
+//! asked, prunes a bounded slice of expired entries once one may have expired (an `HSCAN`
+//! step whose cursor lives in the field `~scan`; `~next` bounds the earliest expiry) and
+//! extends the key's TTL. Leases are plain keys
+//! `<prefix>lease:<partition>` holding a random token. Every script touches a single key, so
+//! everything works on a cluster without hash tags.
 
 use std::fmt;
 use std::future::Future;
@@ -14,7 +20,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{RedisResult, Script};
 use tokenwell_core::cache::PartitionKey;
-use tokenwell_core::{Lease, StoreError, StoreErrorKind, StoreWrite, StoredBlob, TokenStore};
+use tokenwell_core::store::MAX_STORE_SECONDS;
+use tokenwell_core::{
+    EntryId, EntryWrite, Lease, Repair, StoreEntry, StoreError, StoreErrorKind, StoredPartition,
+    TokenStore, WriteReport,
+};
 
 use crate::auth::{CredentialBroker, TokenAuth};
 use crate::connection::{Conn, Connections, Settings, Target};
@@ -28,24 +38,176 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Prefix of every key the store writes.
 pub const DEFAULT_KEY_PREFIX: &str = "tokenwell:";
 
-/// Compare-and-set: `ARGV[1]` expected version (empty: only if absent), `ARGV[2]` blob,
-/// `ARGV[3]` TTL in ms (0: none). Returns the new version, or -1 on conflict.
-const STORE_SCRIPT: &str = r"
-local current = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == '' then
-  if current then return -1 end
-elseif current ~= ARGV[1] then
-  return -1
+/// Fields of a partition's hash that are not entries: the blob layout's counter and blob,
+/// and the prune step's state (`HSCAN` cursor, earliest live expiry seen by the current
+/// sweep, earliest expiry in the hash).
+const LEGACY_VERSION_FIELD: &str = "v";
+const LEGACY_BLOB_FIELD: &str = "b";
+const SCAN_CURSOR_FIELD: &str = "~scan";
+const SCAN_MIN_FIELD: &str = "~smin";
+const NEXT_PRUNE_FIELD: &str = "~next";
+
+/// Buckets one write's prune step asks `HSCAN` to visit: the bound on a write's pruning work,
+/// whatever the partition's size. Redis may return a few more fields than this (a bucket can
+/// hold several), never a number that grows with the hash.
+pub const PRUNE_SCAN_COUNT: u32 = 16;
+
+/// Prefix of an unreadable field's name in [`StoredPartition::unreadable`] when the name is
+/// not UTF-8 (or itself starts with this prefix): the raw bytes in lowercase hex, so
+/// [`Repair::Unparseable`] can still name the field exactly.
+pub const RAW_NAME_HEX_PREFIX: &str = "~hex:";
+
+/// The merge, atomic on the server. `KEYS[1]`: the partition's hash. `ARGV`: `now`,
+/// drop-legacy flag (`0`/`1`), the number of entries, of unparseable repairs and of corrupt
+/// repairs, the prune step's `HSCAN` count, then the entries (field, value), the unparseable fields (raw name), the corrupt
+/// entries (field, value as seen). Returns `{applied, superseded, repaired, scanned,
+/// pruned}`.
+///
+/// Values are `"<written_at>:<expires_at>:<0|1>:" .. payload`; times have at most 16 digits
+/// and are at most 2^53 - 1, so Lua's doubles hold them exactly. Nothing here reads the whole
+/// hash: each entry is one `HGET`/`HSET`, pruning is one `HSCAN` step, and the TTL is
+/// extended with `TTL`/`EXPIRE` relative to the writer's clock (so a writer whose clock is
+/// off from the server's still sets a TTL that covers its entries).
+const WRITE_SCRIPT: &str = r"
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local max_time = 9007199254740991
+
+local function parse(value)
+  if not value then return nil end
+  local w, e, t = string.match(value, '^(%d+):(%d+):([01]):')
+  if not w or #w > 16 or #e > 16 then return nil end
+  w = tonumber(w)
+  e = tonumber(e)
+  if w > max_time or e > max_time then return nil end
+  return w, e, t == '1'
 end
-local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 'b', ARGV[2])
-local ttl = tonumber(ARGV[3])
-if ttl and ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-else
-  redis.call('PERSIST', KEYS[1])
+
+local function is_entry_name(field)
+  return #field == 32 and not string.find(field, '[^0-9a-f]')
 end
-return version
+
+local applied, superseded, repaired, scanned, pruned = 0, 0, 0, 0, 0
+
+local kind = redis.call('TYPE', key)
+kind = kind.ok or kind
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', key)
+  repaired = repaired + 1
+end
+
+local entries = tonumber(ARGV[3])
+local unparseable = tonumber(ARGV[4])
+local corrupt = tonumber(ARGV[5])
+local scan_count = tonumber(ARGV[6])
+local at = 7
+
+for _ = 1, unparseable do
+  local field = ARGV[at]
+  at = at + 1
+  local value = redis.call('HGET', key, field)
+  if value then
+    local drop
+    if field == 'v' then
+      drop = redis.call('HEXISTS', key, 'b') == 0
+    elseif field == 'b' or field == '~scan' or field == '~smin' or field == '~next' then
+      drop = false
+    else
+      drop = not (is_entry_name(field) and parse(value))
+    end
+    if drop then
+      redis.call('HDEL', key, field)
+      repaired = repaired + 1
+    end
+  end
+end
+
+for _ = 1, corrupt do
+  local field, seen = ARGV[at], ARGV[at + 1]
+  at = at + 2
+  if redis.call('HGET', key, field) == seen then
+    redis.call('HDEL', key, field)
+    repaired = repaired + 1
+  end
+end
+
+if ARGV[2] == '1' then
+  redis.call('HDEL', key, 'v', 'b')
+end
+
+local latest, earliest = 0, max_time
+for _ = 1, entries do
+  local field, value = ARGV[at], ARGV[at + 1]
+  at = at + 2
+  local w, e, t = parse(value)
+  if w and e > now then
+    local sw, _, st = parse(redis.call('HGET', key, field))
+    if sw and not (w > sw or (w == sw and (t or not st))) then
+      superseded = superseded + 1
+    else
+      redis.call('HSET', key, field, value)
+      applied = applied + 1
+      if e > latest then latest = e end
+      if e < earliest then earliest = e end
+    end
+  end
+end
+
+-- '~next' is at most the earliest expiry in the hash: until then there is nothing to prune
+-- and a write scans nothing. Once due, each write takes one HSCAN step ('~scan' holds the
+-- cursor, '~smin' the earliest live expiry seen so far); a completed sweep sets '~next'.
+local next_due = tonumber(redis.call('HGET', key, '~next') or '0') or 0
+local cursor = redis.call('HGET', key, '~scan')
+if cursor or now >= next_due then
+  local smin = tonumber(redis.call('HGET', key, '~smin') or '') or max_time
+  if not cursor or not string.match(cursor, '^%d+$') or #cursor > 20 then
+    cursor = '0'
+    smin = max_time
+  end
+  local step = redis.pcall('HSCAN', key, cursor, 'COUNT', scan_count)
+  if type(step) == 'table' and step[1] and not step.err then
+    local fields = step[2]
+    for i = 1, #fields, 2 do
+      local field = fields[i]
+      scanned = scanned + 1
+      if is_entry_name(field) then
+        local _, e = parse(fields[i + 1])
+        if e and e <= now then
+          redis.call('HDEL', key, field)
+          pruned = pruned + 1
+        elseif e and e < smin then
+          smin = e
+        end
+      end
+    end
+    cursor = step[1]
+  else
+    cursor = '0'
+  end
+  if earliest < smin then smin = earliest end
+  -- Never recreate a key the prune step emptied (it would come back without a TTL).
+  if cursor == '0' then
+    redis.call('HDEL', key, '~scan', '~smin')
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HSET', key, '~next', string.format('%.0f', smin))
+    end
+  elseif redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, '~scan', cursor, '~smin', string.format('%.0f', smin))
+  end
+elseif earliest < next_due then
+  redis.call('HSET', key, '~next', string.format('%.0f', earliest))
+end
+
+if latest > 0 then
+  local wanted = latest - now
+  local ttl = redis.call('TTL', key)
+  if ttl == -1 or (ttl >= 0 and wanted > ttl) then
+    -- As an integer string: Redis may format a large Lua number with an exponent.
+    redis.call('EXPIRE', key, string.format('%.0f', wanted))
+  end
+end
+
+return {applied, superseded, repaired, scanned, pruned}
 ";
 
 /// Delete the lease only if it still holds our token (`ARGV[1]`).
@@ -56,8 +218,10 @@ end
 return 0
 ";
 
-/// Partition blobs in Redis or Redis Cluster, with versioned compare-and-set and farm-wide
-/// leases. Cheap to clone; clones share one multiplexed connection.
+/// Cache entries in Redis or Redis Cluster, one hash per partition, merged on the server by a
+/// Lua script so concurrent writers never lose each other's entries; and farm-wide leases.
+/// Cheap to clone; clones share one multiplexed connection (build several stores for several
+/// connections).
 ///
 /// Built lazily: a Redis that is down at start-up does not fail [`build`](RedisStoreBuilder::build);
 /// calls fail fast with [`StoreErrorKind::Unavailable`] until it is back, and the store
@@ -71,7 +235,7 @@ struct Inner {
     connections: Arc<Connections>,
     prefix: String,
     timeout: Duration,
-    store_script: Script,
+    write_script: Script,
     release_script: Script,
 }
 
@@ -89,7 +253,8 @@ impl RedisStore {
         }
     }
 
-    /// The Redis key holding the blob of `key`.
+    /// The Redis key (a hash, one field per entry) holding the partition `key`. Named `blob`
+    /// since the layout before entries, which kept the whole partition there.
     pub fn blob_key(&self, key: &PartitionKey) -> String {
         format!("{}blob:{}", self.inner.prefix, key.as_str())
     }
@@ -97,6 +262,78 @@ impl RedisStore {
     /// The Redis key holding the lease of `key`.
     pub fn lease_key(&self, key: &PartitionKey) -> String {
         format!("{}lease:{}", self.inner.prefix, key.as_str())
+    }
+
+    /// [`TokenStore::write`], also telling what the write's bounded prune step did (for
+    /// monitoring, and for tests of the bound).
+    ///
+    /// # Errors
+    /// As [`TokenStore::write`].
+    pub async fn write_with_prune(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<(WriteReport, PruneStep), StoreError> {
+        let redis_key = self.blob_key(key);
+        let mut invocation = self.inner.write_script.key(&redis_key);
+        let unparseable: Vec<Vec<u8>> = write
+            .repair
+            .iter()
+            .filter_map(|repair| match repair {
+                Repair::Unparseable(name) => Some(field_of_raw_name(name)),
+                _ => None,
+            })
+            .collect();
+        let corrupt: Vec<&StoreEntry> = write
+            .repair
+            .iter()
+            .filter_map(|repair| match repair {
+                Repair::Corrupt(entry) => Some(entry),
+                _ => None,
+            })
+            .collect();
+        invocation
+            .arg(write.now.min(MAX_STORE_SECONDS))
+            .arg(u8::from(write.drop_legacy))
+            .arg(write.entries.len())
+            .arg(unparseable.len())
+            .arg(corrupt.len())
+            .arg(PRUNE_SCAN_COUNT);
+        for field in &unparseable {
+            invocation.arg(field.as_slice());
+        }
+        for entry in corrupt {
+            invocation.arg(entry.id().to_hex()).arg(encode_value(entry));
+        }
+        for entry in &write.entries {
+            invocation.arg(entry.id().to_hex()).arg(encode_value(entry));
+        }
+        let invocation = &invocation;
+        let counts: Vec<i64> = self
+            .call("write", |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        let count = |i: usize| {
+            counts
+                .get(i)
+                .and_then(|&n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Other,
+                        format!("the write script answered {counts:?}, not five counts"),
+                    )
+                })
+        };
+        let mut report = WriteReport::default();
+        report.applied = count(0)?;
+        report.superseded = count(1)?;
+        report.repaired = count(2)?;
+        let prune = PruneStep {
+            scanned: count(3)?,
+            pruned: count(4)?,
+        };
+        Ok((report, prune))
     }
 
     /// Run one Redis exchange within the timeout, mapping failures to store errors.
@@ -139,61 +376,27 @@ impl fmt::Debug for RedisStore {
 
 #[async_trait]
 impl TokenStore for RedisStore {
-    async fn load(&self, key: &PartitionKey) -> Result<Option<StoredBlob>, StoreError> {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
         let redis_key = self.blob_key(key);
-        let (version, bytes): (Option<String>, Option<Bytes>) = self
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = self
             .call("load", |mut conn| async move {
-                redis::cmd("HMGET")
+                redis::cmd("HGETALL")
                     .arg(&redis_key)
-                    .arg("v")
-                    .arg("b")
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        let corrupt = |what: &str| {
-            StoreError::new(
-                StoreErrorKind::Corrupt,
-                format!("Redis key {} {what}", self.blob_key(key)),
-            )
-        };
-        match (version, bytes) {
-            (None, None) => Ok(None),
-            (Some(version), Some(bytes)) => match version.parse::<u64>() {
-                Ok(version) if version > 0 => Ok(Some(StoredBlob { bytes, version })),
-                _ => Err(corrupt("has an invalid version")),
-            },
-            (Some(_), None) => Err(corrupt("has a version but no blob")),
-            (None, Some(_)) => Err(corrupt("has a blob but no version")),
-        }
+        Ok(parse_partition(fields))
     }
 
-    async fn store(
+    async fn write(
         &self,
         key: &PartitionKey,
-        blob: Bytes,
-        expected_version: Option<u64>,
-        ttl: Option<Duration>,
-    ) -> Result<StoreWrite, StoreError> {
-        let redis_key = self.blob_key(key);
-        let expected = expected_version.map(|v| v.to_string()).unwrap_or_default();
-        let ttl_ms = ttl.map_or(0, |ttl| ttl.as_millis().clamp(1, i64::MAX as u128) as i64);
-        let script = &self.inner.store_script;
-        let version: i64 = self
-            .call("store", |mut conn| async move {
-                script
-                    .key(&redis_key)
-                    .arg(expected)
-                    .arg(blob.as_ref())
-                    .arg(ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        match u64::try_from(version) {
-            Ok(version) if version > 0 => Ok(StoreWrite::Stored { version }),
-            _ => Ok(StoreWrite::Conflict),
-        }
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.write_with_prune(key, write)
+            .await
+            .map(|(report, _)| report)
     }
 
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
@@ -382,7 +585,7 @@ impl RedisStoreBuilder {
                 connections: Arc::new(connections),
                 prefix: self.prefix,
                 timeout: self.timeout,
-                store_script: Script::new(STORE_SCRIPT),
+                write_script: Script::new(WRITE_SCRIPT),
                 release_script: Script::new(RELEASE_SCRIPT),
             }),
         })
@@ -399,6 +602,126 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("token_auth", &self.token_auth.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// What one write's prune step did: the fields one `HSCAN` step returned, and the expired
+/// entries among them it deleted. `scanned` stays near [`PRUNE_SCAN_COUNT`] whatever the
+/// partition's size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PruneStep {
+    /// Fields the `HSCAN` step returned.
+    pub scanned: u32,
+    /// Expired entries deleted.
+    pub pruned: u32,
+}
+
+/// The stored value of `entry`: a header the write script parses, then the opaque payload.
+fn encode_value(entry: &StoreEntry) -> Vec<u8> {
+    let header = format!(
+        "{}:{}:{}:",
+        entry.written_at(),
+        entry.expires_at(),
+        u8::from(entry.is_tombstone())
+    );
+    let mut value = Vec::with_capacity(header.len() + entry.payload().len());
+    value.extend_from_slice(header.as_bytes());
+    value.extend_from_slice(entry.payload());
+    value
+}
+
+/// A time of a value's header: 1 to 16 decimal digits, at most [`MAX_STORE_SECONDS`] (what
+/// the write script accepts too, so both sides agree on what parses).
+fn parse_time(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    (value <= MAX_STORE_SECONDS).then_some(value)
+}
+
+/// The entry stored under `field` with `value`, when both parse.
+fn parse_entry(field: &[u8], value: Vec<u8>) -> Option<StoreEntry> {
+    let id = EntryId::parse(std::str::from_utf8(field).ok()?)?;
+    let mut parts = value.splitn(4, |&b| b == b':');
+    let written_at = parse_time(parts.next()?)?;
+    let expires_at = parse_time(parts.next()?)?;
+    let tombstone = match parts.next()? {
+        b"0" => false,
+        b"1" => true,
+        _ => return None,
+    };
+    let payload = parts.next()?;
+    let header = value.len() - payload.len();
+    let payload = Bytes::from(value).slice(header..);
+    Some(StoreEntry::new(
+        id, written_at, expires_at, tombstone, payload,
+    ))
+}
+
+/// Everything an `HGETALL` of a partition's hash returned, sorted into entries, unreadable
+/// fields and the legacy blob.
+fn parse_partition(fields: Vec<(Vec<u8>, Vec<u8>)>) -> StoredPartition {
+    let mut stored = StoredPartition::default();
+    let mut lone_version = false;
+    for (field, value) in fields {
+        match field.as_slice() {
+            f if [SCAN_CURSOR_FIELD, SCAN_MIN_FIELD, NEXT_PRUNE_FIELD]
+                .iter()
+                .any(|reserved| f == reserved.as_bytes()) => {}
+            f if f == LEGACY_BLOB_FIELD.as_bytes() => stored.legacy = Some(Bytes::from(value)),
+            f if f == LEGACY_VERSION_FIELD.as_bytes() => lone_version = true,
+            _ => match parse_entry(&field, value) {
+                Some(entry) => stored.entries.push(entry),
+                None => stored.unreadable.push(raw_name(&field)),
+            },
+        }
+    }
+    // A version without its blob is a broken legacy partition: the next write drops it.
+    if lone_version && stored.legacy.is_none() {
+        stored.unreadable.push(LEGACY_VERSION_FIELD.to_owned());
+    }
+    stored
+}
+
+/// The name [`StoredPartition::unreadable`] reports for `field`: the field itself when it is
+/// UTF-8, else (or when it could be taken for an escape) [`RAW_NAME_HEX_PREFIX`] and its hex.
+fn raw_name(field: &[u8]) -> String {
+    match std::str::from_utf8(field) {
+        Ok(name) if !name.starts_with(RAW_NAME_HEX_PREFIX) => name.to_owned(),
+        _ => {
+            let mut name = String::with_capacity(RAW_NAME_HEX_PREFIX.len() + 2 * field.len());
+            name.push_str(RAW_NAME_HEX_PREFIX);
+            for byte in field {
+                name.push_str(&format!("{byte:02x}"));
+            }
+            name
+        }
+    }
+}
+
+/// The field a [`raw_name`] names (the inverse; a name that is not a valid escape is the field
+/// itself).
+fn field_of_raw_name(name: &str) -> Vec<u8> {
+    let Some(hex) = name.strip_prefix(RAW_NAME_HEX_PREFIX) else {
+        return name.as_bytes().to_vec();
+    };
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let decoded: Option<Vec<u8>> = (hex.len() % 2 == 0)
+        .then(|| {
+            hex.as_bytes()
+                .chunks(2)
+                .map(|pair| Some((digit(pair[0])? << 4) | digit(pair[1])?))
+                .collect()
+        })
+        .flatten();
+    decoded.unwrap_or_else(|| name.as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -442,5 +765,98 @@ mod tests {
         let key = PartitionKey::for_app("client", "tenant");
         assert_eq!(store.blob_key(&key), "app1:blob:app:client:tenant");
         assert_eq!(store.lease_key(&key), "app1:lease:app:client:tenant");
+    }
+
+    fn entry(tombstone: bool, payload: &[u8]) -> StoreEntry {
+        StoreEntry::new(
+            EntryId::from_bytes([0xab; 16]),
+            1_700_000_000,
+            MAX_STORE_SECONDS,
+            tombstone,
+            Bytes::copy_from_slice(payload),
+        )
+    }
+
+    #[test]
+    fn values_round_trip_through_their_header() {
+        for written in [entry(false, b""), entry(true, b"a:b:c\0\xff:1:")] {
+            let value = encode_value(&written);
+            assert!(value.starts_with(b"1700000000:9007199254740991:"));
+            let field = written.id().to_hex();
+            assert_eq!(parse_entry(field.as_bytes(), value), Some(written));
+        }
+    }
+
+    #[test]
+    fn headers_outside_what_lua_holds_exactly_do_not_parse() {
+        let field = EntryId::from_bytes([0xab; 16]).to_hex();
+        for value in [
+            &b"9007199254740992:1:0:x"[..],
+            b"1:00000000000000001:0:x",
+            b"1:2:2:x",
+            b"1:2:0",
+            b":2:0:x",
+            b"-1:2:0:x",
+            b"garbage",
+        ] {
+            assert_eq!(
+                parse_entry(field.as_bytes(), value.to_vec()),
+                None,
+                "{value:?}"
+            );
+        }
+        assert_eq!(parse_entry(b"NOT-AN-ID", b"1:2:0:x".to_vec()), None);
+        assert_eq!(
+            parse_entry(field.to_uppercase().as_bytes(), b"1:2:0:x".to_vec()),
+            None,
+            "ids are lowercase hex"
+        );
+    }
+
+    #[test]
+    fn every_unreadable_field_has_a_name_that_finds_it_again() {
+        for field in [
+            &b"plain"[..],
+            b"\xff\xfe not utf-8",
+            b"~hex:looks like an escape",
+            b"",
+        ] {
+            let name = raw_name(field);
+            assert_eq!(field_of_raw_name(&name), field, "{name}");
+        }
+        assert_eq!(raw_name(b"plain"), "plain");
+        assert_eq!(raw_name(b"\xff"), "~hex:ff");
+        assert_eq!(
+            field_of_raw_name("~hex:zz"),
+            b"~hex:zz",
+            "not an escape: itself"
+        );
+    }
+
+    #[test]
+    fn a_hash_sorts_into_entries_unreadable_fields_and_the_legacy_blob() {
+        let good = entry(false, b"payload");
+        let fields = vec![
+            (good.id().to_hex().into_bytes(), encode_value(&good)),
+            (b"~scan".to_vec(), b"42".to_vec()),
+            (b"junk".to_vec(), b"1:2:0:x".to_vec()),
+            (
+                EntryId::from_bytes([2; 16]).to_hex().into_bytes(),
+                b"no header".to_vec(),
+            ),
+            (b"b".to_vec(), b"TWC1...".to_vec()),
+            (b"v".to_vec(), b"7".to_vec()),
+        ];
+        let stored = parse_partition(fields);
+        assert_eq!(stored.entries, vec![good]);
+        assert_eq!(
+            stored.unreadable,
+            vec!["junk".to_owned(), EntryId::from_bytes([2; 16]).to_hex()]
+        );
+        assert_eq!(stored.legacy, Some(Bytes::from_static(b"TWC1...")));
+
+        let lone_version = parse_partition(vec![(b"v".to_vec(), b"3".to_vec())]);
+        assert_eq!(lone_version.legacy, None);
+        assert_eq!(lone_version.unreadable, vec!["v".to_owned()]);
     }
 }

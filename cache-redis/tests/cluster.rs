@@ -5,12 +5,11 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use support::idp::{Fixed, allow_only, clients_of};
-use support::{RedisCluster, eventually};
+use support::{RedisCluster, entry, eventually, payload_of, write_of};
 use tokenwell_cache_redis::{RedisCredentials, RedisStore, TokenAuth};
 use tokenwell_core::cache::PartitionKey;
-use tokenwell_core::{StoreErrorKind, StoreWrite, TokenStore};
+use tokenwell_core::{StoreErrorKind, TokenStore};
 
 fn store_for(cluster: &RedisCluster) -> RedisStore {
     RedisStore::builder()
@@ -21,31 +20,34 @@ fn store_for(cluster: &RedisCluster) -> RedisStore {
         .expect("valid configuration")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_conformance_and_spread() {
     let cluster = RedisCluster::start(3);
-    let store = Arc::new(store_for(&cluster));
-    tokenwell_core::testkit::store_conformance(store.clone(), "cluster").await;
+    // Four stores: four cluster connections, so the contention checks really interleave.
+    let stores: Vec<Arc<dyn TokenStore>> = (0..4)
+        .map(|_| Arc::new(store_for(&cluster)) as Arc<dyn TokenStore>)
+        .collect();
+    tokenwell_core::testkit::store_conformance(stores.clone(), "cluster").await;
+    let store = &stores[0];
 
     // Partitions land on every master, and each one reads back through the cluster client.
     let keys: Vec<PartitionKey> = (0..30)
         .map(|i| PartitionKey::for_app("client", &format!("tenant-{i}")))
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        let written = store
-            .store(
-                k,
-                Bytes::from(format!("blob-{i}")),
-                None,
-                Some(Duration::from_secs(60)),
-            )
+        let report = store
+            .write(k, &write_of(vec![entry(1, format!("entry-{i}"))]))
             .await
             .unwrap();
-        assert_eq!(written, StoreWrite::Stored { version: 1 });
+        assert_eq!(report.applied, 1);
     }
     for (i, k) in keys.iter().enumerate() {
-        let loaded = store.load(k).await.unwrap().expect("stored");
-        assert_eq!(loaded.bytes, Bytes::from(format!("blob-{i}")));
+        let loaded = store.load(k).await.unwrap();
+        assert_eq!(
+            payload_of(&loaded, 1),
+            Some(format!("entry-{i}").into()),
+            "partition {i} reads back through the cluster"
+        );
     }
     for node in cluster.nodes() {
         let mut admin = node.admin(None).await;
@@ -85,13 +87,14 @@ async fn cluster_down_at_start_then_up() {
     )
     .await;
     eprintln!("cluster reachable {took:?} after it formed");
-    store
-        .store(&k, Bytes::from_static(b"late"), None, None)
+    let report = store
+        .write(&k, &write_of(vec![entry(1, "late")]))
         .await
         .unwrap();
+    assert_eq!(report.applied, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_with_token_auth() {
     let cluster = RedisCluster::start(3);
     for node in cluster.nodes() {
@@ -105,19 +108,25 @@ async fn cluster_with_token_auth() {
         "cluster-token",
         SystemTime::now() + Duration::from_secs(3600),
     );
-    let store = RedisStore::builder()
-        .cluster_nodes(cluster.urls())
-        .timeout(Duration::from_secs(2))
-        .token_auth(TokenAuth::new(Fixed(credentials)))
-        .build()
-        .unwrap();
-    let store = Arc::new(store);
-    tokenwell_core::testkit::store_conformance(store.clone(), "cluster-auth").await;
+    let stores: Vec<Arc<dyn TokenStore>> = (0..2)
+        .map(|_| {
+            Arc::new(
+                RedisStore::builder()
+                    .cluster_nodes(cluster.urls())
+                    .timeout(Duration::from_secs(2))
+                    .token_auth(TokenAuth::new(Fixed(credentials.clone())))
+                    .build()
+                    .unwrap(),
+            ) as Arc<dyn TokenStore>
+        })
+        .collect();
+    tokenwell_core::testkit::store_conformance(stores.clone(), "cluster-auth").await;
+    let store = &stores[0];
     // Touch every master.
     for i in 0..30 {
         let k = PartitionKey::for_app("client", &format!("auth-tenant-{i}"));
         store
-            .store(&k, Bytes::from_static(b"x"), None, None)
+            .write(&k, &write_of(vec![entry(1, "x")]))
             .await
             .unwrap();
     }

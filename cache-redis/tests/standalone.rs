@@ -6,12 +6,11 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use redis::AsyncCommands;
-use support::{RedisServer, eventually, free_port};
+use support::{RedisServer, entry, eventually, free_port, payload_of, unix_now, write_of};
 use tokenwell_cache_redis::RedisStore;
 use tokenwell_core::cache::PartitionKey;
-use tokenwell_core::{StoreErrorKind, StoreWrite, TokenStore};
+use tokenwell_core::{EntryWrite, StoreEntry, StoreErrorKind, TokenStore};
 
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// Scheduling slack on a loaded 2-core machine.
@@ -45,15 +44,18 @@ async fn store_connections(server: &RedisServer) -> usize {
     list.lines().count().saturating_sub(1)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance() {
     let server = RedisServer::start();
-    let store = Arc::new(store_for(&server.url()));
-    tokenwell_core::testkit::store_conformance(store, "standalone").await;
+    // Four stores: four connections, so the contention checks really interleave.
+    let stores = (0..4)
+        .map(|_| Arc::new(store_for(&server.url())) as Arc<dyn TokenStore>)
+        .collect();
+    tokenwell_core::testkit::store_conformance(stores, "standalone").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blobs_live_in_one_hash_with_the_ttl_and_prefix() {
+async fn entries_are_fields_of_one_hash_with_a_header_ttl_and_prefix() {
     let server = RedisServer::start();
     let store = RedisStore::builder()
         .url(server.url())
@@ -61,78 +63,38 @@ async fn blobs_live_in_one_hash_with_the_ttl_and_prefix() {
         .build()
         .unwrap();
     let k = key("layout");
-    let written = store
-        .store(
-            &k,
-            Bytes::from_static(b"blob"),
-            None,
-            Some(Duration::from_secs(60)),
-        )
+    let now = unix_now();
+    let written = StoreEntry::new(
+        support::entry_id(1),
+        now,
+        now + 60,
+        false,
+        bytes::Bytes::from_static(b"pay:load"),
+    );
+    let report = store
+        .write(&k, &EntryWrite::new(vec![written.clone()], now))
         .await
         .unwrap();
-    assert_eq!(written, StoreWrite::Stored { version: 1 });
+    assert_eq!(report.applied, 1);
 
     let mut admin = server.admin(None).await;
     let redis_key = store.blob_key(&k);
     assert_eq!(redis_key, "farm-a:blob:app:client:layout");
-    let (version, blob): (u64, Vec<u8>) = redis::cmd("HMGET")
-        .arg(&redis_key)
-        .arg("v")
-        .arg("b")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!((version, blob.as_slice()), (1, &b"blob"[..]));
-    let ttl: i64 = admin.pttl(&redis_key).await.unwrap();
-    assert!(
-        (1..=60_000).contains(&ttl),
-        "PX from the ttl argument, got {ttl}"
+    let fields: Vec<(String, Vec<u8>)> = admin.hgetall(&redis_key).await.unwrap();
+    assert_eq!(
+        fields,
+        vec![
+            (
+                written.id().to_hex(),
+                format!("{now}:{}:0:pay:load", now + 60).into_bytes()
+            ),
+            ("~next".to_owned(), (now + 60).to_string().into_bytes()),
+        ],
+        "one field per entry, named by its id, valued header + payload; and the earliest \
+         expiry, when pruning is next due"
     );
-
-    // A write without a TTL makes the blob permanent again.
-    store
-        .store(&k, Bytes::from_static(b"blob2"), Some(1), None)
-        .await
-        .unwrap();
-    let ttl: i64 = admin.pttl(&redis_key).await.unwrap();
-    assert_eq!(ttl, -1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_data_is_an_error_not_a_panic() {
-    let server = RedisServer::start();
-    let store = store_for(&server.url());
-    let mut admin = server.admin(None).await;
-
-    let wrong_type = key("wrong-type");
-    let _: () = admin
-        .set(store.blob_key(&wrong_type), "a string")
-        .await
-        .unwrap();
-    let error = store.load(&wrong_type).await.unwrap_err();
-    assert_eq!(error.kind(), StoreErrorKind::Corrupt, "{error}");
-    let error = store
-        .store(&wrong_type, Bytes::from_static(b"x"), None, None)
-        .await
-        .unwrap_err();
-    assert_ne!(error.kind(), StoreErrorKind::Unavailable, "{error}");
-
-    let bad_version = key("bad-version");
-    let _: () = admin
-        .hset_multiple(store.blob_key(&bad_version), &[("v", "-3"), ("b", "x")])
-        .await
-        .unwrap();
-    let error = store.load(&bad_version).await.unwrap_err();
-    assert_eq!(error.kind(), StoreErrorKind::Corrupt, "{error}");
-
-    let no_blob = key("no-blob");
-    let _: () = admin
-        .hset(store.blob_key(&no_blob), "v", "2")
-        .await
-        .unwrap();
-    let error = store.load(&no_blob).await.unwrap_err();
-    assert_eq!(error.kind(), StoreErrorKind::Corrupt, "{error}");
-    assert!(error.message().contains("no blob"), "{error}");
+    let ttl: i64 = admin.ttl(&redis_key).await.unwrap();
+    assert!((55..=60).contains(&ttl), "TTL from expires_at, got {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,12 +121,13 @@ async fn down_at_start_fails_fast_then_reconnects_by_itself() {
     .await;
     eprintln!("reconnected {took:?} after Redis came up");
     let started = Instant::now();
-    assert_eq!(store.load(&k).await.unwrap(), None);
+    assert!(store.load(&k).await.unwrap().is_empty());
     assert!(started.elapsed() < TIMEOUT);
-    store
-        .store(&k, Bytes::from_static(b"after"), None, None)
+    let report = store
+        .write(&k, &write_of(vec![entry(1, "after")]))
         .await
         .unwrap();
+    assert_eq!(report.applied, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +136,7 @@ async fn killed_mid_run_errors_then_recovers_after_restart() {
     let store = store_for(&server.url());
     let k = key("killed");
     store
-        .store(&k, Bytes::from_static(b"before"), None, None)
+        .write(&k, &write_of(vec![entry(1, "before")]))
         .await
         .unwrap();
 
@@ -198,11 +161,15 @@ async fn killed_mid_run_errors_then_recovers_after_restart() {
     eprintln!("recovered {took:?} after the restart");
     assert!(restarted.elapsed() < Duration::from_secs(2) + SLACK);
     // Nothing was persisted: the restarted server is empty, and writable.
-    assert_eq!(store.load(&k).await.unwrap(), None);
+    assert!(store.load(&k).await.unwrap().is_empty());
     store
-        .store(&k, Bytes::from_static(b"after"), None, None)
+        .write(&k, &write_of(vec![entry(1, "after")]))
         .await
         .unwrap();
+    assert_eq!(
+        payload_of(&store.load(&k).await.unwrap(), 1).as_deref(),
+        Some(&b"after"[..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +178,7 @@ async fn paused_server_times_calls_out_then_works_again() {
     let store = store_for(&server.url());
     let k = key("paused");
     store
-        .store(&k, Bytes::from_static(b"blob"), None, None)
+        .write(&k, &write_of(vec![entry(1, "kept")]))
         .await
         .unwrap();
 
@@ -222,7 +189,7 @@ async fn paused_server_times_calls_out_then_works_again() {
             store.load(&k).await.map(|_| ()).unwrap_err()
         } else {
             store
-                .store(&k, Bytes::from_static(b"x"), Some(1), None)
+                .write(&k, &write_of(vec![entry(2, "x")]))
                 .await
                 .map(|_| ())
                 .unwrap_err()
@@ -245,8 +212,12 @@ async fn paused_server_times_calls_out_then_works_again() {
         store.load(&k).await.is_ok()
     })
     .await;
-    let loaded = store.load(&k).await.unwrap().expect("blob kept");
-    assert!(loaded.version >= 1);
+    let loaded = store.load(&k).await.unwrap();
+    assert_eq!(
+        payload_of(&loaded, 1).as_deref(),
+        Some(&b"kept"[..]),
+        "entry kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

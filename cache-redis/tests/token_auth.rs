@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use support::eventually;
 use support::idp::{AuthRig, Fixed, RotatingAcl, allow_only, clients_of, login_works};
+use support::{entry, eventually, payload_of, write_of};
 use tokenwell_cache_redis::{RedisCredentials, RedisStore, TokenAuth};
 use tokenwell_core::cache::PartitionKey;
-use tokenwell_core::{StoreErrorKind, StoreWrite, TokenStore};
+use tokenwell_core::{StoreErrorKind, TokenStore};
 use tokenwell_idp_emulator::TokenLifetimes;
 
 const TIMEOUT: Duration = Duration::from_millis(250);
@@ -37,13 +37,11 @@ async fn store_keeps_working_across_three_rotations() {
     })
     .await;
     let k = key("rotations");
-    let StoreWrite::Stored { mut version } = store
-        .store(&k, Bytes::from_static(b"v1"), None, None)
+    let report = store
+        .write(&k, &write_of(vec![entry(1, "v1")]))
         .await
-        .unwrap()
-    else {
-        panic!("first write conflicts")
-    };
+        .unwrap();
+    assert_eq!(report.applied, 1, "first write");
     let (user, _) = provider.last();
     let mut admin = rig.admin().await;
     let clients = clients_of(&mut admin, &user).await;
@@ -72,22 +70,14 @@ async fn store_keeps_working_across_three_rotations() {
         );
         assert!(login_works(&rig.server, &user, &new).await);
 
-        let written = store
-            .store(
-                &k,
-                Bytes::from(format!("v{}", round + 1)),
-                Some(version),
-                None,
-            )
+        let report = store
+            .write(&k, &write_of(vec![entry(1, format!("v{}", round + 1))]))
             .await
             .unwrap();
-        let StoreWrite::Stored { version: next } = written else {
-            panic!("round {round}: {written:?}")
-        };
-        version = next;
+        assert_eq!(report.applied, 1, "round {round}: {report:?}");
         assert_eq!(
-            store.load(&k).await.unwrap().unwrap().bytes,
-            Bytes::from(format!("v{}", round + 1))
+            payload_of(&store.load(&k).await.unwrap(), 1),
+            Some(Bytes::from(format!("v{}", round + 1)))
         );
     }
     // One identity-provider request per token: start-up and three renewals.
@@ -223,7 +213,7 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
         provider.calls.load(Ordering::SeqCst) == 1
     })
     .await;
-    assert!(store.load(&key("lifetime")).await.unwrap().is_none());
+    assert!(store.load(&key("lifetime")).await.unwrap().is_empty());
 
     // 80 % of 60 s: nothing at 47 s, a renewal at 48 s.
     rig.clock.advance(Duration::from_secs(47));

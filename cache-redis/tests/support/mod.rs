@@ -279,3 +279,37 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Now, Unix seconds (the writer's clock of these tests).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The id of test entry `n`.
+pub fn entry_id(n: u32) -> tokenwell_core::EntryId {
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&n.to_be_bytes());
+    tokenwell_core::EntryId::from_bytes(bytes)
+}
+
+/// Test entry `n`, written now, expiring in an hour.
+pub fn entry(n: u32, payload: impl Into<bytes::Bytes>) -> tokenwell_core::StoreEntry {
+    let now = unix_now();
+    tokenwell_core::StoreEntry::new(entry_id(n), now, now + 3600, false, payload.into())
+}
+
+/// A write of `entries` at the current time.
+pub fn write_of(entries: Vec<tokenwell_core::StoreEntry>) -> tokenwell_core::EntryWrite {
+    tokenwell_core::EntryWrite::new(entries, unix_now())
+}
+
+/// The payload of entry `n` in `stored`, if it holds it.
+pub fn payload_of(stored: &tokenwell_core::StoredPartition, n: u32) -> Option<bytes::Bytes> {
+    stored
+        .entries
+        .iter()
+        .find(|e| e.id() == entry_id(n))
+        .map(|e| e.payload().clone())
+}
