@@ -14,6 +14,6 @@ pub use auth::{
 };
 pub use error::Error;
 pub use store::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT, PRUNE_SCAN_COUNT, PruneStep,
-    RAW_NAME_HEX_PREFIX, RedisStore, RedisStoreBuilder,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+    PRUNE_SCAN_COUNT, PruneStep, RAW_NAME_HEX_PREFIX, RedisStore, RedisStoreBuilder,
 };

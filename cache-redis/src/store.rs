@@ -33,6 +33,9 @@ use crate::error::{Error, store_error};
 /// How long a call may wait for Redis before it fails with [`StoreErrorKind::Timeout`]: an L2
 /// read is only worth it when it is much faster than asking the identity provider.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a write may wait for Redis: writes run behind callers, so a slow write costs no
+/// caller, while one given up loses the token for the farm.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long establishing a connection (TCP, AUTH) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Prefix of every key the store writes.
@@ -235,6 +238,7 @@ struct Inner {
     connections: Arc<Connections>,
     prefix: String,
     timeout: Duration,
+    write_timeout: Duration,
     write_script: Script,
     release_script: Script,
 }
@@ -247,6 +251,7 @@ impl RedisStore {
             cluster_nodes: None,
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             cluster_retries: 3,
             token_auth: None,
@@ -310,7 +315,7 @@ impl RedisStore {
         }
         let invocation = &invocation;
         let counts: Vec<i64> = self
-            .call("write", |mut conn| async move {
+            .call_within(self.inner.write_timeout, "write", |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
@@ -342,9 +347,24 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.call_within(self.inner.timeout, operation, exchange)
+            .await
+    }
+
+    /// [`call`](Self::call) with another timeout.
+    async fn call_within<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        operation: &'static str,
+        exchange: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let connections = &self.inner.connections;
         let (conn, token) = connections.get();
-        match tokio::time::timeout(self.inner.timeout, exchange(conn)).await {
+        match tokio::time::timeout(timeout, exchange(conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 connections.failed(&token, &error);
@@ -353,10 +373,7 @@ impl RedisStore {
             }
             Err(_) => Err(StoreError::new(
                 StoreErrorKind::Timeout,
-                format!(
-                    "Redis did not answer {operation} within {:?}",
-                    self.inner.timeout
-                ),
+                format!("Redis did not answer {operation} within {timeout:?}"),
             )),
         }
     }
@@ -409,6 +426,10 @@ impl TokenStore for RedisStore {
         })
         .await?;
         Ok(())
+    }
+
+    fn is_networked(&self) -> bool {
+        true
     }
 
     fn supports_leases(&self) -> bool {
@@ -468,6 +489,7 @@ pub struct RedisStoreBuilder {
     cluster_nodes: Option<Vec<String>>,
     prefix: String,
     timeout: Duration,
+    write_timeout: Duration,
     connect_timeout: Duration,
     cluster_retries: u32,
     token_auth: Option<TokenAuth>,
@@ -497,10 +519,18 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Longest wait for one call, connection set-up included (default 250 ms); past it the
-    /// call fails with [`StoreErrorKind::Timeout`] and the engine moves on without L2.
+    /// Longest wait for one read or lease call, connection set-up included (default 250 ms);
+    /// past it the call fails with [`StoreErrorKind::Timeout`] and the engine moves on without
+    /// L2.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Longest wait for one write (default 2 s, [`DEFAULT_WRITE_TIMEOUT`]). Writes run behind
+    /// callers; a write given up leaves the token in its node's memory only.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
         self
     }
 
@@ -535,7 +565,8 @@ impl RedisStoreBuilder {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Configuration("RedisStore must be built inside a tokio runtime".into())
         })?;
-        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+        if self.timeout.is_zero() || self.write_timeout.is_zero() || self.connect_timeout.is_zero()
+        {
             return Err(Error::Configuration("timeouts must be above zero".into()));
         }
         let target = match (self.url, self.cluster_nodes) {
@@ -585,6 +616,7 @@ impl RedisStoreBuilder {
                 connections: Arc::new(connections),
                 prefix: self.prefix,
                 timeout: self.timeout,
+                write_timeout: self.write_timeout,
                 write_script: Script::new(WRITE_SCRIPT),
                 release_script: Script::new(RELEASE_SCRIPT),
             }),
@@ -598,6 +630,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("cluster", &self.cluster_nodes.is_some())
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("write_timeout", &self.write_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("token_auth", &self.token_auth.is_some())
             .finish_non_exhaustive()

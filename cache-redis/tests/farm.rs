@@ -22,8 +22,8 @@ over_each_transport!(
     second_node_first_call_is_an_l2_hit,
     concurrent_writers_lose_no_token,
     farm_lease_makes_one_request,
-    unreadable_blobs_are_misses,
-    sealed_blobs_rotate_and_resist_tampering,
+    unreadable_entries_are_misses,
+    sealed_entries_rotate_and_resist_tampering,
     redis_killed_and_restarted_under_a_running_farm,
     paused_redis_costs_at_most_the_read_timeout,
     cluster_second_node_and_concurrent_writers,
@@ -60,16 +60,16 @@ async fn farm_lease_makes_one_request(t: Transport) {
     farm::farm_lease_makes_one_request(&rig, &nodes_on(redis.url()), 1_000).await;
 }
 
-async fn unreadable_blobs_are_misses(t: Transport) {
+async fn unreadable_entries_are_misses(t: Transport) {
     let redis = RedisServer::start();
     let rig = Rig::start(t).await;
-    farm::unreadable_blobs_are_misses(&rig, &nodes_on(redis.url())).await;
+    farm::unreadable_entries_are_misses(&rig, &nodes_on(redis.url())).await;
 }
 
-async fn sealed_blobs_rotate_and_resist_tampering(t: Transport) {
+async fn sealed_entries_rotate_and_resist_tampering(t: Transport) {
     let redis = RedisServer::start();
     let rig = Rig::start(t).await;
-    farm::sealed_blobs_rotate_and_resist_tampering(&rig, &nodes_on(redis.url())).await;
+    farm::sealed_entries_rotate_and_resist_tampering(&rig, &nodes_on(redis.url())).await;
 }
 
 async fn redis_killed_and_restarted_under_a_running_farm(t: Transport) {
@@ -185,3 +185,42 @@ farm_proofs!(|_: &Rig| {
     let stores = nodes_on(redis.url());
     (redis, stores)
 });
+
+/// Store handles with the store's default settings (250 ms call timeout) on `url`.
+fn default_nodes_on(url: String) -> StoreFactory {
+    Arc::new(move || {
+        Arc::new(
+            RedisStore::builder()
+                .url(url.as_str())
+                .build()
+                .expect("valid configuration"),
+        ) as Arc<dyn TokenStore>
+    })
+}
+
+/// Issue 12: 32 applications, each with its own connection and the default settings of the
+/// store and of L2, acquire 16 scopes of one partition at once: no token lost, no write error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_applications_with_default_settings_lose_no_token() {
+    let redis = RedisServer::start();
+    let rig = Rig::start(Transport::Reqwest).await;
+    farm::many_nodes_write_one_partition_losslessly(&rig, &default_nodes_on(redis.url()), 32, 16)
+        .await;
+}
+
+/// The same on a Redis Cluster (one hash per partition: no cross-slot script).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_applications_on_a_cluster_lose_no_token() {
+    let cluster = RedisCluster::start(3);
+    let rig = Rig::start(Transport::Reqwest).await;
+    let urls = cluster.urls();
+    let nodes: StoreFactory = Arc::new(move || {
+        Arc::new(
+            RedisStore::builder()
+                .cluster_nodes(urls.clone())
+                .build()
+                .expect("valid configuration"),
+        ) as Arc<dyn TokenStore>
+    });
+    farm::many_nodes_write_one_partition_losslessly(&rig, &nodes, 32, 16).await;
+}

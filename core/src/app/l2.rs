@@ -30,6 +30,12 @@ use crate::telemetry;
 
 /// A warning about one partition's unreadable entries is logged at most once per this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(300);
+/// Attempts of one write when the store fails for a reason that may pass (a timeout, an
+/// unavailable or busy store): an overloaded store costs a retry, not a token. The merge rule
+/// makes a repeated write harmless.
+const WRITE_ATTEMPTS: u32 = 3;
+/// Back-off before the second attempt; each later one waits four times longer.
+const WRITE_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Partitions whose repairs wait for their next write; past this many, the oldest are forgotten
 /// (a later read finds them again).
 const MAX_PENDING_REPAIRS: usize = 10_000;
@@ -67,13 +73,13 @@ pub struct L2Options {
 }
 
 impl L2Options {
-    /// Use `store`, with plain blobs, 250 ms read and 500 ms write timeouts, no lease.
+    /// Use `store`, with plain entries, a 250 ms read and a 2 s write timeout, no lease.
     pub fn new(store: Arc<dyn TokenStore>) -> Self {
         L2Options {
             store,
             codec: BlobCodec::plain(),
             read_timeout: Duration::from_millis(250),
-            write_timeout: Duration::from_millis(500),
+            write_timeout: Duration::from_secs(2),
             lease: None,
         }
     }
@@ -90,8 +96,10 @@ impl L2Options {
         self
     }
 
-    /// Longest wait for a write (one store call, behind the caller); past it the write is
-    /// abandoned and counted, and the tokens stay in this node's L1.
+    /// Longest wait for one attempt of a write (a store call behind the caller; default 2 s).
+    /// A write that times out, or finds the store unavailable or busy, is tried
+    /// up to 3 times in all; then it is abandoned and counted, and the tokens stay in this
+    /// node's L1.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
         self
@@ -523,12 +531,25 @@ impl L2 {
         if fixes.migrate {
             write = write.dropping_legacy();
         }
-        let written = Self::bounded(
-            &*self.runtime,
-            self.options.write_timeout,
-            self.options.store.write(key, &write),
-        )
-        .await;
+        let mut attempt = 1;
+        let written = loop {
+            let written = Self::bounded(
+                &*self.runtime,
+                self.options.write_timeout,
+                self.options.store.write(key, &write),
+            )
+            .await;
+            match &written {
+                Err(error) if attempt < WRITE_ATTEMPTS && may_pass(error) => {
+                    tracing::debug!(partition = %key, error = %error, attempt, "cache store write failed; retrying");
+                    self.runtime
+                        .io_timeout(WRITE_RETRY_DELAY * 4u32.pow(attempt - 1))
+                        .await;
+                    attempt += 1;
+                }
+                _ => break written,
+            }
+        };
         match written {
             Ok(report) => {
                 self.repaired
@@ -576,4 +597,12 @@ impl L2 {
             tracing::debug!(error = %error, "lease release failed; it will expire");
         }
     }
+}
+
+/// Whether a store failure may pass by itself (worth another attempt).
+fn may_pass(error: &StoreError) -> bool {
+    matches!(
+        error.kind(),
+        StoreErrorKind::Timeout | StoreErrorKind::Unavailable | StoreErrorKind::Busy
+    )
 }
