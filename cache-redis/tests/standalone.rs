@@ -20,6 +20,7 @@ fn store_for(url: &str) -> RedisStore {
     RedisStore::builder()
         .url(url)
         .timeout(TIMEOUT)
+        .write_timeout(TIMEOUT)
         .build()
         .expect("valid configuration")
 }
