@@ -624,9 +624,12 @@ impl Engine {
     async fn read_l2(&self, l2: &L2, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
         let loaded = l2.load(&job.partition).await?;
         let now = self.now();
+        // `loaded` holds no expired entry (L2::load drops them); with nothing in L1 it is the
+        // new snapshot as is.
+        let mut loaded = Some(loaded);
         let merged = self.cache.update(&job.partition, |current| match current {
-            Some(current) => current.merge(&loaded, now),
-            None => loaded.without_expired(now),
+            Some(current) => current.merge(loaded.as_ref().unwrap_or(&Partition::new()), now),
+            None => loaded.take().unwrap_or_default(),
         });
         let token = self.adoptable(Some(&merged), job, mode)?;
         telemetry::cache_hit_l2();

@@ -808,16 +808,18 @@ impl Partition {
     }
 
     /// A partition of `entries` as a store merged them (at most one per id; the newest wins
-    /// where several copies meet), without those expired at `now`.
-    pub(crate) fn from_entries(
-        entries: impl IntoIterator<Item = CacheEntry>,
-        now: u64,
-    ) -> Partition {
+    /// where several copies meet), without those expired at `now`. One pass when there are no
+    /// removals (the common case); removals go through the merge rule.
+    pub(crate) fn from_entries(entries: impl IntoIterator<Item = CacheEntry>, now: u64) -> Partition {
         let mut removed = Partition::new();
         let mut live = Partition::new();
         for entry in entries {
             match entry {
-                CacheEntry::AccessToken(token) => live.insert_access_token(token),
+                CacheEntry::AccessToken(token) => {
+                    if !token.is_hard_expired(now) {
+                        live.insert_access_token(token);
+                    }
+                }
                 CacheEntry::RefreshToken(token) => put_entry(
                     &mut live.refresh_tokens,
                     &mut live.entry_tombstones,
@@ -845,6 +847,9 @@ impl Partition {
                     *slot = (*slot).max(at);
                 }
             }
+        }
+        if removed.is_empty() {
+            return live;
         }
         // The merge applies removals to entries no newer than them, and drops the expired.
         live.merge(&removed, now)
