@@ -810,7 +810,10 @@ impl Partition {
     /// A partition of `entries` as a store merged them (at most one per id; the newest wins
     /// where several copies meet), without those expired at `now`. One pass when there are no
     /// removals (the common case); removals go through the merge rule.
-    pub(crate) fn from_entries(entries: impl IntoIterator<Item = CacheEntry>, now: u64) -> Partition {
+    pub(crate) fn from_entries(
+        entries: impl IntoIterator<Item = CacheEntry>,
+        now: u64,
+    ) -> Partition {
         let mut removed = Partition::new();
         let mut live = Partition::new();
         for entry in entries {
