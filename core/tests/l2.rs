@@ -27,6 +27,7 @@ over_each_transport!(
     an_entry_the_store_cannot_parse_is_dropped_by_the_next_write,
     a_write_carries_only_the_entries_it_changes,
     a_networked_store_without_sealing_warns_once_at_build,
+    a_cold_node_reads_a_partition_once_for_all_its_misses,
 );
 
 /// Every node shares one in-process store (the factory hands out the same instance).
@@ -277,5 +278,73 @@ async fn a_networked_store_without_sealing_warns_once_at_build(t: Transport) {
         logs.count(tracing::Level::WARN, WARNING),
         1,
         "no warning for sealed entries or an in-process store"
+    );
+}
+
+/// A store whose reads take 100 ms (a slow store; simulated latency, not ordering) and are
+/// counted.
+struct SlowReads {
+    inner: Arc<MemoryStore>,
+    loads: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl TokenStore for SlowReads {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        self.inner.load(key).await
+    }
+    async fn write(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.inner.write(key, write).await
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// A cold node's concurrent misses on 200 keys of one partition share one read of the
+/// partition instead of reading it 200 times (the partition's size times the misses), and all
+/// are L2 hits.
+async fn a_cold_node_reads_a_partition_once_for_all_its_misses(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(SlowReads {
+        inner: Arc::new(MemoryStore::new()),
+        loads: std::sync::atomic::AtomicU64::new(0),
+    });
+    let scope = |n: usize| format!("api://r{n}/.default");
+    // The seed writes through the same data without the slow reads.
+    let seed = farm::node(&rig, Arc::clone(&store.inner) as Arc<dyn TokenStore>, |o| o);
+    for n in 0..200 {
+        seed.acquire_token_for_client([scope(n).as_str()])
+            .await
+            .unwrap();
+    }
+    seed.flush().await;
+    let before = store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    let cold = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    let calls: Vec<_> = (0..200)
+        .map(|n| {
+            let (cold, scope) = (cold.clone(), scope(n));
+            tokio::spawn(async move { cold.acquire_token_for_client([scope.as_str()]).await })
+        })
+        .collect();
+    for call in calls {
+        let r = call.await.unwrap().unwrap();
+        assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    }
+    let reads = store.loads.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(
+        reads <= 10,
+        "200 concurrent misses read the partition {reads} times"
+    );
+    assert_eq!(
+        rig.cc_requests(),
+        200,
+        "no call of the cold node went to the IdP"
     );
 }

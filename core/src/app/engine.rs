@@ -620,17 +620,10 @@ impl Engine {
     }
 
     /// Read the partition from L2 and teach it to L1 (refresh tokens included, for every
-    /// mode), then return the token the flight may adopt.
-    async fn read_l2(&self, l2: &L2, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
-        let loaded = l2.load(&job.partition).await?;
-        let now = self.now();
-        // `loaded` holds no expired entry (L2::load drops them); with nothing in L1 it is the
-        // new snapshot as is.
-        let mut loaded = Some(loaded);
-        let merged = self.cache.update(&job.partition, |current| match current {
-            Some(current) => current.merge(loaded.as_ref().unwrap_or(&Partition::new()), now),
-            None => loaded.take().unwrap_or_default(),
-        });
+    /// mode; a read already in flight for the partition is shared), then return the token the
+    /// flight may adopt.
+    async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
+        let merged = l2.read_into_l1(&job.partition).await?;
         let token = self.adoptable(Some(&merged), job, mode)?;
         telemetry::cache_hit_l2();
         Some(token)
@@ -640,7 +633,7 @@ impl Engine {
     /// it to write a usable token; past `max_wait`, go on alone.
     async fn lease_or_wait(
         &self,
-        l2: &L2,
+        l2: &Arc<L2>,
         options: &LeaseOptions,
         job: &Job,
         mode: Mode,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::{Either, select};
+use futures::future::{BoxFuture, Either, Shared, select};
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
@@ -241,7 +241,14 @@ pub(crate) struct L2 {
     warned: Mutex<HashMap<PartitionKey, Instant>>,
     /// Partitions with a writer task; `Some` while new changes wait for it.
     pending: Mutex<HashMap<PartitionKey, Option<PendingWrite>>>,
+    /// Reads of a partition in flight, shared by every flight of this node that needs the
+    /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read).
+    loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
+    next_read: AtomicU64,
 }
+
+/// A partition read in flight: L1's snapshot after the read was merged into it.
+type SharedRead = Shared<BoxFuture<'static, Option<Arc<Partition>>>>;
 
 impl L2 {
     pub(crate) fn new(
@@ -281,6 +288,8 @@ impl L2 {
             fixes: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            next_read: AtomicU64::new(0),
         }
     }
 
@@ -379,6 +388,45 @@ impl L2 {
                 format!("no answer within {limit:?}"),
             )),
         }
+    }
+
+    /// Read the partition and merge it into L1, sharing a read already in flight for it;
+    /// returns L1's snapshot after the merge (`None` when L2 had nothing readable).
+    pub(crate) async fn read_into_l1(
+        self: &Arc<Self>,
+        key: &PartitionKey,
+    ) -> Option<Arc<Partition>> {
+        let (id, read) = {
+            let mut loading = self.loading.lock();
+            match loading.get(key) {
+                Some((id, read)) => (*id, read.clone()),
+                None => {
+                    let id = self.next_read.fetch_add(1, Ordering::Relaxed);
+                    let (l2, k) = (Arc::clone(self), key.clone());
+                    let read = async move { l2.load_into_l1(&k).await }.boxed().shared();
+                    loading.insert(key.clone(), (id, read.clone()));
+                    (id, read)
+                }
+            }
+        };
+        let merged = read.await;
+        // Whoever sees the read finish first retires it (its starter may have been cancelled).
+        let mut loading = self.loading.lock();
+        if loading.get(key).is_some_and(|(current, _)| *current == id) {
+            loading.remove(key);
+        }
+        merged
+    }
+
+    async fn load_into_l1(&self, key: &PartitionKey) -> Option<Arc<Partition>> {
+        let loaded = self.load(key).await?;
+        let now = unix_seconds(self.runtime.now());
+        // `loaded` holds no expired entry; with nothing in L1 it is the new snapshot as is.
+        let mut loaded = Some(loaded);
+        Some(self.cache.update(key, |current| match current {
+            Some(current) => current.merge(loaded.as_ref().unwrap_or(&Partition::new()), now),
+            None => loaded.take().unwrap_or_default(),
+        }))
     }
 
     /// Read and decode the partition: `None` when absent, unreadable or undecodable (counted).
