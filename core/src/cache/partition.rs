@@ -1104,4 +1104,39 @@ mod tests {
         let again = removed.merge(&Partition::new().with_refresh_token(rt("rt-3", 600)), 600);
         assert_eq!(again.refresh_tokens().count(), 1);
     }
+
+    /// Review: a removal must win in the store over the entry it removes, even when that
+    /// entry's `written_at` is ahead of the remover's clock (another node's clock runs a few
+    /// seconds ahead). Refresh tokens, ID tokens and accounts get a tombstone at
+    /// `now.max(written_at)`; access tokens got one at `now`, which the store ranks older than
+    /// the token, so L2 (and any merge with an L2 copy) kept the removed account's token.
+    #[test]
+    fn an_account_removal_supersedes_its_access_tokens_written_ahead_of_our_clock() {
+        use crate::cache::BlobCodec;
+        let key = PartitionKey::for_app("client", "t1");
+        let codec = BlobCodec::plain();
+        let mut ahead = token("t1", "a", 9_000);
+        ahead.home_account_id = Some("uid.utid".into());
+        ahead.cached_at = 1_000;
+        let before = Partition::from_access_tokens([ahead.clone()]);
+        let stored = codec.encode_entry(&key, &CacheEntry::AccessToken(Arc::new(ahead.clone())));
+
+        for after in [
+            before.without_account("uid.utid", 990),
+            before.with_access_token_removed(&ahead, 990),
+        ] {
+            let removal = after
+                .changes_since(Some(&before))
+                .into_iter()
+                .find(CacheEntry::is_tombstone)
+                .expect("the removal is a change");
+            let removal = codec.encode_entry(&key, &removal);
+            assert!(
+                removal.supersedes(&stored),
+                "the store keeps the removed token: {removal:?} vs {stored:?}"
+            );
+            // And an L2 copy merged back into L1 does not bring it back.
+            assert_eq!(after.merge(&before, 995).access_token_count(), 0);
+        }
+    }
 }
