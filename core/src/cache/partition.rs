@@ -477,14 +477,17 @@ impl Partition {
         next
     }
 
-    /// A new snapshot without `token`'s entry, remembering the removal at `now`.
+    /// A new snapshot without `token`'s entry, remembering the removal at `now` (or at the
+    /// token's `cached_at` when that is later, so the removal outranks it).
     pub fn with_access_token_removed(&self, token: &AccessToken, now: u64) -> Partition {
         let mut next = self.without_expired(now);
         let key = AccessTokenKey::of(token);
+        let mut removed_at = now.max(token.cached_at);
         if let Some(old) = next.access_tokens.remove_key(&key) {
             next.approx_bytes = next.approx_bytes.saturating_sub(old.approx_bytes());
+            removed_at = removed_at.max(old.cached_at);
         }
-        next.tombstones.insert(key, now);
+        next.tombstones.insert(key, removed_at);
         next
     }
 
@@ -607,7 +610,9 @@ impl Partition {
         for token in doomed {
             let key = AccessTokenKey::of(&token);
             next.access_tokens.remove_key(&key);
-            next.tombstones.insert(key, now);
+            // Never older than the token (written ahead of our clock): the store and merges
+            // rank a removal by its time.
+            next.tombstones.insert(key, now.max(token.cached_at));
         }
         fn drop_home<T: SectionEntry>(
             map: &mut HashMap<Box<str>, Arc<T>>,
