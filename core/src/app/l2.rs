@@ -158,24 +158,32 @@ struct PendingWrite {
 
 impl PendingWrite {
     fn add(&mut self, changes: Vec<CacheEntry>, lease: Option<Lease>) {
-        for entry in changes {
-            match self.entries.entry(entry.id()) {
-                hashbrown::hash_map::Entry::Occupied(mut queued) => {
-                    // The store's rule, applied early: the later change wins unless older.
-                    let old = queued.get();
-                    if entry.written_at() > old.written_at()
-                        || (entry.written_at() == old.written_at()
-                            && (entry.is_tombstone() || !old.is_tombstone()))
-                    {
-                        queued.insert(entry);
-                    }
-                }
-                hashbrown::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(entry);
+        merge_changes(&mut self.entries, changes);
+        self.leases.extend(lease);
+    }
+}
+
+/// Fold `changes` into `into`, one per id: the store's rule, applied early (the later change
+/// wins unless older).
+fn merge_changes(
+    into: &mut HashMap<EntryId, CacheEntry>,
+    changes: impl IntoIterator<Item = CacheEntry>,
+) {
+    for entry in changes {
+        match into.entry(entry.id()) {
+            hashbrown::hash_map::Entry::Occupied(mut queued) => {
+                let old = queued.get();
+                if entry.written_at() > old.written_at()
+                    || (entry.written_at() == old.written_at()
+                        && (entry.is_tombstone() || !old.is_tombstone()))
+                {
+                    queued.insert(entry);
                 }
             }
+            hashbrown::hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry);
+            }
         }
-        self.leases.extend(lease);
     }
 }
 
@@ -185,6 +193,9 @@ struct Fixes {
     repair: Vec<Repair>,
     /// A legacy blob was read (and merged into L1): rewrite the partition as entries.
     migrate: bool,
+    /// Entries of a write that failed: the partition's next write carries them again (a
+    /// write sends only its own changes, so nothing else would).
+    unwritten: HashMap<EntryId, CacheEntry>,
 }
 
 /// The writer task of one partition. If the task ends without finishing its queue (a store
@@ -365,6 +376,28 @@ impl L2 {
         slot.migrate |= migrate;
     }
 
+    /// Keep the entries of a failed write for the partition's next write.
+    fn remember_unwritten(
+        &self,
+        key: &PartitionKey,
+        changes: HashMap<EntryId, CacheEntry>,
+        now: u64,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut fixes = self.fixes.lock();
+        if fixes.len() >= MAX_PENDING_REPAIRS && !fixes.contains_key(key) {
+            return;
+        }
+        merge_changes(
+            &mut fixes.entry(key.clone()).or_default().unwritten,
+            changes
+                .into_values()
+                .filter(|entry| entry.expires_at() > now),
+        );
+    }
+
     /// Bound `operation` by `limit` of real time.
     async fn bounded<T>(
         runtime: &dyn Runtime,
@@ -501,8 +534,12 @@ impl L2 {
     /// Write `changes` to the store in one call (the store merges them), with the repairs and
     /// the migration a read found for this partition. Failures are logged and counted, never
     /// returned; repairs and migrations are kept for the next write.
-    async fn write(&self, key: &PartitionKey, changes: HashMap<EntryId, CacheEntry>) {
+    async fn write(&self, key: &PartitionKey, mut changes: HashMap<EntryId, CacheEntry>) {
         let mut fixes = self.fixes.lock().remove(key).unwrap_or_default();
+        merge_changes(
+            &mut changes,
+            std::mem::take(&mut fixes.unwritten).into_values(),
+        );
         let codec = &self.options.codec;
         let now = unix_seconds(self.runtime.now());
         let mut entries: Vec<_> = changes
@@ -560,6 +597,7 @@ impl L2 {
             }
             Err(error) => {
                 self.remember_fixes(key, fixes.repair, fixes.migrate);
+                self.remember_unwritten(key, changes, now);
                 self.record_error(
                     &self.write_errors,
                     "write",
