@@ -195,7 +195,6 @@ impl Engine {
                 options,
                 Arc::clone(&idp.runtime),
                 Arc::clone(&background),
-                Arc::clone(&cache),
             ))
         });
         Engine {

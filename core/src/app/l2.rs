@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use crate::cache::entry::CacheEntry;
-use crate::cache::{BlobCodec, BlobError, Partition, PartitionKey, TokenCache};
+use crate::cache::{BlobCodec, BlobError, Partition, PartitionKey};
 use crate::runtime::{Runtime, unix_seconds};
 use crate::store::{EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, TokenStore};
 use crate::telemetry;
@@ -193,6 +193,9 @@ struct Fixes {
     repair: Vec<Repair>,
     /// A legacy blob was read (and merged into L1): rewrite the partition as entries.
     migrate: bool,
+    /// The legacy blob's tokens as read: the migration writes them (not L1's copy, which may
+    /// have lost them since: evicted, then rebuilt by a write whose read failed).
+    legacy: Option<Arc<Partition>>,
     /// Entries of a write that failed: the partition's next write carries them again (a
     /// write sends only its own changes, so nothing else would).
     unwritten: HashMap<EntryId, CacheEntry>,
@@ -238,8 +241,6 @@ pub(crate) struct L2 {
     runtime: Arc<dyn Runtime>,
     /// Where write-behind tasks are counted (the engine's `flush`).
     background: Arc<Background>,
-    /// L1, which a write teaches what other nodes wrote.
-    cache: Arc<TokenCache>,
     lease: Option<LeaseOptions>,
     read_errors: AtomicU64,
     write_errors: AtomicU64,
@@ -259,7 +260,6 @@ impl L2 {
         options: L2Options,
         runtime: Arc<dyn Runtime>,
         background: Arc<Background>,
-        cache: Arc<TokenCache>,
     ) -> Self {
         let lease = match &options.lease {
             Some(lease) if options.store.supports_leases() => Some(lease.clone()),
@@ -281,7 +281,6 @@ impl L2 {
             options,
             runtime,
             background,
-            cache,
             lease,
             read_errors: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
@@ -359,7 +358,13 @@ impl L2 {
     }
 
     /// Remember what the partition's next write must fix.
-    fn remember_fixes(&self, key: &PartitionKey, repair: Vec<Repair>, migrate: bool) {
+    fn remember_fixes(
+        &self,
+        key: &PartitionKey,
+        repair: Vec<Repair>,
+        migrate: bool,
+        legacy: Option<Arc<Partition>>,
+    ) {
         if repair.is_empty() && !migrate {
             return;
         }
@@ -374,6 +379,9 @@ impl L2 {
             }
         }
         slot.migrate |= migrate;
+        if legacy.is_some() {
+            slot.legacy = legacy;
+        }
     }
 
     /// Keep the entries of a failed write for the partition's next write.
@@ -466,17 +474,19 @@ impl L2 {
         let found = !entries.is_empty();
         let mut partition = Partition::from_entries(entries, now);
         let mut migrate = false;
+        let mut legacy_tokens = None;
         if let Some(blob) = &stored.legacy {
             match codec.decode_legacy(key, blob) {
                 Ok(legacy) => {
                     partition = partition.merge(&legacy, now);
                     migrate = true;
+                    legacy_tokens = Some(Arc::new(legacy));
                 }
                 // Garbage: the next write drops it (its entries are lost either way).
                 Err(error) => migrate = !self.undecodable(key, &error),
             }
         }
-        self.remember_fixes(key, repair, migrate);
+        self.remember_fixes(key, repair, migrate, legacy_tokens);
         (found || !partition.is_empty()).then_some(partition)
     }
 
@@ -546,22 +556,16 @@ impl L2 {
             .values()
             .map(|entry| codec.encode_entry(key, entry))
             .collect();
-        if fixes.migrate {
-            // Every entry L1 holds for the partition: it has the legacy blob merged in. If L1
-            // has evicted it, the legacy blob stays until a write that can rewrite it.
-            match self.cache.get(key) {
-                Some(current) => entries.extend(
-                    current
-                        .to_entries()
-                        .iter()
-                        .filter(|entry| !changes.contains_key(&entry.id()))
-                        .map(|entry| codec.encode_entry(key, entry)),
-                ),
-                None => {
-                    fixes.migrate = false;
-                    self.remember_fixes(key, Vec::new(), true);
-                }
-            }
+        if let (true, Some(legacy)) = (fixes.migrate, &fixes.legacy) {
+            // Every entry of the legacy blob as read (the store keeps whichever is newer). Not
+            // L1's copy: L1 may have evicted the partition and rebuilt it from a write alone.
+            entries.extend(
+                legacy
+                    .to_entries()
+                    .iter()
+                    .filter(|entry| !changes.contains_key(&entry.id()))
+                    .map(|entry| codec.encode_entry(key, entry)),
+            );
         }
         entries.retain(|entry| !entry.is_expired(now));
         let mut write = EntryWrite::new(entries, now).repairing(fixes.repair.clone());
@@ -596,7 +600,7 @@ impl L2 {
                 }
             }
             Err(error) => {
-                self.remember_fixes(key, fixes.repair, fixes.migrate);
+                self.remember_fixes(key, fixes.repair, fixes.migrate, fixes.legacy);
                 self.remember_unwritten(key, changes, now);
                 self.record_error(
                     &self.write_errors,
