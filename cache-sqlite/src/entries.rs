@@ -241,9 +241,11 @@ pub(crate) fn write(
         report.repaired = report.repaired.saturating_add(count(dropped));
     }
     if write.drop_legacy {
-        // Whatever the row holds, well formed or not: its entries are in this write.
-        tx.prepare_cached("DELETE FROM partitions WHERE key = ?1")
-            .and_then(|mut stmt| stmt.execute([key]))
+        // Whatever the row holds, well formed or not: its entries are in this write. With
+        // `legacy_read`, only the blob the writer migrated (an older release may have
+        // rewritten it since).
+        tx.prepare_cached("DELETE FROM partitions WHERE key = ?1 AND (?2 IS NULL OR blob IS ?2)")
+            .and_then(|mut stmt| stmt.execute(params![key, write.legacy_read.as_deref()]))
             .map_err(sql)?;
     }
     let mut upsert = tx.prepare_cached(UPSERT).map_err(sql)?;

@@ -411,3 +411,31 @@ async fn written_at_beyond_store_seconds_does_not_outrank_a_real_write() {
     let stored = sorted(store.load(&key()).await.unwrap());
     assert!(stored.entries.contains(&fresh), "{stored:?}");
 }
+
+/// Review: a migration drops the legacy blob only if it is still the blob it read (an older
+/// release may have rewritten it since).
+#[tokio::test]
+async fn a_conditional_legacy_drop_keeps_a_rewritten_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let (store, _) = store_with_two_entries(&path).await;
+    legacy_row(&path, "2", "x'74776331'", "NULL");
+    assert_eq!(legacy_rows(&path), 1);
+    store
+        .write(
+            &key(),
+            &EntryWrite::new(Vec::new(), now())
+                .dropping_legacy_if(Bytes::from_static(b"an older blob")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(legacy_rows(&path), 1, "a rewritten blob is kept");
+    store
+        .write(
+            &key(),
+            &EntryWrite::new(Vec::new(), now()).dropping_legacy_if(Bytes::from_static(b"twc1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(legacy_rows(&path), 0, "the blob as read is dropped");
+}

@@ -196,6 +196,8 @@ struct Fixes {
     /// The legacy blob's tokens as read: the migration writes them (not L1's copy, which may
     /// have lost them since: evicted, then rebuilt by a write whose read failed).
     legacy: Option<Arc<Partition>>,
+    /// The legacy blob as read: the migration drops it only if it is still this.
+    legacy_read: Option<bytes::Bytes>,
     /// Entries of a write that failed: the partition's next write carries them again (a
     /// write sends only its own changes, so nothing else would).
     unwritten: HashMap<EntryId, CacheEntry>,
@@ -364,6 +366,7 @@ impl L2 {
         repair: Vec<Repair>,
         migrate: bool,
         legacy: Option<Arc<Partition>>,
+        legacy_read: Option<bytes::Bytes>,
     ) {
         if repair.is_empty() && !migrate {
             return;
@@ -381,6 +384,9 @@ impl L2 {
         slot.migrate |= migrate;
         if legacy.is_some() {
             slot.legacy = legacy;
+        }
+        if legacy_read.is_some() {
+            slot.legacy_read = legacy_read;
         }
     }
 
@@ -486,7 +492,8 @@ impl L2 {
                 Err(error) => migrate = !self.undecodable(key, &error),
             }
         }
-        self.remember_fixes(key, repair, migrate, legacy_tokens);
+        let legacy_read = migrate.then(|| stored.legacy.clone()).flatten();
+        self.remember_fixes(key, repair, migrate, legacy_tokens, legacy_read);
         (found || !partition.is_empty()).then_some(partition)
     }
 
@@ -570,7 +577,10 @@ impl L2 {
         entries.retain(|entry| !entry.is_expired(now));
         let mut write = EntryWrite::new(entries, now).repairing(fixes.repair.clone());
         if fixes.migrate {
-            write = write.dropping_legacy();
+            write = match &fixes.legacy_read {
+                Some(read) => write.dropping_legacy_if(read.clone()),
+                None => write.dropping_legacy(),
+            };
         }
         let mut attempt = 1;
         let written = loop {
@@ -600,7 +610,13 @@ impl L2 {
                 }
             }
             Err(error) => {
-                self.remember_fixes(key, fixes.repair, fixes.migrate, fixes.legacy);
+                self.remember_fixes(
+                    key,
+                    fixes.repair,
+                    fixes.migrate,
+                    fixes.legacy,
+                    fixes.legacy_read,
+                );
                 self.remember_unwritten(key, changes, now);
                 self.record_error(
                     &self.write_errors,
