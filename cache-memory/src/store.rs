@@ -356,7 +356,7 @@ impl TokenStore for MemoryStore {
                 _ => {}
             }
         }
-        if write.drop_legacy {
+        if write.drops_legacy(slot.legacy.as_ref()) {
             slot.legacy = None;
         }
         for entry in &write.entries {

@@ -61,7 +61,8 @@ pub const PRUNE_SCAN_COUNT: u32 = 16;
 pub const RAW_NAME_HEX_PREFIX: &str = "~hex:";
 
 /// The merge, atomic on the server. `KEYS[1]`: the partition's hash. `ARGV`: `now`,
-/// drop-legacy flag (`0`/`1`), the number of entries, of unparseable repairs and of corrupt
+/// drop-legacy flag (`0`, `1`, or `2`: only if
+/// `b` still holds the last argument), the number of entries, of unparseable repairs and of corrupt
 /// repairs, the prune step's `HSCAN` count, then the entries (field, value), the unparseable fields (raw name), the corrupt
 /// entries (field, value as seen). Returns `{applied, superseded, repaired, scanned,
 /// pruned}`.
@@ -135,6 +136,10 @@ for _ = 1, corrupt do
 end
 
 if ARGV[2] == '1' then
+  redis.call('HDEL', key, 'v', 'b')
+elseif ARGV[2] == '2' and redis.call('HGET', key, 'b') == ARGV[#ARGV] then
+  -- Only the blob the writer migrated (the last argument): an older release may have
+  -- rewritten it since.
   redis.call('HDEL', key, 'v', 'b')
 end
 
@@ -299,7 +304,11 @@ impl RedisStore {
             .collect();
         invocation
             .arg(write.now.min(MAX_STORE_SECONDS))
-            .arg(u8::from(write.drop_legacy))
+            .arg(match (write.drop_legacy, &write.legacy_read) {
+                (false, _) => 0u8,
+                (true, None) => 1,
+                (true, Some(_)) => 2,
+            })
             .arg(write.entries.len())
             .arg(unparseable.len())
             .arg(corrupt.len())
@@ -312,6 +321,9 @@ impl RedisStore {
         }
         for entry in &write.entries {
             invocation.arg(entry.id().to_hex()).arg(encode_value(entry));
+        }
+        if let (true, Some(read)) = (write.drop_legacy, &write.legacy_read) {
+            invocation.arg(read.as_ref());
         }
         let invocation = &invocation;
         let counts: Vec<i64> = self

@@ -299,11 +299,22 @@ async fn the_blob_layout_migrates_in_place() {
         .unwrap();
     assert_eq!(store.load(&k).await.unwrap().legacy.as_deref(), Some(blob));
 
-    // The migrating write: the blob's entries rewritten, the blob dropped.
+    // A migration of a blob read before an older release rewrote it keeps the new blob.
+    store
+        .write(
+            &k,
+            &write_of(Vec::new()).dropping_legacy_if(bytes::Bytes::from_static(b"an older blob")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.load(&k).await.unwrap().legacy.as_deref(), Some(blob));
+
+    // The migrating write: the blob's entries rewritten, the blob (as read) dropped.
     let report = store
         .write(
             &k,
-            &write_of(vec![entry(2, "from the blob")]).dropping_legacy(),
+            &write_of(vec![entry(2, "from the blob")])
+                .dropping_legacy_if(bytes::Bytes::copy_from_slice(blob)),
         )
         .await
         .unwrap();

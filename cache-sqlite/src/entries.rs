@@ -39,12 +39,12 @@ macro_rules! well_formed {
             $t,
             ".written_at) = 'integer' AND ",
             $t,
-            ".written_at >= 0",
+            ".written_at BETWEEN 0 AND 9007199254740991",
             " AND typeof(",
             $t,
             ".expires_at) = 'integer' AND ",
             $t,
-            ".expires_at >= 0",
+            ".expires_at BETWEEN 0 AND 9007199254740991",
             " AND typeof(",
             $t,
             ".tombstone) = 'integer' AND ",
@@ -171,8 +171,12 @@ fn parse_row(row: &Row<'_>) -> Result<Result<StoreEntry, String>, rusqlite::Erro
         ValueRef::Text(text) => std::str::from_utf8(text).ok().and_then(EntryId::parse),
         _ => None,
     };
+    // Above MAX_STORE_SECONDS is malformed (no store writes it; load would clamp it into a
+    // different entry than the row the UPSERT compares with).
     let time = |value: ValueRef<'_>| match value {
-        ValueRef::Integer(n) => u64::try_from(n).ok(),
+        ValueRef::Integer(n) => u64::try_from(n)
+            .ok()
+            .filter(|&n| n <= tokenwell_core::store::MAX_STORE_SECONDS),
         _ => None,
     };
     let written_at = time(row.get_ref(1)?);
@@ -237,9 +241,11 @@ pub(crate) fn write(
         report.repaired = report.repaired.saturating_add(count(dropped));
     }
     if write.drop_legacy {
-        // Whatever the row holds, well formed or not: its entries are in this write.
-        tx.prepare_cached("DELETE FROM partitions WHERE key = ?1")
-            .and_then(|mut stmt| stmt.execute([key]))
+        // Whatever the row holds, well formed or not: its entries are in this write. With
+        // `legacy_read`, only the blob the writer migrated (an older release may have
+        // rewritten it since).
+        tx.prepare_cached("DELETE FROM partitions WHERE key = ?1 AND (?2 IS NULL OR blob IS ?2)")
+            .and_then(|mut stmt| stmt.execute(params![key, write.legacy_read.as_deref()]))
             .map_err(sql)?;
     }
     let mut upsert = tx.prepare_cached(UPSERT).map_err(sql)?;

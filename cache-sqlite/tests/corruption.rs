@@ -379,3 +379,63 @@ async fn legacy_row_whose_blob_is_not_a_blob_is_ignored_then_dropped() {
         StoredPartition::of(all)
     );
 }
+
+/// Review: a row whose `written_at` is an INTEGER above 2^53 - 1 (what no store writes: every
+/// time is clamped to it) passes the UPSERT's well-formed check, so it outranks every real
+/// write of its id forever, while load clamps it and so reports a different entry. Redis
+/// treats such a header as unparseable; SQLite must list the row as unreadable (so the next
+/// write repairs it) or at least let a real write replace it.
+#[tokio::test]
+async fn written_at_beyond_store_seconds_is_listed_then_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let (store, good) = store_with_two_entries(&path).await;
+    corrupt(&path, "written_at = 4611686018427387904");
+    assert_listed(&store, &good[0]).await;
+    assert_repaired(&store, &good[0]).await;
+}
+
+/// Review: the same row does not block a real write of its id.
+#[tokio::test]
+async fn written_at_beyond_store_seconds_does_not_outrank_a_real_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let (store, _) = store_with_two_entries(&path).await;
+    corrupt(&path, "written_at = 4611686018427387904");
+    let fresh = entry(2, now() + 1, b"fresh");
+    let report = store
+        .write(&key(), &EntryWrite::new(vec![fresh.clone()], now()))
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1, "{report:?}");
+    let stored = sorted(store.load(&key()).await.unwrap());
+    assert!(stored.entries.contains(&fresh), "{stored:?}");
+}
+
+/// Review: a migration drops the legacy blob only if it is still the blob it read (an older
+/// release may have rewritten it since).
+#[tokio::test]
+async fn a_conditional_legacy_drop_keeps_a_rewritten_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let (store, _) = store_with_two_entries(&path).await;
+    legacy_row(&path, "2", "x'74776331'", "NULL");
+    assert_eq!(legacy_rows(&path), 1);
+    store
+        .write(
+            &key(),
+            &EntryWrite::new(Vec::new(), now())
+                .dropping_legacy_if(Bytes::from_static(b"an older blob")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(legacy_rows(&path), 1, "a rewritten blob is kept");
+    store
+        .write(
+            &key(),
+            &EntryWrite::new(Vec::new(), now()).dropping_legacy_if(Bytes::from_static(b"twc1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(legacy_rows(&path), 0, "the blob as read is dropped");
+}

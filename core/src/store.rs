@@ -218,6 +218,11 @@ pub struct EntryWrite {
     /// Drop the partition's legacy blob ([`StoredPartition::legacy`]): its entries are in
     /// this write.
     pub drop_legacy: bool,
+    /// With [`drop_legacy`](Self::drop_legacy): drop the blob only if it is still exactly
+    /// these bytes (the blob the writer read and migrated). An older release may have
+    /// rewritten it since; that blob is kept for a later migration. `None`: drop whatever is
+    /// there.
+    pub legacy_read: Option<Bytes>,
 }
 
 impl EntryWrite {
@@ -240,6 +245,22 @@ impl EntryWrite {
     pub fn dropping_legacy(mut self) -> Self {
         self.drop_legacy = true;
         self
+    }
+
+    /// Also drop the legacy blob if it is still `read` (what this write migrated).
+    pub fn dropping_legacy_if(mut self, read: Bytes) -> Self {
+        self.drop_legacy = true;
+        self.legacy_read = Some(read);
+        self
+    }
+
+    /// Whether a store holding `stored` as the legacy blob drops it for this write.
+    pub fn drops_legacy(&self, stored: Option<&Bytes>) -> bool {
+        self.drop_legacy
+            && self
+                .legacy_read
+                .as_ref()
+                .is_none_or(|read| stored == Some(read))
     }
 
     /// The latest `expires_at` of the written entries (a store's TTL for the partition).

@@ -27,6 +27,10 @@ over_each_transport!(
     an_entry_the_store_cannot_parse_is_dropped_by_the_next_write,
     a_write_carries_only_the_entries_it_changes,
     a_networked_store_without_sealing_warns_once_at_build,
+    an_entry_in_a_newer_entry_format_is_left_alone,
+    an_old_node_rewriting_the_legacy_blob_loses_nothing_to_a_migration,
+    a_token_whose_write_failed_reaches_the_store_with_the_next_write,
+    a_migration_after_l1_lost_the_partition_keeps_the_legacy_tokens,
     a_cold_node_reads_a_partition_once_for_all_its_misses,
 );
 
@@ -279,6 +283,243 @@ async fn a_networked_store_without_sealing_warns_once_at_build(t: Transport) {
         1,
         "no warning for sealed entries or an in-process store"
     );
+}
+
+/// Review (ADR 0006: "an entry sealed with a key or format this node lacks is left alone"):
+/// during a rolling upgrade a newer release writes entries in the next entry format (`TWE`
+/// format 2). An older node must count it as foreign and leave it, not repair (delete) it.
+async fn an_entry_in_a_newer_entry_format_is_left_alone(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(MemoryStore::new());
+    let key = PartitionKey::for_app(CLIENT_ID, TENANT);
+    let now = rig.now();
+    let mut payload = b"TWE\x02\x00\x00".to_vec();
+    payload.extend_from_slice(b"a body only the next release reads");
+    let future = tokenwell_core::StoreEntry::new(
+        tokenwell_core::EntryId::from_bytes([7; 16]),
+        now,
+        now + 3600,
+        false,
+        bytes::Bytes::from(payload),
+    );
+    store
+        .write(&key, &EntryWrite::new(vec![future.clone()], now))
+        .await
+        .unwrap();
+
+    let node = farm::node(&rig, shared(Arc::clone(&store))(), |o| o);
+    node.acquire_token_for_client([SCOPE]).await.unwrap();
+    node.flush().await;
+    let stored = store.load(&key).await.unwrap();
+    assert!(
+        stored.entries.contains(&future),
+        "the newer release's entry was deleted as garbage: {stored:?}"
+    );
+    let health = node.l2_health().unwrap();
+    assert_eq!(health.repaired_entries, 0, "{health:?}");
+    assert_eq!(health.undecodable_entries, 1, "{health:?}");
+}
+
+/// A memory store that runs `before_write` once, just before the next write (another node
+/// acting between this node's read and its write).
+struct Interleaved {
+    inner: Arc<MemoryStore>,
+    before_write: Mutex<Option<Box<dyn FnOnce(&MemoryStore) + Send>>>,
+}
+
+#[async_trait]
+impl TokenStore for Interleaved {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn write(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        let hook = self.before_write.lock().take();
+        if let Some(hook) = hook {
+            hook(&self.inner);
+        }
+        self.inner.write(key, write).await
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// Review (ADR 0006: "old nodes keep writing the blob and new nodes keep reading and
+/// re-migrating it: nothing is lost"): a new node reads the legacy blob and asks the IdP for
+/// another scope; meanwhile an old node (blob layout) rewrites the blob with a token it just
+/// fetched; the new node's write then migrates and drops the blob. The drop is unconditional,
+/// so the old node's token is lost.
+async fn an_old_node_rewriting_the_legacy_blob_loses_nothing_to_a_migration(t: Transport) {
+    let rig = Rig::start(t).await;
+    let memory = Arc::new(MemoryStore::new());
+    let key = PartitionKey::for_app(CLIENT_ID, TENANT);
+    let now = rig.now();
+    let authority = tokenwell_core::Authority::parse(&rig.emulator.authority(TENANT)).unwrap();
+    let environment = authority.environment().to_owned();
+    let legacy_token = move |scope: &str, secret: &str| {
+        AccessToken::new(
+            environment.as_str(),
+            CLIENT_ID,
+            TENANT,
+            ScopeSet::parse(scope),
+            "Bearer",
+            TokenSecret::new(secret),
+            now,
+            now + 3600,
+        )
+    };
+    let before = Partition::from_access_tokens([legacy_token(SCOPE, "legacy-token-1")]);
+    memory.put_legacy(&key, BlobCodec::plain().encode_legacy(&key, &before));
+    // An old node adds a token while the new node is at the IdP: it rewrites the whole blob.
+    let after = Partition::from_access_tokens([
+        legacy_token(SCOPE, "legacy-token-1"),
+        legacy_token("api://other/.default", "old-node-token"),
+    ]);
+    let blob = BlobCodec::plain().encode_legacy(&key, &after);
+    let hook_key = key.clone();
+    let store = Arc::new(Interleaved {
+        inner: Arc::clone(&memory),
+        before_write: Mutex::new(Some(Box::new(move |m: &MemoryStore| {
+            m.put_legacy(&hook_key, blob)
+        }))),
+    });
+
+    let node = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    // The L1 miss reads L2 (the blob, migration remembered), then goes to the IdP.
+    node.acquire_token_for_client(["api://third/.default"])
+        .await
+        .unwrap();
+    node.flush().await;
+
+    let fresh = farm::node(&rig, shared(Arc::clone(&memory))(), |o| o);
+    let r = fresh
+        .acquire_token_for_client(["api://other/.default"])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.metadata().token_source,
+        TokenSource::CacheL2,
+        "the old node's token was dropped with the legacy blob"
+    );
+    assert_eq!(r.access_token().expose_secret(), "old-node-token");
+}
+
+/// Review: a write that fails (store down past its retries) is never carried by a later write,
+/// even after the store is back: the next write sends only its own change. Under the blob
+/// layout the next write re-sent the node's whole partition, so the token reached the farm.
+async fn a_token_whose_write_failed_reaches_the_store_with_the_next_write(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(MemoryStore::new());
+    let factory = shared(Arc::clone(&store));
+    let a = farm::node(&rig, factory(), |o| o);
+    store.set_available(false);
+    a.acquire_token_for_client([SCOPE]).await.unwrap();
+    a.flush().await;
+    assert!(store.is_empty());
+    store.set_available(true);
+    a.acquire_token_for_client(["api://other/.default"])
+        .await
+        .unwrap();
+    a.flush().await;
+
+    let b = farm::node(&rig, factory(), |o| o);
+    let r = b.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(
+        r.metadata().token_source,
+        TokenSource::CacheL2,
+        "node a's first token never reached the store"
+    );
+}
+
+/// A memory store whose reads can be made to fail (a read timeout under load).
+struct FlakyReads {
+    inner: MemoryStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl TokenStore for FlakyReads {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::new(
+                tokenwell_core::StoreErrorKind::Timeout,
+                "simulated read timeout",
+            ));
+        }
+        self.inner.load(key).await
+    }
+    async fn write(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.inner.write(key, write).await
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// Review: a read finds a legacy blob (merged into L1, migration remembered); L1 then evicts
+/// the partition and the next read of it fails (a timeout). The token fetched instead starts a
+/// new L1 partition without the legacy tokens, and the partition's next write "migrates" that
+/// partition and drops the blob: the legacy tokens are gone from the store.
+async fn a_migration_after_l1_lost_the_partition_keeps_the_legacy_tokens(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(FlakyReads {
+        inner: MemoryStore::new(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let key = PartitionKey::for_app(CLIENT_ID, TENANT);
+    let now = rig.now();
+    let authority = tokenwell_core::Authority::parse(&rig.emulator.authority(TENANT)).unwrap();
+    let legacy_token = |scope: &str, secret: &str| {
+        AccessToken::new(
+            authority.environment(),
+            CLIENT_ID,
+            TENANT,
+            ScopeSet::parse(scope),
+            "Bearer",
+            TokenSecret::new(secret),
+            now,
+            now + 3600,
+        )
+    };
+    let legacy = Partition::from_access_tokens([
+        legacy_token(SCOPE, "legacy-token-1"),
+        legacy_token("api://other/.default", "legacy-token-2"),
+    ]);
+    store
+        .inner
+        .put_legacy(&key, BlobCodec::plain().encode_legacy(&key, &legacy));
+
+    let node = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    let r = node.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    // L1 evicts the partition (bounded L1), and the next read of it times out.
+    node.cache().l1().remove(&key);
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    node.acquire_token_for_client(["api://third/.default"])
+        .await
+        .unwrap();
+    node.flush().await;
+    store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let fresh = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    let r = fresh
+        .acquire_token_for_client(["api://other/.default"])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.metadata().token_source,
+        TokenSource::CacheL2,
+        "the legacy token was dropped with the blob"
+    );
+    assert_eq!(r.access_token().expose_secret(), "legacy-token-2");
 }
 
 /// A store whose reads take 100 ms (a slow store; simulated latency, not ordering) and are

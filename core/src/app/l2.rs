@@ -98,8 +98,8 @@ impl L2Options {
 
     /// Longest wait for one attempt of a write (a store call behind the caller; default 2 s).
     /// A write that times out, or finds the store unavailable or busy, is tried
-    /// up to 3 times in all; then it is abandoned and counted, and the tokens stay in this
-    /// node's L1.
+    /// up to 3 times in all; then it is counted, and its entries ride with the partition's
+    /// next write.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
         self
@@ -158,24 +158,32 @@ struct PendingWrite {
 
 impl PendingWrite {
     fn add(&mut self, changes: Vec<CacheEntry>, lease: Option<Lease>) {
-        for entry in changes {
-            match self.entries.entry(entry.id()) {
-                hashbrown::hash_map::Entry::Occupied(mut queued) => {
-                    // The store's rule, applied early: the later change wins unless older.
-                    let old = queued.get();
-                    if entry.written_at() > old.written_at()
-                        || (entry.written_at() == old.written_at()
-                            && (entry.is_tombstone() || !old.is_tombstone()))
-                    {
-                        queued.insert(entry);
-                    }
-                }
-                hashbrown::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(entry);
+        merge_changes(&mut self.entries, changes);
+        self.leases.extend(lease);
+    }
+}
+
+/// Fold `changes` into `into`, one per id: the store's rule, applied early (the later change
+/// wins unless older).
+fn merge_changes(
+    into: &mut HashMap<EntryId, CacheEntry>,
+    changes: impl IntoIterator<Item = CacheEntry>,
+) {
+    for entry in changes {
+        match into.entry(entry.id()) {
+            hashbrown::hash_map::Entry::Occupied(mut queued) => {
+                let old = queued.get();
+                if entry.written_at() > old.written_at()
+                    || (entry.written_at() == old.written_at()
+                        && (entry.is_tombstone() || !old.is_tombstone()))
+                {
+                    queued.insert(entry);
                 }
             }
+            hashbrown::hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry);
+            }
         }
-        self.leases.extend(lease);
     }
 }
 
@@ -185,6 +193,14 @@ struct Fixes {
     repair: Vec<Repair>,
     /// A legacy blob was read (and merged into L1): rewrite the partition as entries.
     migrate: bool,
+    /// The legacy blob's tokens as read: the migration writes them (not L1's copy, which may
+    /// have lost them since: evicted, then rebuilt by a write whose read failed).
+    legacy: Option<Arc<Partition>>,
+    /// The legacy blob as read: the migration drops it only if it is still this.
+    legacy_read: Option<bytes::Bytes>,
+    /// Entries of a write that failed: the partition's next write carries them again (a
+    /// write sends only its own changes, so nothing else would).
+    unwritten: HashMap<EntryId, CacheEntry>,
 }
 
 /// The writer task of one partition. If the task ends without finishing its queue (a store
@@ -227,7 +243,7 @@ pub(crate) struct L2 {
     runtime: Arc<dyn Runtime>,
     /// Where write-behind tasks are counted (the engine's `flush`).
     background: Arc<Background>,
-    /// L1, which a write teaches what other nodes wrote.
+    /// L1, which a shared read teaches what it found.
     cache: Arc<TokenCache>,
     lease: Option<LeaseOptions>,
     read_errors: AtomicU64,
@@ -357,7 +373,14 @@ impl L2 {
     }
 
     /// Remember what the partition's next write must fix.
-    fn remember_fixes(&self, key: &PartitionKey, repair: Vec<Repair>, migrate: bool) {
+    fn remember_fixes(
+        &self,
+        key: &PartitionKey,
+        repair: Vec<Repair>,
+        migrate: bool,
+        legacy: Option<Arc<Partition>>,
+        legacy_read: Option<bytes::Bytes>,
+    ) {
         if repair.is_empty() && !migrate {
             return;
         }
@@ -372,6 +395,34 @@ impl L2 {
             }
         }
         slot.migrate |= migrate;
+        if legacy.is_some() {
+            slot.legacy = legacy;
+        }
+        if legacy_read.is_some() {
+            slot.legacy_read = legacy_read;
+        }
+    }
+
+    /// Keep the entries of a failed write for the partition's next write.
+    fn remember_unwritten(
+        &self,
+        key: &PartitionKey,
+        changes: HashMap<EntryId, CacheEntry>,
+        now: u64,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut fixes = self.fixes.lock();
+        if fixes.len() >= MAX_PENDING_REPAIRS && !fixes.contains_key(key) {
+            return;
+        }
+        merge_changes(
+            &mut fixes.entry(key.clone()).or_default().unwritten,
+            changes
+                .into_values()
+                .filter(|entry| entry.expires_at() > now),
+        );
     }
 
     /// Bound `operation` by `limit` of real time.
@@ -481,17 +532,20 @@ impl L2 {
         let found = !entries.is_empty();
         let mut partition = Partition::from_entries(entries, now);
         let mut migrate = false;
+        let mut legacy_tokens = None;
         if let Some(blob) = &stored.legacy {
             match codec.decode_legacy(key, blob) {
                 Ok(legacy) => {
                     partition = partition.merge(&legacy, now);
                     migrate = true;
+                    legacy_tokens = Some(Arc::new(legacy));
                 }
                 // Garbage: the next write drops it (its entries are lost either way).
                 Err(error) => migrate = !self.undecodable(key, &error),
             }
         }
-        self.remember_fixes(key, repair, migrate);
+        let legacy_read = migrate.then(|| stored.legacy.clone()).flatten();
+        self.remember_fixes(key, repair, migrate, legacy_tokens, legacy_read);
         (found || !partition.is_empty()).then_some(partition)
     }
 
@@ -549,35 +603,36 @@ impl L2 {
     /// Write `changes` to the store in one call (the store merges them), with the repairs and
     /// the migration a read found for this partition. Failures are logged and counted, never
     /// returned; repairs and migrations are kept for the next write.
-    async fn write(&self, key: &PartitionKey, changes: HashMap<EntryId, CacheEntry>) {
+    async fn write(&self, key: &PartitionKey, mut changes: HashMap<EntryId, CacheEntry>) {
         let mut fixes = self.fixes.lock().remove(key).unwrap_or_default();
+        merge_changes(
+            &mut changes,
+            std::mem::take(&mut fixes.unwritten).into_values(),
+        );
         let codec = &self.options.codec;
         let now = unix_seconds(self.runtime.now());
         let mut entries: Vec<_> = changes
             .values()
             .map(|entry| codec.encode_entry(key, entry))
             .collect();
-        if fixes.migrate {
-            // Every entry L1 holds for the partition: it has the legacy blob merged in. If L1
-            // has evicted it, the legacy blob stays until a write that can rewrite it.
-            match self.cache.get(key) {
-                Some(current) => entries.extend(
-                    current
-                        .to_entries()
-                        .iter()
-                        .filter(|entry| !changes.contains_key(&entry.id()))
-                        .map(|entry| codec.encode_entry(key, entry)),
-                ),
-                None => {
-                    fixes.migrate = false;
-                    self.remember_fixes(key, Vec::new(), true);
-                }
-            }
+        if let (true, Some(legacy)) = (fixes.migrate, &fixes.legacy) {
+            // Every entry of the legacy blob as read (the store keeps whichever is newer). Not
+            // L1's copy: L1 may have evicted the partition and rebuilt it from a write alone.
+            entries.extend(
+                legacy
+                    .to_entries()
+                    .iter()
+                    .filter(|entry| !changes.contains_key(&entry.id()))
+                    .map(|entry| codec.encode_entry(key, entry)),
+            );
         }
         entries.retain(|entry| !entry.is_expired(now));
         let mut write = EntryWrite::new(entries, now).repairing(fixes.repair.clone());
         if fixes.migrate {
-            write = write.dropping_legacy();
+            write = match &fixes.legacy_read {
+                Some(read) => write.dropping_legacy_if(read.clone()),
+                None => write.dropping_legacy(),
+            };
         }
         let mut attempt = 1;
         let written = loop {
@@ -607,7 +662,14 @@ impl L2 {
                 }
             }
             Err(error) => {
-                self.remember_fixes(key, fixes.repair, fixes.migrate);
+                self.remember_fixes(
+                    key,
+                    fixes.repair,
+                    fixes.migrate,
+                    fixes.legacy,
+                    fixes.legacy_read,
+                );
+                self.remember_unwritten(key, changes, now);
                 self.record_error(
                     &self.write_errors,
                     "write",

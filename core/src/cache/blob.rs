@@ -76,7 +76,10 @@ impl BlobError {
     /// must leave such a blob alone rather than overwrite it; anything else is garbage.
     pub fn is_foreign(&self) -> bool {
         match self {
-            BlobError::UnknownFormat(format) => *format > FORMAT_VERSION.max(ENTRY_FORMAT),
+            // Entries and legacy blobs share this error: any format above the oldest one we
+            // know may be a newer release's (entry format 2 is one while legacy format 2 is
+            // known), so only formats below it are garbage.
+            BlobError::UnknownFormat(format) => *format > FORMAT_VERSION.min(ENTRY_FORMAT),
             BlobError::UnknownKey(_) | BlobError::NoKeyRing | BlobError::NotSealed => true,
             BlobError::Truncated
             | BlobError::BadMagic

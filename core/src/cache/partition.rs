@@ -477,14 +477,17 @@ impl Partition {
         next
     }
 
-    /// A new snapshot without `token`'s entry, remembering the removal at `now`.
+    /// A new snapshot without `token`'s entry, remembering the removal at `now` (or at the
+    /// token's `cached_at` when that is later, so the removal outranks it).
     pub fn with_access_token_removed(&self, token: &AccessToken, now: u64) -> Partition {
         let mut next = self.without_expired(now);
         let key = AccessTokenKey::of(token);
+        let mut removed_at = now.max(token.cached_at);
         if let Some(old) = next.access_tokens.remove_key(&key) {
             next.approx_bytes = next.approx_bytes.saturating_sub(old.approx_bytes());
+            removed_at = removed_at.max(old.cached_at);
         }
-        next.tombstones.insert(key, now);
+        next.tombstones.insert(key, removed_at);
         next
     }
 
@@ -607,7 +610,9 @@ impl Partition {
         for token in doomed {
             let key = AccessTokenKey::of(&token);
             next.access_tokens.remove_key(&key);
-            next.tombstones.insert(key, now);
+            // Never older than the token (written ahead of our clock): the store and merges
+            // rank a removal by its time.
+            next.tombstones.insert(key, now.max(token.cached_at));
         }
         fn drop_home<T: SectionEntry>(
             map: &mut HashMap<Box<str>, Arc<T>>,
@@ -1103,5 +1108,40 @@ mod tests {
         // A sign-in after the removal comes back.
         let again = removed.merge(&Partition::new().with_refresh_token(rt("rt-3", 600)), 600);
         assert_eq!(again.refresh_tokens().count(), 1);
+    }
+
+    /// Review: a removal must win in the store over the entry it removes, even when that
+    /// entry's `written_at` is ahead of the remover's clock (another node's clock runs a few
+    /// seconds ahead). Refresh tokens, ID tokens and accounts get a tombstone at
+    /// `now.max(written_at)`; access tokens got one at `now`, which the store ranks older than
+    /// the token, so L2 (and any merge with an L2 copy) kept the removed account's token.
+    #[test]
+    fn an_account_removal_supersedes_its_access_tokens_written_ahead_of_our_clock() {
+        use crate::cache::BlobCodec;
+        let key = PartitionKey::for_app("client", "t1");
+        let codec = BlobCodec::plain();
+        let mut ahead = token("t1", "a", 9_000);
+        ahead.home_account_id = Some("uid.utid".into());
+        ahead.cached_at = 1_000;
+        let before = Partition::from_access_tokens([ahead.clone()]);
+        let stored = codec.encode_entry(&key, &CacheEntry::AccessToken(Arc::new(ahead.clone())));
+
+        for after in [
+            before.without_account("uid.utid", 990),
+            before.with_access_token_removed(&ahead, 990),
+        ] {
+            let removal = after
+                .changes_since(Some(&before))
+                .into_iter()
+                .find(CacheEntry::is_tombstone)
+                .expect("the removal is a change");
+            let removal = codec.encode_entry(&key, &removal);
+            assert!(
+                removal.supersedes(&stored),
+                "the store keeps the removed token: {removal:?} vs {stored:?}"
+            );
+            // And an L2 copy merged back into L1 does not bring it back.
+            assert_eq!(after.merge(&before, 995).access_token_count(), 0);
+        }
     }
 }
