@@ -320,11 +320,14 @@ async fn an_entry_in_a_newer_entry_format_is_left_alone(t: Transport) {
     assert_eq!(health.undecodable_entries, 1, "{health:?}");
 }
 
+/// What a test does to the store just before the engine's next write.
+type BeforeWrite = Box<dyn FnOnce(&MemoryStore) + Send>;
+
 /// A memory store that runs `before_write` once, just before the next write (another node
 /// acting between this node's read and its write).
 struct Interleaved {
     inner: Arc<MemoryStore>,
-    before_write: Mutex<Option<Box<dyn FnOnce(&MemoryStore) + Send>>>,
+    before_write: Mutex<Option<BeforeWrite>>,
 }
 
 #[async_trait]
