@@ -91,6 +91,48 @@ async fn new_file_is_private_and_survives_reopening() {
     assert_eq!(loaded.entries, vec![kept]);
 }
 
+/// Issue 14: an existing cache file (and its WAL) readable by others is made private on open.
+#[tokio::test]
+async fn an_existing_world_readable_file_is_made_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.sqlite");
+    let store = SqliteStore::open(&path).await.unwrap();
+    write_one(&store, &key("a"), entry(1, now(), b"kept")).await;
+    let wal = dir.path().join("shared.sqlite-wal");
+    for file in [&path, &wal] {
+        if file.exists() {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    for file in [&path, &wal] {
+        if file.exists() {
+            let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} mode {mode:o}", file.display());
+        }
+    }
+    assert_eq!(reopened.load(&key("a")).await.unwrap().entries.len(), 1);
+}
+
+/// Issue 14: a short non-SQLite file (SQLite would take it for an empty database and overwrite
+/// it) is refused and left as it was.
+#[tokio::test]
+async fn a_short_file_that_is_not_sqlite_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    for content in [&b"x"[..], b"SQLite format 2\0", b"notes: keep me\n"] {
+        let path = dir.path().join("short.sqlite");
+        std::fs::write(&path, content).unwrap();
+        let err = SqliteStore::open(&path).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+        assert!(err.message().contains("not a SQLite database"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            content,
+            "the file was not touched"
+        );
+    }
+}
+
 #[tokio::test]
 async fn missing_directory_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
