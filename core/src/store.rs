@@ -80,6 +80,12 @@ impl fmt::Debug for EntryId {
     }
 }
 
+/// The merge rule on what it reads, `(written_at, tombstone)` of the incoming and of the held
+/// entry: whether the incoming one replaces the held one (see [`StoreEntry::supersedes`]).
+pub fn merge_rule(incoming: (u64, bool), held: (u64, bool)) -> bool {
+    incoming.0 > held.0 || (incoming.0 == held.0 && (incoming.1 || !held.1))
+}
+
 /// One cache entry as a store holds it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreEntry {
@@ -139,8 +145,10 @@ impl StoreEntry {
     ///
     /// Every store applies exactly this rule; the testkit checks it.
     pub fn supersedes(&self, stored: &StoreEntry) -> bool {
-        self.written_at > stored.written_at
-            || (self.written_at == stored.written_at && (self.tombstone || !stored.tombstone))
+        merge_rule(
+            (self.written_at, self.tombstone),
+            (stored.written_at, stored.tombstone),
+        )
     }
 
     /// Whether the store may forget the entry at `now`.

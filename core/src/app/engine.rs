@@ -687,8 +687,21 @@ impl Engine {
         let token = Arc::new(access);
         let stored = Arc::clone(&token);
         let indexed = account_index.zip(account.clone());
-        let mut changes = Vec::new();
-        let learn = self.l2.is_some();
+        // What L2 must learn is exactly what the flow fetched (not a diff of the partition,
+        // which would cost its size on every new token).
+        let changes = if self.l2.is_some() {
+            let mut changes = vec![CacheEntry::AccessToken(Arc::clone(&token))];
+            changes.extend(account.clone().map(|a| CacheEntry::Account(Arc::new(a))));
+            changes.extend(
+                refresh
+                    .clone()
+                    .map(|t| CacheEntry::RefreshToken(Arc::new(t))),
+            );
+            changes.extend(id_token.clone().map(|t| CacheEntry::IdToken(Arc::new(t))));
+            changes
+        } else {
+            Vec::new()
+        };
         self.cache.update(partition, |current| {
             let mut next = Partition::after_write(current, stored, now);
             if let Some(account) = account {
@@ -699,9 +712,6 @@ impl Engine {
             }
             if let Some(id) = id_token {
                 next = next.with_id_token(id);
-            }
-            if learn {
-                changes = next.changes_since(current);
             }
             next
         });

@@ -25,7 +25,9 @@ use super::background::Background;
 use crate::cache::entry::CacheEntry;
 use crate::cache::{BlobCodec, BlobError, Partition, PartitionKey, TokenCache};
 use crate::runtime::{Runtime, unix_seconds};
-use crate::store::{EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, TokenStore};
+use crate::store::{
+    EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, TokenStore, merge_rule,
+};
 use crate::telemetry;
 
 /// A warning about one partition's unreadable entries is logged at most once per this interval.
@@ -173,10 +175,10 @@ fn merge_changes(
         match into.entry(entry.id()) {
             hashbrown::hash_map::Entry::Occupied(mut queued) => {
                 let old = queued.get();
-                if entry.written_at() > old.written_at()
-                    || (entry.written_at() == old.written_at()
-                        && (entry.is_tombstone() || !old.is_tombstone()))
-                {
+                if merge_rule(
+                    (entry.written_at(), entry.is_tombstone()),
+                    (old.written_at(), old.is_tombstone()),
+                ) {
                     queued.insert(entry);
                 }
             }
@@ -611,8 +613,11 @@ impl L2 {
         );
         let codec = &self.options.codec;
         let now = unix_seconds(self.runtime.now());
+        // Expired entries are left out before encoding (and sealing) them.
+        let live = |entry: &&CacheEntry| entry.expires_at() > now;
         let mut entries: Vec<_> = changes
             .values()
+            .filter(live)
             .map(|entry| codec.encode_entry(key, entry))
             .collect();
         if let (true, Some(legacy)) = (fixes.migrate, &fixes.legacy) {
@@ -623,10 +628,10 @@ impl L2 {
                     .to_entries()
                     .iter()
                     .filter(|entry| !changes.contains_key(&entry.id()))
+                    .filter(live)
                     .map(|entry| codec.encode_entry(key, entry)),
             );
         }
-        entries.retain(|entry| !entry.is_expired(now));
         let mut write = EntryWrite::new(entries, now).repairing(fixes.repair.clone());
         if fixes.migrate {
             write = match &fixes.legacy_read {
@@ -675,7 +680,7 @@ impl L2 {
                     "write",
                     format!("write of partition {key} failed: {error}"),
                 );
-                tracing::warn!(partition = %key, error = %error, "cache store write failed; token kept in memory only");
+                tracing::warn!(partition = %key, error = %error, "cache store write failed; its entries go with the partition's next write");
             }
         }
     }
