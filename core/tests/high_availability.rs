@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokenwell_core::{
-    CacheRefreshReason, ConfidentialClientApplication, Error, RefreshOptions, RetryPolicy,
-    TokenSource, TransportErrorKind,
+    CacheRefreshReason, ConfidentialClientApplication, Error, RetryPolicy, TokenSource,
+    TransportErrorKind,
 };
 use tokenwell_idp_emulator::{Fault, TokenLifetimes};
 
-use support::{Rig, SCOPE, Transport};
+use support::{Rig, SCOPE, Transport, no_jitter};
 
 over_each_transport!(
     proactive_refresh_serves_the_cached_token_and_refreshes_once,
@@ -33,10 +33,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// An app without jitter, so `refresh_on` is exact in tests.
 fn app(rig: &Rig) -> ConfidentialClientApplication {
     rig.builder()
-        .refresh_options(RefreshOptions {
-            max_jitter: Duration::ZERO,
-            ..RefreshOptions::default()
-        })
+        .refresh_options(no_jitter(false))
         .build()
         .unwrap()
 }
@@ -404,11 +401,7 @@ async fn refresh_ahead_renews_without_requests_and_stops_with_the_app(t: Transpo
     rig.clock.auto_advance(false);
     let app = rig
         .builder()
-        .refresh_options(RefreshOptions {
-            max_jitter: Duration::ZERO,
-            refresh_ahead: true,
-            ..RefreshOptions::default()
-        })
+        .refresh_options(no_jitter(true))
         .build()
         .unwrap();
     let first = app.acquire_token_for_client([SCOPE]).await.unwrap();
@@ -441,11 +434,7 @@ async fn refresh_ahead_renews_without_requests_and_stops_with_the_app(t: Transpo
     let witness = rig
         .builder()
         .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
-        .refresh_options(RefreshOptions {
-            max_jitter: Duration::ZERO,
-            refresh_ahead: true,
-            ..RefreshOptions::default()
-        })
+        .refresh_options(no_jitter(true))
         .build()
         .unwrap();
     witness
