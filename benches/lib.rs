@@ -73,6 +73,9 @@ impl Runtime for SystemClock {
         Box::pin(async {})
     }
     fn spawn(&self, _task: BoxFuture<'static, ()>) {}
+    fn now_is_system_time(&self) -> bool {
+        true
+    }
 }
 
 /// A cached application token of `tenant` for `api://resource-{resource}/.default`, valid 24 h

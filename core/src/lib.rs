@@ -40,7 +40,7 @@ pub use result::{
 };
 pub use retry::RetryPolicy;
 pub use runtime::{ManualClock, Runtime};
-pub use scopes::{IntoScopeSet, ScopeSet};
+pub use scopes::{IntoScopeSet, ScopeSet, ScopeTable, Scopes};
 pub use store::{
     EntryId, EntryWrite, Lease, Repair, StoreEntry, StoreError, StoreErrorKind, StoredPartition,
     TokenStore, WriteReport,

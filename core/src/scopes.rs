@@ -4,8 +4,8 @@
 //! `openid profile offline_access` are ignored because the identity provider adds or drops them.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 /// Scopes the identity provider adds on its own; they never decide a cache match.
 pub const RESERVED_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
@@ -64,6 +64,18 @@ impl ScopeSet {
     /// Parse a space-separated `scope` / `target` string.
     pub fn parse(target: &str) -> Self {
         Self::new(target.split_whitespace())
+    }
+
+    /// The address of the shared set: identifies it while a clone is held.
+    #[inline]
+    pub(crate) fn address(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// True when both are the same shared set (not merely equal).
+    #[inline]
+    pub(crate) fn same_as(&self, other: &ScopeSet) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// True when no (non-reserved) scope is present.
@@ -138,45 +150,202 @@ impl fmt::Display for ScopeSet {
     }
 }
 
-/// Anything a request accepts as its scopes.
-pub trait IntoScopeSet {
-    /// Convert into a normalized [`ScopeSet`].
-    fn into_scope_set(self) -> ScopeSet;
+/// Scopes as a request holds them: borrowed (from the caller's [`ScopeSet`] or the
+/// application's [`ScopeTable`]) on the hot path, owned when neither could lend them.
+#[derive(Clone, Debug)]
+pub enum Scopes<'a> {
+    /// Borrowed: no allocation, no reference count touched.
+    Borrowed(&'a ScopeSet),
+    /// Owned: built for this request.
+    Owned(ScopeSet),
 }
 
-impl IntoScopeSet for ScopeSet {
+impl Scopes<'_> {
+    /// An owned set (a reference-count increment when borrowed).
+    pub fn into_owned(self) -> ScopeSet {
+        match self {
+            Scopes::Borrowed(set) => set.clone(),
+            Scopes::Owned(set) => set,
+        }
+    }
+
+    /// True when the set is borrowed from a place that outlives the request, so its address
+    /// identifies it (the hot path keys on it).
+    pub(crate) fn is_borrowed(&self) -> bool {
+        matches!(self, Scopes::Borrowed(_))
+    }
+}
+
+impl std::ops::Deref for Scopes<'_> {
+    type Target = ScopeSet;
+    fn deref(&self) -> &ScopeSet {
+        match self {
+            Scopes::Borrowed(set) => set,
+            Scopes::Owned(set) => set,
+        }
+    }
+}
+
+/// Slots of an application's scope table: more distinct scope sets than an application
+/// asks for in practice; beyond it (or after [`MAX_PROBES`] taken slots) a request builds
+/// its own set.
+const TABLE_SLOTS: usize = 512;
+/// Slots tried per lookup before giving up on the table.
+const MAX_PROBES: usize = 8;
+
+/// An application's table of the scope sets its requests have named, looked up by the
+/// scopes exactly as the caller wrote them, so `acquire_token_for_client(["api://x/.default"])`
+/// finds its normalized [`ScopeSet`] without allocating (proved by the `alloc_per_hit`
+/// bench and `readme_call_shape_allocates_nothing_on_a_hit` in `core/tests/hit_path.rs`).
+///
+/// Grow-only and bounded: entries are never removed, so a borrowed set lives as long as the
+/// application; a full table (hostile or unbounded scope strings) only costs those requests
+/// their own allocation.
+pub struct ScopeTable {
+    slots: Box<[OnceLock<Interned>]>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+struct Interned {
+    hash: u64,
+    /// The caller's strings as written (before splitting and normalizing).
+    raw: Box<[Box<str>]>,
+    set: ScopeSet,
+}
+
+impl ScopeTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        ScopeTable {
+            slots: (0..TABLE_SLOTS).map(|_| OnceLock::new()).collect(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+
+    /// The set for `raw` (the caller's strings, in order), from the table when it is there
+    /// or fits; built otherwise.
+    pub fn get<'t, I>(&'t self, raw: I) -> Scopes<'t>
+    where
+        I: Iterator + Clone,
+        I::Item: AsRef<str>,
+    {
+        let hash = {
+            let mut state = self.hasher.build_hasher();
+            for part in raw.clone() {
+                state.write(part.as_ref().as_bytes());
+                state.write_u8(0xff);
+            }
+            state.finish()
+        };
+        let same = |interned: &Interned| {
+            interned.hash == hash
+                && interned.raw.len() == raw.clone().count()
+                && interned
+                    .raw
+                    .iter()
+                    .zip(raw.clone())
+                    .all(|(have, want)| **have == *want.as_ref())
+        };
+        let start = hash as usize;
+        for probe in 0..MAX_PROBES {
+            let slot = &self.slots[start.wrapping_add(probe) % TABLE_SLOTS];
+            match slot.get() {
+                Some(interned) if same(interned) => return Scopes::Borrowed(&interned.set),
+                Some(_) => continue,
+                None => {
+                    let interned = slot.get_or_init(|| Interned {
+                        hash,
+                        raw: raw.clone().map(|part| part.as_ref().into()).collect(),
+                        set: ScopeSet::new(raw.clone()),
+                    });
+                    if same(interned) {
+                        return Scopes::Borrowed(&interned.set);
+                    }
+                }
+            }
+        }
+        Scopes::Owned(ScopeSet::new(raw))
+    }
+}
+
+impl Default for ScopeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ScopeTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let used = self.slots.iter().filter(|s| s.get().is_some()).count();
+        f.debug_struct("ScopeTable").field("sets", &used).finish()
+    }
+}
+
+/// Anything a request accepts as its scopes: a [`ScopeSet`] (owned or borrowed), a
+/// space-separated `&str`, or an array, slice or `Vec` of scope strings.
+pub trait IntoScopeSet<'a> {
+    /// Convert into a normalized [`ScopeSet`].
+    fn into_scope_set(self) -> ScopeSet;
+
+    /// The request's scopes, borrowed from `table` (or from the caller) when possible.
+    #[doc(hidden)]
+    fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a>;
+}
+
+impl<'a> IntoScopeSet<'a> for ScopeSet {
     fn into_scope_set(self) -> ScopeSet {
         self
     }
+    fn into_scopes(self, _: &'a ScopeTable) -> Scopes<'a> {
+        Scopes::Owned(self)
+    }
 }
-impl IntoScopeSet for &ScopeSet {
+impl<'a> IntoScopeSet<'a> for &'a ScopeSet {
     fn into_scope_set(self) -> ScopeSet {
         self.clone()
     }
+    fn into_scopes(self, _: &'a ScopeTable) -> Scopes<'a> {
+        Scopes::Borrowed(self)
+    }
 }
-impl IntoScopeSet for &str {
+impl<'a> IntoScopeSet<'a> for &str {
     fn into_scope_set(self) -> ScopeSet {
         ScopeSet::parse(self)
     }
+    fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
+        table.get(std::iter::once(self))
+    }
 }
-impl<S: AsRef<str>> IntoScopeSet for &[S] {
+impl<'a, S: AsRef<str>> IntoScopeSet<'a> for &[S] {
     fn into_scope_set(self) -> ScopeSet {
         ScopeSet::new(self)
     }
+    fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
+        table.get(self.iter())
+    }
 }
-impl<S: AsRef<str>, const N: usize> IntoScopeSet for [S; N] {
+impl<'a, S: AsRef<str>, const N: usize> IntoScopeSet<'a> for [S; N] {
     fn into_scope_set(self) -> ScopeSet {
         ScopeSet::new(self)
     }
+    fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
+        table.get(self.iter())
+    }
 }
-impl<S: AsRef<str>, const N: usize> IntoScopeSet for &[S; N] {
+impl<'a, S: AsRef<str>, const N: usize> IntoScopeSet<'a> for &[S; N] {
     fn into_scope_set(self) -> ScopeSet {
         ScopeSet::new(self)
     }
+    fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
+        table.get(self.iter())
+    }
 }
-impl<S: AsRef<str>> IntoScopeSet for Vec<S> {
+impl<'a, S: AsRef<str>> IntoScopeSet<'a> for Vec<S> {
     fn into_scope_set(self) -> ScopeSet {
         ScopeSet::new(self)
+    }
+    fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
+        table.get(self.iter())
     }
 }
 
@@ -191,6 +360,38 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.normalized(), "mail.send user.read");
         assert_eq!(a.to_target(), "Mail.Send User.Read");
+    }
+
+    #[test]
+    fn the_table_lends_one_set_per_spelling_and_builds_past_its_bound() {
+        let table = ScopeTable::new();
+        let a = table.get(["api://x/.default"].iter());
+        let b = table.get(["api://x/.default"].iter());
+        let (Scopes::Borrowed(a), Scopes::Borrowed(b)) = (a, b) else {
+            panic!("the first spellings fit the table");
+        };
+        assert!(std::ptr::eq(a, b), "one spelling, one entry");
+        assert_eq!(a, &ScopeSet::parse("API://x/.default"));
+        // Another spelling of the same set is another entry, with an equal set.
+        let c = table.get(std::iter::once("API://X/.default openid"));
+        assert_eq!(&*c, a);
+        assert!(c.is_borrowed());
+        // Parts are compared as parts: ["a b"] and ["a", "b"] are different spellings of an
+        // equal set, and neither is mistaken for the other's entry.
+        let joined = table.get(["a b"].iter());
+        let split = table.get(["a", "b"].iter());
+        assert_eq!(*joined, *split);
+        // Past the bound, requests build their own set and still get the right one.
+        for i in 0..TABLE_SLOTS * 2 {
+            let scope = format!("api://{i}/.default");
+            let got = table.get(std::iter::once(scope.as_str()));
+            assert_eq!(got.normalized(), scope);
+        }
+        let owned = (0..64)
+            .map(|i| table.get(std::iter::once(format!("api://late-{i}/.default"))))
+            .filter(|s| !s.is_borrowed())
+            .count();
+        assert!(owned > 0, "a full table falls back to owned sets");
     }
 
     #[test]

@@ -46,6 +46,10 @@ impl Runtime for TokioRuntime {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         drop(self.handle.spawn(task));
     }
+
+    fn now_is_system_time(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

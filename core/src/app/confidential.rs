@@ -3,14 +3,15 @@
 //! with public clients (on-behalf-of, authorization code, silent) in `user_flows.rs`.
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Instant;
 
+use super::engine::Acquire;
 use super::flow::Job;
 use super::flows::client::ClientIdentity;
 use super::flows::client_credentials::ClientCredentials;
+use super::future::TokenFuture;
+use super::hot::HotKey;
 use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters};
 use super::user_flows::{
@@ -23,7 +24,7 @@ use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
 use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
-use crate::scopes::{IntoScopeSet, ScopeSet};
+use crate::scopes::{IntoScopeSet, Scopes};
 use crate::throttle::{FlowKind, ThrottleKey};
 
 pub use super::engine::DEFAULT_EXPIRY_BUFFER;
@@ -77,10 +78,13 @@ impl ConfidentialClientApplication {
 
     /// Acquire a token for the application itself (client credentials grant). Scopes are usually
     /// one `{resource}/.default`. Await the returned request, or set options on it first.
-    pub fn acquire_token_for_client(&self, scopes: impl IntoScopeSet) -> AcquireTokenForClient<'_> {
+    pub fn acquire_token_for_client<'a>(
+        &'a self,
+        scopes: impl IntoScopeSet<'a>,
+    ) -> AcquireTokenForClient<'a> {
         AcquireTokenForClient {
             app: self,
-            scopes: scopes.into_scope_set(),
+            scopes: scopes.into_scopes(&self.inner.core.engine.scopes),
             force_refresh: false,
             tenant: None,
         }
@@ -89,30 +93,30 @@ impl ConfidentialClientApplication {
     /// Acquire a token for a downstream API on behalf of the user whose access token
     /// (`user_assertion`) this web API received. Tokens are cached per assertion (its SHA-256,
     /// never the assertion itself); an expired one is renewed with the cached refresh token.
-    pub fn acquire_token_on_behalf_of(
-        &self,
-        scopes: impl IntoScopeSet,
+    pub fn acquire_token_on_behalf_of<'a>(
+        &'a self,
+        scopes: impl IntoScopeSet<'a>,
         user_assertion: impl Into<String>,
-    ) -> AcquireTokenOnBehalfOf<'_> {
+    ) -> AcquireTokenOnBehalfOf<'a> {
         AcquireTokenOnBehalfOf::new(&self.inner.core, scopes, user_assertion)
     }
 
     /// Redeem an authorization code (from the redirect of [`authorization_url`](Self::authorization_url)).
     /// The tokens are cached under the signed-in account, which [`accounts`](Self::accounts)
     /// then lists for [`acquire_token_silent`](Self::acquire_token_silent).
-    pub fn acquire_token_by_authorization_code(
+    pub fn acquire_token_by_authorization_code<'s>(
         &self,
         code: impl Into<String>,
-        scopes: impl IntoScopeSet,
+        scopes: impl IntoScopeSet<'s>,
         redirect_uri: impl Into<String>,
     ) -> AcquireTokenByAuthorizationCode<'_> {
         AcquireTokenByAuthorizationCode::new(&self.inner.core, code, scopes, redirect_uri)
     }
 
     /// Start building the URL that sends a user to sign in (authorization code flow).
-    pub fn authorization_url(
+    pub fn authorization_url<'s>(
         &self,
-        scopes: impl IntoScopeSet,
+        scopes: impl IntoScopeSet<'s>,
         redirect_uri: impl Into<String>,
     ) -> AuthorizationUrl {
         AuthorizationUrl::new(
@@ -123,11 +127,11 @@ impl ConfidentialClientApplication {
     }
 
     /// A token for `account` from the cache, renewed with its refresh token when needed.
-    pub fn acquire_token_silent(
-        &self,
-        scopes: impl IntoScopeSet,
+    pub fn acquire_token_silent<'a>(
+        &'a self,
+        scopes: impl IntoScopeSet<'a>,
         account: &Account,
-    ) -> AcquireTokenSilent<'_> {
+    ) -> AcquireTokenSilent<'a> {
         AcquireTokenSilent::new(&self.inner.core, scopes, account, FlowKind::Silent)
     }
 
@@ -251,12 +255,12 @@ impl ConfidentialClientApplicationBuilder {
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenForClient<'a> {
     app: &'a ConfidentialClientApplication,
-    scopes: ScopeSet,
+    scopes: Scopes<'a>,
     force_refresh: bool,
     tenant: Option<String>,
 }
 
-impl AcquireTokenForClient<'_> {
+impl<'a> AcquireTokenForClient<'a> {
     /// Skip the cache and ask the identity provider (the new token is cached).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
@@ -269,29 +273,41 @@ impl AcquireTokenForClient<'_> {
         self
     }
 
-    /// Run the request.
+    /// Run the request (the same as awaiting it).
     ///
     /// # Errors
     /// [`Error`]: the identity provider's answer, transport failures, malformed responses,
     /// credential problems, local throttling.
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        let started = Instant::now();
+    pub fn execute(self) -> TokenFuture<'a> {
+        self.into()
+    }
+
+    /// The request handed to the engine: a hit answers here, synchronously.
+    pub(crate) fn start(self) -> Acquire {
         let inner = &self.app.inner;
         let identity = &inner.core.identity;
         if self.scopes.is_empty() {
-            return Err(Error::configuration("no scopes requested"));
+            return Acquire::failed(Error::configuration("no scopes requested"));
         }
         // Borrow the default partition key: no reference-count traffic on the hot path.
         let overridden;
-        let (authority, partition) = match &self.tenant {
+        let (authority, partition, hot) = match &self.tenant {
             Some(t) if t != identity.authority.tenant() => {
                 overridden = (
                     identity.authority.with_tenant(t),
                     PartitionKey::for_app(&identity.client_id, t),
                 );
-                (&overridden.0, &overridden.1)
+                (&overridden.0, &overridden.1, None)
             }
-            _ => (&identity.authority, &inner.default_partition),
+            // The default tenant: partition and query follow from the scopes alone.
+            _ => (
+                &identity.authority,
+                &inner.default_partition,
+                self.scopes.is_borrowed().then_some(HotKey {
+                    scopes: &self.scopes,
+                    variant: 0,
+                }),
+            ),
         };
         let query = AccessTokenQuery {
             home_account_id: None,
@@ -304,7 +320,7 @@ impl AcquireTokenForClient<'_> {
         inner
             .core
             .engine
-            .acquire(partition, &query, self.force_refresh, started, || {
+            .acquire(partition, &query, self.force_refresh, hot, || {
                 Job::new(
                     partition,
                     &query,
@@ -318,19 +334,18 @@ impl AcquireTokenForClient<'_> {
                     Arc::new(ClientCredentials {
                         client: Arc::clone(identity),
                         authority: authority.clone(),
-                        scopes: self.scopes.clone(),
+                        scopes: (*self.scopes).clone(),
                     }),
                 )
             })
-            .await
     }
 }
 
 impl<'a> IntoFuture for AcquireTokenForClient<'a> {
     type Output = Result<AuthenticationResult>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+    type IntoFuture = TokenFuture<'a>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.execute())
+    fn into_future(self) -> TokenFuture<'a> {
+        self.into()
     }
 }

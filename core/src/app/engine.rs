@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use super::flow::{Fetched, FlightKey, Job};
+use super::hot::{self, HotKey};
 use super::idp::{FetchStats, Idp};
 use super::l2::{L2, L2Health, L2Options, LeaseOptions};
 use crate::cache::entry::CacheEntry;
@@ -41,7 +42,8 @@ use crate::error::{Error, Result};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
-use crate::runtime::unix_seconds;
+use crate::runtime::{WallClock, unix_seconds};
+use crate::scopes::ScopeTable;
 use crate::store::Lease;
 use crate::telemetry;
 use crate::throttle::{FlowKind, ThrottleKey, Throttler, ThrottlingPolicy};
@@ -163,8 +165,15 @@ enum LeaseOutcome {
 
 /// Shared machinery of an application.
 pub(crate) struct Engine {
+    /// Names this engine in the hit path's thread-local copies (`hot.rs`).
+    id: u64,
     pub idp: Idp,
     pub cache: Arc<TokenCache>,
+    /// The scope sets the application's requests named, lent to later requests.
+    pub scopes: ScopeTable,
+    /// The wall clock derived from the monotonic one, when the runtime's clock is the
+    /// system's (`None` under a test clock: then `runtime.now()` is asked).
+    wall: Option<WallClock>,
     pub expiry_buffer_secs: u64,
     pub refresh: RefreshOptions,
     flights: SingleFlight<FlightId, Resolved, Failure>,
@@ -198,7 +207,12 @@ impl Engine {
                 Arc::clone(&cache),
             ))
         });
+        static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
+        let wall = idp.runtime.now_is_system_time().then(WallClock::new);
         Engine {
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            wall,
+            scopes: ScopeTable::new(),
             idp,
             cache,
             expiry_buffer_secs: expiry_buffer.as_secs(),
@@ -216,6 +230,16 @@ impl Engine {
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         unix_seconds(self.idp.runtime.now())
+    }
+
+    /// The Unix second of `at` (a monotonic reading just taken): derived from it when the
+    /// runtime's clock is the system's, else the runtime's `now`.
+    #[inline]
+    fn now_at(&self, at: Instant) -> u64 {
+        match &self.wall {
+            Some(wall) => wall.unix_seconds(at),
+            None => self.now(),
+        }
     }
 
     /// The L2 health report, when an L2 is configured.
@@ -257,16 +281,32 @@ impl Engine {
     /// alone (miss, forced, or a token past `refresh_on`), so a hit builds nothing. The cache
     /// is read synchronously: a hit returns a ready future, and only the miss path becomes an
     /// (allocated) state machine.
+    ///
+    /// `hot` names a request whose partition and query are stable for the application (its
+    /// default tenant, say): its fresh hits are served from this thread's copy (`hot.rs`).
     #[inline]
     pub(crate) fn acquire(
         self: &Arc<Self>,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
         force: bool,
-        started: Instant,
+        hot: Option<HotKey<'_>>,
         job: impl FnOnce() -> Job,
     ) -> Acquire {
-        let now = self.now();
+        let started = Instant::now();
+        let now = self.now_at(started);
+        let mut front = None;
+        if let Some(key) = hot.filter(|_| !force) {
+            if let Some(token) = hot::get(self.id, &key, now, TokenCache::generation) {
+                return Acquire::ready(Self::cache_result(
+                    token,
+                    CacheRefreshReason::NotApplicable,
+                    started,
+                ));
+            }
+            let stripe = TokenCache::stripe_of(partition);
+            front = Some((key, stripe, TokenCache::generation(stripe)));
+        }
         let mut skipped = None;
         let (reason, stale) = if force {
             // What the caller skips: whatever L1 holds for it now, usable or not.
@@ -278,6 +318,10 @@ impl Engine {
         } else {
             match self.lookup(partition, query, now) {
                 Lookup::Fresh(token) => {
+                    if let Some((key, stripe, generation)) = front {
+                        let fresh_until = self.fresh_until(&token);
+                        hot::put(self.id, &key, stripe, generation, fresh_until, &token);
+                    }
                     return Acquire::ready(Self::cache_result(
                         token,
                         CacheRefreshReason::NotApplicable,
@@ -352,6 +396,16 @@ impl Engine {
                     stale: None,
                 }
             }
+        }
+    }
+
+    /// The first Unix second at which `token` is no longer [`Lookup::Fresh`] for this node:
+    /// inside the expiry buffer, or past its jittered refresh point.
+    fn fresh_until(&self, token: &AccessToken) -> u64 {
+        let expiring = token.expires_on.saturating_sub(self.expiry_buffer_secs);
+        match token.refresh_on {
+            Some(r) => expiring.min(self.refresh_point(token, r)),
+            None => expiring,
         }
     }
 
@@ -825,6 +879,11 @@ impl Acquire {
     fn ready(result: AuthenticationResult) -> Self {
         Acquire::Ready(Some(Ok(result)))
     }
+
+    /// A request refused before it reached the pipeline (bad arguments).
+    pub(crate) fn failed(error: Error) -> Self {
+        Acquire::Ready(Some(Err(error)))
+    }
 }
 
 impl Future for Acquire {
@@ -833,11 +892,11 @@ impl Future for Acquire {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Acquire::Ready(result) => Poll::Ready(
-                result
-                    .take()
-                    .expect("an acquisition polled after it completed"),
-            ),
+            Acquire::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
+                Err(Error::configuration(
+                    "a token request was polled after it completed",
+                ))
+            })),
             Acquire::Pending(fetch) => fetch.as_mut().poll(cx),
         }
     }

@@ -2,14 +2,13 @@
 //! flow ([`flows::managed_identity`](super::flows::managed_identity)).
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Instant;
 
-use super::engine::Engine;
+use super::engine::{Acquire, Engine};
 use super::flow::Job;
 use super::flows::managed_identity::{MI_ENVIRONMENT, ManagedIdentity};
+use super::future::TokenFuture;
 use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
@@ -155,7 +154,7 @@ pub struct AcquireTokenForManagedIdentity<'a> {
     force_refresh: bool,
 }
 
-impl AcquireTokenForManagedIdentity<'_> {
+impl<'a> AcquireTokenForManagedIdentity<'a> {
     /// Skip the cache and ask the endpoint (the new token is cached).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
@@ -168,8 +167,12 @@ impl AcquireTokenForManagedIdentity<'_> {
     /// [`Error::IdentityProvider`] with the endpoint's status (400 for a missing header or an
     /// unknown identity, 401 for a wrong `X-IDENTITY-HEADER`), transport failures, malformed
     /// answers, local throttling.
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        let started = Instant::now();
+    pub fn execute(self) -> TokenFuture<'a> {
+        self.into()
+    }
+
+    /// The request handed to the engine: a hit answers here, synchronously.
+    pub(crate) fn start(self) -> Acquire {
         let inner = &self.app.inner;
         let resource = self
             .resource
@@ -178,7 +181,7 @@ impl AcquireTokenForManagedIdentity<'_> {
             .unwrap_or(self.resource.trim())
             .to_owned();
         if resource.is_empty() {
-            return Err(Error::configuration("no resource requested"));
+            return Acquire::failed(Error::configuration("no resource requested"));
         }
         let identity = inner.identity.key();
         let partition = PartitionKey::for_managed_identity(&identity, &resource);
@@ -193,7 +196,7 @@ impl AcquireTokenForManagedIdentity<'_> {
         };
         inner
             .engine
-            .acquire(&partition, &query, self.force_refresh, started, || {
+            .acquire(&partition, &query, self.force_refresh, None, || {
                 Job::new(
                     &partition,
                     &query,
@@ -206,15 +209,14 @@ impl AcquireTokenForManagedIdentity<'_> {
                     }),
                 )
             })
-            .await
     }
 }
 
 impl<'a> IntoFuture for AcquireTokenForManagedIdentity<'a> {
     type Output = Result<AuthenticationResult>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+    type IntoFuture = TokenFuture<'a>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.execute())
+    fn into_future(self) -> TokenFuture<'a> {
+        self.into()
     }
 }

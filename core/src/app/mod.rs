@@ -15,6 +15,8 @@ pub mod confidential;
 pub(crate) mod engine;
 pub(crate) mod flow;
 pub(crate) mod flows;
+pub mod future;
+mod hot;
 pub(crate) mod idp;
 pub mod l2;
 pub mod managed_identity;

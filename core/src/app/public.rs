@@ -47,9 +47,9 @@ impl PublicClientApplication {
     /// Sign a user in on another device: `on_code` gets the code and the URL to show the user,
     /// then the request polls the identity provider until the user finishes (or declines, or
     /// the code expires). Drop the future to cancel.
-    pub fn acquire_token_with_device_code<F>(
+    pub fn acquire_token_with_device_code<'s, F>(
         &self,
-        scopes: impl IntoScopeSet,
+        scopes: impl IntoScopeSet<'s>,
         on_code: F,
     ) -> AcquireTokenWithDeviceCode<'_>
     where
@@ -63,11 +63,11 @@ impl PublicClientApplication {
     }
 
     /// A token for `account` from the cache, renewed with its refresh token when needed.
-    pub fn acquire_token_silent(
-        &self,
-        scopes: impl IntoScopeSet,
+    pub fn acquire_token_silent<'a>(
+        &'a self,
+        scopes: impl IntoScopeSet<'a>,
         account: &Account,
-    ) -> AcquireTokenSilent<'_> {
+    ) -> AcquireTokenSilent<'a> {
         AcquireTokenSilent::new(&self.core, scopes, account, FlowKind::PublicSilent)
     }
 

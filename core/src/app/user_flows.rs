@@ -12,17 +12,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use super::engine::Engine;
+use super::engine::{Acquire, Engine};
 use super::flow::Job;
 use super::flows::client::ClientIdentity;
 use super::flows::on_behalf_of::OnBehalfOf;
 use super::flows::refresh_token::RefreshTokenGrant;
+use super::future::TokenFuture;
 use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::error::{Error, Result};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
-use crate::scopes::{IntoScopeSet, ScopeSet};
+use crate::scopes::{IntoScopeSet, ScopeSet, Scopes};
 use crate::throttle::{FlowKind, ThrottleKey};
 
 /// A client's identity and engine: what the user-flow requests of both application kinds
@@ -111,7 +112,7 @@ fn secret(value: impl Into<String>) -> TokenSecret {
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenOnBehalfOf<'a> {
     core: &'a ClientCore,
-    scopes: ScopeSet,
+    scopes: Scopes<'a>,
     assertion: TokenSecret,
     force_refresh: bool,
 }
@@ -128,12 +129,12 @@ impl fmt::Debug for AcquireTokenOnBehalfOf<'_> {
 impl<'a> AcquireTokenOnBehalfOf<'a> {
     pub(crate) fn new(
         core: &'a ClientCore,
-        scopes: impl IntoScopeSet,
+        scopes: impl IntoScopeSet<'a>,
         user_assertion: impl Into<String>,
     ) -> Self {
         AcquireTokenOnBehalfOf {
             core,
-            scopes: scopes.into_scope_set(),
+            scopes: scopes.into_scopes(&core.engine.scopes),
             assertion: secret(user_assertion),
             force_refresh: false,
         }
@@ -150,13 +151,17 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
     /// # Errors
     /// [`Error`]: the identity provider's answer (`invalid_grant` for a bad or expired
     /// assertion), transport failures, local throttling.
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        let started = Instant::now();
+    pub fn execute(self) -> TokenFuture<'a> {
+        self.into()
+    }
+
+    /// The request handed to the engine: a hit answers here, synchronously.
+    pub(crate) fn start(self) -> Acquire {
         if self.scopes.is_empty() {
-            return Err(Error::configuration("no scopes requested"));
+            return Acquire::failed(Error::configuration("no scopes requested"));
         }
         if self.assertion.is_empty() {
-            return Err(Error::configuration("the user assertion is empty"));
+            return Acquire::failed(Error::configuration("the user assertion is empty"));
         }
         let core = self.core;
         let identity = &core.identity;
@@ -174,7 +179,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             scopes: &self.scopes,
         };
         core.engine
-            .acquire(&partition, &query, self.force_refresh, started, || {
+            .acquire(&partition, &query, self.force_refresh, None, || {
                 Job::new(
                     &partition,
                     &query,
@@ -183,21 +188,20 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
                     Arc::new(OnBehalfOf {
                         client: Arc::clone(identity),
                         assertion: self.assertion.clone(),
-                        scopes: self.scopes.clone(),
+                        scopes: (*self.scopes).clone(),
                         requested_at: core.engine.now(),
                     }),
                 )
             })
-            .await
     }
 }
 
 impl<'a> IntoFuture for AcquireTokenOnBehalfOf<'a> {
     type Output = Result<AuthenticationResult>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+    type IntoFuture = TokenFuture<'a>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.execute())
+    fn into_future(self) -> TokenFuture<'a> {
+        self.into()
     }
 }
 
@@ -205,7 +209,7 @@ impl<'a> IntoFuture for AcquireTokenOnBehalfOf<'a> {
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenSilent<'a> {
     core: &'a ClientCore,
-    scopes: ScopeSet,
+    scopes: Scopes<'a>,
     account: Account,
     force_refresh: bool,
     flow: FlowKind,
@@ -223,13 +227,13 @@ impl fmt::Debug for AcquireTokenSilent<'_> {
 impl<'a> AcquireTokenSilent<'a> {
     pub(crate) fn new(
         core: &'a ClientCore,
-        scopes: impl IntoScopeSet,
+        scopes: impl IntoScopeSet<'a>,
         account: &Account,
         flow: FlowKind,
     ) -> Self {
         AcquireTokenSilent {
             core,
-            scopes: scopes.into_scope_set(),
+            scopes: scopes.into_scopes(&core.engine.scopes),
             account: account.clone(),
             force_refresh: false,
             flow,
@@ -249,10 +253,14 @@ impl<'a> AcquireTokenSilent<'a> {
     /// [`Error::is_interaction_required`] is true when only a new sign-in can help: no cached
     /// refresh token ([`Error::InteractionRequired`]) or the identity provider refused it
     /// (`invalid_grant`); the same request is then refused locally for 120 s.
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        let started = Instant::now();
+    pub fn execute(self) -> TokenFuture<'a> {
+        self.into()
+    }
+
+    /// The request handed to the engine: a hit answers here, synchronously.
+    pub(crate) fn start(self) -> Acquire {
         if self.scopes.is_empty() {
-            return Err(Error::configuration("no scopes requested"));
+            return Acquire::failed(Error::configuration("no scopes requested"));
         }
         let core = self.core;
         let identity = &core.identity;
@@ -267,7 +275,7 @@ impl<'a> AcquireTokenSilent<'a> {
             scopes: &self.scopes,
         };
         core.engine
-            .acquire(&partition, &query, self.force_refresh, started, || {
+            .acquire(&partition, &query, self.force_refresh, None, || {
                 Job::new(
                     &partition,
                     &query,
@@ -276,20 +284,19 @@ impl<'a> AcquireTokenSilent<'a> {
                     Arc::new(RefreshTokenGrant {
                         client: Arc::clone(identity),
                         home_account_id: home.to_owned(),
-                        scopes: self.scopes.clone(),
+                        scopes: (*self.scopes).clone(),
                     }),
                 )
             })
-            .await
     }
 }
 
 impl<'a> IntoFuture for AcquireTokenSilent<'a> {
     type Output = Result<AuthenticationResult>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+    type IntoFuture = TokenFuture<'a>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.execute())
+    fn into_future(self) -> TokenFuture<'a> {
+        self.into()
     }
 }
 
@@ -313,10 +320,10 @@ impl fmt::Debug for AcquireTokenByAuthorizationCode<'_> {
 }
 
 impl<'a> AcquireTokenByAuthorizationCode<'a> {
-    pub(crate) fn new(
+    pub(crate) fn new<'s>(
         core: &'a ClientCore,
         code: impl Into<String>,
-        scopes: impl IntoScopeSet,
+        scopes: impl IntoScopeSet<'s>,
         redirect_uri: impl Into<String>,
     ) -> Self {
         AcquireTokenByAuthorizationCode {

@@ -8,6 +8,7 @@ pub mod partition;
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -37,6 +38,17 @@ pub trait PartitionCache: Send + Sync + 'static {
 /// wait on each other, readers never do.
 const WRITE_STRIPES: usize = 64;
 
+/// Generation counters: partitions hash onto them like onto the write stripes, only finer,
+/// so a write elsewhere in a large cache rarely outdates a thread's copy of a hot token.
+const GENERATIONS: usize = 1024;
+
+/// Process-wide, so applications that share one L1 see each other's writes.
+static GENERATION_COUNTERS: [AtomicU64; GENERATIONS] = [const { AtomicU64::new(0) }; GENERATIONS];
+
+/// The hasher placing partitions on generation stripes: one per process, like the counters.
+static GENERATION_HASHER: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
+    std::sync::LazyLock::new(hashbrown::DefaultHashBuilder::default);
+
 /// The engine's handle on the cache: reads go straight to L1, writes are serialized per
 /// partition (stripe) so concurrent copy-on-write updates never lose an entry.
 pub struct TokenCache {
@@ -61,6 +73,23 @@ impl TokenCache {
         self.l1.get(key)
     }
 
+    /// The generation stripe of `key` (see [`generation`](Self::generation)).
+    pub(crate) fn stripe_of(key: &PartitionKey) -> usize {
+        (GENERATION_HASHER.hash_one(key) as usize) % GENERATIONS
+    }
+
+    /// How many times partitions of `stripe` have been written or removed (through any
+    /// `TokenCache` of the process): unchanged means whatever was read from them since is
+    /// still what L1 holds. What the hit path's thread-local copies check (`app/hot.rs`).
+    #[inline]
+    pub(crate) fn generation(stripe: usize) -> u64 {
+        GENERATION_COUNTERS[stripe % GENERATIONS].load(Ordering::Acquire)
+    }
+
+    fn written(key: &PartitionKey) {
+        GENERATION_COUNTERS[Self::stripe_of(key)].fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Replace the partition `key` with `update(current)`, atomically with respect to other
     /// updates of the same partition. Returns the new snapshot.
     pub fn update(
@@ -77,6 +106,7 @@ impl TokenCache {
         } else {
             self.l1.insert(key.clone(), Arc::clone(&next));
         }
+        Self::written(key);
         next
     }
 
@@ -87,6 +117,7 @@ impl TokenCache {
         let _guard = stripe.lock();
         if self.l1.get(key).is_some_and(|p| p.latest_expiry() <= now) {
             self.l1.remove(key);
+            Self::written(key);
         }
     }
 
