@@ -2,6 +2,8 @@
 //! a chosen number of tokens in a chosen layout, so a hit can be measured at any cache size; an
 //! L1 that keeps nothing (to measure L2 hits); and the figures file that `benches/report` reads.
 
+pub mod flows;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,29 +1,26 @@
-//! A small binary for profilers: N L1 hits (default 100,000; `HITS=n`) on a cache of 1,000
-//! one-token partitions, inside one non-inlined function so callgrind can collect just it:
+//! A small binary for profilers: N hits (default 100,000; `HITS=n`) of one flow (`FLOW=`
+//! `client_credentials_readme_shape` (default) | `client_credentials_scope_set` |
+//! `on_behalf_of` | `silent` | `managed_identity` | `floor`), each token cached by a real
+//! acquisition from the emulator, inside one non-inlined function so callgrind can collect just
+//! it:
 //!
 //! ```text
 //! cargo bench --bench profile_hits --no-run
-//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*run_hits*' \
-//!     target/release/deps/profile_hits-<hash>
+//! FLOW=client_credentials_readme_shape valgrind --tool=callgrind --collect-atstart=no \
+//!     --toggle-collect='*run_hits*' target/release/deps/profile_hits-<hash>
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid>
 //! ```
+//!
+//! `scripts/instructions-per-hit.sh` runs every flow this way and prints instructions per hit.
 
 use std::time::Instant;
 
-use futures::FutureExt;
-use tokenwell_benches::{Layout, app_with_cached_tokens};
-use tokenwell_core::{ConfidentialClientApplication, ScopeSet};
+use tokenwell_benches::flows::{Floor, Flow, FlowApps};
 
 #[inline(never)]
-fn run_hits(app: &ConfidentialClientApplication, scopes: &ScopeSet, hits: usize) {
+fn run_hits(hits: usize, mut hit: impl FnMut()) {
     for _ in 0..hits {
-        let result = app
-            .acquire_token_for_client(scopes)
-            .execute()
-            .now_or_never()
-            .expect("hit")
-            .expect("ok");
-        std::hint::black_box(result);
+        hit();
     }
 }
 
@@ -32,9 +29,24 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
-    let (app, scopes) = app_with_cached_tokens(1_000, Layout::PartitionPerTenant);
-    let started = Instant::now();
-    run_hits(&app, &scopes, hits);
+    let flow = std::env::var("FLOW").unwrap_or_else(|_| Flow::ClientReadme.label().to_owned());
+    let started;
+    if flow == "floor" {
+        let floor = Floor::new(1_000);
+        started = Instant::now();
+        run_hits(hits, || {
+            std::hint::black_box(floor.hit());
+        });
+    } else {
+        let flow = Flow::parse(&flow).unwrap_or_else(|| panic!("unknown FLOW {flow}"));
+        let apps = FlowApps::start();
+        // Warm this thread's copies.
+        apps.hit(flow);
+        started = Instant::now();
+        run_hits(hits, || {
+            std::hint::black_box(apps.hit(flow));
+        });
+    }
     let per_hit = started.elapsed().as_nanos() as f64 / hits as f64;
-    println!("{hits} L1 hits: {per_hit:.0} ns per hit (wall clock)");
+    println!("{flow}: {hits} hits, {per_hit:.0} ns per hit (wall clock)");
 }

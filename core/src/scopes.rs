@@ -204,6 +204,7 @@ const MAX_PROBES: usize = 8;
 pub struct ScopeTable {
     slots: Box<[OnceLock<Interned>]>,
     hasher: hashbrown::DefaultHashBuilder,
+    seed: u64,
 }
 
 struct Interned {
@@ -216,9 +217,11 @@ struct Interned {
 impl ScopeTable {
     /// An empty table.
     pub fn new() -> Self {
+        let hasher = hashbrown::DefaultHashBuilder::default();
         ScopeTable {
             slots: (0..TABLE_SLOTS).map(|_| OnceLock::new()).collect(),
-            hasher: hashbrown::DefaultHashBuilder::default(),
+            seed: hasher.hash_one(TABLE_SLOTS),
+            hasher,
         }
     }
 
@@ -229,42 +232,103 @@ impl ScopeTable {
         I: Iterator + Clone,
         I::Item: AsRef<str>,
     {
+        let mut parts = raw.clone();
+        if let (Some(only), None) = (parts.next(), parts.next()) {
+            return self.get_one(only.as_ref());
+        }
         let hash = {
             let mut state = self.hasher.build_hasher();
             for part in raw.clone() {
-                state.write(part.as_ref().as_bytes());
-                state.write_u8(0xff);
+                part.as_ref().hash(&mut state);
             }
             state.finish()
         };
-        let same = |interned: &Interned| {
-            interned.hash == hash
-                && interned.raw.len() == raw.clone().count()
-                && interned
-                    .raw
-                    .iter()
-                    .zip(raw.clone())
-                    .all(|(have, want)| **have == *want.as_ref())
+        self.find(
+            hash,
+            |interned| {
+                interned.raw.len() == raw.clone().count()
+                    && interned
+                        .raw
+                        .iter()
+                        .zip(raw.clone())
+                        .all(|(have, want)| **have == *want.as_ref())
+            },
+            || raw.clone().map(|part| part.as_ref().into()).collect(),
+        )
+    }
+
+    /// The set for one string (the README's `["api://…/.default"]`, or a space-separated
+    /// list): the hot path's lookup, one hash of the string and one comparison.
+    #[inline]
+    pub fn get_one<'t>(&'t self, raw: &str) -> Scopes<'t> {
+        let hash = self.quick_hash(raw);
+        self.find(
+            hash,
+            |interned| interned.raw.len() == 1 && *interned.raw[0] == *raw,
+            || Box::new([raw.into()]),
+        )
+    }
+
+    /// A cheap hash of one string: its length and up to 16 bytes from each end, mixed with
+    /// this table's random seed. Lookups compare the whole string, so a collision (even a
+    /// crafted one) only costs a probe, or at worst a request its own set.
+    #[inline]
+    fn quick_hash(&self, raw: &str) -> u64 {
+        let bytes = raw.as_bytes();
+        let len = bytes.len();
+        let word = |at: usize| -> u64 {
+            bytes
+                .get(at..at.saturating_add(8))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes)
         };
+        let (a, b, c, d) = if len >= 16 {
+            (word(0), word(8), word(len - 16), word(len - 8))
+        } else {
+            let mut buf = [0u8; 16];
+            buf[..len].copy_from_slice(bytes);
+            let [lo, hi] = [&buf[..8], &buf[8..]]
+                .map(|h| <[u8; 8]>::try_from(h).map_or(0, u64::from_le_bytes));
+            (lo, hi, 0, 0)
+        };
+        let mut h = self.seed ^ len as u64;
+        for w in [a, b, c, d] {
+            h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        }
+        h
+    }
+
+    #[inline]
+    fn find<'t>(
+        &'t self,
+        hash: u64,
+        same: impl Fn(&Interned) -> bool,
+        raw: impl Fn() -> Box<[Box<str>]>,
+    ) -> Scopes<'t> {
         let start = hash as usize;
         for probe in 0..MAX_PROBES {
             let slot = &self.slots[start.wrapping_add(probe) % TABLE_SLOTS];
             match slot.get() {
-                Some(interned) if same(interned) => return Scopes::Borrowed(&interned.set),
+                Some(interned) if interned.hash == hash && same(interned) => {
+                    return Scopes::Borrowed(&interned.set);
+                }
                 Some(_) => continue,
                 None => {
-                    let interned = slot.get_or_init(|| Interned {
-                        hash,
-                        raw: raw.clone().map(|part| part.as_ref().into()).collect(),
-                        set: ScopeSet::new(raw.clone()),
+                    let interned = slot.get_or_init(|| {
+                        let raw = raw();
+                        Interned {
+                            hash,
+                            set: ScopeSet::new(raw.iter()),
+                            raw,
+                        }
                     });
-                    if same(interned) {
+                    if interned.hash == hash && same(interned) {
                         return Scopes::Borrowed(&interned.set);
                     }
                 }
             }
         }
-        Scopes::Owned(ScopeSet::new(raw))
+        Scopes::Owned(ScopeSet::new(raw().iter()))
     }
 }
 
@@ -313,7 +377,7 @@ impl<'a> IntoScopeSet<'a> for &str {
         ScopeSet::parse(self)
     }
     fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
-        table.get(std::iter::once(self))
+        table.get_one(self)
     }
 }
 impl<'a, S: AsRef<str>> IntoScopeSet<'a> for &[S] {
@@ -328,8 +392,12 @@ impl<'a, S: AsRef<str>, const N: usize> IntoScopeSet<'a> for [S; N] {
     fn into_scope_set(self) -> ScopeSet {
         ScopeSet::new(self)
     }
+    #[inline]
     fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
-        table.get(self.iter())
+        match self.as_slice() {
+            [only] => table.get_one(only.as_ref()),
+            parts => table.get(parts.iter()),
+        }
     }
 }
 impl<'a, S: AsRef<str>, const N: usize> IntoScopeSet<'a> for &[S; N] {

@@ -33,6 +33,11 @@ pub(crate) fn cache_hit_l1() {
     metrics::counter!("tokenwell_cache_hits_total", "level" => "l1").increment(1);
 }
 
+/// `hits` L1 hits at once (the hit path's batches, see `app/hot.rs`).
+pub(crate) fn cache_hits_l1(hits: u64) {
+    metrics::counter!("tokenwell_cache_hits_total", "level" => "l1").increment(hits);
+}
+
 pub(crate) fn cache_hit_l2() {
     metrics::counter!("tokenwell_cache_hits_total", "level" => "l2").increment(1);
 }
@@ -127,6 +132,7 @@ mod tests {
         let names = Names::default();
         metrics::with_local_recorder(&names, || {
             cache_hit_l1();
+            cache_hits_l1(3);
             cache_hit_l2();
             cache_miss();
             idp_request(true, 0.1);
@@ -142,6 +148,7 @@ mod tests {
         });
         let emitted = names.0.lock().unwrap().clone();
         let expected = [
+            format!("{CACHE_HITS}{{level=l1}}"),
             format!("{CACHE_HITS}{{level=l1}}"),
             format!("{CACHE_HITS}{{level=l2}}"),
             format!("{CACHE_MISSES}{{}}"),

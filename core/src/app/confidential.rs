@@ -130,7 +130,7 @@ impl ConfidentialClientApplication {
     pub fn acquire_token_silent<'a>(
         &'a self,
         scopes: impl IntoScopeSet<'a>,
-        account: &Account,
+        account: &'a Account,
     ) -> AcquireTokenSilent<'a> {
         AcquireTokenSilent::new(&self.inner.core, scopes, account, FlowKind::Silent)
     }

@@ -17,11 +17,8 @@
 //! A flow ([`Flow`]) supplies only its request and its cache entries; the rules above are
 //! written once, here, so they hold for every flow and trigger.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -32,7 +29,7 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use super::flow::{Fetched, FlightKey, Job};
-use super::hot::{self, HotKey};
+use super::hot::{self, Deadline, HotKey};
 use super::idp::{FetchStats, Idp};
 use super::l2::{L2, L2Health, L2Options, LeaseOptions};
 use crate::cache::entry::CacheEntry;
@@ -251,6 +248,7 @@ impl Engine {
     /// L2 writes, background refreshes, refresh-ahead rounds. Sleeping refresh-ahead loops do
     /// not count.
     pub(crate) async fn flush(&self) {
+        hot::count_hits();
         // Bounded: a loop whose task the runtime dropped (shutting down) never runs again.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -294,19 +292,20 @@ impl Engine {
         job: impl FnOnce() -> Job,
     ) -> Acquire {
         let started = Instant::now();
-        let now = self.now_at(started);
         let mut front = None;
         if let Some(key) = hot.filter(|_| !force) {
-            if let Some(token) = hot::get(self.id, &key, now, TokenCache::generation) {
-                return Acquire::ready(Self::cache_result(
-                    token,
-                    CacheRefreshReason::NotApplicable,
-                    started,
-                ));
+            let clock = match self.wall {
+                Some(_) => Deadline::Monotonic(started),
+                None => Deadline::UnixSeconds(self.now()),
+            };
+            if let Some(result) = hot::get(self.id, &key, clock, TokenCache::generation) {
+                return Acquire::ready(result);
             }
             let stripe = TokenCache::stripe_of(partition);
             front = Some((key, stripe, TokenCache::generation(stripe)));
         }
+        hot::count_hits();
+        let now = self.now_at(started);
         let mut skipped = None;
         let (reason, stale) = if force {
             // What the caller skips: whatever L1 holds for it now, usable or not.
@@ -318,9 +317,10 @@ impl Engine {
         } else {
             match self.lookup(partition, query, now) {
                 Lookup::Fresh(token) => {
-                    if let Some((key, stripe, generation)) = front {
-                        let fresh_until = self.fresh_until(&token);
-                        hot::put(self.id, &key, stripe, generation, fresh_until, &token);
+                    if let Some((key, stripe, generation)) = front
+                        && let Some(until) = self.fresh_until(&token, now, started)
+                    {
+                        hot::put(self.id, &key, stripe, generation, until, &token);
                     }
                     return Acquire::ready(Self::cache_result(
                         token,
@@ -399,13 +399,24 @@ impl Engine {
         }
     }
 
-    /// The first Unix second at which `token` is no longer [`Lookup::Fresh`] for this node:
-    /// inside the expiry buffer, or past its jittered refresh point.
-    fn fresh_until(&self, token: &AccessToken) -> u64 {
+    /// When `token` stops being [`Lookup::Fresh`] for this node (inside the expiry buffer, or
+    /// past its jittered refresh point), on the clock the front reads: the monotonic one,
+    /// a second early (`now` is `started` floored to its second), when the runtime's clock is
+    /// the system's.
+    fn fresh_until(&self, token: &AccessToken, now: u64, started: Instant) -> Option<Deadline> {
         let expiring = token.expires_on.saturating_sub(self.expiry_buffer_secs);
-        match token.refresh_on {
+        let until = match token.refresh_on {
             Some(r) => expiring.min(self.refresh_point(token, r)),
             None => expiring,
+        };
+        match self.wall {
+            Some(_) => {
+                let left = until.saturating_sub(now).saturating_sub(1);
+                started
+                    .checked_add(Duration::from_secs(left))
+                    .map(Deadline::Monotonic)
+            }
+            None => Some(Deadline::UnixSeconds(until)),
         }
     }
 
@@ -869,36 +880,22 @@ impl Engine {
     }
 }
 
-/// What [`Engine::acquire`] returns: a cache hit, ready; or the miss path, to await.
+/// What [`Engine::acquire`] returns: a cache hit (or a refused request), done; or the miss
+/// path, to await.
 pub(crate) enum Acquire {
-    Ready(Option<Result<AuthenticationResult>>),
+    Ready(Result<AuthenticationResult>),
     Pending(BoxFuture<'static, Result<AuthenticationResult>>),
 }
 
 impl Acquire {
+    #[inline]
     fn ready(result: AuthenticationResult) -> Self {
-        Acquire::Ready(Some(Ok(result)))
+        Acquire::Ready(Ok(result))
     }
 
     /// A request refused before it reached the pipeline (bad arguments).
     pub(crate) fn failed(error: Error) -> Self {
-        Acquire::Ready(Some(Err(error)))
-    }
-}
-
-impl Future for Acquire {
-    type Output = Result<AuthenticationResult>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Acquire::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
-                Err(Error::configuration(
-                    "a token request was polled after it completed",
-                ))
-            })),
-            Acquire::Pending(fetch) => fetch.as_mut().poll(cx),
-        }
+        Acquire::Ready(Err(error))
     }
 }
 

@@ -10,6 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
+
 use super::confidential::AcquireTokenForClient;
 use super::engine::Acquire;
 use super::managed_identity::AcquireTokenForManagedIdentity;
@@ -20,47 +22,54 @@ use crate::result::AuthenticationResult;
 /// A token request in progress: await it (`.await` on a request does the same).
 #[must_use = "a request does nothing until awaited"]
 pub struct TokenFuture<'a> {
-    state: State<'a>,
+    /// The request, until the first poll starts it.
+    request: Option<Request<'a>>,
+    /// The miss path, once started.
+    running: Option<BoxFuture<'static, Result<AuthenticationResult>>>,
 }
 
-enum State<'a> {
+enum Request<'a> {
     ForClient(AcquireTokenForClient<'a>),
     OnBehalfOf(AcquireTokenOnBehalfOf<'a>),
     Silent(AcquireTokenSilent<'a>),
     ManagedIdentity(AcquireTokenForManagedIdentity<'a>),
-    Running(Acquire),
-    Done,
+}
+
+impl<'a> From<Request<'a>> for TokenFuture<'a> {
+    #[inline]
+    fn from(request: Request<'a>) -> Self {
+        TokenFuture {
+            request: Some(request),
+            running: None,
+        }
+    }
 }
 
 impl<'a> From<AcquireTokenForClient<'a>> for TokenFuture<'a> {
+    #[inline]
     fn from(request: AcquireTokenForClient<'a>) -> Self {
-        TokenFuture {
-            state: State::ForClient(request),
-        }
+        Request::ForClient(request).into()
     }
 }
 
 impl<'a> From<AcquireTokenOnBehalfOf<'a>> for TokenFuture<'a> {
+    #[inline]
     fn from(request: AcquireTokenOnBehalfOf<'a>) -> Self {
-        TokenFuture {
-            state: State::OnBehalfOf(request),
-        }
+        Request::OnBehalfOf(request).into()
     }
 }
 
 impl<'a> From<AcquireTokenSilent<'a>> for TokenFuture<'a> {
+    #[inline]
     fn from(request: AcquireTokenSilent<'a>) -> Self {
-        TokenFuture {
-            state: State::Silent(request),
-        }
+        Request::Silent(request).into()
     }
 }
 
 impl<'a> From<AcquireTokenForManagedIdentity<'a>> for TokenFuture<'a> {
+    #[inline]
     fn from(request: AcquireTokenForManagedIdentity<'a>) -> Self {
-        TokenFuture {
-            state: State::ManagedIdentity(request),
-        }
+        Request::ManagedIdentity(request).into()
     }
 }
 
@@ -70,33 +79,33 @@ impl Future for TokenFuture<'_> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let State::Running(acquire) = &mut this.state {
-            let poll = Pin::new(acquire).poll(cx);
+        if let Some(running) = &mut this.running {
+            let poll = running.as_mut().poll(cx);
             if poll.is_ready() {
-                this.state = State::Done;
+                this.running = None;
             }
             return poll;
         }
-        let mut acquire = match std::mem::replace(&mut this.state, State::Done) {
-            State::ForClient(request) => request.start(),
-            State::OnBehalfOf(request) => request.start(),
-            State::Silent(request) => request.start(),
-            State::ManagedIdentity(request) => request.start(),
-            State::Running(_) | State::Done => {
+        let started = match this.request.take() {
+            Some(Request::ForClient(request)) => request.start(),
+            Some(Request::OnBehalfOf(request)) => request.start(),
+            Some(Request::Silent(request)) => request.start(),
+            Some(Request::ManagedIdentity(request)) => request.start(),
+            None => {
                 return Poll::Ready(Err(Error::configuration(
                     "a token request was polled after it completed",
                 )));
             }
         };
-        if let Acquire::Ready(result) = &mut acquire
-            && let Some(result) = result.take()
-        {
-            return Poll::Ready(result);
+        match started {
+            Acquire::Ready(result) => Poll::Ready(result),
+            Acquire::Pending(mut running) => {
+                let poll = running.as_mut().poll(cx);
+                if poll.is_pending() {
+                    this.running = Some(running);
+                }
+                poll
+            }
         }
-        let poll = Pin::new(&mut acquire).poll(cx);
-        if poll.is_pending() {
-            this.state = State::Running(acquire);
-        }
-        poll
     }
 }

@@ -16,9 +16,15 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use crate::cache::AccessToken;
+use crate::result::{
+    AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
+};
+use crate::runtime::from_unix_seconds;
 use crate::scopes::ScopeSet;
+use crate::telemetry;
 
 /// Slots per thread: enough for the hot keys of a service, small enough to scan never.
 const SLOTS: usize = 64;
@@ -40,14 +46,59 @@ struct Slot {
     /// L1 write stripe of the partition, and its generation when the copy was made.
     stripe: usize,
     generation: u64,
-    /// The first Unix second at which the token is no longer fresh for this node.
-    fresh_until: u64,
+    /// When the token stops being fresh for this node.
+    fresh_until: Deadline,
     /// This thread's own copy of the cached entry.
     token: Arc<AccessToken>,
+    /// Its `refresh_on` as the result reports it, converted once.
+    refresh_on: Option<SystemTime>,
+}
+
+/// Hits served from copies are counted in batches: the metrics facade costs as much as the
+/// rest of such a hit. A thread's count reaches the recorder every [`COUNT_BATCH`] hits, at
+/// its next miss, and at `flush()`.
+const COUNT_BATCH: u64 = 64;
+
+struct Front {
+    slots: [Option<Slot>; SLOTS],
+    uncounted_hits: u64,
 }
 
 thread_local! {
-    static FRONT: RefCell<[Option<Slot>; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+    static FRONT: RefCell<Front> = const {
+        RefCell::new(Front { slots: [const { None }; SLOTS], uncounted_hits: 0 })
+    };
+}
+
+/// Report this thread's hits not yet counted.
+pub(crate) fn count_hits() {
+    let _ = FRONT.try_with(|front| {
+        if let Ok(mut front) = front.try_borrow_mut()
+            && front.uncounted_hits > 0
+        {
+            telemetry::cache_hits_l1(std::mem::take(&mut front.uncounted_hits));
+        }
+    });
+}
+
+/// A moment on the clock the engine reads: the monotonic clock when the runtime's clock is the
+/// system's (one cheap read, no conversion), else the runtime's own clock in Unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Deadline {
+    Monotonic(Instant),
+    UnixSeconds(u64),
+}
+
+impl Deadline {
+    /// `now` is before `self` (on the same clock; different clocks never compare as before).
+    #[inline]
+    fn is_after(self, now: Deadline) -> bool {
+        match (now, self) {
+            (Deadline::Monotonic(now), Deadline::Monotonic(until)) => now < until,
+            (Deadline::UnixSeconds(now), Deadline::UnixSeconds(until)) => now < until,
+            _ => false,
+        }
+    }
 }
 
 #[inline]
@@ -63,19 +114,36 @@ fn index(engine: u64, key: &HotKey<'_>) -> usize {
 pub(crate) fn get(
     engine: u64,
     key: &HotKey<'_>,
-    now: u64,
+    now: Deadline,
     generation: impl FnOnce(usize) -> u64,
-) -> Option<Arc<AccessToken>> {
+) -> Option<AuthenticationResult> {
     FRONT
         .try_with(|front| {
-            let front = front.try_borrow().ok()?;
-            let slot = front[index(engine, key)].as_ref()?;
-            (slot.engine == engine
+            let mut front = front.try_borrow_mut().ok()?;
+            let front = &mut *front;
+            let slot = front.slots[index(engine, key)].as_ref()?;
+            if !(slot.engine == engine
                 && slot.variant == key.variant
                 && slot.scopes.same_as(key.scopes)
-                && now < slot.fresh_until
+                && slot.fresh_until.is_after(now)
                 && generation(slot.stripe) == slot.generation)
-                .then(|| Arc::clone(&slot.token))
+            {
+                return None;
+            }
+            front.uncounted_hits += 1;
+            if front.uncounted_hits >= COUNT_BATCH {
+                telemetry::cache_hits_l1(std::mem::take(&mut front.uncounted_hits));
+            }
+            // Durations are not measured for these hits (see `AuthenticationResultMetadata`).
+            let mut metadata = AuthenticationResultMetadata::new(
+                TokenSource::CacheL1,
+                CacheRefreshReason::NotApplicable,
+            );
+            metadata.refresh_on = slot.refresh_on;
+            Some(AuthenticationResult::from_parts(
+                Arc::clone(&slot.token),
+                metadata,
+            ))
         })
         .ok()
         .flatten()
@@ -89,12 +157,12 @@ pub(crate) fn put(
     key: &HotKey<'_>,
     stripe: usize,
     generation: u64,
-    fresh_until: u64,
+    fresh_until: Deadline,
     token: &AccessToken,
 ) {
     let _ = FRONT.try_with(|front| {
         if let Ok(mut front) = front.try_borrow_mut() {
-            front[index(engine, key)] = Some(Slot {
+            front.slots[index(engine, key)] = Some(Slot {
                 engine,
                 variant: key.variant,
                 scopes: key.scopes.clone(),
@@ -102,6 +170,7 @@ pub(crate) fn put(
                 generation,
                 fresh_until,
                 token: Arc::new(token.clone()),
+                refresh_on: token.refresh_on.map(from_unix_seconds),
             });
         }
     });

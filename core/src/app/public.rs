@@ -66,7 +66,7 @@ impl PublicClientApplication {
     pub fn acquire_token_silent<'a>(
         &'a self,
         scopes: impl IntoScopeSet<'a>,
-        account: &Account,
+        account: &'a Account,
     ) -> AcquireTokenSilent<'a> {
         AcquireTokenSilent::new(&self.core, scopes, account, FlowKind::PublicSilent)
     }

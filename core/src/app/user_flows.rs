@@ -210,7 +210,7 @@ impl<'a> IntoFuture for AcquireTokenOnBehalfOf<'a> {
 pub struct AcquireTokenSilent<'a> {
     core: &'a ClientCore,
     scopes: Scopes<'a>,
-    account: Account,
+    account: &'a Account,
     force_refresh: bool,
     flow: FlowKind,
 }
@@ -228,13 +228,13 @@ impl<'a> AcquireTokenSilent<'a> {
     pub(crate) fn new(
         core: &'a ClientCore,
         scopes: impl IntoScopeSet<'a>,
-        account: &Account,
+        account: &'a Account,
         flow: FlowKind,
     ) -> Self {
         AcquireTokenSilent {
             core,
             scopes: scopes.into_scopes(&core.engine.scopes),
-            account: account.clone(),
+            account,
             force_refresh: false,
             flow,
         }
