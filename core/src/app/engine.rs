@@ -833,11 +833,12 @@ impl Future for Acquire {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Acquire::Ready(result) => Poll::Ready(
-                result
-                    .take()
-                    .expect("an acquisition polled after it completed"),
-            ),
+            // Polled again after it completed (a caller's bug): an error, not a panic.
+            Acquire::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
+                Err(Error::Configuration(
+                    "an acquisition was polled after it completed".into(),
+                ))
+            })),
             Acquire::Pending(fetch) => fetch.as_mut().poll(cx),
         }
     }
