@@ -1,4 +1,5 @@
 //! When and how long to wait before repeating a failed token request.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ impl RetryPolicy {
             .saturating_mul(2u32.saturating_pow(retry))
             .min(self.max_delay);
         let backoff = if self.jitter && !backoff.is_zero() {
-            let nanos = backoff.as_nanos() as u64;
+            let nanos = u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX);
             Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
         } else {
             backoff
