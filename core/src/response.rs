@@ -306,6 +306,23 @@ mod tests {
                 r#"{"access_token":"x","expires_in":1e99}"#,
                 "`expires_in` is not",
             ),
+            // Issue 14: every lifetime takes the one ten-year cap.
+            (
+                r#"{"access_token":"x","expires_in":18446744073709551615}"#,
+                "`expires_in` is implausibly large",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":"315360001"}"#,
+                "`expires_in` is implausibly large",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":1,"ext_expires_in":"18446744073709551615"}"#,
+                "`ext_expires_in` is implausibly large",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":1,"refresh_in":315360001}"#,
+                "`refresh_in` is implausibly large",
+            ),
         ];
         for (body, expected) in cases {
             let got = reason(parse_token_response(&response(200, body), 1024, now).unwrap_err());

@@ -7,6 +7,9 @@ use rand::Rng;
 
 use crate::error::Error;
 
+/// The longest `Retry-After` waited for in-line unless a policy says otherwise.
+pub(crate) const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Retry rules for token requests.
 ///
 /// The default is MSAL.NET's: one retry after a 5xx, a timeout or a connection error, 1 s later
@@ -33,7 +36,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(8),
             jitter: false,
-            max_retry_after: Duration::from_secs(5),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         }
     }
 }
