@@ -577,6 +577,72 @@ mod tests {
         ));
     }
 
+    /// Issue 14: an entry's payload cut anywhere or hit by noise, sealed or plain, is an error
+    /// (the header is parsed without indexing); absurd times in an entry saturate at the
+    /// stores' bound on the way out, never overflow.
+    #[test]
+    fn entries_never_panic_and_absurd_times_saturate() {
+        use crate::runtime::{from_unix_seconds, unix_seconds};
+        use crate::store::MAX_STORE_SECONDS;
+        let mut token = AccessToken::new(
+            "login.example",
+            "client",
+            "t",
+            ScopeSet::parse("api://x/.default"),
+            "Bearer",
+            TokenSecret::new("s"),
+            u64::MAX,
+            u64::MAX,
+        );
+        token.extended_expires_on = u64::MAX;
+        token.refresh_on = Some(u64::MAX);
+        let partition = Partition::from_access_tokens([token]);
+        let mut rng = rand::rng();
+        for codec in [
+            BlobCodec::plain(),
+            BlobCodec::sealed(KeyRing::new("k1", [7; 32])),
+        ] {
+            let stored = codec.encode_partition(&key(), &partition);
+            let [entry] = stored.as_slice() else {
+                panic!("one entry: {stored:?}")
+            };
+            assert_eq!(entry.written_at(), MAX_STORE_SECONDS);
+            assert_eq!(entry.expires_at(), MAX_STORE_SECONDS);
+            let held = StoredPartition {
+                entries: stored.clone(),
+                ..StoredPartition::default()
+            };
+            let back = codec.decode_partition(&key(), &held, 1_000).unwrap();
+            let token = back.access_tokens().next().unwrap();
+            assert_eq!(
+                unix_seconds(from_unix_seconds(token.expires_on)),
+                MAX_STORE_SECONDS
+            );
+            assert!(token.refresh_gate.jittered(u64::MAX, u64::MAX) > 0);
+
+            let with_payload = |payload: Bytes| {
+                StoreEntry::new(
+                    entry.id(),
+                    entry.written_at(),
+                    entry.expires_at(),
+                    false,
+                    payload,
+                )
+            };
+            let payload = entry.payload();
+            for cut in 0..payload.len() {
+                let cut_entry = with_payload(payload.slice(..cut));
+                assert!(codec.decode_entry(&key(), &cut_entry).is_err(), "cut {cut}");
+            }
+            for _ in 0..2_000 {
+                let mut noisy = payload.to_vec();
+                let i = rng.random_range(0..noisy.len());
+                noisy[i] = rng.random();
+                let _ = codec.decode_entry(&key(), &with_payload(Bytes::from(noisy)));
+            }
+        }
+    }
+
     fn user_partition() -> Partition {
         let mut token = AccessToken::new(
             "login.example",
