@@ -192,6 +192,46 @@ impl tokenwell_cache_redis::RedisCredentialProvider for Counting {
     }
 }
 
+/// The rig's clock, counting the polls of its sleeps that found them not yet due: a count that
+/// grows after the clock moved says the sleeper looked at the new time and slept on.
+#[derive(Clone)]
+struct ObservedClock {
+    clock: tokenwell_core::ManualClock,
+    not_due: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ObservedClock {
+    fn not_due(&self) -> usize {
+        self.not_due.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl tokenwell_core::Runtime for ObservedClock {
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        let mut sleep = self.clock.sleep(duration);
+        let not_due = Arc::clone(&self.not_due);
+        Box::pin(std::future::poll_fn(move |cx| {
+            let poll = sleep.as_mut().poll(cx);
+            if poll.is_pending() {
+                not_due.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            poll
+        }))
+    }
+
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        self.clock.spawn(task)
+    }
+
+    fn io_timeout(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.clock.io_timeout(duration)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
     use std::sync::atomic::Ordering;
@@ -204,9 +244,13 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
         clock: rig.clock.clone(),
         calls: Default::default(),
     });
+    let clock = ObservedClock {
+        clock: rig.clock.clone(),
+        not_due: Arc::default(),
+    };
     let store = RedisStore::builder()
         .url(rig.server.url())
-        .token_auth(TokenAuth::from_arc(provider.clone()).runtime(Arc::new(rig.clock.clone())))
+        .token_auth(TokenAuth::from_arc(provider.clone()).runtime(Arc::new(clock.clone())))
         .build()
         .unwrap();
     eventually(WAIT, "the first fetch", || async {
@@ -214,10 +258,20 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
     })
     .await;
     assert!(store.load(&key("lifetime")).await.unwrap().is_empty());
+    eventually(WAIT, "the renewal loop sleeps on the clock", || async {
+        clock.not_due() > 0
+    })
+    .await;
 
     // 80 % of 60 s: nothing at 47 s, a renewal at 48 s.
+    let before = clock.not_due();
     rig.clock.advance(Duration::from_secs(47));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(
+        WAIT,
+        "the renewal loop looks at 47 s and sleeps on",
+        || async { clock.not_due() > before },
+    )
+    .await;
     assert_eq!(provider.calls.load(Ordering::SeqCst), 1);
     rig.clock.advance(Duration::from_secs(1));
     eventually(WAIT, "the renewal at 80 %", || async {
@@ -225,10 +279,13 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
     })
     .await;
 
+    // The loop holds the provider: once only the test does, the loop has ended.
     drop(store);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(WAIT, "the renewal loop ends with the store", || async {
+        Arc::strong_count(&provider) == 1
+    })
+    .await;
     rig.clock.advance(Duration::from_secs(3600));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         provider.calls.load(Ordering::SeqCst),
         2,
