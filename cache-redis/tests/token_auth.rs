@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use support::idp::{AuthRig, Fixed, RotatingAcl, allow_only, clients_of, login_works};
+use support::idp::{
+    AuthRig, Fixed, ObservedClock, RotatingAcl, allow_only, clients_of, login_works,
+};
 use support::{entry, eventually, payload_of, write_of};
 use tokenwell_cache_redis::{RedisCredentials, RedisStore, TokenAuth};
 use tokenwell_core::cache::PartitionKey;
@@ -192,46 +194,6 @@ impl tokenwell_cache_redis::RedisCredentialProvider for Counting {
     }
 }
 
-/// The rig's clock, counting the polls of its sleeps that found them not yet due: a count that
-/// grows after the clock moved says the sleeper looked at the new time and slept on.
-#[derive(Clone)]
-struct ObservedClock {
-    clock: tokenwell_core::ManualClock,
-    not_due: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl ObservedClock {
-    fn not_due(&self) -> usize {
-        self.not_due.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl tokenwell_core::Runtime for ObservedClock {
-    fn now(&self) -> SystemTime {
-        self.clock.now()
-    }
-
-    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
-        let mut sleep = self.clock.sleep(duration);
-        let not_due = Arc::clone(&self.not_due);
-        Box::pin(std::future::poll_fn(move |cx| {
-            let poll = sleep.as_mut().poll(cx);
-            if poll.is_pending() {
-                not_due.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            poll
-        }))
-    }
-
-    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
-        self.clock.spawn(task)
-    }
-
-    fn io_timeout(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
-        self.clock.io_timeout(duration)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
     use std::sync::atomic::Ordering;
@@ -244,10 +206,7 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
         clock: rig.clock.clone(),
         calls: Default::default(),
     });
-    let clock = ObservedClock {
-        clock: rig.clock.clone(),
-        not_due: Arc::default(),
-    };
+    let clock = ObservedClock::new(rig.clock.clone());
     let store = RedisStore::builder()
         .url(rig.server.url())
         .token_auth(TokenAuth::from_arc(provider.clone()).runtime(Arc::new(clock.clone())))
