@@ -16,6 +16,7 @@
 //! assert_eq!(l1.partition_count(), 0);
 //! ```
 #![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod store;
 

@@ -106,7 +106,10 @@ impl RedisCredentials {
         }
         let start = self.issued_at.unwrap_or(received).min(self.expires_on);
         let lifetime = self.expires_on.duration_since(start).unwrap_or_default();
-        start + lifetime.mul_f64(ratio)
+        // At most `expires_on` (the ratio is below 1): never past what a `SystemTime` holds.
+        start
+            .checked_add(lifetime.mul_f64(ratio))
+            .unwrap_or(self.expires_on)
     }
 
     fn same_as(&self, other: &RedisCredentials) -> bool {

@@ -10,6 +10,7 @@
 //! extends the key's TTL. Leases are plain keys
 //! `<prefix>lease:<partition>` holding a random token. Every script touches a single key, so
 //! everything works on a cluster without hash tags.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::fmt;
 use std::future::Future;
@@ -669,7 +670,7 @@ fn encode_value(entry: &StoreEntry) -> Vec<u8> {
         entry.expires_at(),
         u8::from(entry.is_tombstone())
     );
-    let mut value = Vec::with_capacity(header.len() + entry.payload().len());
+    let mut value = Vec::with_capacity(header.len().saturating_add(entry.payload().len()));
     value.extend_from_slice(header.as_bytes());
     value.extend_from_slice(entry.payload());
     value
@@ -681,9 +682,10 @@ fn parse_time(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let value = digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let value = digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?
+            .checked_add(u64::from(d.checked_sub(b'0')?))
+    })?;
     (value <= MAX_STORE_SECONDS).then_some(value)
 }
 
@@ -699,7 +701,8 @@ fn parse_entry(field: &[u8], value: Vec<u8>) -> Option<StoreEntry> {
         _ => return None,
     };
     let payload = parts.next()?;
-    let header = value.len() - payload.len();
+    // `payload` is the tail of `value`.
+    let header = value.len().saturating_sub(payload.len());
     let payload = Bytes::from(value).slice(header..);
     Some(StoreEntry::new(
         id, written_at, expires_at, tombstone, payload,
@@ -737,7 +740,11 @@ fn raw_name(field: &[u8]) -> String {
     match std::str::from_utf8(field) {
         Ok(name) if !name.starts_with(RAW_NAME_HEX_PREFIX) => name.to_owned(),
         _ => {
-            let mut name = String::with_capacity(RAW_NAME_HEX_PREFIX.len() + 2 * field.len());
+            let mut name = String::with_capacity(
+                RAW_NAME_HEX_PREFIX
+                    .len()
+                    .saturating_add(field.len().saturating_mul(2)),
+            );
             name.push_str(RAW_NAME_HEX_PREFIX);
             for byte in field {
                 name.push_str(&format!("{byte:02x}"));
@@ -754,15 +761,20 @@ fn field_of_raw_name(name: &str) -> Vec<u8> {
         return name.as_bytes().to_vec();
     };
     let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'0'..=b'9' => c.checked_sub(b'0'),
+        b'a'..=b'f' => c.checked_sub(b'a' - 10),
         _ => None,
     };
-    let decoded: Option<Vec<u8>> = (hex.len() % 2 == 0)
+    let decoded: Option<Vec<u8>> = hex
+        .len()
+        .is_multiple_of(2)
         .then(|| {
             hex.as_bytes()
-                .chunks(2)
-                .map(|pair| Some((digit(pair[0])? << 4) | digit(pair[1])?))
+                .chunks_exact(2)
+                .map(|pair| match *pair {
+                    [high, low] => Some((digit(high)? << 4) | digit(low)?),
+                    _ => None,
+                })
                 .collect()
         })
         .flatten();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use support::idp::{AuthRig, Fixed, RotatingAcl, allow_only, clients_of, login_works};
+use support::idp::{
+    AuthRig, Fixed, ObservedClock, RotatingAcl, allow_only, clients_of, login_works,
+};
 use support::{entry, eventually, payload_of, write_of};
 use tokenwell_cache_redis::{RedisCredentials, RedisStore, TokenAuth};
 use tokenwell_core::cache::PartitionKey;
@@ -204,9 +206,10 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
         clock: rig.clock.clone(),
         calls: Default::default(),
     });
+    let clock = ObservedClock::new(rig.clock.clone());
     let store = RedisStore::builder()
         .url(rig.server.url())
-        .token_auth(TokenAuth::from_arc(provider.clone()).runtime(Arc::new(rig.clock.clone())))
+        .token_auth(TokenAuth::from_arc(provider.clone()).runtime(Arc::new(clock.clone())))
         .build()
         .unwrap();
     eventually(WAIT, "the first fetch", || async {
@@ -214,10 +217,20 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
     })
     .await;
     assert!(store.load(&key("lifetime")).await.unwrap().is_empty());
+    eventually(WAIT, "the renewal loop sleeps on the clock", || async {
+        clock.not_due() > 0
+    })
+    .await;
 
     // 80 % of 60 s: nothing at 47 s, a renewal at 48 s.
+    let before = clock.not_due();
     rig.clock.advance(Duration::from_secs(47));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(
+        WAIT,
+        "the renewal loop looks at 47 s and sleeps on",
+        || async { clock.not_due() > before },
+    )
+    .await;
     assert_eq!(provider.calls.load(Ordering::SeqCst), 1);
     rig.clock.advance(Duration::from_secs(1));
     eventually(WAIT, "the renewal at 80 %", || async {
@@ -225,10 +238,13 @@ async fn renewal_follows_the_lifetime_and_stops_with_the_store() {
     })
     .await;
 
+    // The loop holds the provider: once only the test does, the loop has ended.
     drop(store);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(WAIT, "the renewal loop ends with the store", || async {
+        Arc::strong_count(&provider) == 1
+    })
+    .await;
     rig.clock.advance(Duration::from_secs(3600));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         provider.calls.load(Ordering::SeqCst),
         2,

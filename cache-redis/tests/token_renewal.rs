@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use parking_lot::Mutex;
-use support::idp::{AuthRig, RotatingAcl, clients_of};
+use support::idp::{AuthRig, ObservedClock, RotatingAcl, clients_of};
 use support::{entry, eventually, write_of};
 use tokenwell_cache_redis::{RedisStore, RenewalFailure, TokenAuth, telemetry};
 use tokenwell_core::TokenStore;
@@ -57,6 +57,7 @@ async fn failed_renewal_keeps_the_connection_retries_and_reports() {
 
     // No refresh_in: renewal at 80 % of the hour.
     let rig = AuthRig::start(TokenLifetimes::new(3600)).await;
+    let clock = ObservedClock::new(rig.clock.clone());
     let provider = Arc::new(RotatingAcl::new(rig.app.clone(), &rig.server));
     let failures: Arc<Mutex<Vec<RenewalFailure>>> = Arc::default();
     let seen = Arc::clone(&failures);
@@ -64,7 +65,7 @@ async fn failed_renewal_keeps_the_connection_retries_and_reports() {
         .url(rig.server.url())
         .token_auth(
             TokenAuth::from_arc(provider.clone())
-                .runtime(Arc::new(rig.clock.clone()))
+                .runtime(Arc::new(clock.clone()))
                 .on_renewal_failure(move |failure| seen.lock().push(failure.clone())),
         )
         .build()
@@ -86,13 +87,21 @@ async fn failed_renewal_keeps_the_connection_retries_and_reports() {
     // The identity provider goes down just before the renewal is due.
     rig.emulator.set_outage(Some(Fault::unavailable()));
     rig.clock.advance(Duration::from_secs(2881));
-    // Back-off 1, 2, 4, 8 s on the store's clock; move it a second at a time.
+    // Back-off 1, 2, 4, 8 s on the store's clock; move it a second at a time, each time once
+    // the renewal loop looked at the moved clock and sleeps again (after a failed attempt, if
+    // one was due), so the clock never runs ahead of the loop.
     for _ in 0..200 {
         if failures.lock().len() >= 5 {
             break;
         }
+        let before = clock.not_due();
         rig.clock.advance(Duration::from_secs(1));
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        eventually(
+            Duration::from_secs(10),
+            "the renewal loop sleeps again",
+            || async { clock.not_due() > before },
+        )
+        .await;
         assert!(
             !store.load(&k).await.unwrap().is_empty(),
             "the connection keeps working while renewal fails"

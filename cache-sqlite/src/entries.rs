@@ -8,6 +8,7 @@
 //! 1 and its payload is a BLOB. [`load`] lists the other rows as unreadable instead of
 //! failing; an UPSERT replaces such a row and [`Repair::Unparseable`] deletes it, both checked
 //! with `typeof` in SQL so a row fixed meanwhile is kept.
+#![deny(clippy::arithmetic_side_effects)]
 
 use bytes::Bytes;
 use rusqlite::types::ValueRef;
@@ -303,19 +304,19 @@ pub(crate) fn purge_step(
         let deleted = conn
             .prepare_cached(PRUNE_PARTITION)?
             .execute(params![partition, now, budget])?;
-        budget -= i64::try_from(deleted).unwrap_or(budget);
+        budget = budget.saturating_sub(i64::try_from(deleted).unwrap_or(i64::MAX));
         if budget <= 0 {
             // This partition may hold more: the next step starts with it again.
             break;
         }
         *cursor = partition;
     }
-    let entries = usize::try_from(PRUNE_BATCH - budget).unwrap_or(0);
+    let entries = usize::try_from(PRUNE_BATCH.saturating_sub(budget)).unwrap_or(0);
     let legacy = conn
         .prepare_cached(PURGE_LEGACY)?
         .execute(params![now, PRUNE_BATCH])?;
     let more = !wrapped || budget <= 0 || i64::try_from(legacy).unwrap_or(0) >= PRUNE_BATCH;
-    Ok((entries + legacy, more))
+    Ok((entries.saturating_add(legacy), more))
 }
 
 /// Store times are at most 2^53 - 1 (`StoreEntry::new` clamps), so this never saturates for

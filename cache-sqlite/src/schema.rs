@@ -83,7 +83,18 @@ pub(crate) fn migrate_to(
         ))
         .map_err(|e| ctx.sqlite(e))?;
     }
-    for migration in &MIGRATIONS[current as usize..target as usize] {
+    // `current` was read from the file; `target` comes from this build or its tests.
+    let pending = usize::try_from(current)
+        .ok()
+        .zip(usize::try_from(target).ok())
+        .and_then(|(from, to)| MIGRATIONS.get(from..to))
+        .ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Configuration,
+                format!("no migration from schema version {current} to {target}"),
+            )
+        })?;
+    for migration in pending {
         tx.execute_batch(migration).map_err(|e| ctx.sqlite(e))?;
     }
     tx.execute("UPDATE schema_version SET version = ?1", [target])

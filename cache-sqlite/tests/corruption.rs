@@ -243,6 +243,9 @@ async fn every_kind_of_bad_row_at_once_never_fails_load() {
         "NULL, NULL, NULL, NULL",
         "1, 9999999999, 0, 42",
         "x'01', 9999999999, 0, x'00'",
+        // Issue 14: times past the bound every store holds exactly (2^53 - 1).
+        "9007199254740992, 9999999999, 0, x'00'",
+        "1, 9223372036854775807, 0, x'00'",
     ];
     for (n, values) in values.iter().enumerate() {
         conn.execute(

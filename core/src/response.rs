@@ -1,5 +1,6 @@
 //! Strict parsing of identity-provider answers: a token response is either fully valid or a
 //! typed error that says what was wrong, never a panic and never a half-filled cache entry.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::time::{Duration, SystemTime};
 
@@ -156,8 +157,13 @@ fn parse_object(status: u16, body: &Bytes) -> Result<Map<String, Value>> {
     }
 }
 
-/// A lifetime in seconds: a JSON integer, or a string of digits (some endpoints send those).
-fn seconds_field(status: u16, object: &Map<String, Value>, name: &str) -> Result<Option<u64>> {
+/// A lifetime in seconds: a JSON integer, or a string of digits (some endpoints send those),
+/// at most the one lifetime cap of every flow (ten years).
+pub(crate) fn seconds_field(
+    status: u16,
+    object: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<u64>> {
     let value = match object.get(name) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_u64(),
@@ -299,6 +305,23 @@ mod tests {
             (
                 r#"{"access_token":"x","expires_in":1e99}"#,
                 "`expires_in` is not",
+            ),
+            // Issue 14: every lifetime takes the one ten-year cap.
+            (
+                r#"{"access_token":"x","expires_in":18446744073709551615}"#,
+                "`expires_in` is implausibly large",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":"315360001"}"#,
+                "`expires_in` is implausibly large",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":1,"ext_expires_in":"18446744073709551615"}"#,
+                "`ext_expires_in` is implausibly large",
+            ),
+            (
+                r#"{"access_token":"x","expires_in":1,"refresh_in":315360001}"#,
+                "`refresh_in` is implausibly large",
             ),
         ];
         for (body, expected) in cases {

@@ -1,10 +1,14 @@
 //! When and how long to wait before repeating a failed token request.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::time::Duration;
 
 use rand::Rng;
 
 use crate::error::Error;
+
+/// The longest `Retry-After` waited for in-line unless a policy says otherwise.
+pub(crate) const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Retry rules for token requests.
 ///
@@ -32,7 +36,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(8),
             jitter: false,
-            max_retry_after: Duration::from_secs(5),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         }
     }
 }
@@ -68,7 +72,7 @@ impl RetryPolicy {
             .saturating_mul(2u32.saturating_pow(retry))
             .min(self.max_delay);
         let backoff = if self.jitter && !backoff.is_zero() {
-            let nanos = backoff.as_nanos() as u64;
+            let nanos = u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX);
             Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
         } else {
             backoff

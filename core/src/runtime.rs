@@ -1,5 +1,6 @@
 //! The runtime seam: every clock read, sleep and spawn in core goes through [`Runtime`], so core
 //! runs on any executor and tests can move time by hours in a microsecond.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -160,8 +161,7 @@ impl ManualClock {
     pub fn starting_at(inner: Arc<dyn Runtime>, start: SystemTime) -> Self {
         let nanos = start
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         ManualClock {
             inner,
             nanos_since_epoch: Arc::new(AtomicU64::new(nanos)),
@@ -178,8 +178,13 @@ impl ManualClock {
 
     /// Move the clock forward (and wake sleepers whose deadline passed).
     pub fn advance(&self, by: Duration) {
-        self.nanos_since_epoch
-            .fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        // Saturating: a test may move the clock by an absurd duration from a server's answer.
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .nanos_since_epoch
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |nanos| {
+                Some(nanos.saturating_add(by))
+            });
         self.wake_sleepers();
     }
 
@@ -194,8 +199,7 @@ impl ManualClock {
     pub fn set(&self, time: SystemTime) {
         let nanos = time
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         self.nanos_since_epoch.store(nanos, Ordering::SeqCst);
         self.wake_sleepers();
     }
@@ -204,19 +208,21 @@ impl ManualClock {
 /// A sleep on a [`ManualClock`] that waits for the clock to pass its deadline.
 struct ManualSleep {
     clock: ManualClock,
-    deadline: SystemTime,
+    /// `None`: past what the clock can reach, so only auto-advance ends it.
+    deadline: Option<SystemTime>,
 }
 
 impl Future for ManualSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.clock.now() >= self.deadline || self.clock.auto_advance.load(Ordering::SeqCst) {
+        let due = |clock: &ManualClock| self.deadline.is_some_and(|at| clock.now() >= at);
+        if due(&self.clock) || self.clock.auto_advance.load(Ordering::SeqCst) {
             return Poll::Ready(());
         }
         self.clock.sleepers.lock().push(cx.waker().clone());
         // Re-check: the clock may have moved between the test and the registration.
-        if self.clock.now() >= self.deadline {
+        if due(&self.clock) || self.clock.auto_advance.load(Ordering::SeqCst) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -234,7 +240,12 @@ impl std::fmt::Debug for ManualClock {
 
 impl Runtime for ManualClock {
     fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_nanos(self.nanos_since_epoch.load(Ordering::SeqCst))
+        // A u64 of nanoseconds (year 2554 at most) always fits a `SystemTime`.
+        UNIX_EPOCH
+            .checked_add(Duration::from_nanos(
+                self.nanos_since_epoch.load(Ordering::SeqCst),
+            ))
+            .unwrap_or(UNIX_EPOCH)
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
@@ -245,7 +256,7 @@ impl Runtime for ManualClock {
         }
         ManualSleep {
             clock: self.clone(),
-            deadline: self.now() + duration,
+            deadline: self.now().checked_add(duration),
         }
         .boxed()
     }
@@ -299,5 +310,41 @@ mod tests {
             assert_eq!(unix_seconds(time), crate::store::MAX_STORE_SECONDS);
         }
         assert_eq!(unix_seconds(from_unix_seconds(1_000)), 1_000);
+    }
+
+    /// A runtime whose sleeps complete at once (the manual clock only needs one to yield).
+    struct Immediate;
+
+    impl Runtime for Immediate {
+        fn now(&self) -> SystemTime {
+            UNIX_EPOCH
+        }
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::ready(()).boxed()
+        }
+        fn spawn(&self, _: BoxFuture<'static, ()>) {}
+    }
+
+    /// Issue 14: a test clock driven by durations from a server (a device-code `interval`, a
+    /// `Retry-After`) saturates instead of overflowing `SystemTime + Duration` or its counter.
+    #[test]
+    fn manual_clock_saturates_on_absurd_durations() {
+        let clock = ManualClock::starting_at(Arc::new(Immediate), from_unix_seconds(1_000));
+        clock.auto_advance(false);
+        let mut never = clock.sleep(Duration::MAX);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(never.as_mut().poll(&mut cx).is_pending());
+        let end = UNIX_EPOCH.checked_add(Duration::from_nanos(u64::MAX));
+        clock.advance(Duration::MAX);
+        assert!(
+            never.as_mut().poll(&mut cx).is_pending(),
+            "past the clock's end"
+        );
+        assert_eq!(Some(clock.now()), end, "advance saturates");
+        clock.auto_advance(true);
+        assert!(never.as_mut().poll(&mut cx).is_ready());
+        assert!(clock.sleep(Duration::MAX).as_mut().poll(&mut cx).is_ready());
+        assert_eq!(Some(clock.now()), end);
     }
 }

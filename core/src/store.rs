@@ -8,6 +8,7 @@
 //! tombstone flag); the payload is opaque, encoded and optionally sealed per entry by
 //! [`crate::cache::BlobCodec`]. Every store failure is a miss (reads) or a logged, counted loss
 //! (writes) for the engine — never a failed call. ADR 0006 says why.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 use std::sync::Arc;
@@ -48,13 +49,14 @@ impl EntryId {
             return None;
         }
         let digit = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'0'..=b'9' => c.checked_sub(b'0'),
+            b'a'..=b'f' => c.checked_sub(b'a' - 10),
             _ => None,
         };
         let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = (digit(text[2 * i])? << 4) | digit(text[2 * i + 1])?;
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            let [high, low] = *pair else { return None };
+            *byte = (digit(high)? << 4) | digit(low)?;
         }
         Some(EntryId(bytes))
     }

@@ -8,6 +8,7 @@
 //!
 //! A success for the key ends its window. State is bounded: expired windows are purged, and
 //! past `max_entries` the entries closest to expiry go first.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -143,7 +144,9 @@ impl Throttler {
         let slot = self.slot(key);
         match windows.get(&slot) {
             Some(w) if w.until_nanos > now => {
-                let remaining = Duration::from_nanos((w.until_nanos - now) as u64);
+                let remaining = Duration::from_nanos(
+                    u64::try_from(w.until_nanos.saturating_sub(now)).unwrap_or(u64::MAX),
+                );
                 crate::telemetry::throttled();
                 Err(Error::Throttled {
                     retry_after: remaining,
@@ -173,7 +176,7 @@ impl Throttler {
             return;
         }
         let now_nanos = nanos(now);
-        let until_nanos = now_nanos + window.as_nanos();
+        let until_nanos = now_nanos.saturating_add(window.as_nanos());
         let mut windows = self.windows.lock();
         if windows.len() >= self.policy.max_entries {
             windows.retain(|_, w| w.until_nanos > now_nanos);

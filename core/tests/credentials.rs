@@ -138,9 +138,10 @@ async fn certificate_rotated_on_disk_under_load_loses_no_call(t: Transport) {
     }
     // Rotate while the callers are busy: the IdP learns B, the files change (torn for a
     // moment), the IdP retires A — the order a careful operator follows.
-    while rig.cc_requests() < (CALLERS * 2) as u64 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    support::wait_until("the callers are busy", (CALLERS * 2) as u64, || {
+        rig.cc_requests()
+    })
+    .await;
     let thumb_b = rig
         .emulator
         .register_client_certificate(CLIENT_ID, fixtures::CERT_B_PEM)

@@ -21,6 +21,7 @@ over_each_transport!(
     imds_token_past_refresh_on_is_served_and_refreshed_in_background,
     imds_user_assigned_identities_by_each_id,
     imds_retries_5xx_with_backoff,
+    absurd_retry_after_fails_the_call_instead_of_parking_it,
     imds_missing_metadata_header_is_a_typed_error,
     app_service_first_call_then_cache,
     app_service_wrong_identity_header_is_a_typed_error,
@@ -163,6 +164,40 @@ async fn imds_retries_5xx_with_backoff(t: Transport) {
         tokenwell_core::runtime::unix_seconds(tokenwell_core::Runtime::now(&rig.clock)) - before,
         3
     );
+}
+
+/// Issue 14: managed identity honoured any `Retry-After` in-line, so an absurd one
+/// (`u64::MAX` seconds) parked the caller for ever on a real clock (and wrapped the manual
+/// clock's counter). It now follows the token endpoint's rule: longer than 5 s fails the call,
+/// and the throttling window refuses repeats; a short one is still waited for.
+async fn absurd_retry_after_fails_the_call_instead_of_parking_it(t: Transport) {
+    let rig = Rig::start(t).await;
+    let now = || tokenwell_core::runtime::unix_seconds(tokenwell_core::Runtime::now(&rig.clock));
+    let app = imds(&rig, ManagedIdentityId::SystemAssigned);
+    rig.emulator.push_fault(Fault::throttled(u64::MAX));
+    let before = now();
+    let err = app.acquire_token(RESOURCE).await.unwrap_err();
+    assert_eq!(err.idp_error().map(|e| e.status), Some(429), "{err:?}");
+    assert_eq!(rig.emulator.msi_requests(), 1, "not retried");
+    assert_eq!(now(), before, "nothing slept");
+    let refused = app.acquire_token(RESOURCE).await.unwrap_err();
+    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert_eq!(rig.emulator.msi_requests(), 1);
+
+    let app_service = rig
+        .mi_builder(ManagedIdentityId::SystemAssigned)
+        .app_service(
+            rig.emulator.app_service_endpoint(),
+            rig.emulator.app_service_identity_header(),
+        )
+        .build()
+        .unwrap();
+    rig.emulator.push_fault(Fault::throttled(3));
+    let before = now();
+    let result = app_service.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(result.metadata().retries, 1);
+    assert_eq!(rig.emulator.msi_requests(), 3);
+    assert_eq!(now() - before, 3, "a short Retry-After is waited for");
 }
 
 /// A transport that drops the `Metadata` header, as a misconfigured proxy would.

@@ -32,6 +32,7 @@ over_each_transport!(
     device_code_signs_in_then_silent,
     device_code_declined_is_typed,
     device_code_expired_is_typed,
+    device_code_absurd_lifetimes_are_typed_errors,
     device_code_slow_down_adds_five_seconds,
     device_code_is_cancelled_by_dropping_the_future,
     public_client_5xx_without_retry_after_throttles_60s,
@@ -417,6 +418,41 @@ async fn device_code_expired_is_typed(t: Transport) {
     let app = rig.public_app();
     let err = device_code_with(&app, |_| {}).await.unwrap_err();
     assert!(matches!(err, Error::DeviceCodeExpired), "{err:?}");
+}
+
+/// Issue 14: a device-code answer's `expires_in` and `interval` obey the one lifetime cap of
+/// every flow. `expires_in: u64::MAX` used to overflow the deadline (`now + expires_in`: a
+/// panic in debug builds, an at-once `DeviceCodeExpired` in release), and a huge `interval`
+/// overflowed `interval + 5 s` on `slow_down` (a panic in every build).
+async fn device_code_absurd_lifetimes_are_typed_errors(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.public_app();
+    for (expires_in, interval) in [(u64::MAX, 1), (900, u64::MAX), (315_360_001, 1)] {
+        rig.emulator.set_device_code_settings(DeviceCodeSettings {
+            expires_in,
+            interval,
+            enforce_interval: false,
+        });
+        let err = device_code_with(&app, |_| panic!("no code is shown for a broken answer"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::MalformedResponse { reason, .. } if reason.contains("implausibly large")),
+            "{expires_in}/{interval}: {err:?}"
+        );
+    }
+    // At the cap itself the flow runs as usual.
+    rig.emulator.set_device_code_settings(DeviceCodeSettings {
+        expires_in: 315_360_000,
+        interval: 1,
+        enforce_interval: false,
+    });
+    rig.emulator.push_fault(Fault::status(400, "slow_down"));
+    let result = device_code_with(&app, |code| {
+        assert!(rig.emulator.approve_device_code(&code, USER));
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
 }
 
 /// A clock that records every sleep (the device-code polling intervals).

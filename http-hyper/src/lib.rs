@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::error::Error as StdError;
 use std::io;
@@ -39,7 +40,9 @@ const MAX_PREALLOCATION: usize = 64 * 1024;
 /// Cloning is cheap and shares the connection pool.
 #[derive(Clone, Debug)]
 pub struct HyperTransport {
-    client: HyperClient,
+    /// The pooled client; or, from [`HyperTransport::new`] only, why the default TLS
+    /// configuration could not be built, reported by every [`HttpTransport::send`].
+    client: Result<HyperClient, Arc<io::Error>>,
 }
 
 impl HyperTransport {
@@ -48,10 +51,16 @@ impl HyperTransport {
     ///
     /// Only builds the client: no connection is opened and no runtime is needed until
     /// [`HttpTransport::send`].
+    ///
+    /// Building the default TLS configuration (aws-lc-rs, bundled roots) does not fail in
+    /// practice; should it ever, this does not panic: every `send` returns a
+    /// [`TransportErrorKind::Other`] error that says why.
     pub fn new() -> Self {
         Self::builder()
             .build()
-            .expect("aws-lc-rs and the bundled webpki roots always make a TLS configuration")
+            .unwrap_or_else(|error| HyperTransport {
+                client: Err(Arc::new(error)),
+            })
     }
 
     /// A builder for pool and TLS settings.
@@ -68,7 +77,7 @@ impl Default for HyperTransport {
 
 impl From<HyperClient> for HyperTransport {
     fn from(client: HyperClient) -> Self {
-        HyperTransport { client }
+        HyperTransport { client: Ok(client) }
     }
 }
 
@@ -156,7 +165,7 @@ impl HyperTransportBuilder {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Ok(HyperTransport { client })
+        Ok(HyperTransport { client: Ok(client) })
     }
 }
 
@@ -167,11 +176,17 @@ impl HttpTransport for HyperTransport {
         request: http::Request<Bytes>,
         options: &SendOptions,
     ) -> Result<http::Response<Bytes>, TransportError> {
+        let client = self.client.as_ref().map_err(|error| {
+            TransportError::new(
+                TransportErrorKind::Other,
+                format!("the default TLS configuration could not be built: {error}"),
+            )
+            .with_source(Arc::clone(error))
+        })?;
         check_target(request.uri())?;
         let limit = options.max_response_bytes;
         let exchange = async {
-            let response = self
-                .client
+            let response = client
                 .request(request.map(Full::new))
                 .await
                 .map_err(classify_client)?;

@@ -51,6 +51,8 @@ type Handler = dyn Fn(&Received) -> Reply + Send + Sync;
 struct Server {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// Connections whose handler returned (the client closed, or the reply closed it).
+    closed: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
@@ -69,8 +71,9 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (count, log) = (accepted.clone(), received.clone());
+        let (count, ended, log) = (accepted.clone(), closed.clone(), received.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -78,9 +81,16 @@ impl Server {
                 };
                 count.fetch_add(1, Ordering::SeqCst);
                 match &handler {
-                    None => drop(stream),
+                    None => {
+                        drop(stream);
+                        ended.fetch_add(1, Ordering::SeqCst);
+                    }
                     Some(handler) => {
-                        tokio::spawn(serve_connection(stream, handler.clone(), log.clone()));
+                        let (handler, log, ended) = (handler.clone(), log.clone(), ended.clone());
+                        tokio::spawn(async move {
+                            serve_connection(stream, handler, log).await;
+                            ended.fetch_add(1, Ordering::SeqCst);
+                        });
                     }
                 }
             }
@@ -88,6 +98,7 @@ impl Server {
         Server {
             addr,
             accepted,
+            closed,
             received,
         }
     }
@@ -98,6 +109,11 @@ impl Server {
 
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted and not yet closed.
+    fn open(&self) -> usize {
+        self.accepted() - self.closed.load(Ordering::SeqCst)
     }
 
     fn received(&self) -> Vec<Received> {
@@ -548,17 +564,39 @@ async fn relative_uri_is_an_invalid_request() {
     assert_eq!(error.kind(), TransportErrorKind::InvalidRequest, "{error}");
 }
 
+/// Poll `done` until it holds, yielding to the runtime in between (each yield lets every woken
+/// task and the I/O driver run first; no timer); fail the test if it does not within 10 s.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// hyper-util hands a connection back to its pool from a background task once the previous
-/// body has been read to the end; give that task a moment before the next request (hyper's own
-/// pool tests do the same), otherwise the next request may race it and dial a new connection.
-async fn let_the_pool_settle() {
-    tokio::time::sleep(Duration::from_millis(50)).await;
+/// body has been read to the end (unless the connection was already idle when the response
+/// arrived); a request sent before that task ran would race it and dial a new connection.
+/// Wait for the task to end: the only tasks left on the test's runtime are then the server's
+/// accept loop and the two ends (server handler, client connection) of each open connection.
+/// The transport must not run hyper-util's idle-pool reaper (`pool_idle_timeout(None)`, or no
+/// idle connections at all), which would be one more task.
+async fn let_the_pool_settle(server: &Server) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    wait_until("the pool took the connection back", || {
+        metrics.num_alive_tasks() == 1 + 2 * server.open()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn pooled_connection_is_reused() {
     let server = Server::start(|_| Reply::Raw(response("200 OK", &[], b"pong"))).await;
-    let transport = HyperTransport::new();
+    // The defaults but the idle-pool reaper (see `let_the_pool_settle`).
+    let transport = HyperTransport::builder()
+        .pool_idle_timeout(None)
+        .build()
+        .unwrap();
     let clone = transport.clone();
 
     for round in 0..3 {
@@ -568,7 +606,7 @@ async fn pooled_connection_is_reused() {
             .await
             .unwrap();
         assert_eq!(response.body().as_ref(), b"pong");
-        let_the_pool_settle().await;
+        let_the_pool_settle(&server).await;
     }
 
     assert_eq!(server.received().len(), 3);
@@ -593,7 +631,7 @@ async fn no_idle_connections_means_one_connection_per_request() {
             .send(get(&server.url("/ping")), &SendOptions::default())
             .await
             .unwrap();
-        let_the_pool_settle().await;
+        let_the_pool_settle(&server).await;
     }
 
     assert_eq!(server.accepted(), 2);

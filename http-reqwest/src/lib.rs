@@ -13,6 +13,7 @@
 //! // or wrap your own client: ReqwestTransport::from(reqwest::Client::new())
 //! ```
 #![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};

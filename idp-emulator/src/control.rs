@@ -1,6 +1,7 @@
 //! `/_control/…`: a JSON API mirroring the library calls, for users of the `tokenwell-idp`
 //! binary (tests in other languages, manual experiments). Control requests are never counted
 //! or faulted.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 
@@ -307,7 +308,11 @@ fn register_client(shared: &Arc<Shared>, body: &Value) -> Reply {
     }
     if let Some(pem) = str_field(body, "certificate_pem") {
         match shared.register_client_certificate(client_id, pem) {
-            Ok(thumbprint) => out["x5t_s256"] = json!(thumbprint),
+            Ok(thumbprint) => {
+                if let Some(fields) = out.as_object_mut() {
+                    fields.insert("x5t_s256".into(), json!(thumbprint));
+                }
+            }
             Err(e) => return bad_request(e.to_string()),
         }
         registered = true;

@@ -1,4 +1,5 @@
 //! Injected failures: how the emulator misbehaves when a test asks it to.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Managed-identity endpoints: Azure IMDS (`/metadata/identity/oauth2/token`) and App Service
 //! (`/msi/token`). Both issue app tokens for a managed identity; their fields are strings, as
 //! the real services send them. Faults and counts apply as on the token endpoint.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! The HTTP side: accepting connections, turning requests into [`Req`], routing, and turning
 //! [`Reply`] values back into responses.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -245,8 +246,8 @@ async fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     let path = req.path.trim_matches('/');
     let segments: Vec<&str> = path.split('/').collect();
     let now = || shared.state.lock().now();
-    if segments.first() == Some(&"_control") {
-        return control::handle(shared, req, &segments[1..]);
+    if let ["_control", rest @ ..] = segments.as_slice() {
+        return control::handle(shared, req, rest);
     }
     match segments.as_slice() {
         ["metadata", "identity", "oauth2", "token"] => msi::imds(shared, req).await,

@@ -227,9 +227,11 @@ pub(crate) fn resource_of(scopes: &[&str]) -> String {
 
 /// Splits a scope into its resource and its permission name (`.default`, `read` …).
 pub(crate) fn split_scope(scope: &str) -> (String, String) {
-    let scheme_end = scope.find("://").map_or(0, |i| i + 3);
-    match scope.rfind('/') {
-        Some(i) if i >= scheme_end && i > 0 => (scope[..i].to_owned(), scope[i + 1..].to_owned()),
+    let scheme_end = scope.find("://").map_or(0, |i| i.saturating_add(3));
+    match scope.rsplit_once('/') {
+        Some((resource, name)) if resource.len() >= scheme_end && !resource.is_empty() => {
+            (resource.to_owned(), name.to_owned())
+        }
         _ if scheme_end > 0 => (scope.to_owned(), String::new()),
         _ => (GRAPH.to_owned(), scope.to_owned()),
     }

@@ -149,7 +149,16 @@ async fn hang_makes_the_client_time_out_and_shutdown_is_prompt() {
     emu.push_fault(Fault::Hang);
     let url = emu.token_endpoint(TENANT);
     let pending = tokio::spawn(async move { http().post(url).form(&fields()).send().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The emulator counts a request before it applies the fault: once it counted the second
+    // one, that request hangs at the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while emu.token_requests() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second request never reached the emulator"
+        );
+        tokio::task::yield_now().await;
+    }
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(5), emu.shutdown())
         .await

@@ -1,5 +1,6 @@
 //! [`Runtime`] on tokio: system clock, `tokio::time::sleep`, `tokio::spawn`.
 #![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, SystemTime};
 

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokenwell_cache_memory::MemoryCache;
 use tokenwell_cache_redis::{
@@ -19,6 +21,55 @@ use tokenwell_idp_emulator::{Emulator, TokenLifetimes};
 use tokenwell_runtime_tokio::TokioRuntime;
 
 use super::RedisServer;
+
+/// The rig's clock, counting the polls of its sleeps that found them not yet due: a count that
+/// grows after the clock moved says the sleeper looked at the new time and sleeps on (or, if
+/// its time had come, did its work and sleeps again).
+#[derive(Clone)]
+pub struct ObservedClock {
+    clock: ManualClock,
+    not_due: Arc<AtomicUsize>,
+}
+
+impl ObservedClock {
+    pub fn new(clock: ManualClock) -> Self {
+        ObservedClock {
+            clock,
+            not_due: Arc::default(),
+        }
+    }
+
+    /// Polls of this clock's sleeps that returned pending so far.
+    pub fn not_due(&self) -> usize {
+        self.not_due.load(Ordering::SeqCst)
+    }
+}
+
+impl Runtime for ObservedClock {
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        let mut sleep = self.clock.sleep(duration);
+        let not_due = Arc::clone(&self.not_due);
+        Box::pin(std::future::poll_fn(move |cx| {
+            let poll = sleep.as_mut().poll(cx);
+            if poll.is_pending() {
+                not_due.fetch_add(1, Ordering::SeqCst);
+            }
+            poll
+        }))
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.clock.spawn(task)
+    }
+
+    fn io_timeout(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.clock.io_timeout(duration)
+    }
+}
 
 pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "super-secret-value-never-logged";

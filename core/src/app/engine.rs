@@ -559,7 +559,9 @@ impl Engine {
         let job = Arc::new(job());
         if let Some(throttled) = self.throttled(job.throttle_key) {
             let wait = throttled.retry_after().unwrap_or_default().as_secs();
-            token.refresh_gate.hold_until(now + wait.max(1));
+            token
+                .refresh_gate
+                .hold_until(now.saturating_add(wait.max(1)));
             return;
         }
         let (flight, _) = self.flight(
@@ -976,7 +978,7 @@ async fn refresh_ahead_loop(
             continue;
         }
         if let Some(throttled) = engine.throttled(job.throttle_key) {
-            due = now + throttled.retry_after().unwrap_or_default().as_secs().max(1);
+            due = now.saturating_add(throttled.retry_after().unwrap_or_default().as_secs().max(1));
             continue;
         }
         let (flight, _) = engine.flight(&job, Mode::Renew { after }, Instant::now());

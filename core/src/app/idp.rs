@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
 use crate::response::{ResponseShape, TokenResponse, parse_response, parse_token_response};
+use crate::retry::DEFAULT_MAX_RETRY_AFTER;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::telemetry;
@@ -41,6 +42,10 @@ pub(crate) struct StatusRetry {
     pub base_delay: Duration,
     pub exponential: bool,
     pub retryable: fn(u16) -> bool,
+    /// A `Retry-After` longer than this fails the call instead of holding the caller (the
+    /// token endpoint's rule, [`RetryPolicy::max_retry_after`](crate::RetryPolicy)); the
+    /// throttling window then refuses repeats.
+    pub max_retry_after: Duration,
 }
 
 impl StatusRetry {
@@ -50,6 +55,7 @@ impl StatusRetry {
         base_delay: Duration::from_secs(1),
         exponential: true,
         retryable: |s| matches!(s, 404 | 408 | 410 | 429) || s >= 500,
+        max_retry_after: DEFAULT_MAX_RETRY_AFTER,
     };
 
     /// App Service: 3 retries, 1 s apart.
@@ -58,6 +64,7 @@ impl StatusRetry {
         base_delay: Duration::from_secs(1),
         exponential: false,
         retryable: |s| matches!(s, 404 | 408 | 429 | 500 | 503 | 504),
+        max_retry_after: DEFAULT_MAX_RETRY_AFTER,
     };
 
     fn delay_before_retry(&self, retry: u32, error: &Error) -> Option<Duration> {
@@ -78,11 +85,12 @@ impl StatusRetry {
         } else {
             self.base_delay
         };
-        Some(
-            error
-                .retry_after()
-                .map_or(backoff, |wait| wait.max(backoff)),
-        )
+        match error.retry_after() {
+            // Any number a server sends: an absurd one must not park the caller for ever.
+            Some(wait) if wait > self.max_retry_after => None,
+            Some(wait) => Some(wait.max(backoff)),
+            None => Some(backoff),
+        }
     }
 }
 

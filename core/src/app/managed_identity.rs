@@ -1,5 +1,6 @@
 //! The managed-identity application: a thin facade over the engine and the managed-identity
 //! flow ([`flows::managed_identity`](super::flows::managed_identity)).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 use std::future::IntoFuture;

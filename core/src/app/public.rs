@@ -1,5 +1,6 @@
 //! Public client applications (CLIs, desktop and device apps): no credential, user tokens via
 //! the device code flow, then silently from the cache and refresh tokens.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -269,7 +270,7 @@ async fn device_code_flow(
     ];
     let response = engine.idp.post_form(&endpoint, &form).await?;
     let info = parse_device_code(&response, engine.idp.runtime.now())?;
-    let deadline = engine.now() + info.expires_in.as_secs();
+    let deadline = engine.now().saturating_add(info.expires_in.as_secs());
     let mut interval = info.interval;
     let device_code = info.device_code.clone();
     on_code(&info);
@@ -301,7 +302,7 @@ async fn device_code_flow(
             }
             Err(error) => match error.idp_error().map(|e| e.error.as_str()) {
                 Some("authorization_pending") => {}
-                Some("slow_down") => interval += SLOW_DOWN_STEP,
+                Some("slow_down") => interval = interval.saturating_add(SLOW_DOWN_STEP),
                 Some("expired_token" | "code_expired") => return Err(Error::DeviceCodeExpired),
                 Some("authorization_declined" | "access_denied") => {
                     return Err(Error::AuthorizationDeclined);
@@ -333,15 +334,11 @@ fn parse_device_code(
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         _ => Err(malformed(&format!("`{name}` is missing or not a string"))),
     };
-    let seconds = |name: &str, default: Option<u64>| match object.get(name) {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .ok_or_else(|| malformed(&format!("bad `{name}`"))),
-        Some(Value::String(s)) => s
-            .parse::<u64>()
-            .map_err(|_| malformed(&format!("bad `{name}`"))),
-        None => default.ok_or_else(|| malformed(&format!("`{name}` is missing"))),
-        _ => Err(malformed(&format!("bad `{name}`"))),
+    // The lifetime rule of every flow: integers or digit strings, at most ten years.
+    let seconds = |name: &str, default: Option<u64>| {
+        crate::response::seconds_field(status, &object, name)?
+            .or(default)
+            .ok_or_else(|| malformed(&format!("`{name}` is missing")))
     };
     let verification_uri = text("verification_uri").or_else(|_| text("verification_url"))?;
     let user_code = text("user_code")?;

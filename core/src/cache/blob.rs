@@ -12,6 +12,7 @@
 //!
 //! The legacy format is the whole-partition blob of the layout before entries; it is still
 //! read so a store written by an older release migrates on its first write (ADR 0006).
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::fmt;
 use std::sync::Arc;
@@ -211,7 +212,7 @@ impl BlobCodec {
         );
         // Serializing owned, in-memory values to a Vec cannot fail.
         let body = postcard::to_stdvec(entry).unwrap_or_default();
-        let mut out = Vec::with_capacity(body.len() + 48);
+        let mut out = Vec::with_capacity(body.len().saturating_add(48));
         out.extend_from_slice(ENTRY_MAGIC);
         out.push(ENTRY_FORMAT);
         self.seal_into(&mut out, &body, |header| entry_aad(header, key, &clear));
@@ -232,14 +233,14 @@ impl BlobCodec {
         stored: &StoreEntry,
     ) -> Result<CacheEntry, BlobError> {
         let blob = stored.payload();
-        if blob.len() < 4 {
+        let Some(([m0, m1, m2, format], _)) = blob.split_first_chunk::<4>() else {
             return Err(BlobError::Truncated);
-        }
-        if &blob[..3] != ENTRY_MAGIC {
+        };
+        if [*m0, *m1, *m2] != *ENTRY_MAGIC {
             return Err(BlobError::BadMagic);
         }
-        if blob[3] != ENTRY_FORMAT {
-            return Err(BlobError::UnknownFormat(blob[3]));
+        if *format != ENTRY_FORMAT {
+            return Err(BlobError::UnknownFormat(*format));
         }
         let body = self.open(blob, 4, |header| entry_aad(header, key, stored))?;
         let entry: CacheEntry =
@@ -302,7 +303,8 @@ impl BlobCodec {
             }
             Some(ring) => {
                 out.push(FLAG_SEALED);
-                out.push(ring.active.len() as u8);
+                // `KeyRing` refuses key ids longer than 255 bytes.
+                out.push(u8::try_from(ring.active.len()).unwrap_or(u8::MAX));
                 out.extend_from_slice(ring.active.as_bytes());
                 let mut nonce = [0u8; NONCE_LEN];
                 rand::rng().fill(&mut nonce);
@@ -313,7 +315,7 @@ impl BlobCodec {
                 };
                 let sealed = cipher
                     .encrypt(
-                        Nonce::from_slice(&nonce),
+                        &Nonce::from(nonce),
                         Payload {
                             msg: body,
                             aad: &aad,
@@ -333,29 +335,29 @@ impl BlobCodec {
         at: usize,
         aad: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Result<Vec<u8>, BlobError> {
-        if blob.len() < at + 2 {
+        let Some((_, [flags, key_id_len, rest @ ..])) = blob.split_at_checked(at) else {
             return Err(BlobError::Truncated);
-        }
-        let flags = blob[at];
-        let key_id_len = blob[at + 1] as usize;
-        let header_len = at + 2 + key_id_len;
-        if blob.len() < header_len {
-            return Err(BlobError::Truncated);
-        }
+        };
+        let (key_id, body) = rest
+            .split_at_checked(usize::from(*key_id_len))
+            .ok_or(BlobError::Truncated)?;
         if flags & FLAG_SEALED != 0 {
             let ring = self.keyring.as_ref().ok_or(BlobError::NoKeyRing)?;
-            let key_id = String::from_utf8_lossy(&blob[at + 2..header_len]).into_owned();
+            let key_id = String::from_utf8_lossy(key_id).into_owned();
             let cipher = ring.key(&key_id).ok_or(BlobError::UnknownKey(key_id))?;
-            if blob.len() < header_len + NONCE_LEN {
-                return Err(BlobError::Truncated);
-            }
-            let aad = aad(&blob[..header_len]);
-            let nonce = &blob[header_len..header_len + NONCE_LEN];
+            let (nonce, sealed) = body
+                .split_first_chunk::<NONCE_LEN>()
+                .ok_or(BlobError::Truncated)?;
+            // The header is everything before the body (`body` is a suffix of `blob`).
+            let header = blob
+                .get(..blob.len().saturating_sub(body.len()))
+                .ok_or(BlobError::Truncated)?;
+            let aad = aad(header);
             cipher
                 .decrypt(
-                    Nonce::from_slice(nonce),
+                    &Nonce::from(*nonce),
                     Payload {
-                        msg: &blob[header_len + NONCE_LEN..],
+                        msg: sealed,
                         aad: &aad,
                     },
                 )
@@ -364,7 +366,7 @@ impl BlobCodec {
             if self.keyring.as_ref().is_some_and(|r| r.require_sealed) {
                 return Err(BlobError::NotSealed);
             }
-            Ok(blob[header_len..].to_vec())
+            Ok(body.to_vec())
         }
     }
 
@@ -387,7 +389,7 @@ impl BlobCodec {
         };
         // Serializing owned, in-memory values to a Vec cannot fail.
         let payload = postcard::to_stdvec(&payload).unwrap_or_default();
-        let mut out = Vec::with_capacity(payload.len() + 64);
+        let mut out = Vec::with_capacity(payload.len().saturating_add(64));
         out.extend_from_slice(MAGIC);
         out.push(FORMAT_VERSION);
         self.seal_into(&mut out, &payload, |header| associated_data(header, key));
@@ -399,13 +401,13 @@ impl BlobCodec {
     /// # Errors
     /// A [`BlobError`] for anything but a well-formed, authentic blob of a known format.
     pub fn decode_legacy(&self, key: &PartitionKey, blob: &[u8]) -> Result<Partition, BlobError> {
-        if blob.len() < 7 {
+        let Some(([m0, m1, m2, m3, format, _, _], _)) = blob.split_first_chunk::<7>() else {
             return Err(BlobError::Truncated);
-        }
-        if &blob[..4] != MAGIC {
+        };
+        if [*m0, *m1, *m2, *m3] != *MAGIC {
             return Err(BlobError::BadMagic);
         }
-        let format = blob[4];
+        let format = *format;
         if format != FORMAT_VERSION && format != FORMAT_V1 {
             return Err(BlobError::UnknownFormat(format));
         }
@@ -433,7 +435,12 @@ impl BlobCodec {
 /// Associated data of a sealed entry: its header, the partition key, and the clear fields the
 /// store merges on.
 fn entry_aad(header: &[u8], key: &PartitionKey, clear: &StoreEntry) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(header.len() + key.as_str().len() + 40);
+    let mut aad = Vec::with_capacity(
+        header
+            .len()
+            .saturating_add(key.as_str().len())
+            .saturating_add(40),
+    );
     aad.extend_from_slice(header);
     aad.extend_from_slice(key.as_str().as_bytes());
     aad.push(0);
@@ -445,7 +452,7 @@ fn entry_aad(header: &[u8], key: &PartitionKey, clear: &StoreEntry) -> Vec<u8> {
 }
 
 fn associated_data(header: &[u8], key: &PartitionKey) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(header.len() + key.as_str().len());
+    let mut aad = Vec::with_capacity(header.len().saturating_add(key.as_str().len()));
     aad.extend_from_slice(header);
     aad.extend_from_slice(key.as_str().as_bytes());
     aad
@@ -568,6 +575,72 @@ mod tests {
             codec.decode_legacy(&key(), b"TWC1\x01\x00\x00\xff\xff\xff\xff\xff"),
             Err(BlobError::Corrupt(_))
         ));
+    }
+
+    /// Issue 14: an entry's payload cut anywhere or hit by noise, sealed or plain, is an error
+    /// (the header is parsed without indexing); absurd times in an entry saturate at the
+    /// stores' bound on the way out, never overflow.
+    #[test]
+    fn entries_never_panic_and_absurd_times_saturate() {
+        use crate::runtime::{from_unix_seconds, unix_seconds};
+        use crate::store::MAX_STORE_SECONDS;
+        let mut token = AccessToken::new(
+            "login.example",
+            "client",
+            "t",
+            ScopeSet::parse("api://x/.default"),
+            "Bearer",
+            TokenSecret::new("s"),
+            u64::MAX,
+            u64::MAX,
+        );
+        token.extended_expires_on = u64::MAX;
+        token.refresh_on = Some(u64::MAX);
+        let partition = Partition::from_access_tokens([token]);
+        let mut rng = rand::rng();
+        for codec in [
+            BlobCodec::plain(),
+            BlobCodec::sealed(KeyRing::new("k1", [7; 32])),
+        ] {
+            let stored = codec.encode_partition(&key(), &partition);
+            let [entry] = stored.as_slice() else {
+                panic!("one entry: {stored:?}")
+            };
+            assert_eq!(entry.written_at(), MAX_STORE_SECONDS);
+            assert_eq!(entry.expires_at(), MAX_STORE_SECONDS);
+            let held = StoredPartition {
+                entries: stored.clone(),
+                ..StoredPartition::default()
+            };
+            let back = codec.decode_partition(&key(), &held, 1_000).unwrap();
+            let token = back.access_tokens().next().unwrap();
+            assert_eq!(
+                unix_seconds(from_unix_seconds(token.expires_on)),
+                MAX_STORE_SECONDS
+            );
+            assert!(token.refresh_gate.jittered(u64::MAX, u64::MAX) > 0);
+
+            let with_payload = |payload: Bytes| {
+                StoreEntry::new(
+                    entry.id(),
+                    entry.written_at(),
+                    entry.expires_at(),
+                    false,
+                    payload,
+                )
+            };
+            let payload = entry.payload();
+            for cut in 0..payload.len() {
+                let cut_entry = with_payload(payload.slice(..cut));
+                assert!(codec.decode_entry(&key(), &cut_entry).is_err(), "cut {cut}");
+            }
+            for _ in 0..2_000 {
+                let mut noisy = payload.to_vec();
+                let i = rng.random_range(0..noisy.len());
+                noisy[i] = rng.random();
+                let _ = codec.decode_entry(&key(), &with_payload(Bytes::from(noisy)));
+            }
+        }
     }
 
     fn user_partition() -> Partition {

@@ -1,6 +1,7 @@
 //! Partition entries as L2 stores them: one record per access token, refresh token, ID token,
 //! account or removal, each with a stable id so the store can merge writes without reading
 //! secrets.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::sync::Arc;
 
@@ -51,7 +52,10 @@ pub(crate) fn section_id(key: &str) -> EntryId {
 
 fn truncate(digest: &[u8]) -> EntryId {
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
+    // The first 16 bytes of the (32-byte) digest.
+    for (byte, from) in bytes.iter_mut().zip(digest) {
+        *byte = *from;
+    }
     EntryId::from_bytes(bytes)
 }
 

@@ -1,6 +1,7 @@
 //! Cache entries, after MSAL's unified cache schema (the fields its libraries persist).
 //!
 //! Timestamps are Unix seconds; MSAL's JSON writes them as strings, the export does that.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 use std::sync::Arc;
@@ -246,15 +247,15 @@ impl AccessToken {
     /// Rough heap + inline size, for the L1's byte bound.
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.home_account_id.as_ref().map_or(0, String::len)
-            + self.environment.len()
-            + self.client_id.len()
-            + self.realm.len()
-            + self.target.normalized().len() * 2
-            + self.token_type.len()
-            + self.secret.len()
-            + self.key_id.as_ref().map_or(0, String::len)
-            + 64
+            .saturating_add(self.home_account_id.as_ref().map_or(0, String::len))
+            .saturating_add(self.environment.len())
+            .saturating_add(self.client_id.len())
+            .saturating_add(self.realm.len())
+            .saturating_add(self.target.normalized().len().saturating_mul(2))
+            .saturating_add(self.token_type.len())
+            .saturating_add(self.secret.len())
+            .saturating_add(self.key_id.as_ref().map_or(0, String::len))
+            .saturating_add(64)
     }
 }
 
@@ -333,12 +334,12 @@ impl RefreshToken {
 
     pub(crate) fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.home_account_id.len()
-            + self.environment.len()
-            + self.client_id.len()
-            + self.target.normalized().len() * 2
-            + self.secret.len()
-            + 32
+            .saturating_add(self.home_account_id.len())
+            .saturating_add(self.environment.len())
+            .saturating_add(self.client_id.len())
+            .saturating_add(self.target.normalized().len().saturating_mul(2))
+            .saturating_add(self.secret.len())
+            .saturating_add(32)
     }
 }
 
@@ -399,12 +400,12 @@ impl IdToken {
 
     pub(crate) fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.home_account_id.len()
-            + self.environment.len()
-            + self.realm.len()
-            + self.client_id.len()
-            + self.secret.len()
-            + 32
+            .saturating_add(self.home_account_id.len())
+            .saturating_add(self.environment.len())
+            .saturating_add(self.realm.len())
+            .saturating_add(self.client_id.len())
+            .saturating_add(self.secret.len())
+            .saturating_add(32)
     }
 }
 
@@ -468,12 +469,12 @@ impl Account {
 
     pub(crate) fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.home_account_id.len()
-            + self.environment.len()
-            + self.realm.len()
-            + self.local_account_id.len()
-            + self.username.len()
-            + 32
+            .saturating_add(self.home_account_id.len())
+            .saturating_add(self.environment.len())
+            .saturating_add(self.realm.len())
+            .saturating_add(self.local_account_id.len())
+            .saturating_add(self.username.len())
+            .saturating_add(32)
     }
 }
 

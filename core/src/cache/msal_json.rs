@@ -27,6 +27,7 @@
 //! (`127.0.0.1` for `https://127.0.0.1:8443/t`), tokenwell by `host[:port]`. The two agree on
 //! every real cloud; for a loopback IdP on a port, map them with
 //! [`MsalCacheFormat::environment_alias`].
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +41,7 @@ use super::model::{
 };
 use super::partition::{AccessTokenKey, Partition, PartitionKey};
 use crate::scopes::ScopeSet;
+use crate::store::MAX_STORE_SECONDS;
 
 /// `AccessToken` section.
 pub const SECTION_ACCESS_TOKEN: &str = "AccessToken";
@@ -638,19 +640,8 @@ impl MsalCacheFormat {
             string(name)?.ok_or_else(|| invalid(format!("'{name}' is missing")))
         };
         let timestamp = |name: &str| -> Result<Option<u64>, MsalJsonError> {
-            match fields.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => s
-                    .trim()
-                    .parse::<u64>()
-                    .map(Some)
-                    .map_err(|_| invalid(format!("'{name}' is not a Unix time: '{s}'"))),
-                Some(Value::Number(n)) => n
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| invalid(format!("'{name}' is not a Unix time: {n}"))),
-                Some(_) => Err(invalid(format!("'{name}' is not a Unix time"))),
-            }
+            unix_time(fields.get(name))
+                .map_err(|value| invalid(format!("'{name}' is not a Unix time: {value}")))
         };
 
         let secret = required("secret")?;
@@ -1001,19 +992,8 @@ impl<'a> EntryFields<'a> {
     }
 
     fn timestamp(&self, name: &str) -> Result<Option<u64>, MsalJsonError> {
-        match self.fields.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => s
-                .trim()
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| self.invalid(format!("'{name}' is not a Unix time"))),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.invalid(format!("'{name}' is not a Unix time"))),
-            Some(_) => Err(self.invalid(format!("'{name}' is not a Unix time"))),
-        }
+        unix_time(self.fields.get(name))
+            .map_err(|value| self.invalid(format!("'{name}' is not a Unix time: {value}")))
     }
 
     /// Fields outside `modelled`, as (name, raw JSON).
@@ -1028,6 +1008,25 @@ impl<'a> EntryFields<'a> {
 }
 
 /// Remember the imported key when the computed one differs.
+/// A time field of an imported entry: absent or null, or a Unix time as MSAL writes it (a
+/// string of digits; a JSON integer is accepted too). The one bound of every absolute time
+/// from outside applies: above [`MAX_STORE_SECONDS`] (no store holds it, stores refuse such
+/// rows) the entry is invalid, as it is for a negative or fractional time. `Err` carries the
+/// offending JSON for the message.
+fn unix_time(value: Option<&Value>) -> Result<Option<u64>, &Value> {
+    let seconds = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(_) => None,
+    };
+    match (seconds, value) {
+        (Some(seconds), _) if seconds <= MAX_STORE_SECONDS => Ok(Some(seconds)),
+        (_, Some(value)) => Err(value),
+        (_, None) => Ok(None),
+    }
+}
+
 fn push_key_hint(extra: &mut Vec<(String, String)>, original: &str, computed: &str) {
     if original != computed {
         let hint = Value::from(vec![original.to_owned(), computed.to_owned()]);
@@ -1417,12 +1416,47 @@ mod tests {
                 "expires_on": "-5"}"#,
             r#"{"secret": "s", "environment": "e", "client_id": "c", "realm": "r", "target": "t",
                 "expires_on": 1.5}"#,
+            // Issue 14: absurd times are invalid entries (the bound every store applies), not
+            // values that outlive any store.
+            r#"{"secret": "s", "environment": "e", "client_id": "c", "realm": "r", "target": "t",
+                "expires_on": "18446744073709551615"}"#,
+            r#"{"secret": "s", "environment": "e", "client_id": "c", "realm": "r", "target": "t",
+                "expires_on": 9007199254740992}"#,
+            r#"{"secret": "s", "environment": "e", "client_id": "c", "realm": "r", "target": "t",
+                "expires_on": "100", "refresh_on": "99999999999999999999"}"#,
+            r#"{"secret": "s", "environment": "e", "client_id": "c", "realm": "r", "target": "t",
+                "expires_on": "100", "cached_at": 18446744073709551615}"#,
         ] {
             let doc = format!(r#"{{"AccessToken": {{"k": {entry}}}}}"#);
             let imported = import(&doc).unwrap();
             assert_eq!(imported.access_token_count(), 0, "{entry}");
             assert_eq!(imported.skipped.len(), 1, "{entry}");
         }
+    }
+
+    /// Issue 14: a refresh token's absurd `last_modification_time` is an invalid entry, like
+    /// an access token's absurd times; the largest time a store holds is still accepted.
+    #[test]
+    fn absurd_refresh_token_time_is_an_invalid_entry() {
+        let rt = |time: &str| {
+            format!(
+                r#"{{"RefreshToken": {{"k": {{"credential_type": "RefreshToken", "secret": "s",
+                    "home_account_id": "u.t", "environment": "e", "client_id": "c",
+                    "last_modification_time": {time}}}}}}}"#
+            )
+        };
+        for absurd in [r#""18446744073709551615""#, "9007199254740992"] {
+            let imported = import(&rt(absurd)).unwrap();
+            assert_eq!(imported.skipped.len(), 1, "{absurd}");
+            assert!(
+                matches!(&imported.skipped[0], MsalJsonError::InvalidEntry { reason, .. }
+                    if reason.contains("last_modification_time")),
+                "{:?}",
+                imported.skipped
+            );
+        }
+        let imported = import(&rt(r#""9007199254740991""#)).unwrap();
+        assert!(imported.skipped.is_empty(), "{:?}", imported.skipped);
     }
 
     #[test]

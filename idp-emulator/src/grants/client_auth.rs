@@ -1,5 +1,6 @@
 //! Client authentication: secrets (post or Basic), certificate assertions and federated
 //! (workload identity) assertions, each failure with Entra ID's code.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use serde_json::{Map, Value};
 

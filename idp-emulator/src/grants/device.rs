@@ -1,5 +1,6 @@
 //! Device authorization grant (RFC 8628): `/devicecode` hands out codes, the token endpoint
 //! answers `authorization_pending` until a test approves or declines the user code.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 
@@ -22,7 +23,10 @@ const USER_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 fn new_user_code() -> String {
     let mut rng = rand::rng();
     (0..9)
-        .map(|_| USER_CODE_ALPHABET[rng.random_range(0..USER_CODE_ALPHABET.len())] as char)
+        .filter_map(|_| {
+            let index = rng.random_range(0..USER_CODE_ALPHABET.len());
+            USER_CODE_ALPHABET.get(index).map(|&c| char::from(c))
+        })
         .collect()
 }
 

@@ -1,4 +1,5 @@
 //! The token endpoint: client authentication and one function per grant type.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! User tokens: the response every user flow shares, `/authorize`, `authorization_code` and
 //! `refresh_token` (with rotation).
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 
@@ -148,8 +149,10 @@ pub(crate) fn user_token_response(
             "preferred_username": user.username,
             "ver": "2.0",
         });
-        if let Some(nonce) = grant.nonce {
-            id["nonce"] = json!(nonce);
+        if let Some(nonce) = grant.nonce
+            && let Some(claims) = id.as_object_mut()
+        {
+            claims.insert("nonce".into(), json!(nonce));
         }
         body.insert("id_token".into(), json!(sign(ctx.shared, &id)?));
     }
@@ -390,7 +393,7 @@ pub(crate) fn refresh_token(ctx: &TokenCtx<'_>, st: &mut State) -> Result<Value,
         (RtStatus::Active, RefreshTokenRotation::Grace(0)) => RtStatus::Revoked,
         (RtStatus::Active, RefreshTokenRotation::Grace(n)) => RtStatus::Grace(n),
         (RtStatus::Grace(left), _) if left <= 1 => RtStatus::Revoked,
-        (RtStatus::Grace(left), _) => RtStatus::Grace(left - 1),
+        (RtStatus::Grace(left), _) => RtStatus::Grace(left.saturating_sub(1)),
         (status, _) => status,
     };
     let username = record.username.clone();
@@ -415,11 +418,11 @@ pub(crate) fn refresh_token(ctx: &TokenCtx<'_>, st: &mut State) -> Result<Value,
 
 /// Revokes every refresh token of `username`; returns how many were active.
 pub(crate) fn revoke_refresh_tokens(st: &mut State, username: &str) -> usize {
-    let mut revoked = 0;
+    let mut revoked: usize = 0;
     for record in st.refresh_tokens.values_mut() {
         if record.username.eq_ignore_ascii_case(username) && record.status != RtStatus::Revoked {
             record.status = RtStatus::Revoked;
-            revoked += 1;
+            revoked = revoked.saturating_add(1);
         }
     }
     revoked

@@ -1,5 +1,6 @@
 //! What the token-endpoint flows share: the client's identity (client id, authority,
 //! credential), one token-request path, and one way to turn an answer into cache entries.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::sync::Arc;
 
@@ -208,14 +209,18 @@ pub(crate) fn access_token_from_response(
         response.token_type.clone(),
         response.access_token.clone(),
         now,
-        now + response.expires_in,
+        now.saturating_add(response.expires_in),
     );
-    entry.extended_expires_on = now + response.ext_expires_in.unwrap_or(response.expires_in);
+    // Lifetimes are capped by the response parser; the sums saturate whatever `now` is.
+    entry.extended_expires_on =
+        now.saturating_add(response.ext_expires_in.unwrap_or(response.expires_in));
     entry.refresh_on = match response.refresh_in {
-        Some(refresh_in) if refresh_in < response.expires_in => Some(now + refresh_in),
+        Some(refresh_in) if refresh_in < response.expires_in => {
+            Some(now.saturating_add(refresh_in))
+        }
         Some(_) => None,
         None if response.expires_in >= HALF_LIFE_REFRESH_MIN_LIFETIME => {
-            Some(now + response.expires_in / 2)
+            Some(now.saturating_add(response.expires_in / 2))
         }
         None => None,
     };

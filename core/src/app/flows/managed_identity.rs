@@ -1,6 +1,7 @@
 //! Managed identity: tokens for the Azure resource this code runs on, from IMDS
 //! (`169.254.169.254`, header `Metadata: true`) or App Service (`IDENTITY_ENDPOINT` +
 //! `X-IDENTITY-HEADER`), each with its endpoint's own retry rules.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 use std::sync::Arc;
