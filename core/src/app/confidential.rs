@@ -11,7 +11,6 @@ use super::flow::Job;
 use super::flows::client::ClientIdentity;
 use super::flows::client_credentials::ClientCredentials;
 use super::future::TokenFuture;
-use super::hot::HotKey;
 use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters};
 use super::user_flows::{
@@ -96,7 +95,7 @@ impl ConfidentialClientApplication {
     pub fn acquire_token_on_behalf_of<'a>(
         &'a self,
         scopes: impl IntoScopeSet<'a>,
-        user_assertion: impl Into<String>,
+        user_assertion: impl Into<std::borrow::Cow<'a, str>>,
     ) -> AcquireTokenOnBehalfOf<'a> {
         AcquireTokenOnBehalfOf::new(&self.inner.core, scopes, user_assertion)
     }
@@ -297,16 +296,13 @@ impl<'a> AcquireTokenForClient<'a> {
                     identity.authority.with_tenant(t),
                     PartitionKey::for_app(&identity.client_id, t),
                 );
-                (&overridden.0, &overridden.1, None)
+                (&overridden.0, &overridden.1, false)
             }
-            // The default tenant: partition and query follow from the scopes alone.
+            // The default tenant: the application's own partition key.
             _ => (
                 &identity.authority,
                 &inner.default_partition,
-                self.scopes.is_borrowed().then_some(HotKey {
-                    scopes: &self.scopes,
-                    variant: 0,
-                }),
+                self.scopes.is_borrowed(),
             ),
         };
         let query = AccessTokenQuery {

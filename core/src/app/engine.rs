@@ -223,6 +223,12 @@ impl Engine {
         }
     }
 
+    /// This engine's id (names it in the hit path's thread-local tables).
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Current time in Unix seconds, from the runtime's clock.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
@@ -280,17 +286,22 @@ impl Engine {
     /// is read synchronously: a hit returns a ready future, and only the miss path becomes an
     /// (allocated) state machine.
     ///
-    /// `hot` names a request whose partition and query are stable for the application (its
-    /// default tenant, say): its fresh hits are served from this thread's copy (`hot.rs`).
+    /// `hot`: the caller's partition key and scope set are long-lived (the application's own,
+    /// or from its tables) and together determine `query`, so their addresses name the
+    /// request: its fresh hits are served from this thread's copy (`hot.rs`).
     #[inline]
     pub(crate) fn acquire(
         self: &Arc<Self>,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
         force: bool,
-        hot: Option<HotKey<'_>>,
+        hot: bool,
         job: impl FnOnce() -> Job,
     ) -> Acquire {
+        let hot = hot.then_some(HotKey {
+            partition,
+            scopes: query.scopes,
+        });
         let started = Instant::now();
         let mut front = None;
         if let Some(key) = hot.filter(|_| !force) {

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::cache::AccessToken;
+use crate::cache::{AccessToken, PartitionKey};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
@@ -29,19 +29,22 @@ use crate::telemetry;
 /// Slots per thread: enough for the hot keys of a service, small enough to scan never.
 const SLOTS: usize = 64;
 
-/// What names a request on the hot path: the application (engine id), its scope set (by
-/// address; the slot holds a clone so the address cannot be reused while it is there) and a
-/// variant the flow chooses (e.g. 0 for the application's default tenant).
+/// What names a request on the hot path, with the application (engine id): its partition key
+/// and scope set, by address (the slot holds clones, so an address cannot be reused while the
+/// slot names it). Flows only mark a request hot when that key instance determines the rest of
+/// the query: the application's own key, or one from [`partition_key`], which remembers what
+/// it was built from (an account's key also its realm).
 #[derive(Clone, Copy)]
 pub(crate) struct HotKey<'a> {
+    pub partition: &'a PartitionKey,
     pub scopes: &'a ScopeSet,
-    pub variant: u64,
 }
 
 struct Slot {
     engine: u64,
-    variant: u64,
-    /// Keeps the scope set (and so its address) alive while the slot names it.
+    /// Keep the partition key and scope set (and so their addresses) alive while the slot
+    /// names them.
+    partition: PartitionKey,
     scopes: ScopeSet,
     /// L1 write stripe of the partition, and its generation when the copy was made.
     stripe: usize,
@@ -103,8 +106,9 @@ impl Deadline {
 
 #[inline]
 fn index(engine: u64, key: &HotKey<'_>) -> usize {
-    let mixed = (engine ^ key.scopes.address() as u64 ^ key.variant.rotate_left(17))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mixed =
+        (engine ^ key.scopes.address() as u64 ^ (key.partition.address() as u64).rotate_left(17))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (mixed >> 58) as usize % SLOTS
 }
 
@@ -123,7 +127,7 @@ pub(crate) fn get(
             let front = &mut *front;
             let slot = front.slots[index(engine, key)].as_ref()?;
             if !(slot.engine == engine
-                && slot.variant == key.variant
+                && slot.partition.same_as(key.partition)
                 && slot.scopes.same_as(key.scopes)
                 && slot.fresh_until.is_after(now)
                 && generation(slot.stripe) == slot.generation)
@@ -164,7 +168,7 @@ pub(crate) fn put(
         if let Ok(mut front) = front.try_borrow_mut() {
             front.slots[index(engine, key)] = Some(Slot {
                 engine,
-                variant: key.variant,
+                partition: key.partition.clone(),
                 scopes: key.scopes.clone(),
                 stripe,
                 generation,
@@ -174,4 +178,89 @@ pub(crate) fn put(
             });
         }
     });
+}
+
+/// What a remembered partition key was built from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeySource {
+    /// An on-behalf-of user assertion (the key holds its SHA-256).
+    Assertion,
+    /// A signed-in account's home account id.
+    Account,
+    /// A managed-identity resource.
+    Resource,
+}
+
+struct KeySlot {
+    engine: u64,
+    source: KeySource,
+    raw: Box<str>,
+    /// What else the request's query holds that the key does not (an account's realm).
+    realm: Box<str>,
+    key: PartitionKey,
+}
+
+thread_local! {
+    static KEYS: RefCell<[Option<KeySlot>; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+}
+
+/// A cheap hash of `raw` for a slot index: its length and 8 bytes from each end (a JWT ends in
+/// its signature). Slots compare the whole string, so a collision only costs a rebuild.
+#[inline]
+fn quick_index(engine: u64, source: KeySource, raw: &str) -> usize {
+    let bytes = raw.as_bytes();
+    let word = |at: usize| -> u64 {
+        bytes
+            .get(at..at.saturating_add(8))
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let (head, tail) = (word(0), word(bytes.len().saturating_sub(8)));
+    let mixed = (engine ^ bytes.len() as u64 ^ head.rotate_left(21) ^ tail ^ source as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 58) as usize % SLOTS
+}
+
+/// The partition key built from `raw` by `make`, remembered per thread with the `realm` its
+/// request asks for: an on-behalf-of key is a SHA-256 of the whole assertion and the others
+/// are formatted strings, which would cost a hit more than everything else it does. A
+/// remembered key instance stands for (`raw`, `realm`), which is what lets such a hit use this
+/// thread's copy of its token (the key's address names it).
+#[inline]
+pub(crate) fn partition_key(
+    engine: u64,
+    source: KeySource,
+    raw: &str,
+    realm: &str,
+    make: impl FnOnce() -> PartitionKey,
+) -> PartitionKey {
+    let index = quick_index(engine, source, raw);
+    let cached = KEYS
+        .try_with(|keys| {
+            let keys = keys.try_borrow().ok()?;
+            let slot = keys[index].as_ref()?;
+            (slot.engine == engine
+                && slot.source == source
+                && *slot.raw == *raw
+                && *slot.realm == *realm)
+                .then(|| slot.key.clone())
+        })
+        .ok()
+        .flatten();
+    if let Some(key) = cached {
+        return key;
+    }
+    let key = make();
+    let _ = KEYS.try_with(|keys| {
+        if let Ok(mut keys) = keys.try_borrow_mut() {
+            keys[index] = Some(KeySlot {
+                engine,
+                source,
+                raw: raw.into(),
+                realm: realm.into(),
+                key: key.clone(),
+            });
+        }
+    });
+    key
 }

@@ -2,6 +2,7 @@
 //! flow ([`flows::managed_identity`](super::flows::managed_identity)).
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -10,13 +11,13 @@ use super::engine::{Acquire, Engine};
 use super::flow::Job;
 use super::flows::managed_identity::{MI_ENVIRONMENT, ManagedIdentity};
 use super::future::TokenFuture;
+use super::hot::{self, KeySource};
 use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
 use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
-use crate::scopes::ScopeSet;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 pub use super::flows::managed_identity::{
@@ -60,7 +61,10 @@ impl ManagedIdentityApplication {
 
     /// A token for `resource` (`https://management.azure.com/`, or a scope ending in
     /// `/.default`). Await the request, or set options on it first.
-    pub fn acquire_token(&self, resource: impl Into<String>) -> AcquireTokenForManagedIdentity<'_> {
+    pub fn acquire_token<'a>(
+        &'a self,
+        resource: impl Into<Cow<'a, str>>,
+    ) -> AcquireTokenForManagedIdentity<'a> {
         AcquireTokenForManagedIdentity {
             app: self,
             resource: resource.into(),
@@ -151,7 +155,7 @@ impl ManagedIdentityApplicationBuilder {
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenForManagedIdentity<'a> {
     app: &'a ManagedIdentityApplication,
-    resource: String,
+    resource: Cow<'a, str>,
     force_refresh: bool,
 }
 
@@ -175,18 +179,16 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
     /// The request handed to the engine: a hit answers here, synchronously.
     pub(crate) fn start(self) -> Acquire {
         let inner = &self.app.inner;
-        let resource = self
-            .resource
-            .trim()
-            .strip_suffix("/.default")
-            .unwrap_or(self.resource.trim())
-            .to_owned();
+        let resource = self.resource.trim();
+        let resource = resource.strip_suffix("/.default").unwrap_or(resource);
         if resource.is_empty() {
             return Acquire::failed(Error::configuration("no resource requested"));
         }
-        let identity = inner.identity.key();
-        let partition = PartitionKey::for_managed_identity(&identity, &resource);
-        let scopes = ScopeSet::parse(&resource);
+        let engine = &inner.engine;
+        let partition = hot::partition_key(engine.id(), KeySource::Resource, resource, "", || {
+            PartitionKey::for_managed_identity(&inner.identity.key(), resource)
+        });
+        let scopes = engine.scopes.get_one(resource);
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: MI_ENVIRONMENT,
@@ -195,21 +197,30 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             key_id: None,
             scopes: &scopes,
         };
-        inner
-            .engine
-            .acquire(&partition, &query, self.force_refresh, None, || {
+        inner.engine.acquire(
+            &partition,
+            &query,
+            self.force_refresh,
+            scopes.is_borrowed(),
+            || {
                 Job::new(
                     &partition,
                     &query,
-                    ThrottleKey::new(&identity, MI_ENVIRONMENT, scopes.normalized(), None),
+                    ThrottleKey::new(
+                        &inner.identity.key(),
+                        MI_ENVIRONMENT,
+                        scopes.normalized(),
+                        None,
+                    ),
                     FlowKind::Confidential,
                     Arc::new(ManagedIdentity {
                         identity: inner.identity.clone(),
                         source: inner.source.clone(),
-                        resource: resource.clone(),
+                        resource: resource.to_owned(),
                     }),
                 )
-            })
+            },
+        )
     }
 }
 

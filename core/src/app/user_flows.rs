@@ -1,6 +1,7 @@
 //! The user-token requests (on-behalf-of, authorization code, silent) that confidential and
 //! public applications share, over the engine and the flows.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use super::flows::client::ClientIdentity;
 use super::flows::on_behalf_of::OnBehalfOf;
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
+use super::hot::{self, KeySource};
 use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::error::{Error, Result};
 use crate::result::{
@@ -113,7 +115,8 @@ fn secret(value: impl Into<String>) -> TokenSecret {
 pub struct AcquireTokenOnBehalfOf<'a> {
     core: &'a ClientCore,
     scopes: Scopes<'a>,
-    assertion: TokenSecret,
+    /// The caller's assertion, borrowed or owned as given; a secret, never logged.
+    assertion: Cow<'a, str>,
     force_refresh: bool,
 }
 
@@ -121,7 +124,10 @@ impl fmt::Debug for AcquireTokenOnBehalfOf<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcquireTokenOnBehalfOf")
             .field("scopes", &self.scopes)
-            .field("assertion", &self.assertion)
+            .field(
+                "assertion",
+                &format_args!("<redacted, {} bytes>", self.assertion.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -130,12 +136,12 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
     pub(crate) fn new(
         core: &'a ClientCore,
         scopes: impl IntoScopeSet<'a>,
-        user_assertion: impl Into<String>,
+        user_assertion: impl Into<Cow<'a, str>>,
     ) -> Self {
         AcquireTokenOnBehalfOf {
             core,
             scopes: scopes.into_scopes(&core.engine.scopes),
-            assertion: secret(user_assertion),
+            assertion: user_assertion.into(),
             force_refresh: false,
         }
     }
@@ -165,8 +171,13 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         }
         let core = self.core;
         let identity = &core.identity;
-        let partition =
-            PartitionKey::for_on_behalf_of(&identity.client_id, self.assertion.expose_secret());
+        let partition = hot::partition_key(
+            core.engine.id(),
+            KeySource::Assertion,
+            &self.assertion,
+            identity.authority.tenant(),
+            || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
+        );
         // The partition is the user's (one assertion, one user), so its access tokens are
         // found without knowing the user first: no account id in the query, the authority's
         // tenant as realm. A node that has not seen the user yet can then hit L2.
@@ -178,8 +189,12 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             key_id: None,
             scopes: &self.scopes,
         };
-        core.engine
-            .acquire(&partition, &query, self.force_refresh, None, || {
+        core.engine.acquire(
+            &partition,
+            &query,
+            self.force_refresh,
+            self.scopes.is_borrowed(),
+            || {
                 Job::new(
                     &partition,
                     &query,
@@ -187,12 +202,13 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
                     FlowKind::Confidential,
                     Arc::new(OnBehalfOf {
                         client: Arc::clone(identity),
-                        assertion: self.assertion.clone(),
+                        assertion: TokenSecret::new(&*self.assertion),
                         scopes: (*self.scopes).clone(),
                         requested_at: core.engine.now(),
                     }),
                 )
-            })
+            },
+        )
     }
 }
 
@@ -265,7 +281,11 @@ impl<'a> AcquireTokenSilent<'a> {
         let core = self.core;
         let identity = &core.identity;
         let home = self.account.home_account_id.as_str();
-        let partition = PartitionKey::for_user(&identity.client_id, home);
+        let realm = self.account.realm.as_str();
+        let partition =
+            hot::partition_key(core.engine.id(), KeySource::Account, home, realm, || {
+                PartitionKey::for_user(&identity.client_id, home)
+            });
         let query = AccessTokenQuery {
             home_account_id: Some(home),
             environment: identity.authority.environment(),
@@ -274,8 +294,12 @@ impl<'a> AcquireTokenSilent<'a> {
             key_id: None,
             scopes: &self.scopes,
         };
-        core.engine
-            .acquire(&partition, &query, self.force_refresh, None, || {
+        core.engine.acquire(
+            &partition,
+            &query,
+            self.force_refresh,
+            self.scopes.is_borrowed(),
+            || {
                 Job::new(
                     &partition,
                     &query,
@@ -287,7 +311,8 @@ impl<'a> AcquireTokenSilent<'a> {
                         scopes: (*self.scopes).clone(),
                     }),
                 )
-            })
+            },
+        )
     }
 }
 

@@ -44,6 +44,18 @@ impl PartitionKey {
         PartitionKey(format!("{kind}:{a}:{b}").to_lowercase().into())
     }
 
+    /// The address of the shared key: identifies it while a clone is held.
+    #[inline]
+    pub(crate) fn address(&self) -> usize {
+        Arc::as_ptr(&self.0) as *const u8 as usize
+    }
+
+    /// True when both are the same shared key (not merely equal).
+    #[inline]
+    pub(crate) fn same_as(&self, other: &PartitionKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The key as a string (used as the L2 key, under a prefix).
     pub fn as_str(&self) -> &str {
         &self.0
