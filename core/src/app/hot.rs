@@ -64,12 +64,14 @@ const COUNT_BATCH: u64 = 64;
 
 struct Front {
     slots: [Option<Slot>; SLOTS],
+    /// Per set, the way used last.
+    recent: [usize; SLOTS / 2],
     uncounted_hits: u64,
 }
 
 thread_local! {
     static FRONT: RefCell<Front> = const {
-        RefCell::new(Front { slots: [const { None }; SLOTS], uncounted_hits: 0 })
+        RefCell::new(Front { slots: [const { None }; SLOTS], recent: [0; SLOTS / 2], uncounted_hits: 0 })
     };
 }
 
@@ -104,12 +106,25 @@ impl Deadline {
     }
 }
 
-#[inline]
+/// The first of the two slots (a set) where `key` may live: two ways, so two hot keys that
+/// hash alike (a service alternating between two scope sets) do not evict each other.
+#[inline(always)]
 fn index(engine: u64, key: &HotKey<'_>) -> usize {
-    let mixed =
-        (engine ^ key.scopes.address() as u64 ^ (key.partition.address() as u64).rotate_left(17))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (mixed >> 58) as usize % SLOTS
+    let mut h = engine
+        ^ (key.scopes.address() as u64 >> 4)
+        ^ (key.partition.address() as u64 >> 4).rotate_left(29);
+    h = (h ^ (h >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^= h >> 29;
+    (h as usize % (SLOTS / 2)) * 2
+}
+
+impl Slot {
+    #[inline(always)]
+    fn names(&self, engine: u64, key: &HotKey<'_>) -> bool {
+        self.engine == engine
+            && self.partition.same_as(key.partition)
+            && self.scopes.same_as(key.scopes)
+    }
 }
 
 /// This thread's copy of the token for `key`, if it is still the one L1 holds and fresh at
@@ -125,14 +140,17 @@ pub(crate) fn get(
         .try_with(|front| {
             let mut front = front.try_borrow_mut().ok()?;
             let front = &mut *front;
-            let slot = front.slots[index(engine, key)].as_ref()?;
-            if !(slot.engine == engine
-                && slot.partition.same_as(key.partition)
-                && slot.scopes.same_as(key.scopes)
-                && slot.fresh_until.is_after(now)
-                && generation(slot.stripe) == slot.generation)
-            {
+            let set = index(engine, key);
+            let (way, slot) = match (&front.slots[set], &front.slots[set + 1]) {
+                (Some(slot), _) if slot.names(engine, key) => (set, slot),
+                (_, Some(slot)) if slot.names(engine, key) => (set + 1, slot),
+                _ => return None,
+            };
+            if !(slot.fresh_until.is_after(now) && generation(slot.stripe) == slot.generation) {
                 return None;
+            }
+            if front.recent[set / 2] != way {
+                front.recent[set / 2] = way;
             }
             front.uncounted_hits += 1;
             if front.uncounted_hits >= COUNT_BATCH {
@@ -166,7 +184,21 @@ pub(crate) fn put(
 ) {
     let _ = FRONT.try_with(|front| {
         if let Ok(mut front) = front.try_borrow_mut() {
-            front.slots[index(engine, key)] = Some(Slot {
+            let set = index(engine, key);
+            // The way that names the key, else the one not used last.
+            let way = (set..set + 2)
+                .find(|&i| {
+                    front.slots[i]
+                        .as_ref()
+                        .is_some_and(|slot| slot.names(engine, key))
+                })
+                .unwrap_or(if front.recent[set / 2] == set {
+                    set + 1
+                } else {
+                    set
+                });
+            front.recent[set / 2] = way;
+            front.slots[way] = Some(Slot {
                 engine,
                 partition: key.partition.clone(),
                 scopes: key.scopes.clone(),
