@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use tokenwell_benches::flows::Flow;
 use tokenwell_benches::{LAYOUTS, SIZES, criterion_dir, figures_dir};
 
 /// Criterion's median (ns) of `group/function[/param]`.
@@ -60,20 +61,84 @@ fn main() {
     let sizes = SIZES.map(short).join(" / ");
     out.push_str("| figure | measured | goal | |\n|---|---|---|---|\n");
 
+    let floors: Vec<_> = SIZES
+        .iter()
+        .map(|total| median_ns(&format!("l1_hit/floor/{total}")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "| floor: hashbrown lookup of a `String` key + one `Instant::now` + an `Arc` clone ({sizes} entries), median | {} | – | |",
+        floors
+            .iter()
+            .map(|v| show(*v, ns))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    );
     for (label, _) in LAYOUTS {
         let values: Vec<_> = SIZES
             .iter()
-            .map(|total| median_ns(&format!("l1_hit/{label}/{total}")))
+            .map(|total| median_ns(&format!("l1_hit/readme_shape/{label}/{total}")))
+            .collect();
+        let ratios: Vec<_> = SIZES
+            .iter()
+            .map(|total| figure(&format!("l1_floor_ratio.{label}.{total}")))
+            .collect();
+        let cells: Vec<_> = values.iter().map(|v| show(*v, ns)).collect();
+        let ratio_cells: Vec<_> = ratios
+            .iter()
+            .map(|v| show(*v, |r| format!("{r:.2}×")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| L1 hit, README shape `([\"…\"]).await`, {} ({sizes} tokens), median; ÷ floor (paired) | {} ({}) | ≤ 1.5× floor, flat | {} |",
+            label.replace('_', " "),
+            cells.join(" / "),
+            ratio_cells.join(" / "),
+            verdict(&ratios, |v| v <= 1.5),
+        );
+    }
+    for (label, _) in LAYOUTS {
+        let values: Vec<_> = SIZES
+            .iter()
+            .map(|total| median_ns(&format!("l1_hit/scope_set/{label}/{total}")))
             .collect();
         let cells: Vec<_> = values.iter().map(|v| show(*v, ns)).collect();
         let _ = writeln!(
             out,
-            "| L1 hit, {} ({sizes} tokens), 1 thread, median | {} | ≤ 100 ns, flat | {} |",
+            "| L1 hit, `(&scope_set).await`, {} ({sizes} tokens), median | {} | – | |",
             label.replace('_', " "),
             cells.join(" / "),
-            verdict(&values, |v| v <= 100.0),
         );
     }
+    for flow in Flow::ALL {
+        let label = flow.label();
+        let time = median_ns(&format!("l1_hit_flow/{label}"));
+        let instructions = figure(&format!("instructions_per_hit.{label}"));
+        let allocations = figure(&format!("allocations_per_hit.{label}"));
+        let goal = match flow {
+            Flow::ClientReadme | Flow::ClientScopeSet => 400.0,
+            _ => 600.0,
+        };
+        let _ = writeln!(
+            out,
+            "| hit, {}: time (median) / instructions (callgrind) / allocations | {} / {} / {} | ≤ {goal:.0} instructions, 0 allocations | {} |",
+            label.replace('_', " "),
+            show(time, ns),
+            show(instructions, |v| format!("{v:.0}")),
+            show(allocations, |v| format!("{v:.2}")),
+            match (instructions, allocations) {
+                (Some(i), Some(a)) if i <= goal && a < 0.5 => "met",
+                (Some(_), Some(_)) => "missed",
+                _ => "–",
+            },
+        );
+    }
+    let floor_instructions = figure("instructions_per_hit.floor");
+    let _ = writeln!(
+        out,
+        "| floor: instructions (callgrind) | {} | – | |",
+        show(floor_instructions, |v| format!("{v:.0}")),
+    );
     for (label, _) in LAYOUTS {
         let ratios: Vec<_> = SIZES
             .iter()
@@ -93,13 +158,6 @@ fn main() {
             verdict(&ratios, |v| v >= 1.8),
         );
     }
-    let allocations = figure("allocations_per_hit");
-    let _ = writeln!(
-        out,
-        "| allocations per L1 hit (result included) | {} | 0 | {} |",
-        show(allocations, |v| format!("{v:.2}")),
-        verdict(&[allocations], |v| v < 0.5),
-    );
     for (key, label) in [
         ("per_tenant", "partition per tenant"),
         ("1000_per_partition", "1,000 tokens per partition"),
