@@ -77,7 +77,7 @@ fn main() {
     for (label, _) in LAYOUTS {
         let values: Vec<_> = SIZES
             .iter()
-            .map(|total| median_ns(&format!("l1_hit/readme_shape/{label}/{total}")))
+            .map(|total| median_ns(&format!("l1_hit/readme_shape_{label}/{total}")))
             .collect();
         let ratios: Vec<_> = SIZES
             .iter()
@@ -100,7 +100,7 @@ fn main() {
     for (label, _) in LAYOUTS {
         let values: Vec<_> = SIZES
             .iter()
-            .map(|total| median_ns(&format!("l1_hit/scope_set/{label}/{total}")))
+            .map(|total| median_ns(&format!("l1_hit/scope_set_{label}/{total}")))
             .collect();
         let cells: Vec<_> = values.iter().map(|v| show(*v, ns)).collect();
         let _ = writeln!(
@@ -260,4 +260,95 @@ fn main() {
         out.push_str(&std::fs::read_to_string(memory).unwrap_or_default());
     }
     print!("{out}");
+
+    let chart = figures_dir().join("l1_hit.svg");
+    match std::fs::write(&chart, hit_chart()) {
+        Ok(()) => println!("\nchart: {}", chart.display()),
+        Err(e) => eprintln!("could not write {}: {e}", chart.display()),
+    }
+}
+
+/// An SVG line chart of the README-shape hit time against the number of cached tokens (log
+/// scale), one line per layout, and the floor.
+fn hit_chart() -> String {
+    let (width, height, left, bottom, margin_top, right): (f64, f64, f64, f64, f64, f64) =
+        (720.0, 420.0, 70.0, 50.0, 30.0, 230.0);
+    let mut series: Vec<(String, Vec<Option<f64>>)> = LAYOUTS
+        .iter()
+        .map(|(label, _)| {
+            let values = SIZES
+                .iter()
+                .map(|t| median_ns(&format!("l1_hit/readme_shape_{label}/{t}")))
+                .collect();
+            (label.replace('_', " "), values)
+        })
+        .collect();
+    series.push((
+        "floor".to_owned(),
+        SIZES
+            .iter()
+            .map(|t| median_ns(&format!("l1_hit/floor/{t}")))
+            .collect(),
+    ));
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten().copied())
+        .fold(100.0_f64, f64::max)
+        * 1.15;
+    let x = |i: usize| left + (width - left - right) * i as f64 / (SIZES.len() - 1) as f64;
+    let y = |v: f64| height - bottom - (height - bottom - margin_top) * v / top;
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#555555"];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\">L1 hit, acquire_token_for_client([\"…\"]).await (median ns)</text>\n"
+    );
+    for tick in 0..=4 {
+        let v = top * f64::from(tick) / 4.0;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            width - right,
+            left - 6.0,
+            y(v) + 4.0,
+            y0 = y(v),
+        );
+    }
+    for (i, total) in SIZES.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            x(i),
+            height - bottom + 18.0,
+            short(*total),
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">cached tokens</text>",
+        (left + width - right) / 2.0,
+        height - 10.0,
+    );
+    for (n, ((name, values), color)) in series.iter().zip(colors).enumerate() {
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+            .collect();
+        let dash = if name == "floor" {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>\n\
+             <text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
+            points.join(" "),
+            width - right + 12.0,
+            margin_top + 20.0 + 18.0 * n as f64,
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
 }

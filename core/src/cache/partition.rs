@@ -114,8 +114,8 @@ pub const USER_ENTRY_LIFETIME_SECS: u64 = 90 * 24 * 3600;
 pub(crate) const TOMBSTONE_RETENTION_SECS: u64 = 48 * 3600;
 
 /// The hash covers only what varies within a partition (realm, scopes, account); environment,
-/// token type and key id are compared by `Equivalent` but not hashed, which keeps the hot-path
-/// hash short and case-insensitive token types free.
+/// token type and key id are compared when a probe finds a candidate but not hashed, which
+/// keeps the hash short and case-insensitive token types free.
 fn hash_key_fields<H: Hasher>(
     state: &mut H,
     home_account_id: Option<&str>,
