@@ -35,6 +35,18 @@ fn readme_hit(app: &ConfidentialClientApplication) -> tokenwell_core::Authentica
         .expect("a hit succeeds")
 }
 
+#[inline]
+fn scope_set_hit(
+    app: &ConfidentialClientApplication,
+    scopes: &tokenwell_core::ScopeSet,
+) -> tokenwell_core::AuthenticationResult {
+    app.acquire_token_for_client(scopes)
+        .execute()
+        .now_or_never()
+        .expect("a hit completes without waiting")
+        .expect("a hit succeeds")
+}
+
 /// Hit time ÷ floor time, paired: rounds of each back to back, the best round of each.
 fn floor_ratio(app: &ConfidentialClientApplication, floor: &Floor) -> f64 {
     const ROUND: u32 = 100_000;
@@ -81,15 +93,7 @@ fn l1_hit(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("scope_set/{label}"), total),
                 &total,
-                |b, _| {
-                    b.iter(|| {
-                        app.acquire_token_for_client(&scopes)
-                            .execute()
-                            .now_or_never()
-                            .expect("hit")
-                            .expect("ok")
-                    })
-                },
+                |b, _| b.iter(|| scope_set_hit(&app, &scopes)),
             );
             record_figure(
                 &format!("l1_floor_ratio.{label}.{total}"),
@@ -125,37 +129,17 @@ fn flows(c: &mut Criterion) {
 fn past_refresh_on(c: &mut Criterion) {
     let mut group = c.benchmark_group("l1_hit_refresh");
     let (plain, plain_scopes) = app_with_cached_tokens(1, Layout::PartitionPerTenant);
-    group.bench_function("plain", |b| {
-        b.iter(|| {
-            plain
-                .acquire_token_for_client(&plain_scopes)
-                .execute()
-                .now_or_never()
-                .expect("hit")
-                .expect("ok")
-        })
-    });
+    group.bench_function("plain", |b| b.iter(|| scope_set_hit(&plain, &plain_scopes)));
     let (app, scopes) = app_with_token_past_refresh_on();
     // The first hit claims the refresh (the bench runtime drops the spawned task, so it stays
     // "in flight"); every later hit only serves.
-    let first = app
-        .acquire_token_for_client(&scopes)
-        .execute()
-        .now_or_never()
-        .expect("hit")
-        .expect("ok");
+    let first = scope_set_hit(&app, &scopes);
     assert_eq!(
         first.metadata().cache_refresh_reason,
         tokenwell_core::CacheRefreshReason::ProactivelyRefreshed
     );
     group.bench_function("past_refresh_on_in_flight", |b| {
-        b.iter(|| {
-            app.acquire_token_for_client(&scopes)
-                .execute()
-                .now_or_never()
-                .expect("hit")
-                .expect("ok")
-        })
+        b.iter(|| scope_set_hit(&app, &scopes))
     });
     group.finish();
 }

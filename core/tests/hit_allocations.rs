@@ -11,11 +11,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use tokenwell_cache_memory::MemoryCache;
-use tokenwell_core::{ClientCredential, ConfidentialClientApplication, ScopeSet, TokenSource};
-use tokenwell_idp_emulator::Emulator;
-use tokenwell_runtime_tokio::TokioRuntime;
+use tokenwell_core::{ScopeSet, TokenSource};
 
-use support::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT, Transport};
+use support::{CLIENT_ID, SCOPE, emulator, readme_app};
 
 struct PerThreadCounting;
 
@@ -47,24 +45,6 @@ static GLOBAL: PerThreadCounting = PerThreadCounting;
 
 fn allocations_here() -> u64 {
     ALLOCATIONS.with(Cell::get)
-}
-
-/// The README's setup: tokio runtime (system clock), memory L1, the emulator as the IdP.
-async fn readme_app(emulator: &Emulator, cache: Arc<MemoryCache>) -> ConfidentialClientApplication {
-    ConfidentialClientApplication::builder(CLIENT_ID)
-        .authority(emulator.authority(TENANT))
-        .credential(ClientCredential::secret(CLIENT_SECRET))
-        .transport(Transport::Hyper.build())
-        .runtime(Arc::new(TokioRuntime::current()))
-        .cache(cache)
-        .build()
-        .expect("valid configuration")
-}
-
-async fn emulator() -> Emulator {
-    let emulator = Emulator::start().await.expect("emulator starts");
-    emulator.register_client_secret(CLIENT_ID, CLIENT_SECRET);
-    emulator
 }
 
 const HITS: u64 = 20_000;

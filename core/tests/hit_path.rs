@@ -12,28 +12,10 @@ use tokenwell_core::{
     CacheRefreshReason, ClientCredential, ConfidentialClientApplication, ManualClock, Runtime,
     TokenSource,
 };
-use tokenwell_idp_emulator::{Emulator, TokenLifetimes};
+use tokenwell_idp_emulator::TokenLifetimes;
 use tokenwell_runtime_tokio::TokioRuntime;
 
-use support::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT, Transport};
-
-/// The README's setup: tokio runtime (system clock), memory L1, the emulator as the IdP.
-async fn readme_app(emulator: &Emulator, cache: Arc<MemoryCache>) -> ConfidentialClientApplication {
-    ConfidentialClientApplication::builder(CLIENT_ID)
-        .authority(emulator.authority(TENANT))
-        .credential(ClientCredential::secret(CLIENT_SECRET))
-        .transport(Transport::Hyper.build())
-        .runtime(Arc::new(TokioRuntime::current()))
-        .cache(cache)
-        .build()
-        .expect("valid configuration")
-}
-
-async fn emulator() -> Emulator {
-    let emulator = Emulator::start().await.expect("emulator starts");
-    emulator.register_client_secret(CLIENT_ID, CLIENT_SECRET);
-    emulator
-}
+use support::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT, Transport, emulator, readme_app};
 
 /// Each thread serves its own copy of a hot token (no shared reference count per hit), and a
 /// thread's hits share that one copy.

@@ -3,7 +3,6 @@
 //! with public clients (on-behalf-of, authorization code, silent) in `user_flows.rs`.
 
 use std::fmt;
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use super::engine::Acquire;
@@ -21,7 +20,6 @@ use crate::authority::Authority;
 use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenCache};
 use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
-use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::scopes::{IntoScopeSet, Scopes};
 use crate::throttle::{FlowKind, ThrottleKey};
@@ -334,14 +332,5 @@ impl<'a> AcquireTokenForClient<'a> {
                     }),
                 )
             })
-    }
-}
-
-impl<'a> IntoFuture for AcquireTokenForClient<'a> {
-    type Output = Result<AuthenticationResult>;
-    type IntoFuture = TokenFuture<'a>;
-
-    fn into_future(self) -> TokenFuture<'a> {
-        self.into()
     }
 }

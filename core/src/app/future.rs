@@ -6,7 +6,7 @@
 //! figures of `benches/l1_hit.rs` and `a_hit_in_the_readme_call_shape_allocates_nothing` in
 //! `core/tests/hit_path.rs`.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -45,33 +45,35 @@ impl<'a> From<Request<'a>> for TokenFuture<'a> {
     }
 }
 
-impl<'a> From<AcquireTokenForClient<'a>> for TokenFuture<'a> {
-    #[inline]
-    fn from(request: AcquireTokenForClient<'a>) -> Self {
-        Request::ForClient(request).into()
-    }
+/// Each cached-token request converts into its `TokenFuture` variant, and awaiting the
+/// request awaits that future.
+macro_rules! token_requests {
+    ($($request:ident => $variant:ident),* $(,)?) => {$(
+        impl<'a> From<$request<'a>> for TokenFuture<'a> {
+            #[inline]
+            fn from(request: $request<'a>) -> Self {
+                Request::$variant(request).into()
+            }
+        }
+
+        impl<'a> IntoFuture for $request<'a> {
+            type Output = Result<AuthenticationResult>;
+            type IntoFuture = TokenFuture<'a>;
+
+            #[inline]
+            fn into_future(self) -> TokenFuture<'a> {
+                self.into()
+            }
+        }
+    )*};
 }
 
-impl<'a> From<AcquireTokenOnBehalfOf<'a>> for TokenFuture<'a> {
-    #[inline]
-    fn from(request: AcquireTokenOnBehalfOf<'a>) -> Self {
-        Request::OnBehalfOf(request).into()
-    }
-}
-
-impl<'a> From<AcquireTokenSilent<'a>> for TokenFuture<'a> {
-    #[inline]
-    fn from(request: AcquireTokenSilent<'a>) -> Self {
-        Request::Silent(request).into()
-    }
-}
-
-impl<'a> From<AcquireTokenForManagedIdentity<'a>> for TokenFuture<'a> {
-    #[inline]
-    fn from(request: AcquireTokenForManagedIdentity<'a>) -> Self {
-        Request::ManagedIdentity(request).into()
-    }
-}
+token_requests!(
+    AcquireTokenForClient => ForClient,
+    AcquireTokenOnBehalfOf => OnBehalfOf,
+    AcquireTokenSilent => Silent,
+    AcquireTokenForManagedIdentity => ManagedIdentity,
+);
 
 impl Future for TokenFuture<'_> {
     type Output = Result<AuthenticationResult>;

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use super::engine::{Acquire, Engine};
@@ -16,7 +15,6 @@ use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
-use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::throttle::{FlowKind, ThrottleKey};
 
@@ -221,14 +219,5 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
                 )
             },
         )
-    }
-}
-
-impl<'a> IntoFuture for AcquireTokenForManagedIdentity<'a> {
-    type Output = Result<AuthenticationResult>;
-    type IntoFuture = TokenFuture<'a>;
-
-    fn into_future(self) -> TokenFuture<'a> {
-        self.into()
     }
 }

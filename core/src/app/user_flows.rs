@@ -212,15 +212,6 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
     }
 }
 
-impl<'a> IntoFuture for AcquireTokenOnBehalfOf<'a> {
-    type Output = Result<AuthenticationResult>;
-    type IntoFuture = TokenFuture<'a>;
-
-    fn into_future(self) -> TokenFuture<'a> {
-        self.into()
-    }
-}
-
 /// A silent request: the cache, else the account's refresh token; never a user prompt.
 #[must_use = "a request does nothing until awaited"]
 pub struct AcquireTokenSilent<'a> {
@@ -313,15 +304,6 @@ impl<'a> AcquireTokenSilent<'a> {
                 )
             },
         )
-    }
-}
-
-impl<'a> IntoFuture for AcquireTokenSilent<'a> {
-    type Output = Result<AuthenticationResult>;
-    type IntoFuture = TokenFuture<'a>;
-
-    fn into_future(self) -> TokenFuture<'a> {
-        self.into()
     }
 }
 

@@ -193,3 +193,25 @@ macro_rules! over_each_transport {
         }
     };
 }
+
+/// The README's setup: tokio runtime (system clock), memory L1, the emulator as the IdP.
+pub async fn readme_app(
+    emulator: &Emulator,
+    cache: Arc<MemoryCache>,
+) -> ConfidentialClientApplication {
+    ConfidentialClientApplication::builder(CLIENT_ID)
+        .authority(emulator.authority(TENANT))
+        .credential(ClientCredential::secret(CLIENT_SECRET))
+        .transport(Transport::Hyper.build())
+        .runtime(Arc::new(TokioRuntime::current()))
+        .cache(cache)
+        .build()
+        .expect("valid configuration")
+}
+
+/// An emulator with the test client's secret registered.
+pub async fn emulator() -> Emulator {
+    let emulator = Emulator::start().await.expect("emulator starts");
+    emulator.register_client_secret(CLIENT_ID, CLIENT_SECRET);
+    emulator
+}
