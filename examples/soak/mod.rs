@@ -1408,6 +1408,16 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
         ..
     } = conductor;
     let idp_requests_at_emulator = idp.token_requests() - emulator_requests_before;
+    for (node, app) in shared.apps.iter().enumerate() {
+        if let Some(health) = app.l2_health() {
+            notes.push(format!(
+                "node {node} L2: {} read errors, {} write errors, last: {}",
+                health.read_errors,
+                health.write_errors,
+                health.last_error.as_deref().unwrap_or("none")
+            ));
+        }
+    }
     idp.shutdown().await;
     drop(redis);
     let take = |m: &Mutex<Vec<String>>| {
