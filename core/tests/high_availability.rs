@@ -5,11 +5,12 @@ mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
 use tokenwell_core::{
-    CacheRefreshReason, ConfidentialClientApplication, Error, RetryPolicy, TokenSource,
-    TransportErrorKind,
+    CacheRefreshReason, ConfidentialClientApplication, Error, ManualClock, RetryPolicy, Runtime,
+    TokenSource, TransportErrorKind,
 };
 use tokenwell_idp_emulator::{Fault, TokenLifetimes};
 
@@ -20,6 +21,7 @@ over_each_transport!(
     failed_background_refresh_keeps_serving_until_expiry,
     outage_drill_two_hours_without_a_failed_call,
     retry_after_429_throttles_the_same_request_locally,
+    a_retry_after_being_waited_out_in_line_throttles_the_same_request,
     one_retry_after_a_503_and_none_after_a_400,
     ten_thousand_cold_callers_make_one_request,
     ten_thousand_cold_callers_all_receive_the_error,
@@ -232,6 +234,96 @@ async fn retry_after_429_throttles_the_same_request_locally(t: Transport) {
     let ok = app.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(ok.metadata().token_source, TokenSource::IdentityProvider);
     assert_eq!(rig.cc_requests(), 3);
+}
+
+/// A manual clock that reports every `sleep` it is asked for (the in-line wait before a
+/// retry), so a test can act while the sleeper waits for the clock to move.
+struct ReportingClock {
+    clock: ManualClock,
+    sleeps: tokio::sync::mpsc::UnboundedSender<Duration>,
+}
+
+impl Runtime for ReportingClock {
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        let _ = self.sleeps.send(duration);
+        self.clock.sleep(duration)
+    }
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.clock.spawn(task)
+    }
+    fn io_timeout(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.clock.io_timeout(duration)
+    }
+}
+
+/// `what`, or a loud failure after 10 s.
+async fn within<F: IntoFuture>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f.into_future())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within 10 s"))
+}
+
+/// Found by the soak (examples/tests/soak.rs): a 429 with a short `Retry-After` is waited out
+/// in-line before the one retry, and the throttling window used to open only once that retry
+/// had failed too. A forced request waiting out its `Retry-After` has a flight of its own, so
+/// a caller's miss (or a background refresh) for the same key reached the identity provider
+/// inside the `Retry-After` the node had just been given.
+async fn a_retry_after_being_waited_out_in_line_throttles_the_same_request(t: Transport) {
+    let rig = Rig::start(t).await;
+    rig.clock.auto_advance(false);
+    let (sleeps, mut slept) = tokio::sync::mpsc::unbounded_channel();
+    let app = rig
+        .builder()
+        .runtime(Arc::new(ReportingClock {
+            clock: rig.clock.clone(),
+            sleeps,
+        }))
+        .refresh_options(no_jitter(false))
+        .build()
+        .unwrap();
+    rig.emulator.push_fault(Fault::throttled(3));
+    let forced = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.acquire_token_for_client([SCOPE])
+                .with_force_refresh(true)
+                .await
+        })
+    };
+    // The forced request was answered 429, Retry-After 3 s: it now waits that out.
+    let wait = within("the forced request's wait before its retry", slept.recv())
+        .await
+        .expect("the forced request sleeps before its retry");
+    assert_eq!(wait, Duration::from_secs(3));
+    assert_eq!(rig.cc_requests(), 1);
+
+    // Meanwhile a caller misses on the same key: refused locally, no request.
+    let miss = within("the caller's miss", app.acquire_token_for_client([SCOPE]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&miss, Error::Throttled { cause, .. } if cause.idp_error().is_some_and(|e| e.status == 429)),
+        "a request inside the Retry-After is refused locally, got {miss:?}"
+    );
+    assert_eq!(
+        rig.cc_requests(),
+        1,
+        "nothing reached the identity provider"
+    );
+
+    // The wait is over: the retry succeeds and closes the window.
+    rig.clock.advance(Duration::from_secs(3));
+    let ok = within("the forced request's retry", forced)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.metadata().retries, 1);
+    assert_eq!(rig.cc_requests(), 2);
+    let hit = app.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(hit.metadata().token_source, TokenSource::CacheL1);
 }
 
 async fn one_retry_after_a_503_and_none_after_a_400(t: Transport) {

@@ -18,10 +18,8 @@
 //! # Ok(()) }
 //! ```
 
-mod redis;
 mod report;
 mod svg;
-mod transport;
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -30,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_cache_redis::RedisStore;
-use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::{
     AuthenticationResult, ClientCredential, ConfidentialClientApplication, L2Options, LeaseOptions,
     ManualClock, RefreshOptions, RetryPolicy, Runtime, TokenSource, TokenStore,
@@ -40,11 +37,10 @@ use tokenwell_idp_emulator::{Emulator, Fault, TokenLifetimes};
 use tokenwell_runtime_tokio::TokioRuntime;
 use tokio::task::JoinSet;
 
-pub use redis::RedisChild;
 pub use report::{FarmReport, NodeStats, Round};
-pub use transport::IdpRequest;
 
-use transport::{CountingTransport, RequestLog};
+use crate::redis_server::{self, RedisChild};
+use crate::transport::{CountingTransport, RequestLog};
 
 /// Client id every node runs as.
 pub const CLIENT_ID: &str = "9a1f3c52-farm-drill";
@@ -427,19 +423,7 @@ impl SharedL2 {
                     .await?
                     .map_err(|e| format!("redis-server did not restart: {e}"))?;
                 *server = Some(child);
-                let probe = PartitionKey::for_app("farm-drill-probe", "reconnect");
-                let deadline = Instant::now() + RECONNECT_DEADLINE;
-                for (node, store) in stores.iter().enumerate() {
-                    while store.load(&probe).await.is_err() {
-                        if Instant::now() >= deadline {
-                            return Err(format!(
-                                "node {node}'s Redis connection did not come back within {RECONNECT_DEADLINE:?}"
-                            )
-                            .into());
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+                redis_server::wait_until_stores_answer(stores, RECONNECT_DEADLINE).await?;
             }
             SharedL2::Memory(store) => store.set_available(true),
         }
@@ -487,7 +471,7 @@ pub async fn run(config: FarmConfig) -> Result<FarmReport, DrillError> {
         let transport = CountingTransport::new(
             Arc::new(ReqwestTransport::new()),
             i,
-            clock.clone(),
+            Arc::new(clock.clone()),
             Arc::clone(&scopes),
             log.clone(),
         );

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::FarmConfig;
-use super::transport::IdpRequest;
+use crate::transport::IdpRequest;
 
 /// What one node saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -462,8 +462,11 @@ mod tests {
         IdpRequest {
             node,
             minute,
+            sent_at: std::time::Duration::from_secs(u64::from(minute) * 60),
+            answered_at: std::time::Duration::from_secs(u64::from(minute) * 60),
             key: Some(key),
             status: Some(200),
+            retry_after: None,
         }
     }
 

@@ -647,7 +647,17 @@ impl Engine {
             }
         }
         let cached = self.cache.get(&job.partition);
-        match job.flow.renew(&self.idp, cached).await {
+        // A `Retry-After` the flow waits out before its retry holds for every request of the
+        // key from the moment it arrives, not only once the retry has failed too: other
+        // flights of the key (a forced one, a miss, a background refresh) honour it meanwhile.
+        let engine = Arc::clone(self);
+        let (throttle_key, kind) = (job.throttle_key, job.kind);
+        let idp = self.idp.telling(Arc::new(move |error: &Error| {
+            engine
+                .throttler
+                .record_failure(throttle_key, kind, error, engine.idp.runtime.now());
+        }));
+        match job.flow.renew(&idp, cached).await {
             Ok(fetched) => {
                 self.throttler.record_success(job.throttle_key);
                 let stats = fetched.stats;

@@ -25,12 +25,18 @@ pub(crate) struct FetchStats {
     pub retries: u32,
 }
 
+/// Called with the error of an attempt that will be retried, before the wait.
+pub(crate) type BeforeRetry = Arc<dyn Fn(&Error) + Send + Sync>;
+
 /// Transport, clock and the policies that govern talking to the identity provider.
 pub(crate) struct Idp {
     pub transport: Arc<dyn HttpTransport>,
     pub runtime: Arc<dyn Runtime>,
     pub send_options: SendOptions,
     pub retry: RetryPolicy,
+    /// Told about each failed attempt the loop is about to wait out and retry (the engine
+    /// opens the throttling window a `Retry-After` asks for then, not after the retry).
+    pub before_retry: Option<BeforeRetry>,
 }
 
 /// Retry rules of the managed-identity endpoints, which answer with their own statuses: IMDS
@@ -95,6 +101,17 @@ impl StatusRetry {
 }
 
 impl Idp {
+    /// The same client, telling `before_retry` about each attempt it will retry.
+    pub(crate) fn telling(&self, before_retry: BeforeRetry) -> Idp {
+        Idp {
+            transport: Arc::clone(&self.transport),
+            runtime: Arc::clone(&self.runtime),
+            send_options: self.send_options,
+            retry: self.retry.clone(),
+            before_retry: Some(before_retry),
+        }
+    }
+
     /// POST a token request to `endpoint`, building the form anew for every attempt (client
     /// assertions must not be replayed), and retry as the policy allows.
     pub(crate) async fn token_request<F, Fut>(
@@ -183,6 +200,9 @@ impl Idp {
             };
             match delay(stats.retries, &error) {
                 Some(delay) => {
+                    if let Some(before_retry) = &self.before_retry {
+                        before_retry(&error);
+                    }
                     tracing::info!(
                         endpoint,
                         retry = stats.retries + 1,

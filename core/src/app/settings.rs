@@ -75,6 +75,7 @@ impl EngineSettings {
                 runtime,
                 send_options: self.send_options,
                 retry: self.retry,
+                before_retry: None,
             },
             TokenCache::new(cache),
             self.expiry_buffer,
