@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use redis::{BasicAuth, ErrorKind, RedisError, RedisResult, StreamingCredentialsProvider};
 use tokenwell_core::runtime::from_unix_seconds;
-use tokenwell_core::{ConfidentialClientApplication, Runtime, TokenSecret};
+use tokenwell_core::{AuthenticationResult, ConfidentialClientApplication, Runtime, TokenSecret};
 use tokio::sync::watch;
 
 use crate::error::Error;
@@ -204,10 +204,23 @@ impl RedisCredentialProvider for ApplicationCredentialProvider {
             .acquire_token_for_client(scopes)
             .await
             .map_err(failed)?;
-        // A renewal that finds the token it is replacing in the cache asks the identity
-        // provider: the cache would otherwise hand it back until it is nearly expired.
-        let repeated = self.last_token.lock().as_ref() == Some(result.access_token());
-        if repeated {
+        // A renewal that finds the token it is replacing in the cache first lets the renewal
+        // that hit started in the background (past `refresh_on`) finish, then asks the cache
+        // again; only if the token is still the old one does it ask the identity provider, which
+        // the cache would otherwise hand the old token back until it is nearly expired. Forcing
+        // at once raced the background renewal: two requests for one token.
+        let repeated = |result: &AuthenticationResult| {
+            self.last_token.lock().as_ref() == Some(result.access_token())
+        };
+        if repeated(&result) {
+            self.app.flush().await;
+            result = self
+                .app
+                .acquire_token_for_client(scopes)
+                .await
+                .map_err(failed)?;
+        }
+        if repeated(&result) {
             result = self
                 .app
                 .acquire_token_for_client(scopes)
