@@ -37,7 +37,7 @@
 //!   provider trouble (renewed in the background, served stale inside the expiry buffer when
 //!   the renewal fails for a transient reason, throttling included) and through L2 trouble
 //!   (which costs a miss, never a call). Goal: 0.
-//! - **Forced calls** (`with_force_refresh`, one per second per node by default, on a worker
+//! - **Forced calls** (`with_force_refresh`, one per second per node by default, on a ticker
 //!   of their own, for the keys of the first tenant) must reach the identity provider, so
 //!   they fail when it does; they are counted apart (with their failures) and left out of the
 //!   calls and their latency. They keep a steady stream of requests from every node, so every
@@ -150,7 +150,7 @@ pub struct SoakConfig {
     /// Calls per second per node, started at a fixed rate whatever the earlier calls are
     /// doing (open loop; default 200).
     pub calls_per_second_per_node: u32,
-    /// Forced calls (`with_force_refresh`) per second per node, on a worker of their own
+    /// Forced calls (`with_force_refresh`) per second per node, on a ticker of their own
     /// (default 1): a steady stream of identity-provider requests from every node, so every
     /// identity-provider fault meets traffic and every rotation is used at once.
     pub forced_calls_per_second_per_node: f64,
@@ -546,7 +546,7 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// What the workers share with the conductor.
+/// What the load (the tickers and their calls) shares with the conductor.
 struct Shared {
     /// Key `k` is in tenant `k % tenants`.
     keys: Vec<Key>,
@@ -746,7 +746,7 @@ struct Conductor {
     lost: Vec<String>,
     notes: Vec<String>,
     log_start: SystemTime,
-    /// Tells the workers to stop (sent at the last checkpoint, before the load resumes).
+    /// Tells the tickers to stop (sent at the last checkpoint, before the load resumes).
     stop: Option<watch::Sender<bool>>,
 }
 
@@ -934,7 +934,7 @@ impl Conductor {
     }
 
     /// Stop the load, flush, check, report one line, resume (after the last checkpoint, the
-    /// workers stop instead).
+    /// tickers stop instead).
     async fn checkpoint(&mut self) -> Result<(), SoakError> {
         if self.redis.as_ref().is_some_and(RedisChild::is_paused) {
             // The check reads Redis: it runs as soon as the pause ends.
@@ -1309,9 +1309,9 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
         .sum();
 
     let (stop, stopped) = watch::channel(false);
-    let mut workers = JoinSet::new();
+    let mut tickers = JoinSet::new();
     for node in 0..config.nodes {
-        workers.spawn(ticker(
+        tickers.spawn(ticker(
             Arc::clone(&shared),
             node,
             false,
@@ -1322,7 +1322,7 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
             stopped.clone(),
         ));
         if config.forced_calls_per_second_per_node > 0.0 {
-            workers.spawn(ticker(
+            tickers.spawn(ticker(
                 Arc::clone(&shared),
                 node,
                 true,
@@ -1394,7 +1394,7 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, SoakError> {
     if let Some(stop) = conductor.stop.take() {
         let _ = stop.send(true);
     }
-    while workers.join_next().await.is_some() {}
+    while tickers.join_next().await.is_some() {}
     outcome?;
 
     let Conductor {
