@@ -60,7 +60,7 @@ impl StatusRetry {
         retryable: |s| matches!(s, 404 | 408 | 429 | 500 | 503 | 504),
     };
 
-    fn delay_before_retry(&self, retry: u32, error: &Error) -> Option<Duration> {
+    pub(crate) fn delay_before_retry(&self, retry: u32, error: &Error) -> Option<Duration> {
         if retry >= self.retries {
             return None;
         }
