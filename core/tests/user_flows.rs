@@ -34,6 +34,7 @@ over_each_transport!(
     device_code_expired_is_typed,
     device_code_slow_down_adds_five_seconds,
     device_code_is_cancelled_by_dropping_the_future,
+    device_code_with_absurd_lifetimes_is_malformed,
     public_client_5xx_without_retry_after_throttles_60s,
     msal_json_round_trip_of_a_user_partition,
     obo_and_silent_share_tokens_across_nodes_through_l2,
@@ -417,6 +418,26 @@ async fn device_code_expired_is_typed(t: Transport) {
     let app = rig.public_app();
     let err = device_code_with(&app, |_| {}).await.unwrap_err();
     assert!(matches!(err, Error::DeviceCodeExpired), "{err:?}");
+}
+
+/// Issue 14, found by the `token_response` fuzz target: a device-authorization answer whose
+/// `expires_in` or `interval` no identity provider would send is a typed error. The flow adds
+/// them to its clock, and `expires_in: u64::MAX` overflowed there.
+async fn device_code_with_absurd_lifetimes_is_malformed(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.public_app();
+    for (expires_in, interval) in [(u64::MAX, 1), (900, u64::MAX)] {
+        rig.emulator.set_device_code_settings(DeviceCodeSettings {
+            expires_in,
+            interval,
+            enforce_interval: false,
+        });
+        let err = device_code_with(&app, |_| {}).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::MalformedResponse { reason, .. } if reason.contains("implausibly")),
+            "{expires_in}/{interval}: {err:?}"
+        );
+    }
 }
 
 /// A clock that records every sleep (the device-code polling intervals).

@@ -16,7 +16,7 @@ use super::user_flows::{AcquireTokenSilent, ClientCore, idp_result, user_partiti
 use crate::authority::Authority;
 use crate::cache::{Account, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
-use crate::response::parse_error_response;
+use crate::response::{MAX_LIFETIME_SECS, parse_error_response};
 use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
@@ -333,15 +333,23 @@ pub(crate) fn parse_device_code(
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         _ => Err(malformed(&format!("`{name}` is missing or not a string"))),
     };
-    let seconds = |name: &str, default: Option<u64>| match object.get(name) {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .ok_or_else(|| malformed(&format!("bad `{name}`"))),
-        Some(Value::String(s)) => s
-            .parse::<u64>()
-            .map_err(|_| malformed(&format!("bad `{name}`"))),
-        None => default.ok_or_else(|| malformed(&format!("`{name}` is missing"))),
-        _ => Err(malformed(&format!("bad `{name}`"))),
+    let seconds = |name: &str, default: Option<u64>| {
+        match object.get(name) {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| malformed(&format!("bad `{name}`"))),
+            Some(Value::String(s)) => s
+                .parse::<u64>()
+                .map_err(|_| malformed(&format!("bad `{name}`"))),
+            None => default.ok_or_else(|| malformed(&format!("`{name}` is missing"))),
+            _ => Err(malformed(&format!("bad `{name}`"))),
+        }
+        // The flow adds both to its clock (and `slow_down` to the interval): the lifetime cap of
+        // token responses keeps that arithmetic in range.
+        .and_then(|value| match value {
+            0..=MAX_LIFETIME_SECS => Ok(value),
+            _ => Err(malformed(&format!("`{name}` is implausibly large"))),
+        })
     };
     let verification_uri = text("verification_uri").or_else(|_| text("verification_url"))?;
     let user_code = text("user_code")?;
