@@ -10,6 +10,9 @@ pub mod chain;
 mod coalesce;
 pub mod credential;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 mod response;
 pub mod result;

@@ -11,7 +11,7 @@ use crate::cache::TokenSecret;
 use crate::error::{Error, IdpError, Result};
 
 /// Longest lifetime we accept from an identity provider; anything above is a broken answer.
-const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+pub(crate) const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// A successful token response, validated.
 #[derive(Debug, Clone)]

@@ -10,6 +10,9 @@ mod discovery;
 mod emulator;
 mod error;
 mod faults;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod grants;
 mod msi;
 mod server;

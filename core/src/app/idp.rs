@@ -73,7 +73,7 @@ impl StatusRetry {
         max_retry_after: DEFAULT_MAX_RETRY_AFTER,
     };
 
-    fn delay_before_retry(&self, retry: u32, error: &Error) -> Option<Duration> {
+    pub(crate) fn delay_before_retry(&self, retry: u32, error: &Error) -> Option<Duration> {
         if retry >= self.retries {
             return None;
         }

@@ -314,7 +314,7 @@ async fn device_code_flow(
 }
 
 /// The device-authorization answer, strictly.
-fn parse_device_code(
+pub(crate) fn parse_device_code(
     response: &http::Response<bytes::Bytes>,
     now: std::time::SystemTime,
 ) -> Result<DeviceCodeInfo> {

@@ -1459,6 +1459,28 @@ mod tests {
         assert!(imported.skipped.is_empty(), "{:?}", imported.skipped);
     }
 
+    /// Issue 14, found by the `msal_json` fuzz target: numbers in fields and sections tokenwell
+    /// keeps verbatim come back exactly, so export ∘ import is a fixed point. serde_json's
+    /// default float parser may miss the nearest double by one ulp; this one printed back as
+    /// 1.8888888888888892e99 and drifted on every round trip.
+    #[test]
+    fn kept_numbers_survive_round_trips_exactly() {
+        let doc = r#"{"AccessToken": {"k": {"secret": "s", "odd": 1.888888888888889e99}},
+                      "Future": {"k": {"v": 1.888888888888889e99}}}"#;
+        let mut text = doc.to_owned();
+        for _ in 0..2 {
+            let imported = import(&text).unwrap();
+            text = export(imported.partitions.values(), Some(&imported.unmodelled)).unwrap();
+            let value = json(&text);
+            for kept in [
+                &value["AccessToken"]["k"]["odd"],
+                &value["Future"]["k"]["v"],
+            ] {
+                assert_eq!(kept.as_f64(), Some(1.888888888888889e99), "{text}");
+            }
+        }
+    }
+
     #[test]
     fn invalid_extra_is_an_export_error() {
         let mut token = AccessToken::new(

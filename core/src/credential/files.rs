@@ -227,7 +227,7 @@ impl CertificateFiles {
         self
     }
 
-    fn parse(&self, contents: &[Vec<u8>]) -> Result<LoadedCredential> {
+    pub(crate) fn parse(&self, contents: &[Vec<u8>]) -> Result<LoadedCredential> {
         let path = &self.files.paths[0];
         let (key_pem, cert_pem) = if self.combined {
             split_combined_pem(utf8(&contents[0], "certificate", path)?)?
@@ -306,7 +306,7 @@ impl SecretFile {
         self
     }
 
-    fn parse(&self, contents: &[Vec<u8>]) -> Result<LoadedCredential> {
+    pub(crate) fn parse(&self, contents: &[Vec<u8>]) -> Result<LoadedCredential> {
         let path = &self.files.paths[0];
         let secret = utf8(&contents[0], "client secret", path)?.trim();
         if secret.is_empty() {
@@ -362,7 +362,7 @@ impl FederatedTokenFile {
         self
     }
 
-    fn parse(&self, contents: &[Vec<u8>]) -> Result<LoadedCredential> {
+    pub(crate) fn parse(&self, contents: &[Vec<u8>]) -> Result<LoadedCredential> {
         let path = &self.files.paths[0];
         let token = utf8(&contents[0], "federated token", path)?.trim();
         let parts: Vec<&str> = token.split('.').collect();

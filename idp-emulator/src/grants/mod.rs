@@ -64,9 +64,17 @@ impl ClientAuth {
     }
 }
 
-/// `POST /{tenant}/oauth2/v2.0/token`: records the request, plays a pending fault, then runs
-/// the grant.
-pub(crate) async fn token_endpoint(shared: &Arc<Shared>, req: &Req, tenant: &str) -> Reply {
+/// What the token endpoint reads from a request before any grant runs.
+pub(crate) struct TokenRequest {
+    pub form: BTreeMap<String, String>,
+    /// Header and claims of `client_assertion`, unverified.
+    pub assertion: Option<(jsonwebtoken::Header, Map<String, Value>)>,
+    /// `client_id`, else the Basic user name, else the assertion's `sub` (may be empty).
+    pub client_id: String,
+}
+
+/// Read the form, the client assertion and who the client says it is.
+pub(crate) fn read_token_request(req: &Req) -> TokenRequest {
     let form = req.form();
     let assertion = form.get("client_assertion").and_then(|a| peek(a));
     let client_id = form
@@ -80,6 +88,21 @@ pub(crate) async fn token_endpoint(shared: &Arc<Shared>, req: &Req, tenant: &str
             })
         })
         .unwrap_or_default();
+    TokenRequest {
+        form,
+        assertion,
+        client_id,
+    }
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`: records the request, plays a pending fault, then runs
+/// the grant.
+pub(crate) async fn token_endpoint(shared: &Arc<Shared>, req: &Req, tenant: &str) -> Reply {
+    let TokenRequest {
+        form,
+        assertion,
+        client_id,
+    } = read_token_request(req);
     let recorded = RecordedRequest {
         grant_type: form.get("grant_type").cloned().unwrap_or_default(),
         client_id: client_id.clone(),

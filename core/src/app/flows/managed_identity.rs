@@ -21,7 +21,7 @@ use crate::scopes::ScopeSet;
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 const IMDS_API_VERSION: &str = "2018-02-01";
 const APP_SERVICE_API_VERSION: &str = "2019-08-01";
-const SYSTEM_ASSIGNED_CLIENT_ID: &str = "system_assigned_managed_identity";
+pub(crate) const SYSTEM_ASSIGNED_CLIENT_ID: &str = "system_assigned_managed_identity";
 
 /// Which identity of the resource to use.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
