@@ -1396,6 +1396,35 @@ mod tests {
         assert_eq!(exported["AccessToken"], json(doc)["AccessToken"]);
     }
 
+    /// Issue 14, found by the `msal_json` fuzz target: entries that differ only in the case of
+    /// their token type are one token (compared case-insensitively, as the cache does). The
+    /// newer is imported and the other kept raw; both used to be imported, and the partition
+    /// silently kept one of them.
+    #[test]
+    fn token_types_differing_in_case_are_duplicates() {
+        let doc = r#"{"AccessToken": {
+            "a": {"credential_type": "AccessToken", "secret": "old", "home_account_id": null,
+                  "environment": "e", "client_id": "c", "realm": "r", "target": "s1",
+                  "token_type": "Bearer", "cached_at": "1", "expires_on": "9",
+                  "extended_expires_on": "9"},
+            "b": {"credential_type": "AccessToken", "secret": "new", "home_account_id": null,
+                  "environment": "e", "client_id": "c", "realm": "r", "target": "s1",
+                  "token_type": "bearer", "cached_at": "2", "expires_on": "9",
+                  "extended_expires_on": "9"}
+        }}"#;
+        let imported = import(doc).unwrap();
+        assert_eq!(imported.access_token_count(), 1);
+        let partition = imported.partitions.values().next().unwrap();
+        let token = partition.access_tokens().next().unwrap();
+        assert_eq!(token.secret.expose_secret(), "new");
+        assert_eq!(
+            imported.skipped,
+            vec![MsalJsonError::DuplicateAccessToken { key: "a".into() }]
+        );
+        let exported = export(imported.partitions.values(), Some(&imported.unmodelled)).unwrap();
+        assert_eq!(json(&exported)["AccessToken"], json(doc)["AccessToken"]);
+    }
+
     #[test]
     fn bad_documents_are_errors_not_panics() {
         assert!(matches!(import("{"), Err(MsalJsonError::Syntax(_))));

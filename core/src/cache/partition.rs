@@ -79,8 +79,9 @@ impl fmt::Display for PartitionKey {
     }
 }
 
-/// What identifies an access token inside a partition (everything but the scopes' order/case).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What identifies an access token inside a partition (everything but the scopes' order/case,
+/// and the token type's case).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct AccessTokenKey {
     home_account_id: Option<Box<str>>,
     environment: Box<str>,
@@ -89,6 +90,22 @@ pub(crate) struct AccessTokenKey {
     key_id: Option<Box<str>>,
     scopes: Box<str>,
 }
+
+/// The same identity as the partition's index and the entry id: the token type compares
+/// case-insensitively (it is not hashed), so maps keyed by `AccessTokenKey` (removals, the
+/// MSAL import's duplicates) agree with the index on which tokens are one.
+impl PartialEq for AccessTokenKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.home_account_id == other.home_account_id
+            && self.environment == other.environment
+            && self.realm == other.realm
+            && self.token_type.eq_ignore_ascii_case(&other.token_type)
+            && self.key_id == other.key_id
+            && self.scopes == other.scopes
+    }
+}
+
+impl Eq for AccessTokenKey {}
 
 /// A borrowed lookup for an access token: what a request asks for.
 #[derive(Clone, Copy, Debug)]
