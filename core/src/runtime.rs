@@ -33,8 +33,8 @@ pub trait Runtime: Send + Sync + 'static {
     }
 
     /// True when [`now`](Self::now) is the system's wall clock (`SystemTime::now()`), so the
-    /// hit path may derive it from its one monotonic clock read instead of calling `now`.
-    /// A test clock keeps the default, `false`.
+    /// hit path may compare its one monotonic clock read with a deadline instead of calling
+    /// `now`. A test clock keeps the default, `false`.
     fn now_is_system_time(&self) -> bool {
         false
     }
@@ -55,65 +55,6 @@ impl<R: Runtime + ?Sized> Runtime for Arc<R> {
     }
     fn now_is_system_time(&self) -> bool {
         (**self).now_is_system_time()
-    }
-}
-
-/// Unix seconds read off a monotonic [`Instant`]: the hit path reads the clock once (for its
-/// durations) and gets the wall-clock second from it. The offset between the two clocks is
-/// re-read at most once a second, so a step of the system clock is seen within a second.
-pub(crate) struct WallClock {
-    base: std::time::Instant,
-    /// Unix nanoseconds at `base`, as last measured.
-    offset_nanos: AtomicU64,
-    /// Nanoseconds after `base` when the offset was last measured.
-    measured_at: AtomicU64,
-}
-
-const NANOS_PER_SEC: u64 = 1_000_000_000;
-
-impl WallClock {
-    pub(crate) fn new() -> Self {
-        let clock = WallClock {
-            base: std::time::Instant::now(),
-            offset_nanos: AtomicU64::new(0),
-            measured_at: AtomicU64::new(0),
-        };
-        clock.measure();
-        clock
-    }
-
-    fn measure(&self) {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        let since = self.nanos_since_base(std::time::Instant::now());
-        self.offset_nanos
-            .store(unix.saturating_sub(since), Ordering::Relaxed);
-        self.measured_at.store(since, Ordering::Relaxed);
-    }
-
-    #[inline]
-    fn nanos_since_base(&self, at: std::time::Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// The Unix second of `at`.
-    #[inline]
-    pub(crate) fn unix_seconds(&self, at: std::time::Instant) -> u64 {
-        let since = self.nanos_since_base(at);
-        if since
-            > self
-                .measured_at
-                .load(Ordering::Relaxed)
-                .saturating_add(NANOS_PER_SEC)
-        {
-            self.measure();
-        }
-        self.offset_nanos
-            .load(Ordering::Relaxed)
-            .saturating_add(since)
-            / NANOS_PER_SEC
     }
 }
 
@@ -267,30 +208,6 @@ impl Runtime for ManualClock {
 
     fn io_timeout(&self, duration: Duration) -> BoxFuture<'static, ()> {
         self.inner.io_timeout(duration)
-    }
-}
-
-#[cfg(test)]
-mod wall_clock_tests {
-    use super::*;
-
-    #[test]
-    fn the_wall_clock_from_an_instant_agrees_with_system_time() {
-        let clock = WallClock::new();
-        for _ in 0..3 {
-            let before = unix_seconds(SystemTime::now());
-            let derived = clock.unix_seconds(std::time::Instant::now());
-            let after = unix_seconds(SystemTime::now());
-            assert!(
-                (before..=after).contains(&derived),
-                "{before} <= {derived} <= {after}"
-            );
-        }
-        // An instant before the clock was made reads as its base: never a panic.
-        let early = std::time::Instant::now()
-            .checked_sub(Duration::from_secs(5))
-            .expect("the monotonic clock is past 5 s");
-        let _ = WallClock::new().unix_seconds(early);
     }
 }
 

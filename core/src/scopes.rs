@@ -261,41 +261,12 @@ impl ScopeTable {
     /// list): the hot path's lookup, one hash of the string and one comparison.
     #[inline]
     pub fn get_one<'t>(&'t self, raw: &str) -> Scopes<'t> {
-        let hash = self.quick_hash(raw);
+        let hash = quick_hash(self.seed, raw);
         self.find(
             hash,
             |interned| interned.raw.len() == 1 && *interned.raw[0] == *raw,
             || Box::new([raw.into()]),
         )
-    }
-
-    /// A cheap hash of one string: its length and up to 16 bytes from each end, mixed with
-    /// this table's random seed. Lookups compare the whole string, so a collision (even a
-    /// crafted one) only costs a probe, or at worst a request its own set.
-    #[inline]
-    fn quick_hash(&self, raw: &str) -> u64 {
-        let bytes = raw.as_bytes();
-        let len = bytes.len();
-        let word = |at: usize| -> u64 {
-            bytes
-                .get(at..at.saturating_add(8))
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_le_bytes)
-        };
-        let (a, b, c, d) = if len >= 16 {
-            (word(0), word(8), word(len - 16), word(len - 8))
-        } else {
-            let mut buf = [0u8; 16];
-            buf[..len].copy_from_slice(bytes);
-            let [lo, hi] = [&buf[..8], &buf[8..]]
-                .map(|h| <[u8; 8]>::try_from(h).map_or(0, u64::from_le_bytes));
-            (lo, hi, 0, 0)
-        };
-        let mut h = self.seed ^ len as u64;
-        for w in [a, b, c, d] {
-            h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-        }
-        h
     }
 
     #[inline]
@@ -330,6 +301,35 @@ impl ScopeTable {
         }
         Scopes::Owned(ScopeSet::new(raw().iter()))
     }
+}
+
+/// A cheap hash of one string: its length and up to 16 bytes from each end (a JWT ends in its
+/// signature), mixed with `seed`. For tables that compare the whole string on a match, so a
+/// collision (even a crafted one) only costs a probe or a rebuild.
+#[inline]
+pub(crate) fn quick_hash(seed: u64, raw: &str) -> u64 {
+    let bytes = raw.as_bytes();
+    let len = bytes.len();
+    let word = |at: usize| -> u64 {
+        bytes
+            .get(at..at.saturating_add(8))
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let (a, b, c, d) = if len >= 16 {
+        (word(0), word(8), word(len - 16), word(len - 8))
+    } else {
+        let mut buf = [0u8; 16];
+        buf[..len].copy_from_slice(bytes);
+        let [lo, hi] =
+            [&buf[..8], &buf[8..]].map(|h| <[u8; 8]>::try_from(h).map_or(0, u64::from_le_bytes));
+        (lo, hi, 0, 0)
+    };
+    let mut h = seed ^ len as u64;
+    for w in [a, b, c, d] {
+        h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+    h
 }
 
 impl Default for ScopeTable {

@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
-use crate::runtime::{WallClock, unix_seconds};
+use crate::runtime::unix_seconds;
 use crate::scopes::ScopeTable;
 use crate::store::Lease;
 use crate::telemetry;
@@ -168,9 +168,9 @@ pub(crate) struct Engine {
     pub cache: Arc<TokenCache>,
     /// The scope sets the application's requests named, lent to later requests.
     pub scopes: ScopeTable,
-    /// The wall clock derived from the monotonic one, when the runtime's clock is the
-    /// system's (`None` under a test clock: then `runtime.now()` is asked).
-    wall: Option<WallClock>,
+    /// The runtime's clock is the system's: the hit path's copies then keep monotonic
+    /// deadlines (under a test clock they keep the runtime's Unix seconds).
+    system_clock: bool,
     pub expiry_buffer_secs: u64,
     pub refresh: RefreshOptions,
     flights: SingleFlight<FlightId, Resolved, Failure>,
@@ -205,10 +205,9 @@ impl Engine {
             ))
         });
         static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
-        let wall = idp.runtime.now_is_system_time().then(WallClock::new);
         Engine {
             id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
-            wall,
+            system_clock: idp.runtime.now_is_system_time(),
             scopes: ScopeTable::new(),
             idp,
             cache,
@@ -233,16 +232,6 @@ impl Engine {
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         unix_seconds(self.idp.runtime.now())
-    }
-
-    /// The Unix second of `at` (a monotonic reading just taken): derived from it when the
-    /// runtime's clock is the system's, else the runtime's `now`.
-    #[inline]
-    fn now_at(&self, at: Instant) -> u64 {
-        match &self.wall {
-            Some(wall) => wall.unix_seconds(at),
-            None => self.now(),
-        }
     }
 
     /// The L2 health report, when an L2 is configured.
@@ -305,9 +294,10 @@ impl Engine {
         let started = Instant::now();
         let mut front = None;
         if let Some(key) = hot.filter(|_| !force) {
-            let clock = match self.wall {
-                Some(_) => Deadline::Monotonic(started),
-                None => Deadline::UnixSeconds(self.now()),
+            let clock = if self.system_clock {
+                Deadline::Monotonic(started)
+            } else {
+                Deadline::UnixSeconds(self.now())
             };
             if let Some(result) = hot::get(self.id, &key, clock, TokenCache::generation) {
                 return Acquire::ready(result);
@@ -316,7 +306,7 @@ impl Engine {
             front = Some((key, stripe, TokenCache::generation(stripe)));
         }
         hot::count_hits();
-        let now = self.now_at(started);
+        let now = self.now();
         let mut skipped = None;
         let (reason, stale) = if force {
             // What the caller skips: whatever L1 holds for it now, usable or not.
@@ -411,23 +401,22 @@ impl Engine {
     }
 
     /// When `token` stops being [`Lookup::Fresh`] for this node (inside the expiry buffer, or
-    /// past its jittered refresh point), on the clock the front reads: the monotonic one,
-    /// a second early (`now` is `started` floored to its second), when the runtime's clock is
-    /// the system's.
+    /// past its jittered refresh point), on the clock the front reads: with the system's clock
+    /// the monotonic one, a second early (`now`, read after `started`, is floored to its
+    /// second).
     fn fresh_until(&self, token: &AccessToken, now: u64, started: Instant) -> Option<Deadline> {
         let expiring = token.expires_on.saturating_sub(self.expiry_buffer_secs);
         let until = match token.refresh_on {
             Some(r) => expiring.min(self.refresh_point(token, r)),
             None => expiring,
         };
-        match self.wall {
-            Some(_) => {
-                let left = until.saturating_sub(now).saturating_sub(1);
-                started
-                    .checked_add(Duration::from_secs(left))
-                    .map(Deadline::Monotonic)
-            }
-            None => Some(Deadline::UnixSeconds(until)),
+        if self.system_clock {
+            let left = until.saturating_sub(now).saturating_sub(1);
+            started
+                .checked_add(Duration::from_secs(left))
+                .map(Deadline::Monotonic)
+        } else {
+            Some(Deadline::UnixSeconds(until))
         }
     }
 

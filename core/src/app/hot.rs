@@ -1,7 +1,7 @@
 //! The hit path's thread-local front of L1.
 //!
 //! Each thread keeps its own copy of the last tokens it served, keyed by the application and
-//! the request's stable identity (its scope set's address and a flow-chosen variant). A hit
+//! the request's stable identity (the addresses of its partition key and scope set). A hit
 //! then reads only memory this thread owns plus one atomic load that writers rarely change:
 //! no lock, no L1 probe, and no reference count that another thread touches (two threads on
 //! one hot token do not share a cache line; `l1_hit` reports the two-thread ratio).
@@ -23,7 +23,7 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::runtime::from_unix_seconds;
-use crate::scopes::ScopeSet;
+use crate::scopes::{ScopeSet, quick_hash};
 use crate::telemetry;
 
 /// Slots per thread: enough for the hot keys of a service, small enough to scan never.
@@ -88,7 +88,7 @@ pub(crate) fn count_hits() {
 
 /// A moment on the clock the engine reads: the monotonic clock when the runtime's clock is the
 /// system's (one cheap read, no conversion), else the runtime's own clock in Unix seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Deadline {
     Monotonic(Instant),
     UnixSeconds(u64),
@@ -236,21 +236,10 @@ thread_local! {
     static KEYS: RefCell<[Option<KeySlot>; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
 }
 
-/// A cheap hash of `raw` for a slot index: its length and 8 bytes from each end (a JWT ends in
-/// its signature). Slots compare the whole string, so a collision only costs a rebuild.
+/// The slot of `raw` (hashed by [`quick_hash`]; slots compare the whole string).
 #[inline]
 fn quick_index(engine: u64, source: KeySource, raw: &str) -> usize {
-    let bytes = raw.as_bytes();
-    let word = |at: usize| -> u64 {
-        bytes
-            .get(at..at.saturating_add(8))
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_le_bytes)
-    };
-    let (head, tail) = (word(0), word(bytes.len().saturating_sub(8)));
-    let mixed = (engine ^ bytes.len() as u64 ^ head.rotate_left(21) ^ tail ^ source as u64)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (mixed >> 58) as usize % SLOTS
+    (quick_hash(engine ^ (source as u64).rotate_left(56), raw) as usize) % SLOTS
 }
 
 /// The partition key built from `raw` by `make`, remembered per thread with the `realm` its

@@ -45,8 +45,9 @@ const GENERATIONS: usize = 1024;
 /// Process-wide, so applications that share one L1 see each other's writes.
 static GENERATION_COUNTERS: [AtomicU64; GENERATIONS] = [const { AtomicU64::new(0) }; GENERATIONS];
 
-/// The hasher placing partitions on generation stripes: one per process, like the counters.
-static GENERATION_HASHER: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
+/// The hasher placing partitions on write stripes and generation counters: one per process,
+/// like the counters; one hash of the key serves both.
+static PARTITION_HASHER: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
     std::sync::LazyLock::new(hashbrown::DefaultHashBuilder::default);
 
 /// The engine's handle on the cache: reads go straight to L1, writes are serialized per
@@ -54,7 +55,6 @@ static GENERATION_HASHER: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
 pub struct TokenCache {
     l1: Arc<dyn PartitionCache>,
     write_stripes: Box<[Mutex<()>]>,
-    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl TokenCache {
@@ -63,7 +63,6 @@ impl TokenCache {
         TokenCache {
             l1,
             write_stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
-            hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
 
@@ -73,9 +72,10 @@ impl TokenCache {
         self.l1.get(key)
     }
 
-    /// The generation stripe of `key` (see [`generation`](Self::generation)).
+    /// The generation stripe of `key` (see [`generation`](Self::generation)); the write
+    /// stripe is the same number modulo [`WRITE_STRIPES`].
     pub(crate) fn stripe_of(key: &PartitionKey) -> usize {
-        (GENERATION_HASHER.hash_one(key) as usize) % GENERATIONS
+        (PARTITION_HASHER.hash_one(key) as usize) % GENERATIONS
     }
 
     /// How many times partitions of `stripe` have been written or removed (through any
@@ -86,8 +86,8 @@ impl TokenCache {
         GENERATION_COUNTERS[stripe % GENERATIONS].load(Ordering::Acquire)
     }
 
-    fn written(key: &PartitionKey) {
-        GENERATION_COUNTERS[Self::stripe_of(key)].fetch_add(1, Ordering::AcqRel);
+    fn written(stripe: usize) {
+        GENERATION_COUNTERS[stripe % GENERATIONS].fetch_add(1, Ordering::AcqRel);
     }
 
     /// Replace the partition `key` with `update(current)`, atomically with respect to other
@@ -97,8 +97,8 @@ impl TokenCache {
         key: &PartitionKey,
         update: impl FnOnce(Option<&Partition>) -> Partition,
     ) -> Arc<Partition> {
-        let stripe = &self.write_stripes[(self.hasher.hash_one(key) as usize) % WRITE_STRIPES];
-        let _guard = stripe.lock();
+        let stripe = Self::stripe_of(key);
+        let _guard = self.write_stripes[stripe % WRITE_STRIPES].lock();
         let current = self.l1.get(key);
         let next = Arc::new(update(current.as_deref()));
         if next.is_empty() {
@@ -106,18 +106,18 @@ impl TokenCache {
         } else {
             self.l1.insert(key.clone(), Arc::clone(&next));
         }
-        Self::written(key);
+        Self::written(stripe);
         next
     }
 
     /// Drop partition `key` if every entry in it has expired by `now`, checked under the
     /// partition's write lock (so a partition another thread has just written survives).
     pub fn remove_if_expired(&self, key: &PartitionKey, now: u64) {
-        let stripe = &self.write_stripes[(self.hasher.hash_one(key) as usize) % WRITE_STRIPES];
-        let _guard = stripe.lock();
+        let stripe = Self::stripe_of(key);
+        let _guard = self.write_stripes[stripe % WRITE_STRIPES].lock();
         if self.l1.get(key).is_some_and(|p| p.latest_expiry() <= now) {
             self.l1.remove(key);
-            Self::written(key);
+            Self::written(stripe);
         }
     }
 
