@@ -150,3 +150,44 @@ async fn a_copy_is_not_served_past_refresh_on() {
         first.access_token().expose_secret()
     );
 }
+
+/// With the runtime's real clock the copies keep monotonic deadlines: a token is never served
+/// from a copy once it is inside the expiry buffer (5 min by default). A token that lives
+/// 303 s is fresh for about 3 s; hits run until it is renewed, and every hit that served it
+/// must have started while it was still fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_not_served_inside_the_expiry_buffer_on_the_real_clock() {
+    let emulator = emulator().await;
+    emulator.set_token_lifetimes(TokenLifetimes::new(303));
+    let app = readme_app(&emulator, Arc::new(MemoryCache::new())).await;
+    let first = app.acquire_token_for_client([SCOPE]).await.unwrap();
+    let fresh_until = first.expires_on() - tokenwell_core::app::DEFAULT_EXPIRY_BUFFER;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut served_from_copy = 0;
+    loop {
+        let asked_at = std::time::SystemTime::now();
+        let hit = app.acquire_token_for_client([SCOPE]).await.unwrap();
+        if hit.access_token() != first.access_token() {
+            break;
+        }
+        assert!(
+            asked_at < fresh_until,
+            "the old token was served {:?} after it entered the expiry buffer",
+            asked_at.duration_since(fresh_until).unwrap_or_default()
+        );
+        served_from_copy += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token was never renewed"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        served_from_copy > 100,
+        "hits ran while it was fresh: {served_from_copy}"
+    );
+    assert_eq!(
+        emulator.token_requests_for("client_credentials", CLIENT_ID),
+        2
+    );
+}
