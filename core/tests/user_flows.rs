@@ -519,33 +519,42 @@ async fn device_code_slow_down_adds_five_seconds(t: Transport) {
 async fn device_code_is_cancelled_by_dropping_the_future(t: Transport) {
     let rig = Rig::start(t).await;
     fast_device_codes(&rig, 900);
+    // The clock moves only when the test moves it, so no poll can be in flight when the
+    // future is dropped unless the test let one start.
+    rig.clock.auto_advance(false);
     let app = rig.public_app();
+    let device_polls = || {
+        rig.emulator.token_requests_for(
+            "urn:ietf:params:oauth:grant-type:device_code",
+            PUBLIC_CLIENT_ID,
+        )
+    };
     let (tx, rx) = futures::channel::oneshot::channel::<String>();
-    let acquire = app
+    let mut acquire = app
         .acquire_token_with_device_code(["User.Read"], move |info| {
             let _ = tx.send(info.user_code.clone());
         })
-        .into_future();
+        .into_future()
+        .fuse();
     let code = futures::select! {
-        _ = acquire.fuse() => panic!("the flow cannot finish unapproved"),
+        _ = acquire => panic!("the flow cannot finish unapproved"),
         code = rx.fuse() => code.unwrap(),
     };
-    // The future is dropped: approving now redeems nothing.
-    let polls = rig.emulator.token_requests_for(
-        "urn:ietf:params:oauth:grant-type:device_code",
-        PUBLIC_CLIENT_ID,
-    );
+    // One poll (authorization_pending) proves the loop runs; then the flow sleeps again.
+    rig.clock.advance(Duration::from_secs(1));
+    futures::select! {
+        _ = acquire => panic!("the flow cannot finish unapproved"),
+        () = support::wait_until("first device-code poll", 1, device_polls).fuse() => {},
+    }
+    assert_eq!(device_polls(), 1);
+    drop(acquire);
+    // The future is dropped: approving and letting every interval pass redeems nothing.
     assert!(rig.emulator.approve_device_code(&code, USER));
+    rig.clock.advance(Duration::from_secs(60));
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(
-        rig.emulator.token_requests_for(
-            "urn:ietf:params:oauth:grant-type:device_code",
-            PUBLIC_CLIENT_ID
-        ),
-        polls
-    );
+    assert_eq!(device_polls(), 1);
     assert!(app.accounts().is_empty());
 }
 
