@@ -18,6 +18,7 @@ use support::{CLIENT_ID, Rig, SCOPE, Transport};
 over_each_transport!(
     certificates_sign_with_the_algorithm_of_their_key,
     bare_keys_are_named_by_kid,
+    a_bare_key_authenticates_to_a_generic_provider,
     a_wrong_key_is_refused_by_the_idp_as_a_typed_error,
     an_algorithm_the_key_cannot_sign_is_a_configuration_error_without_a_request,
     a_key_that_is_not_the_certificates_is_refused_without_a_request,
@@ -139,6 +140,32 @@ async fn bare_keys_are_named_by_kid(t: Transport) {
         assert_eq!(header.x5t_s256, None);
     }
     assert_eq!(rig.cc_requests(), 2);
+}
+
+async fn a_bare_key_authenticates_to_a_generic_provider(t: Transport) {
+    let rig = Rig::start(t).await;
+    rig.emulator
+        .register_client_key(CLIENT_ID, "ec-1", fixtures::EC_CERT_A_PEM)
+        .unwrap();
+    let key = PrivateKey::from_pem(fixtures::EC_KEY_A_PEM)
+        .unwrap()
+        .with_key_id("ec-1");
+    let app = rig
+        .builder()
+        .oidc_authority(rig.emulator.oidc_issuer())
+        .credential(ClientCredential::private_key(key))
+        .build()
+        .unwrap();
+    let result = app.acquire_token_for_client(["orders.read"]).await.unwrap();
+    assert_eq!(
+        result.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    let header = last_assertion_header(&rig);
+    assert_eq!(
+        (header.alg, header.kid.as_deref()),
+        (Algorithm::ES256, Some("ec-1"))
+    );
 }
 
 async fn a_wrong_key_is_refused_by_the_idp_as_a_typed_error(t: Transport) {
