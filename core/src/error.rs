@@ -147,6 +147,33 @@ impl Error {
             source,
         }
     }
+
+    /// Name the URL an identity-provider answer came from (without its query), so that a 404
+    /// or an HTML error page says which URL was wrong.
+    pub(crate) fn with_endpoint(mut self, url: &str) -> Self {
+        if let Error::IdentityProvider(e) = &mut self
+            && e.endpoint.is_none()
+        {
+            e.endpoint = Some(without_query(url));
+        }
+        self
+    }
+}
+
+/// `url` without userinfo, query or fragment: what an error message may show.
+fn without_query(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
 }
 
 /// An OAuth2 error answer, in the shape Entra ID (AAD) sends it.
@@ -169,6 +196,9 @@ pub struct IdpError {
     pub trace_id: Option<String>,
     /// The `Retry-After` the answer carried, if any.
     pub retry_after: Option<Duration>,
+    /// The URL that answered (scheme, host and path; never the query), when known: a 404 or
+    /// an HTML page instead of JSON usually means this URL is not the token endpoint.
+    pub endpoint: Option<String>,
 }
 
 impl IdpError {
@@ -183,6 +213,7 @@ impl IdpError {
             correlation_id: None,
             trace_id: None,
             retry_after: None,
+            endpoint: None,
         }
     }
 
@@ -206,6 +237,7 @@ impl fmt::Debug for IdpError {
             .field("correlation_id", &self.correlation_id)
             .field("trace_id", &self.trace_id)
             .field("retry_after", &self.retry_after)
+            .field("endpoint", &self.endpoint)
             .field("error_description", &self.error_description)
             .finish()
     }
@@ -216,6 +248,9 @@ impl fmt::Display for IdpError {
         write!(f, "HTTP {} {}", self.status, self.error)?;
         if !self.error_codes.is_empty() {
             write!(f, " {:?}", self.error_codes)?;
+        }
+        if let Some(endpoint) = &self.endpoint {
+            write!(f, " from {endpoint}")?;
         }
         if let Some(id) = &self.correlation_id {
             write!(f, " (correlation id {id})")?;
@@ -230,3 +265,44 @@ impl fmt::Display for IdpError {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_is_shown_without_query_or_userinfo() {
+        for (url, shown) in [
+            (
+                "http://127.0.0.1:8080/common/oauth2/v2.0/token",
+                "http://127.0.0.1:8080/common/oauth2/v2.0/token",
+            ),
+            (
+                "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x",
+                "http://169.254.169.254/metadata/identity/oauth2/token",
+            ),
+            (
+                "https://user:pw@idp.example/t#frag",
+                "https://idp.example/t",
+            ),
+            ("https://[::1]:8443", "https://[::1]:8443"),
+            ("not a url?secret=1", "not a url"),
+        ] {
+            let error = Error::IdentityProvider(Box::new(IdpError::new(404, "http_404")))
+                .with_endpoint(url);
+            assert_eq!(error.idp_error().unwrap().endpoint.as_deref(), Some(shown));
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("HTTP 404 http_404 from {shown}"))
+            );
+        }
+        // Other errors are left alone, and the first endpoint named stays.
+        let other = Error::configuration("x").with_endpoint("https://a.example/t");
+        assert_eq!(other.to_string(), "configuration error: x");
+        let named = Error::IdentityProvider(Box::new(IdpError::new(400, "invalid_client")))
+            .with_endpoint("https://a.example/t")
+            .with_endpoint("https://b.example/t");
+        assert!(named.to_string().contains("a.example"), "{named}");
+    }
+}

@@ -23,7 +23,9 @@ use crate::app::public::parse_device_code;
 use crate::authority::Authority;
 use crate::cache::entry::CacheEntry;
 use crate::cache::{BlobCodec, KeyRing, Partition, PartitionKey, msal_json};
-use crate::credential::{Certificate, CertificateFiles, FederatedTokenFile, SecretFile};
+use crate::credential::{
+    Certificate, CertificateFiles, FederatedTokenFile, PrivateKey, SecretFile,
+};
 use crate::error::Error;
 use crate::response::{ResponseShape, parse_error_response, parse_response, parse_token_response};
 use crate::retry::RetryPolicy;
@@ -471,10 +473,9 @@ pub fn certificate_pem(data: &[u8]) {
             }
         }
         1 => {
-            if let (Ok(key), Ok(cert)) = (std::str::from_utf8(first), std::str::from_utf8(second))
-                && let Ok(certificate) = Certificate::from_pem(key, cert)
-            {
-                let _ = certificate.verify_key_matches(cert);
+            if let (Ok(key), Ok(cert)) = (std::str::from_utf8(first), std::str::from_utf8(second)) {
+                let _ = PrivateKey::from_pem(key);
+                let _ = Certificate::from_pem(key, cert);
             }
         }
         2 => {

@@ -45,7 +45,8 @@ pub trait HttpTransport: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`TransportError`] only when no complete answer arrived; its [`TransportErrorKind`]
-    /// tells retry logic whether repeating the request is sensible.
+    /// tells retry logic whether repeating the request is sensible. Build it with
+    /// [`TransportError::caused_by`] so that its message carries the root cause.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the exchange; nothing is left half-written in core.
@@ -125,6 +126,16 @@ impl TransportError {
         }
     }
 
+    /// An error of `kind` from the adapter's own error, described by it and its causes on one
+    /// line (`a: b: c`), so that `Display` shows the root cause — a TLS alert, a refused
+    /// connection — which HTTP clients keep some `source()` levels down.
+    pub fn caused_by(
+        kind: TransportErrorKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        TransportError::new(kind, describe_chain(&source)).with_source(source)
+    }
+
     /// Attach the adapter's own error.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
@@ -139,5 +150,67 @@ impl TransportError {
     /// The adapter's description.
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+/// An error and its causes on one line; a cause whose text the line already ends with (a
+/// wrapper repeating its inner error) is not repeated.
+fn describe_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(&'static str, io::Error);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn caused_by_shows_the_whole_chain_once() {
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        let error = TransportError::caused_by(
+            TransportErrorKind::Connect,
+            Wrapper(
+                "client error",
+                io::Error::other(Wrapper("connect", refused)),
+            ),
+        );
+        assert_eq!(error.message(), "client error: connect: refused");
+        assert_eq!(
+            error.to_string(),
+            "transport error (connect): client error: connect: refused"
+        );
+        assert!(std::error::Error::source(&error).is_some());
+        // A wrapper that repeats its cause's text does not repeat it here.
+        let repeated = TransportError::caused_by(
+            TransportErrorKind::Other,
+            Wrapper("refused", io::Error::other("refused")),
+        );
+        assert_eq!(repeated.message(), "refused");
     }
 }

@@ -37,7 +37,7 @@ pub use chain::{DefaultCredential, TokenCredential};
 pub use client_auth::ClientAuthMethod;
 pub use credential::{
     AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
-    EnvVars, LoadedCredential,
+    EnvVars, LoadedCredential, PrivateKey,
 };
 pub use error::{Error, IdpError, Result};
 pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};

@@ -23,7 +23,9 @@ use tokenwell_core::fuzzing as core_fuzz;
 use tokenwell_core::store::StoredPartition;
 use tokenwell_core::{HttpTransport, ScopeSet, SendOptions};
 use tokenwell_http_reqwest::ReqwestTransport;
-use tokenwell_idp_emulator::fixtures::{CERT_A_PEM, CERT_B_PEM, KEY_A_PEM, KEY_B_PEM};
+use tokenwell_idp_emulator::fixtures::{
+    CERT_A_PEM, CERT_B_PEM, EC_CERT_A_PEM, EC_KEY_A_PEM, EC_KEY_A_SEC1_PEM, KEY_A_PEM, KEY_B_PEM,
+};
 use tokenwell_idp_emulator::fuzzing as emu_fuzz;
 use tokenwell_idp_emulator::{Emulator, EmulatorConfig, Fault};
 
@@ -522,7 +524,23 @@ fn pem_seeds() -> Result<(), Error> {
         "federated_token_file",
         &joined(5, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln\n", ""),
     )?;
+    write(
+        "certificate_pem",
+        "ec_sec1_key_and_cert",
+        &joined(1, EC_KEY_A_SEC1_PEM, EC_CERT_A_PEM),
+    )?;
+    let ec_combined = format!("{EC_CERT_A_PEM}{EC_KEY_A_PEM}");
+    write(
+        "certificate_pem",
+        "ec_combined_file",
+        &joined(2, &ec_combined, ""),
+    )?;
     write("emulator_certificate", "cert_a", CERT_A_PEM.as_bytes())?;
+    write(
+        "emulator_certificate",
+        "ec_cert_a",
+        EC_CERT_A_PEM.as_bytes(),
+    )?;
     write("emulator_certificate", "cert_b", CERT_B_PEM.as_bytes())?;
     write("emulator_certificate", "cert_and_key", combined.as_bytes())?;
     write("emulator_certificate", "key_only", KEY_A_PEM.as_bytes())?;

@@ -61,7 +61,7 @@ fn classify(error: reqwest::Error) -> TransportError {
     } else {
         TransportErrorKind::Other
     };
-    TransportError::new(kind, error.to_string()).with_source(error)
+    TransportError::caused_by(kind, error)
 }
 
 #[async_trait]
@@ -71,9 +71,8 @@ impl HttpTransport for ReqwestTransport {
         request: http::Request<Bytes>,
         options: &SendOptions,
     ) -> Result<http::Response<Bytes>, TransportError> {
-        let mut request = reqwest::Request::try_from(request).map_err(|e| {
-            TransportError::new(TransportErrorKind::InvalidRequest, e.to_string()).with_source(e)
-        })?;
+        let mut request = reqwest::Request::try_from(request)
+            .map_err(|e| TransportError::caused_by(TransportErrorKind::InvalidRequest, e))?;
         *request.timeout_mut() = Some(options.timeout);
         let mut response = self.client.execute(request).await.map_err(classify)?;
         let limit = options.max_response_bytes;
@@ -95,9 +94,9 @@ impl HttpTransport for ReqwestTransport {
         if let Some(headers) = builder.headers_mut() {
             *headers = std::mem::take(response.headers_mut());
         }
-        builder.body(body.freeze()).map_err(|e| {
-            TransportError::new(TransportErrorKind::Other, e.to_string()).with_source(e)
-        })
+        builder
+            .body(body.freeze())
+            .map_err(|e| TransportError::caused_by(TransportErrorKind::Other, e))
     }
 }
 

@@ -326,13 +326,26 @@ fn register_client(shared: &Arc<Shared>, body: &Value) -> Reply {
         }
         registered = true;
     }
+    if let Some(key_id) = str_field(body, "key_id") {
+        let key = match (str_field(body, "public_key_pem"), body.get("jwk")) {
+            (Some(pem), _) => pem.to_owned(),
+            (None, Some(Value::String(jwk))) => jwk.clone(),
+            (None, Some(jwk @ Value::Object(_))) => jwk.to_string(),
+            _ => return bad_request("'key_id' needs 'public_key_pem' or 'jwk'"),
+        };
+        if let Err(e) = shared.register_client_key(client_id, key_id, &key) {
+            return bad_request(e.to_string());
+        }
+        registered = true;
+    }
     if body.get("public").and_then(Value::as_bool) == Some(true) {
         shared.register_public_client(client_id);
         registered = true;
     }
     if !registered {
         return bad_request(
-            "give 'secret', 'certificate_pem', 'federated_issuer' + 'public_key_pem', or 'public': true",
+            "give 'secret', 'certificate_pem', 'key_id' + 'public_key_pem' or 'jwk', \
+             'federated_issuer' + 'public_key_pem', or 'public': true",
         );
     }
     Reply::ok(out)

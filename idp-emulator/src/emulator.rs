@@ -19,7 +19,7 @@ use crate::grants::{self, ClientAuth};
 use crate::oidc::OidcProviderSettings;
 use crate::server::{self, Shared};
 use crate::state::{
-    Certificate, FederatedIssuer, ManagedIdentity, RecordedRequest, State, UserSpec,
+    Certificate, ClientKey, FederatedIssuer, ManagedIdentity, RecordedRequest, State, UserSpec,
 };
 use crate::tokens::{Signer, parse_certificate, parse_public_key_or_certificate};
 
@@ -172,6 +172,25 @@ impl Emulator {
         cert_pem: &str,
     ) -> Result<String, EmulatorError> {
         self.shared.register_client_certificate(client_id, cert_pem)
+    }
+
+    /// Registers a bare public key under `key_id` (`private_key_jwt` without a certificate, as
+    /// OpenID Connect providers hold a client's JWKS). A client assertion without `x5t#S256` or
+    /// `x5t` is verified with the key whose id is its `kid` header (with every registered key when
+    /// it has no `kid`). `public_key` is a PEM (SPKI `PUBLIC KEY`, `RSA PUBLIC KEY` or a
+    /// certificate) or a JWK (a JSON object), RSA or EC. Registering a `key_id` again replaces
+    /// its key.
+    ///
+    /// # Errors
+    /// When `public_key` holds no usable RSA or EC public key.
+    pub fn register_client_key(
+        &self,
+        client_id: &str,
+        key_id: &str,
+        public_key: &str,
+    ) -> Result<(), EmulatorError> {
+        self.shared
+            .register_client_key(client_id, key_id, public_key)
     }
 
     /// Registers a client without credentials (public client: device code, auth code + PKCE).
@@ -442,6 +461,23 @@ impl Shared {
             retired: false,
         });
         Ok(thumbprint)
+    }
+
+    pub(crate) fn register_client_key(
+        &self,
+        client_id: &str,
+        key_id: &str,
+        public_key: &str,
+    ) -> Result<(), EmulatorError> {
+        let key = parse_public_key_or_certificate(public_key)?;
+        let mut st = self.state.lock();
+        let client = st.clients.entry(client_id.to_owned()).or_default();
+        client.keys.retain(|k| k.key_id != key_id);
+        client.keys.push(ClientKey {
+            key_id: key_id.to_owned(),
+            key,
+        });
+        Ok(())
     }
 
     pub(crate) fn register_federated_issuer(

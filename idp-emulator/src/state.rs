@@ -106,6 +106,12 @@ pub(crate) struct Certificate {
     pub retired: bool,
 }
 
+/// A bare public key (`private_key_jwt` without a certificate), found by the assertion's `kid`.
+pub(crate) struct ClientKey {
+    pub key_id: String,
+    pub key: VerifyingKey,
+}
+
 pub(crate) struct FederatedIssuer {
     pub issuer: String,
     pub key: VerifyingKey,
@@ -116,6 +122,7 @@ pub(crate) struct FederatedIssuer {
 pub(crate) struct Client {
     pub secrets: Vec<Secret>,
     pub certificates: Vec<Certificate>,
+    pub keys: Vec<ClientKey>,
     pub federated: Vec<FederatedIssuer>,
     pub app_id_uris: Vec<String>,
 }
@@ -123,7 +130,10 @@ pub(crate) struct Client {
 impl Client {
     /// A confidential client has a credential and must present it.
     pub fn is_confidential(&self) -> bool {
-        !self.secrets.is_empty() || !self.certificates.is_empty() || !self.federated.is_empty()
+        !self.secrets.is_empty()
+            || !self.certificates.is_empty()
+            || !self.keys.is_empty()
+            || !self.federated.is_empty()
     }
 }
 

@@ -128,10 +128,14 @@ pub(crate) fn parse_certificate(pem_text: &str) -> Result<ParsedCertificate, Emu
     Ok(ParsedCertificate { x5t_s256, x5t, key })
 }
 
-/// Reads a certificate, an SPKI `PUBLIC KEY` or a PKCS#1 `RSA PUBLIC KEY` PEM.
+/// Reads a certificate, an SPKI `PUBLIC KEY` or a PKCS#1 `RSA PUBLIC KEY` PEM, or a JWK (a
+/// JSON object, RSA or EC).
 pub(crate) fn parse_public_key_or_certificate(
     pem_text: &str,
 ) -> Result<VerifyingKey, EmulatorError> {
+    if pem_text.trim_start().starts_with('{') {
+        return parse_jwk(pem_text);
+    }
     let blocks = pem::parse_many(pem_text).map_err(|e| EmulatorError::InvalidKey(e.to_string()))?;
     for block in &blocks {
         match block.tag() {
@@ -157,6 +161,22 @@ pub(crate) fn parse_public_key_or_certificate(
     Err(EmulatorError::InvalidKey(
         "expected a CERTIFICATE, PUBLIC KEY or RSA PUBLIC KEY block".into(),
     ))
+}
+
+fn parse_jwk(json: &str) -> Result<VerifyingKey, EmulatorError> {
+    let jwk: Jwk = serde_json::from_str(json)
+        .map_err(|e| EmulatorError::InvalidKey(format!("not a JWK: {e}")))?;
+    let family = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
+        AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
+        _ => {
+            return Err(EmulatorError::InvalidKey(
+                "only RSA and EC JWKs are supported".into(),
+            ));
+        }
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| EmulatorError::InvalidKey(e.to_string()))?;
+    Ok(VerifyingKey { key, family })
 }
 
 fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<VerifyingKey, String> {
@@ -302,6 +322,38 @@ mod tests {
         assert!(parse_certificate("garbage").is_err());
         assert!(parse_certificate(fixtures::KEY_A_PEM).is_err());
         assert!(parse_public_key_or_certificate(fixtures::CERT_A_PEM).is_ok());
+        let ec = parse_certificate(fixtures::EC_CERT_A_PEM).unwrap();
+        assert_eq!(ec.key.family, KeyFamily::Ec);
+    }
+
+    /// An ES256 assertion verifies with the registered EC certificate, not with another EC key
+    /// nor as another algorithm.
+    #[test]
+    fn es256_signatures_verify_with_their_certificate_only() {
+        let key = EncodingKey::from_ec_pem(fixtures::EC_KEY_A_PEM.as_bytes()).unwrap();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &json!({"a": 1}), &key).unwrap();
+        let a = parse_certificate(fixtures::EC_CERT_A_PEM).unwrap();
+        assert_eq!(verify_signature(&token, &a.key).unwrap()["a"], 1);
+        let b = parse_certificate(fixtures::EC_CERT_B_PEM).unwrap();
+        assert!(verify_signature(&token, &b.key).is_err());
+        let rsa = parse_certificate(fixtures::CERT_A_PEM).unwrap();
+        assert!(verify_signature(&token, &rsa.key).is_err());
+    }
+
+    #[test]
+    fn jwks_and_pems_register_the_same_keys() {
+        let encoding = EncodingKey::from_ec_pem(fixtures::EC_KEY_A_PEM.as_bytes()).unwrap();
+        let jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+        let from_jwk =
+            parse_public_key_or_certificate(&serde_json::to_string(&jwk).unwrap()).unwrap();
+        assert_eq!(from_jwk.family, KeyFamily::Ec);
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &json!({"a": 1}), &encoding)
+                .unwrap();
+        assert!(verify_signature(&token, &from_jwk).is_ok());
+        assert!(parse_public_key_or_certificate("{\"kty\": \"oct\", \"k\": \"AAAA\"}").is_err());
+        assert!(parse_public_key_or_certificate("{ not json").is_err());
     }
 
     #[test]

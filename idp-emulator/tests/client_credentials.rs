@@ -4,7 +4,10 @@ mod common;
 
 use common::*;
 use jsonwebtoken::Algorithm;
-use tokenwell_idp_emulator::fixtures::{CERT_A_PEM, CERT_B_PEM, KEY_A_PEM, KEY_B_PEM};
+use tokenwell_idp_emulator::fixtures::{
+    CERT_A_PEM, CERT_B_PEM, EC_CERT_A_PEM, EC_CERT_B_PEM, EC_KEY_A_PEM, EC_KEY_B_PEM, KEY_A_PEM,
+    KEY_B_PEM,
+};
 use tokenwell_idp_emulator::{Emulator, TokenLifetimes};
 
 const TENANT: &str = "contoso";
@@ -467,6 +470,140 @@ async fn bad_assertions_are_rejected() {
     emu.register_client_certificate("cert-app", CERT_A_PEM)
         .unwrap();
     assert_eq!(assertion_request(&emu, "cert-app", &good).await.status, 200);
+}
+
+#[tokio::test]
+async fn es256_certificate_assertion_is_accepted_and_a_wrong_key_refused() {
+    let emu = Emulator::start().await.unwrap();
+    emu.register_client_certificate("ec-app", EC_CERT_A_PEM)
+        .unwrap();
+    let aud = emu.token_endpoint(TENANT);
+    let mut spec = AssertionSpec::new("ec-app", aud.clone(), EC_KEY_A_PEM, EC_CERT_A_PEM);
+    spec.alg = Algorithm::ES256;
+    let a = assertion_request(&emu, "ec-app", &spec.sign()).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.bytes));
+
+    // Key EC B claiming certificate EC A: the signature does not verify.
+    spec = AssertionSpec::new("ec-app", aud.clone(), EC_KEY_B_PEM, EC_CERT_A_PEM);
+    spec.alg = Algorithm::ES256;
+    let a = assertion_request(&emu, "ec-app", &spec.sign()).await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+    // An RSA signature claiming the EC certificate is refused too.
+    spec = AssertionSpec::new("ec-app", aud.clone(), KEY_A_PEM, EC_CERT_A_PEM);
+    let a = assertion_request(&emu, "ec-app", &spec.sign()).await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+    // Certificate EC B is not registered.
+    spec = AssertionSpec::new("ec-app", aud, EC_KEY_B_PEM, EC_CERT_B_PEM);
+    spec.alg = Algorithm::ES256;
+    let a = assertion_request(&emu, "ec-app", &spec.sign()).await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+}
+
+#[tokio::test]
+async fn bare_keys_are_found_by_kid() {
+    let emu = Emulator::start().await.unwrap();
+    // RSA key A from its certificate's public key, EC key A from a JWK.
+    emu.register_client_key("oidc-app", "rsa-1", CERT_A_PEM)
+        .unwrap();
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(EC_KEY_A_PEM.as_bytes()).unwrap();
+    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&ec, Algorithm::ES256).unwrap();
+    emu.register_client_key("oidc-app", "ec-1", &serde_json::to_string(&jwk).unwrap())
+        .unwrap();
+    let aud = emu.token_endpoint(TENANT);
+    let signed = |key: &'static str, alg: Algorithm, kid: Option<&str>| {
+        let mut spec = AssertionSpec::new("oidc-app", aud.clone(), key, CERT_A_PEM);
+        spec.x5t_s256 = None;
+        spec.kid = kid.map(str::to_owned);
+        spec.alg = alg;
+        spec.sign()
+    };
+
+    for (key, alg, kid) in [
+        (KEY_A_PEM, Algorithm::RS256, "rsa-1"),
+        (KEY_A_PEM, Algorithm::PS256, "rsa-1"),
+        (EC_KEY_A_PEM, Algorithm::ES256, "ec-1"),
+    ] {
+        let a = assertion_request(&emu, "oidc-app", &signed(key, alg, Some(kid))).await;
+        assert_eq!(
+            a.status,
+            200,
+            "{kid}: {}",
+            String::from_utf8_lossy(&a.bytes)
+        );
+        assert_eq!(
+            claims(a.json()["access_token"].as_str().unwrap())["azpacr"],
+            "2"
+        );
+    }
+    // Without a kid every registered key is tried.
+    let a = assertion_request(
+        &emu,
+        "oidc-app",
+        &signed(EC_KEY_A_PEM, Algorithm::ES256, None),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.bytes));
+
+    // The right kid, the wrong key.
+    let a = assertion_request(
+        &emu,
+        "oidc-app",
+        &signed(KEY_B_PEM, Algorithm::RS256, Some("rsa-1")),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+    let a = assertion_request(
+        &emu,
+        "oidc-app",
+        &signed(EC_KEY_B_PEM, Algorithm::ES256, Some("ec-1")),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+    let a = assertion_request(
+        &emu,
+        "oidc-app",
+        &signed(EC_KEY_B_PEM, Algorithm::ES256, None),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+    // A kid nobody registered.
+    let a = assertion_request(
+        &emu,
+        "oidc-app",
+        &signed(KEY_A_PEM, Algorithm::RS256, Some("rsa-2")),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+    assert!(
+        a.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("'rsa-2'")
+    );
+
+    // Replacing the key of a kid: the old key no longer verifies.
+    emu.register_client_key("oidc-app", "rsa-1", CERT_B_PEM)
+        .unwrap();
+    let a = assertion_request(
+        &emu,
+        "oidc-app",
+        &signed(KEY_A_PEM, Algorithm::RS256, Some("rsa-1")),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, 700027));
+    let a = assertion_request(
+        &emu,
+        "oidc-app",
+        &signed(KEY_B_PEM, Algorithm::RS256, Some("rsa-1")),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.bytes));
+
+    assert!(
+        emu.register_client_key("oidc-app", "x", "not a key")
+            .is_err()
+    );
+    assert!(emu.register_client_key("oidc-app", "x", KEY_A_PEM).is_err());
 }
 
 #[tokio::test]

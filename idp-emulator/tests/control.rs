@@ -69,6 +69,29 @@ async fn control_api_mirrors_the_library() {
         400
     );
     assert_eq!(cc(&emu, "app", "s").await.status, 200);
+    // A bare key with its id, as a PEM or a JWK.
+    for key in [
+        json!({"client_id": "k", "key_id": "k1", "public_key_pem": CERT_A_PEM}),
+        json!({"client_id": "k", "key_id": "k2", "jwk": {"kty": "EC", "crv": "P-256",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}),
+    ] {
+        let a = control(&emu, Method::POST, "clients", Some(key.clone())).await;
+        assert_eq!(
+            a.status,
+            200,
+            "{key}: {}",
+            String::from_utf8_lossy(&a.bytes)
+        );
+    }
+    for bad in [
+        json!({"client_id": "k", "key_id": "k3"}),
+        json!({"client_id": "k", "key_id": "k3", "public_key_pem": "x"}),
+        json!({"client_id": "k", "key_id": "k3", "jwk": {"kty": "oct", "k": "AAAA"}}),
+    ] {
+        let a = control(&emu, Method::POST, "clients", Some(bad.clone())).await;
+        assert_eq!(a.status, 400, "{bad}");
+    }
 
     let a = control(
         &emu,

@@ -233,7 +233,7 @@ impl Idp {
             telemetry::idp_request(outcome.is_ok(), elapsed.as_secs_f64());
             let error = match outcome {
                 Ok(response) => return Ok((response, stats)),
-                Err(error) => error,
+                Err(error) => error.with_endpoint(endpoint),
             };
             match delay(stats.retries, &error) {
                 Some(delay) => {

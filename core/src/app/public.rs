@@ -283,7 +283,8 @@ async fn device_code_flow(
         ("scope", ClientIdentity::request_scope(scopes)),
     ];
     let response = engine.idp.post_form(endpoint, &form, None).await?;
-    let info = parse_device_code(&response, engine.idp.runtime.now())?;
+    let info = parse_device_code(&response, engine.idp.runtime.now())
+        .map_err(|e| e.with_endpoint(endpoint))?;
     let deadline = engine.now().saturating_add(info.expires_in.as_secs());
     let mut interval = info.interval;
     let device_code = info.device_code.clone();

@@ -179,7 +179,8 @@ fn utf8<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Result<&'a str> {
 }
 
 /// A certificate and its private key from PEM files — one combined file, or a certificate file
-/// and a key file (PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`) — re-read when they change
+/// and a key file (RSA or EC P-256, as [`PrivateKey::from_pem`](super::PrivateKey::from_pem)
+/// reads them) — re-read when they change
 /// (see [how changes are noticed](crate::credential#how-a-file-change-is-noticed)).
 ///
 /// A key that does not belong to the certificate (a pair caught half-rotated) is refused locally
@@ -187,7 +188,8 @@ fn utf8<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Result<&'a str> {
 pub struct CertificateFiles {
     files: Watched<LoadedCredential>,
     combined: bool,
-    algorithm: AssertionAlgorithm,
+    /// `None`: the key's own (RS256 for RSA, ES256 for EC), so a rotation may change the kind.
+    algorithm: Option<AssertionAlgorithm>,
 }
 
 impl CertificateFiles {
@@ -199,7 +201,7 @@ impl CertificateFiles {
                 vec![certificate_path.into(), private_key_path.into()],
             ),
             combined: false,
-            algorithm: AssertionAlgorithm::default(),
+            algorithm: None,
         }
     }
 
@@ -208,14 +210,15 @@ impl CertificateFiles {
         CertificateFiles {
             files: Watched::new("certificate", vec![path.into()]),
             combined: true,
-            algorithm: AssertionAlgorithm::default(),
+            algorithm: None,
         }
     }
 
-    /// Sign assertions with `algorithm` (default RS256).
+    /// Sign assertions with `algorithm` (default: the key's own, RS256 or ES256). A key in the
+    /// files that cannot sign it is a [`Error::Configuration`] when the files are read.
     #[must_use]
     pub fn with_algorithm(mut self, algorithm: AssertionAlgorithm) -> Self {
-        self.algorithm = algorithm;
+        self.algorithm = Some(algorithm);
         self
     }
 
@@ -237,9 +240,11 @@ impl CertificateFiles {
                 utf8(&contents[0], "certificate", path)?.to_owned(),
             )
         };
-        let certificate =
-            Certificate::from_pem(&key_pem, &cert_pem)?.with_algorithm(self.algorithm);
-        certificate.verify_key_matches(&cert_pem)?;
+        let certificate = Certificate::from_pem(&key_pem, &cert_pem)?;
+        let certificate = match self.algorithm {
+            Some(algorithm) => certificate.with_algorithm(algorithm)?,
+            None => certificate,
+        };
         Ok(LoadedCredential::certificate(certificate))
     }
 }
@@ -252,12 +257,13 @@ pub(super) fn split_combined_pem(pem_text: &str) -> Result<(String, String)> {
         .iter()
         .find(|b| b.tag() == "CERTIFICATE")
         .ok_or_else(|| Error::credential("the PEM holds no CERTIFICATE block", None))?;
+    // An encrypted key is taken too, so that the error says it is encrypted.
     let key = blocks
         .iter()
-        .find(|b| matches!(b.tag(), "PRIVATE KEY" | "RSA PRIVATE KEY"))
+        .find(|b| b.tag().ends_with("PRIVATE KEY"))
         .ok_or_else(|| {
             Error::credential(
-                "the PEM holds no PRIVATE KEY or RSA PRIVATE KEY block (encrypted keys are not supported)",
+                "the PEM holds no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
                 None,
             )
         })?;
@@ -498,6 +504,34 @@ mod tests {
         assert!(watched.get(now, true, parse).is_err());
         std::fs::remove_file(&path).unwrap();
         assert_eq!(watched.get(now, false, parse).unwrap(), "good");
+    }
+
+    #[test]
+    fn certificate_files_take_ec_keys_and_refuse_an_algorithm_the_key_cannot_sign() {
+        use tokenwell_idp_emulator::fixtures::{
+            EC_CERT_A_PEM, EC_KEY_A_PEM, EC_KEY_A_SEC1_PEM, KEY_A_PEM,
+        };
+        let separate = |key: &str| vec![EC_CERT_A_PEM.as_bytes().to_vec(), key.as_bytes().to_vec()];
+        let files = CertificateFiles::new("c.pem", "k.pem");
+        for key in [EC_KEY_A_PEM, EC_KEY_A_SEC1_PEM] {
+            let loaded = files.parse(&separate(key)).unwrap();
+            assert!(format!("{loaded:?}").contains("Es256"), "{loaded:?}");
+        }
+        let combined = CertificateFiles::combined("both.pem");
+        let both = format!("{EC_KEY_A_SEC1_PEM}{EC_CERT_A_PEM}");
+        combined.parse(&[both.into_bytes()]).unwrap();
+
+        let ps256 =
+            CertificateFiles::new("c.pem", "k.pem").with_algorithm(AssertionAlgorithm::Ps256);
+        assert!(matches!(
+            ps256.parse(&separate(EC_KEY_A_PEM)),
+            Err(Error::Configuration(_))
+        ));
+        // An RSA key with the EC certificate: a half-rotated pair, refused locally.
+        assert!(matches!(
+            files.parse(&separate(KEY_A_PEM)),
+            Err(Error::Credential { .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Client credentials of a confidential client: a secret, a certificate (signed client
-//! assertion with `x5t#S256`), an assertion from the caller, or a [`CredentialProvider`] asked
+//! assertion with `x5t#S256`), a bare private key (signed client assertion with `kid`, for
+//! OpenID Connect providers), an assertion from the caller, or a [`CredentialProvider`] asked
 //! for the current credential (files re-read when they change, environment variables, a
 //! closure), so a rotation on disk never needs a restart.
 //!
@@ -37,29 +38,24 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, SharedError};
-use crate::runtime::unix_seconds;
 
 mod env;
 mod files;
+mod key;
 mod reload;
 
 pub use env::EnvVars;
 pub use files::{CertificateFiles, EnvSecret, FederatedTokenFile, SecretFile};
+pub use key::{AssertionAlgorithm, Certificate, PrivateKey};
 pub use reload::{CREDENTIAL_RELOADS, is_credential_rejection};
 
 /// `client_assertion_type` for JWT assertions (RFC 7523).
 pub const JWT_BEARER_ASSERTION_TYPE: &str =
     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// Lifetime of a signed client assertion (Entra ID accepts up to 10 minutes of skew).
-const ASSERTION_LIFETIME_SECS: u64 = 600;
 
 /// How a confidential client proves who it is.
 ///
@@ -80,9 +76,17 @@ impl ClientCredential {
         ClientCredential(Repr::Static(LoadedCredential::secret(secret)))
     }
 
-    /// A certificate: each token request carries a freshly signed client assertion.
+    /// A certificate: each token request carries a freshly signed client assertion whose
+    /// header names the certificate by `x5t#S256` (what Entra ID requires).
     pub fn certificate(certificate: Certificate) -> Self {
         ClientCredential(Repr::Static(LoadedCredential::certificate(certificate)))
+    }
+
+    /// A bare private key (`private_key_jwt` without a certificate), for OpenID Connect
+    /// providers that hold its public key: each token request carries a freshly signed client
+    /// assertion whose header names the key by its [`kid`](PrivateKey::with_key_id).
+    pub fn private_key(key: PrivateKey) -> Self {
+        ClientCredential(Repr::Static(LoadedCredential::private_key(key)))
     }
 
     /// An assertion obtained from the caller (federated identity, an HSM, a signing service).
@@ -111,8 +115,8 @@ impl ClientCredential {
         Self::provider(Arc::new(CertificateFiles::combined(path)))
     }
 
-    /// A PEM certificate and a PEM (PKCS#8 or PKCS#1) private key in two files, re-read when
-    /// either changes. See [`CertificateFiles`].
+    /// A PEM certificate and its PEM private key (RSA or EC P-256; see
+    /// [`PrivateKey::from_pem`]) in two files, re-read when either changes. See [`CertificateFiles`].
     pub fn certificate_files(
         certificate_path: impl Into<std::path::PathBuf>,
         private_key_path: impl Into<std::path::PathBuf>,
@@ -189,7 +193,7 @@ impl fmt::Debug for ClientCredential {
 }
 
 /// One concrete credential, as a [`CredentialProvider`] hands it out: a secret, a certificate,
-/// or a ready-made client assertion (a federated token). Cheap to clone.
+/// a bare private key, or a ready-made client assertion (a federated token). Cheap to clone.
 ///
 /// Two loaded credentials are [the same](Self::same_as) when their material is byte-for-byte
 /// equal; that is how a reload after a rejection decides whether a retry can help.
@@ -203,6 +207,7 @@ pub struct LoadedCredential {
 enum Loaded {
     Secret(SecretString),
     Certificate(Arc<Certificate>),
+    PrivateKey(Arc<PrivateKey>),
     Assertion(SecretString),
 }
 
@@ -219,9 +224,18 @@ impl LoadedCredential {
 
     /// A certificate (each request signs a fresh assertion with it).
     pub fn certificate(certificate: Certificate) -> Self {
-        let fingerprint = certificate.fingerprint;
+        let fingerprint = certificate.fingerprint();
         LoadedCredential {
             kind: Loaded::Certificate(Arc::new(certificate)),
+            fingerprint,
+        }
+    }
+
+    /// A bare private key (each request signs a fresh assertion naming it by `kid`).
+    pub fn private_key(key: PrivateKey) -> Self {
+        let fingerprint = key.fingerprint();
+        LoadedCredential {
+            kind: Loaded::PrivateKey(Arc::new(key)),
             fingerprint,
         }
     }
@@ -261,6 +275,7 @@ impl LoadedCredential {
                 Ok(())
             }
             Loaded::Certificate(cert) => push_assertion(form, cert.sign_client_assertion(context)?),
+            Loaded::PrivateKey(key) => push_assertion(form, key.sign_client_assertion(context)?),
             Loaded::Assertion(assertion) => {
                 push_assertion(form, assertion.expose_secret().to_owned())
             }
@@ -273,6 +288,7 @@ impl fmt::Debug for LoadedCredential {
         match &self.kind {
             Loaded::Secret(_) => f.write_str("Secret(<redacted>)"),
             Loaded::Certificate(c) => write!(f, "Certificate({c:?})"),
+            Loaded::PrivateKey(k) => write!(f, "PrivateKey({k:?})"),
             Loaded::Assertion(_) => f.write_str("Assertion(<redacted>)"),
         }
     }
@@ -380,143 +396,5 @@ where
         context: &AssertionContext,
     ) -> std::result::Result<String, SharedError> {
         (self.0)(context.clone()).await
-    }
-}
-
-/// RSA signature scheme of the client assertion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum AssertionAlgorithm {
-    /// RSASSA-PKCS1-v1_5 with SHA-256 (what Entra ID has always accepted).
-    #[default]
-    Rs256,
-    /// RSASSA-PSS with SHA-256 (what current MSALs send).
-    Ps256,
-}
-
-/// A certificate and its RSA private key, used to sign client assertions.
-pub struct Certificate {
-    key: jsonwebtoken::EncodingKey,
-    thumbprint_s256: String,
-    algorithm: AssertionAlgorithm,
-    /// SHA-256 over certificate and key: tells a reloaded certificate from the same one.
-    fingerprint: [u8; 32],
-}
-
-impl Certificate {
-    /// From a PEM private key (PKCS#8 or PKCS#1 RSA) and the PEM certificate.
-    ///
-    /// # Errors
-    /// [`Error::Credential`] when either PEM does not parse.
-    pub fn from_pem(private_key_pem: &str, certificate_pem: &str) -> Result<Self> {
-        let key =
-            jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.as_bytes()).map_err(|e| {
-                Error::credential("the private key is not an RSA PEM key", Some(Arc::new(e)))
-            })?;
-        let cert = pem::parse(certificate_pem.as_bytes())
-            .map_err(|e| Error::credential("the certificate is not PEM", Some(Arc::new(e))))?;
-        if cert.tag() != "CERTIFICATE" {
-            return Err(Error::credential(
-                format!("expected a PEM CERTIFICATE, found '{}'", cert.tag()),
-                None,
-            ));
-        }
-        Ok(Certificate {
-            key,
-            thumbprint_s256: URL_SAFE_NO_PAD.encode(Sha256::digest(cert.contents())),
-            algorithm: AssertionAlgorithm::default(),
-            fingerprint: fingerprint(&[cert.contents(), private_key_pem.as_bytes()]),
-        })
-    }
-
-    /// From one PEM text holding the certificate (the first `CERTIFICATE` block, the leaf) and
-    /// its private key (`PRIVATE KEY` or `RSA PRIVATE KEY`), in any order, as
-    /// `AZURE_CLIENT_CERTIFICATE_PATH` files do.
-    ///
-    /// # Errors
-    /// [`Error::Credential`] when a block is missing or does not parse.
-    pub fn from_combined_pem(pem_text: &str) -> Result<Self> {
-        let (key_pem, cert_pem) = files::split_combined_pem(pem_text)?;
-        Self::from_pem(&key_pem, &cert_pem)
-    }
-
-    /// Check that the private key belongs to the certificate, by signing a probe and verifying
-    /// it with the certificate's public key (a half-rotated pair fails here, not at the IdP).
-    ///
-    /// # Errors
-    /// [`Error::Credential`] when the key and the certificate do not match.
-    pub fn verify_key_matches(&self, certificate_pem: &str) -> Result<()> {
-        let mismatch = |e: jsonwebtoken::errors::Error| {
-            Error::credential(
-                "the private key does not belong to the certificate",
-                Some(Arc::new(e)),
-            )
-        };
-        let decoding = jsonwebtoken::DecodingKey::from_rsa_pem(certificate_pem.as_bytes())
-            .map_err(mismatch)?;
-        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        let probe = jsonwebtoken::encode(&header, &serde_json::json!({ "probe": 1 }), &self.key)
-            .map_err(mismatch)?;
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        jsonwebtoken::decode::<serde_json::Value>(&probe, &decoding, &validation)
-            .map_err(mismatch)?;
-        Ok(())
-    }
-
-    /// Sign with `algorithm` instead of RS256.
-    pub fn with_algorithm(mut self, algorithm: AssertionAlgorithm) -> Self {
-        self.algorithm = algorithm;
-        self
-    }
-
-    /// The `x5t#S256` thumbprint: base64url of the SHA-256 of the DER certificate.
-    pub fn thumbprint_s256(&self) -> &str {
-        &self.thumbprint_s256
-    }
-
-    /// A freshly signed client assertion for `context` (what a token request carries).
-    ///
-    /// # Errors
-    /// [`Error::Credential`] when signing fails.
-    pub fn sign_client_assertion(&self, context: &AssertionContext) -> Result<String> {
-        #[derive(Serialize)]
-        struct Claims<'a> {
-            aud: &'a str,
-            iss: &'a str,
-            sub: &'a str,
-            jti: String,
-            iat: u64,
-            nbf: u64,
-            exp: u64,
-        }
-        let now = unix_seconds(context.now);
-        let mut header = jsonwebtoken::Header::new(match self.algorithm {
-            AssertionAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
-            AssertionAlgorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
-        });
-        header.x5t_s256 = Some(self.thumbprint_s256.clone());
-        let claims = Claims {
-            aud: &context.token_endpoint,
-            iss: &context.client_id,
-            sub: &context.client_id,
-            jti: uuid::Uuid::new_v4().to_string(),
-            iat: now,
-            nbf: now,
-            exp: now + ASSERTION_LIFETIME_SECS,
-        };
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| {
-            Error::credential("signing the client assertion failed", Some(Arc::new(e)))
-        })
-    }
-}
-
-impl fmt::Debug for Certificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certificate")
-            .field("x5t#S256", &self.thumbprint_s256)
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
     }
 }

@@ -1,5 +1,5 @@
-//! Client authentication: secrets (post or Basic), certificate assertions and federated
-//! (workload identity) assertions, each failure with Entra ID's code.
+//! Client authentication: secrets (post or Basic), certificate assertions, bare-key assertions
+//! (`kid`) and federated (workload identity) assertions, each failure with Entra ID's code.
 #![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use serde_json::{Map, Value};
@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::{ClientAuth, TokenCtx};
 use crate::aad::AadError;
 use crate::clock::format_utc;
-use crate::state::State;
+use crate::state::{Client, State};
 use crate::tokens::{peek, verify_signature};
 
 /// `client_assertion_type` of JWT client assertions (RFC 7523).
@@ -152,6 +152,11 @@ fn verify_client_assertion(
                 "Client assertion application identifier doesn't match 'client_id' parameter.",
             ));
         }
+        // No certificate thumbprint: a bare key (`private_key_jwt`), named by `kid`.
+        if header.x5t_s256.is_none() && header.x5t.is_none() && !client.keys.is_empty() {
+            verify_with_client_key(assertion, header.kid.as_deref(), client)?;
+            return check_assertion_claims(ctx, &claims, now, &audiences);
+        }
         let presented = header
             .x5t_s256
             .clone()
@@ -204,14 +209,59 @@ fn verify_client_assertion(
         })?;
         audiences.push(TOKEN_EXCHANGE_AUDIENCE.to_owned());
     }
+    check_assertion_claims(ctx, &claims, now, &audiences)
+}
 
-    let Some(exp) = time_claim(&claims, "exp") else {
+/// Verifies a bare-key assertion with the key its `kid` names, or with any registered key when
+/// it names none.
+fn verify_with_client_key(
+    assertion: &str,
+    kid: Option<&str>,
+    client: &Client,
+) -> Result<(), AadError> {
+    let mut candidates = client
+        .keys
+        .iter()
+        .filter(|k| kid.is_none_or(|kid| k.key_id == kid))
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(AadError::invalid_client(
+            700_027,
+            format!(
+                "The key used to sign the client assertion is not registered on application. \
+                 [Reason - The key was not found., Key id of key used by client: '{}', Found keys: {}]",
+                kid.unwrap_or("none"),
+                client.keys.len()
+            ),
+        ));
+    }
+    if candidates.any(|k| verify_signature(assertion, &k.key).is_ok()) {
+        return Ok(());
+    }
+    Err(AadError::invalid_client(
+        700_027,
+        format!(
+            "Client assertion failed signature validation. [Reason - The key '{}' did not verify \
+             the signature.]",
+            kid.unwrap_or("none")
+        ),
+    ))
+}
+
+/// The checks every client assertion passes after its signature: expiry, not-before, audience.
+fn check_assertion_claims(
+    ctx: &TokenCtx<'_>,
+    claims: &Map<String, Value>,
+    now: u64,
+    audiences: &[String],
+) -> Result<(), AadError> {
+    let Some(exp) = time_claim(claims, "exp") else {
         return Err(AadError::invalid_client(
             700_024,
             "Client assertion contains no expiry ('exp') claim.",
         ));
     };
-    let nbf = time_claim(&claims, "nbf");
+    let nbf = time_claim(claims, "nbf");
     if exp <= now || nbf.is_some_and(|nbf| nbf > now.saturating_add(NBF_SKEW)) {
         return Err(AadError::invalid_client(
             700_024,
@@ -224,7 +274,7 @@ fn verify_client_assertion(
             ),
         ));
     }
-    let presented = audiences_of(&claims);
+    let presented = audiences_of(claims);
     if !presented.iter().any(|a| audiences.contains(a)) {
         return Err(AadError::invalid_client(
             50_013,

@@ -82,6 +82,7 @@ pub struct AssertionSpec<'a> {
     pub audience: String,
     pub key_pem: &'a str,
     pub x5t_s256: Option<String>,
+    pub kid: Option<String>,
     pub alg: Algorithm,
     pub exp_offset: i64,
 }
@@ -94,6 +95,7 @@ impl<'a> AssertionSpec<'a> {
             audience,
             key_pem,
             x5t_s256: Some(x5t_s256(cert_pem)),
+            kid: None,
             alg: Algorithm::RS256,
             exp_offset: 600,
         }
@@ -102,6 +104,7 @@ impl<'a> AssertionSpec<'a> {
     pub fn sign(&self) -> String {
         let mut header = Header::new(self.alg);
         header.x5t_s256 = self.x5t_s256.clone();
+        header.kid = self.kid.clone();
         let now = now() as i64;
         let claims = json!({
             "iss": self.issuer.unwrap_or(self.client_id),
