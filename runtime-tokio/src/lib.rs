@@ -91,7 +91,10 @@ mod tests {
     #[test]
     fn try_current_outside_a_runtime_is_an_error() {
         let error = TokioRuntime::try_current().unwrap_err();
-        assert!(error.to_string().contains("not inside a tokio runtime"), "{error}");
+        assert!(
+            error.to_string().contains("not inside a tokio runtime"),
+            "{error}"
+        );
         assert!(std::error::Error::source(&error).is_some());
         let core: tokenwell_core::Error = error.into();
         assert!(
