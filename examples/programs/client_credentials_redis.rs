@@ -3,24 +3,20 @@
 // it twice against the emulator and a `redis-server` (the second run is served from Redis) and
 // counts its lines.
 //
-// CLIENT_ID=… AUTHORITY=https://login.microsoftonline.com/… CLIENT_SECRET=… \
+// CLIENT_ID=… AUTHORITY=https://login.microsoftonline.com/… CLIENT_SECRET=… SCOPE=api://…/.default \
 //   REDIS_URL=redis://127.0.0.1:6379 cargo run --example client_credentials_redis
-use std::sync::Arc;
+use std::{env::var, sync::Arc};
 use tokenwell::{ClientCredential, L2Options, redis::RedisStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let redis = RedisStore::builder()
-        .url(std::env::var("REDIS_URL")?)
-        .build()?;
-    let app = tokenwell::confidential_client(std::env::var("CLIENT_ID")?)
-        .authority(std::env::var("AUTHORITY")?)
-        .credential(ClientCredential::secret(std::env::var("CLIENT_SECRET")?))
+    let redis = RedisStore::builder().url(var("REDIS_URL")?).build()?;
+    let app = tokenwell::confidential_client(var("CLIENT_ID")?)
+        .authority(var("AUTHORITY")?)
+        .credential(ClientCredential::secret(var("CLIENT_SECRET")?))
         .l2(L2Options::new(Arc::new(redis)))
         .build()?;
-    let result = app
-        .acquire_token_for_client(["api://orders/.default"])
-        .await?;
+    let result = app.acquire_token_for_client([var("SCOPE")?]).await?;
     println!("{:?}", result.metadata());
     app.flush().await; // the token reaches Redis before the process exits
     Ok(())
