@@ -24,12 +24,12 @@
 //!
 //! | feature | default | part |
 //! |---|---|---|
-//! | `tokio` | yes | runtime: the tokio runtime in which the application is built ([`tokio`]) |
-//! | `reqwest` | yes | HTTP transport over reqwest with rustls ([`reqwest`]) |
-//! | `memory` | yes | L1: a bounded in-memory cache, one per application ([`memory`]) |
-//! | `hyper` | no | HTTP transport over hyper with rustls; the default when `reqwest` is off ([`hyper`]) |
-//! | `redis` | no | L2 on Redis or Redis Cluster ([`redis`]) |
-//! | `sqlite` | no | L2 in a SQLite file ([`sqlite`]) |
+//! | `tokio` | yes | runtime: the tokio runtime in which the application is built (`tokenwell::tokio`) |
+//! | `reqwest` | yes | HTTP transport over reqwest with rustls (`tokenwell::reqwest`) |
+//! | `memory` | yes | L1: a bounded in-memory cache, one per application (`tokenwell::memory`) |
+//! | `hyper` | no | HTTP transport over hyper with rustls; the default when `reqwest` is off (`tokenwell::hyper`) |
+//! | `redis` | no | L2 on Redis or Redis Cluster (`tokenwell::redis`) |
+//! | `sqlite` | no | L2 in a SQLite file (`tokenwell::sqlite`) |
 //!
 //! Building outside a tokio runtime, or with no transport or cache feature and none passed, is
 //! an [`Error::Configuration`] from `build()`, never a panic.
