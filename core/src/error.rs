@@ -62,6 +62,19 @@ pub enum Error {
     #[error("the user declined the sign-in")]
     AuthorizationDeclined,
 
+    /// A generic OpenID Connect issuer's discovery document could not be read, or does not
+    /// describe the configured issuer (its `issuer` differs, an endpoint is plain HTTP …).
+    #[error("OpenID Connect discovery at {url} failed: {reason}")]
+    Discovery {
+        /// The document's URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+        /// The failed request, when reading the document failed (transient when it is).
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
     /// The request was refused locally, without network traffic, because the identity provider
     /// recently asked this client to back off (429 / 5xx with `Retry-After`, …).
     #[error("request throttled for another {retry_after:?} (cause: {cause})")]
@@ -82,6 +95,7 @@ impl Error {
             Error::Transport(e) => e.kind().is_transient(),
             Error::MalformedResponse { status, .. } => *status >= 500 || *status == 429,
             Error::Throttled { .. } => true,
+            Error::Discovery { source, .. } => source.as_ref().is_some_and(|e| e.is_transient()),
             Error::Configuration(_)
             | Error::Credential { .. }
             | Error::InteractionRequired(_)
@@ -95,6 +109,10 @@ impl Error {
         match self {
             Error::IdentityProvider(e) => e.retry_after,
             Error::Throttled { retry_after, .. } => Some(*retry_after),
+            Error::Discovery {
+                source: Some(source),
+                ..
+            } => source.retry_after(),
             _ => None,
         }
     }

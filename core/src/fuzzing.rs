@@ -81,7 +81,7 @@ pub fn token_response(data: &[u8]) {
         assert!(info.expires_in <= bound, "expires_in {:?}", info.expires_in);
         assert!(info.interval <= bound, "interval {:?}", info.interval);
     }
-    let Ok(token) = parse_token_response(&response, MAX_BODY, now()) else {
+    let Ok(token) = parse_token_response(&response, MAX_BODY, now(), None) else {
         return;
     };
     assert!(
@@ -122,11 +122,7 @@ fn user_identities() -> &'static [ClientIdentity] {
         ]
         .into_iter()
         .filter_map(|url| Authority::parse(url).ok())
-        .map(|authority| ClientIdentity {
-            client_id: "fuzz-client".to_owned(),
-            authority,
-            credential: None,
-        })
+        .map(|authority| ClientIdentity::new("fuzz-client".to_owned(), authority, None, None))
         .collect()
     })
 }
@@ -210,6 +206,14 @@ pub fn authority(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The same text as a generic issuer: its URL is the issuer, which parses to it again.
+    if let Ok(issuer) = Authority::oidc(text) {
+        let _ = issuer.discovery_url();
+        match Authority::oidc(&issuer.url()) {
+            Ok(again) => assert_eq!(again, issuer, "{text:?} printed as {:?}", issuer.url()),
+            Err(e) => panic!("{text:?} parsed as an issuer, but its URL does not: {e}"),
+        }
+    }
     let Ok(authority) = Authority::parse(text) else {
         return;
     };

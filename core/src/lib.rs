@@ -7,6 +7,7 @@ pub mod app;
 pub mod authority;
 pub mod cache;
 pub mod chain;
+pub mod client_auth;
 mod coalesce;
 pub mod credential;
 pub mod error;
@@ -30,9 +31,10 @@ pub use app::{
     LeaseOptions, ManagedIdentityApplication, ManagedIdentityId, Pkce, PublicClientApplication,
     RefreshOptions,
 };
-pub use authority::Authority;
+pub use authority::{Authority, AuthorityKind};
 pub use cache::{Account, PartitionCache, TokenSecret};
 pub use chain::{DefaultCredential, TokenCredential};
+pub use client_auth::ClientAuthMethod;
 pub use credential::{
     AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
     EnvVars, LoadedCredential,

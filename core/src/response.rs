@@ -4,6 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -36,8 +38,10 @@ pub(crate) struct TokenResponse {
 /// Which lifetime fields a response shape carries.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResponseShape {
-    /// Entra ID's token endpoint: `expires_in` is required.
-    TokenEndpoint,
+    /// A token endpoint: `expires_in`; without it (some generic OpenID Connect providers), the
+    /// `exp` of a JWT access token, else `default_lifetime` seconds when the application set
+    /// one. Never "for ever".
+    TokenEndpoint { default_lifetime: Option<u64> },
     /// Managed identity: `expires_in` and/or `expires_on` (Unix seconds), often as strings.
     ManagedIdentity,
 }
@@ -47,8 +51,82 @@ pub(crate) fn parse_token_response(
     response: &http::Response<Bytes>,
     max_body_bytes: usize,
     now: SystemTime,
+    default_lifetime: Option<u64>,
 ) -> Result<TokenResponse> {
-    parse_response(response, max_body_bytes, now, ResponseShape::TokenEndpoint)
+    parse_response(
+        response,
+        max_body_bytes,
+        now,
+        ResponseShape::TokenEndpoint { default_lifetime },
+    )
+}
+
+/// A JSON object answer (a discovery document), or the error the answer carries.
+pub(crate) fn parse_json_object(
+    response: &http::Response<Bytes>,
+    max_body_bytes: usize,
+    now: SystemTime,
+) -> Result<Map<String, Value>> {
+    let status = response.status().as_u16();
+    if response.body().len() > max_body_bytes {
+        return Err(malformed(
+            status,
+            format!(
+                "body of {} bytes exceeds the {max_body_bytes}-byte limit",
+                response.body().len()
+            ),
+        ));
+    }
+    if !response.status().is_success() {
+        return Err(parse_error_response(response, now));
+    }
+    parse_object(status, response.body())
+}
+
+/// The claims of a JWT (an ID token, a user assertion, an access token). Not verified: an ID
+/// token came over TLS from the authority and only names the account (MSAL does the same); an
+/// assertion's `exp` only bounds refresh-ahead; an access token's `exp` stands in for a
+/// missing `expires_in`.
+pub(crate) fn jwt_claims(jwt: &str) -> Option<Map<String, Value>> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('=').as_bytes())
+        .ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// The lifetime of a token endpoint answer without `expires_in`.
+fn fallback_lifetime(
+    status: u16,
+    access_token: &TokenSecret,
+    now: SystemTime,
+    default_lifetime: Option<u64>,
+) -> Result<u64> {
+    let exp = jwt_claims(access_token.expose_secret()).and_then(|claims| match claims.get("exp") {
+        Some(Value::Number(n)) => n.as_u64(),
+        _ => None,
+    });
+    match (exp, default_lifetime) {
+        (Some(exp), _) => {
+            let lifetime = exp.saturating_sub(crate::runtime::unix_seconds(now));
+            if lifetime > MAX_LIFETIME_SECS {
+                return Err(malformed(
+                    status,
+                    "the access token's `exp` is implausibly far away",
+                ));
+            }
+            Ok(lifetime)
+        }
+        (None, Some(default)) => Ok(default.min(MAX_LIFETIME_SECS)),
+        (None, None) => Err(malformed(
+            status,
+            "`expires_in` is missing and the access token is not a JWT with `exp`; set the \
+             application's default_token_lifetime for this provider",
+        )),
+    }
 }
 
 /// Turn an HTTP answer into a token response of `shape`, or the error it carries.
@@ -91,8 +169,8 @@ pub(crate) fn parse_response(
             }
             lifetime
         }
-        (None, ResponseShape::TokenEndpoint) => {
-            return Err(malformed(status, "`expires_in` is missing"));
+        (None, ResponseShape::TokenEndpoint { default_lifetime }) => {
+            fallback_lifetime(status, &access_token, now, default_lifetime)?
         }
     };
     if expires_in == 0 {
@@ -275,6 +353,7 @@ mod tests {
             ),
             1024,
             now,
+            None,
         )
         .unwrap();
         assert_eq!(ok.expires_in, 3600);
@@ -325,12 +404,13 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let got = reason(parse_token_response(&response(200, body), 1024, now).unwrap_err());
+            let got =
+                reason(parse_token_response(&response(200, body), 1024, now, None).unwrap_err());
             assert!(got.contains(expected), "{body}: {got}");
         }
         let big = "x".repeat(2000);
         assert!(
-            reason(parse_token_response(&response(200, &big), 1024, now).unwrap_err())
+            reason(parse_token_response(&response(200, &big), 1024, now, None).unwrap_err())
                 .contains("exceeds")
         );
     }
@@ -343,14 +423,15 @@ mod tests {
             r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret.","error_codes":[7000215],"correlation_id":"c-1","trace_id":"t-1"}"#,
         );
         r.headers_mut().insert("retry-after", "7".parse().unwrap());
-        let err = parse_token_response(&r, 1024, now).unwrap_err();
+        let err = parse_token_response(&r, 1024, now, None).unwrap_err();
         let idp = err.idp_error().unwrap();
         assert_eq!(idp.error, "invalid_client");
         assert_eq!(idp.error_codes, vec![7000215]);
         assert_eq!(idp.correlation_id.as_deref(), Some("c-1"));
         assert_eq!(idp.retry_after, Some(Duration::from_secs(7)));
-        let html = parse_token_response(&response(502, "<html>bad gateway</html>"), 1024, now)
-            .unwrap_err();
+        let html =
+            parse_token_response(&response(502, "<html>bad gateway</html>"), 1024, now, None)
+                .unwrap_err();
         assert_eq!(html.idp_error().unwrap().error, "http_502");
         assert!(html.is_transient());
     }
@@ -364,7 +445,7 @@ mod tests {
                 r#"{"access_token":"x","expires_in":60,"refresh_token":"r","id_token":"a.b.c","client_info":"e30","foci":"1"}"#,
             ),
             1024,
-            now,
+            now, None,
         )
         .unwrap();
         assert_eq!(ok.refresh_token.unwrap().expose_secret(), "r");
@@ -375,7 +456,7 @@ mod tests {
             r#"{"access_token":"x","expires_in":60,"client_info":[]}"#,
         ] {
             assert!(
-                parse_token_response(&response(200, body), 1024, now).is_err(),
+                parse_token_response(&response(200, body), 1024, now, None).is_err(),
                 "{body}"
             );
         }
@@ -410,7 +491,8 @@ mod tests {
             parse_token_response(
                 &response(200, r#"{"access_token":"x","expires_on":"4600"}"#),
                 1024,
-                now
+                now,
+                None
             )
             .is_err()
         );
@@ -425,5 +507,38 @@ mod tests {
             Duration::from_secs(10)
         );
         assert_eq!(parse_retry_after("soon", now), Duration::from_secs(60));
+    }
+
+    /// Issue 15: a provider that omits `expires_in` gets the JWT's `exp`, else the configured
+    /// default lifetime, else a typed error; never an entry that lives for ever.
+    #[test]
+    fn missing_expires_in_falls_back_to_jwt_exp_then_the_default_lifetime() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let jwt = |claims: &str| format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(claims));
+        let body = |token: &str| format!(r#"{{"access_token":"{token}","token_type":"Bearer"}}"#);
+        let parse = |token: &str, default| {
+            parse_token_response(&response(200, &body(token)), 4096, now, default)
+        };
+        assert_eq!(
+            parse(&jwt(r#"{"exp":1600}"#), None).unwrap().expires_in,
+            600
+        );
+        // The JWT wins over the default: it is the provider's own word.
+        assert_eq!(
+            parse(&jwt(r#"{"exp":1600}"#), Some(60)).unwrap().expires_in,
+            600
+        );
+        assert_eq!(parse("opaque-token", Some(300)).unwrap().expires_in, 300);
+        let missing = reason(parse("opaque-token", None).unwrap_err());
+        assert!(missing.contains("default_token_lifetime"), "{missing}");
+        // Already expired, absurdly far, or not a number: typed errors.
+        assert!(parse(&jwt(r#"{"exp":900}"#), None).is_err());
+        assert!(parse(&jwt(r#"{"exp":18446744073709551615}"#), None).is_err());
+        assert!(parse(&jwt(r#"{"exp":"soon"}"#), None).is_err());
+        // A default above the cap is capped.
+        assert_eq!(
+            parse("opaque-token", Some(u64::MAX)).unwrap().expires_in,
+            MAX_LIFETIME_SECS
+        );
     }
 }

@@ -193,7 +193,9 @@ async fn sign_in_on(
         .authorization_url(["User.Read"], REDIRECT)
         .pkce(&pkce)
         .state("s1")
-        .build();
+        .build()
+        .await
+        .unwrap();
     assert!(
         url.starts_with(&rig.emulator.authorize_endpoint(TENANT)),
         "{url}"

@@ -16,6 +16,7 @@ use crate::error::EmulatorError;
 use crate::faults::Fault;
 use crate::fixtures::IDP_SIGNING_KEY_PEM;
 use crate::grants::{self, ClientAuth};
+use crate::oidc::OidcProviderSettings;
 use crate::server::{self, Shared};
 use crate::state::{
     Certificate, FederatedIssuer, ManagedIdentity, RecordedRequest, State, UserSpec,
@@ -120,6 +121,23 @@ impl Emulator {
     /// `{issuer}/{tenant}/v2.0`, the `iss` of tokens issued for `tenant`.
     pub fn issuer(&self, tenant: &str) -> String {
         self.shared.issuer(tenant)
+    }
+
+    /// The issuer of the generic OpenID Connect provider the emulator also is: the base URL.
+    /// Its discovery document (`{issuer}/.well-known/openid-configuration`) names endpoints
+    /// at paths nothing else reveals, and it speaks as [`OidcProviderSettings`] say.
+    pub fn oidc_issuer(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// How the generic provider behaves from now on.
+    pub fn set_oidc_provider(&self, settings: OidcProviderSettings) {
+        self.shared.state.lock().oidc = settings;
+    }
+
+    /// Reads of the generic provider's discovery document so far.
+    pub fn discovery_requests(&self) -> u64 {
+        self.shared.state.lock().discovery_requests
     }
 
     /// `{base_url}/{tenant}/discovery/v2.0/keys`.

@@ -109,6 +109,7 @@ pub fn token_request(data: &[u8]) {
         tenant,
         form: request.form,
         client_id: request.client_id,
+        generic: false,
     };
     {
         let st = shared.state.lock();

@@ -15,6 +15,7 @@ mod faults;
 pub mod fuzzing;
 mod grants;
 mod msi;
+mod oidc;
 mod server;
 mod sha1;
 mod state;
@@ -26,4 +27,5 @@ pub use config::{DeviceCodeSettings, EmulatorConfig, RefreshTokenRotation, Token
 pub use emulator::Emulator;
 pub use error::EmulatorError;
 pub use faults::Fault;
+pub use oidc::OidcProviderSettings;
 pub use state::{ManagedIdentity, RecordedRequest, UserSpec};

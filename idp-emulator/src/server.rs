@@ -26,7 +26,7 @@ use crate::aad::AadError;
 use crate::clock::new_guid;
 use crate::state::State;
 use crate::tokens::Signer;
-use crate::{control, discovery, grants, msi};
+use crate::{control, discovery, grants, msi, oidc};
 
 /// Largest request body read; larger bodies get 413.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -249,7 +249,44 @@ async fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
     if let ["_control", rest @ ..] = segments.as_slice() {
         return control::handle(shared, req, rest);
     }
+    let default_tenant = || shared.state.lock().default_tenant.clone();
     match segments.as_slice() {
+        // The generic OpenID Connect provider (issuer = base URL).
+        [".well-known", "openid-configuration"] => oidc::discovery(shared, req),
+        ["connect", "token"] => {
+            if req.method != Method::POST {
+                return Reply::aad(&only_post(), req, now());
+            }
+            grants::token_endpoint(shared, req, &default_tenant(), true).await
+        }
+        ["connect", "device_authorization"] => {
+            if req.method != Method::POST {
+                return Reply::aad(&only_post(), req, now());
+            }
+            grants::device_authorization(shared, req, &default_tenant())
+        }
+        ["connect", "authorize"] => grants::authorize(shared, req, &default_tenant()),
+        ["connect", "jwks"] => Reply::ok(shared.signer.jwks(&oidc::issuer(shared))),
+        // AD FS: `/adfs/oauth2/{token,devicecode,authorize}` in the default tenant.
+        ["adfs", "oauth2", "token"] => {
+            if req.method != Method::POST {
+                return Reply::aad(&only_post(), req, now());
+            }
+            grants::token_endpoint(shared, req, &default_tenant(), false).await
+        }
+        ["adfs", "oauth2", "devicecode"] => {
+            grants::device_authorization(shared, req, &default_tenant())
+        }
+        ["adfs", "oauth2", "authorize"] => grants::authorize(shared, req, &default_tenant()),
+        // B2C: `/{tenant}/{policy}/oauth2/v2.0/token`.
+        [tenant, policy, "oauth2", "v2.0", "token"]
+            if policy.to_ascii_lowercase().starts_with("b2c_") && valid_tenant(tenant) =>
+        {
+            if req.method != Method::POST {
+                return Reply::aad(&only_post(), req, now());
+            }
+            grants::token_endpoint(shared, req, tenant, false).await
+        }
         ["metadata", "identity", "oauth2", "token"] => msi::imds(shared, req).await,
         ["msi", "token"] => msi::app_service(shared, req).await,
         ["common", "discovery", "instance"] => discovery::instance_discovery(shared, req),
@@ -270,7 +307,7 @@ async fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
                     if req.method != Method::POST {
                         return Reply::aad(&only_post(), req, now());
                     }
-                    grants::token_endpoint(shared, req, tenant).await
+                    grants::token_endpoint(shared, req, tenant, false).await
                 }
                 ["oauth2", "v2.0", "devicecode"] => {
                     if req.method != Method::POST {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::clock::{derived_guid, wall_ms};
 use crate::config::{DeviceCodeSettings, EmulatorConfig, RefreshTokenRotation, TokenLifetimes};
 use crate::faults::Fault;
+use crate::oidc::OidcProviderSettings;
 use crate::tokens::VerifyingKey;
 
 /// One request that reached the token endpoint (or a managed-identity endpoint), as recorded
@@ -199,6 +200,10 @@ pub(crate) struct State {
     pub app_service_secret: String,
     /// Seconds added to the wall clock.
     pub time_offset: u64,
+    /// The generic OpenID Connect provider's behaviour.
+    pub oidc: OidcProviderSettings,
+    /// Reads of the generic provider's discovery document.
+    pub discovery_requests: u64,
 }
 
 /// The default tenant id of users and managed identities.
@@ -238,6 +243,8 @@ impl State {
                 .clone()
                 .unwrap_or_else(|| crate::clock::random_token(24)),
             time_offset: 0,
+            oidc: OidcProviderSettings::default(),
+            discovery_requests: 0,
         };
         for (id, secret) in &config.client_secrets {
             state.add_secret(id, secret);

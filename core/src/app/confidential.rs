@@ -11,13 +11,14 @@ use super::flows::client::ClientIdentity;
 use super::flows::client_credentials::ClientCredentials;
 use super::future::TokenFuture;
 use super::l2::L2Health;
-use super::settings::{EngineSettings, engine_setters};
+use super::settings::{AuthoritySource, EngineSettings, engine_setters};
 use super::user_flows::{
     AcquireTokenByAuthorizationCode, AcquireTokenOnBehalfOf, AcquireTokenSilent, AuthorizationUrl,
     ClientCore,
 };
 use crate::authority::Authority;
 use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenCache};
+use crate::client_auth::ClientAuthMethod;
 use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
@@ -69,6 +70,7 @@ impl ConfidentialClientApplication {
             client_id: client_id.into(),
             authority: None,
             credential: None,
+            auth_method: None,
             engine: EngineSettings::default(),
         }
     }
@@ -186,15 +188,31 @@ impl fmt::Debug for ConfidentialClientApplication {
 #[must_use]
 pub struct ConfidentialClientApplicationBuilder {
     client_id: String,
-    authority: Option<String>,
+    authority: Option<AuthoritySource>,
     credential: Option<ClientCredential>,
+    auth_method: Option<ClientAuthMethod>,
     engine: EngineSettings,
 }
 
 impl ConfidentialClientApplicationBuilder {
-    /// Authority URL with the tenant: `https://login.microsoftonline.com/{tenant}`.
+    /// Authority URL: `https://login.microsoftonline.com/{tenant}`, an External ID, B2C or
+    /// AD FS URL (see [`Authority::parse`]).
     pub fn authority(mut self, url: impl Into<String>) -> Self {
-        self.authority = Some(url.into());
+        self.authority = Some(AuthoritySource::Url(url.into()));
+        self
+    }
+
+    /// A generic OpenID Connect issuer: its endpoints are read from its discovery document
+    /// (see [`Authority::oidc`]).
+    pub fn oidc_authority(mut self, issuer: impl Into<String>) -> Self {
+        self.authority = Some(AuthoritySource::Oidc(issuer.into()));
+        self
+    }
+
+    /// How to present a client secret or assertion to the token endpoint (default: in the
+    /// form for Entra ID, by what a generic provider publishes otherwise).
+    pub fn client_auth_method(mut self, method: ClientAuthMethod) -> Self {
+        self.auth_method = Some(method);
         self
     }
 
@@ -223,23 +241,24 @@ impl ConfidentialClientApplicationBuilder {
         if self.client_id.trim().is_empty() {
             return Err(Error::configuration("the client id is empty"));
         }
-        let authority =
-            Authority::parse(self.authority.as_deref().ok_or_else(|| {
-                missing("authority", "call .authority(\"https://host/tenant\")")
-            })?)?;
+        let authority = self
+            .authority
+            .ok_or_else(|| missing("authority", "call .authority(\"https://host/tenant\")"))?
+            .parse()?;
         let credential = self
             .credential
             .ok_or_else(|| missing("credential", "call .credential(ClientCredential::…)"))?;
-        let default_partition = PartitionKey::for_app(&self.client_id, authority.tenant());
+        let default_partition = PartitionKey::for_app(&self.client_id, authority.realm());
         let engine = Arc::new(self.engine.build()?);
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
                 core: ClientCore {
-                    identity: Arc::new(ClientIdentity {
-                        client_id: self.client_id,
+                    identity: Arc::new(ClientIdentity::new(
+                        self.client_id,
                         authority,
-                        credential: Some(credential),
-                    }),
+                        Some(credential),
+                        self.auth_method,
+                    )),
                     engine,
                 },
                 default_partition,
@@ -289,11 +308,12 @@ impl<'a> AcquireTokenForClient<'a> {
         // Borrow the default partition key: no reference-count traffic on the hot path.
         let overridden;
         let (authority, partition, hot) = match &self.tenant {
-            Some(t) if t != identity.authority.tenant() => {
-                overridden = (
-                    identity.authority.with_tenant(t),
-                    PartitionKey::for_app(&identity.client_id, t),
-                );
+            Some(t) if Some(t.as_str()) != identity.authority.tenant() => {
+                let authority = match identity.authority.with_tenant(t) {
+                    Ok(authority) => authority,
+                    Err(error) => return Acquire::failed(error),
+                };
+                overridden = (authority, PartitionKey::for_app(&identity.client_id, t));
                 (&overridden.0, &overridden.1, false)
             }
             // The default tenant: the application's own partition key.
@@ -306,7 +326,7 @@ impl<'a> AcquireTokenForClient<'a> {
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: authority.environment(),
-            realm: authority.tenant(),
+            realm: authority.realm(),
             token_type: "Bearer",
             key_id: None,
             scopes: &self.scopes,

@@ -9,7 +9,9 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
-use crate::response::{ResponseShape, TokenResponse, parse_response, parse_token_response};
+use crate::response::{
+    ResponseShape, TokenResponse, parse_json_object, parse_response, parse_token_response,
+};
 use crate::retry::DEFAULT_MAX_RETRY_AFTER;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
@@ -37,6 +39,8 @@ pub(crate) struct Idp {
     /// Told about each failed attempt the loop is about to wait out and retry (the engine
     /// opens the throttling window a `Retry-After` asks for then, not after the retry).
     pub before_retry: Option<BeforeRetry>,
+    /// Lifetime of a token whose answer has no `expires_in` and is not a JWT (seconds).
+    pub default_lifetime: Option<u64>,
 }
 
 /// Retry rules of the managed-identity endpoints, which answer with their own statuses: IMDS
@@ -109,11 +113,13 @@ impl Idp {
             send_options: self.send_options,
             retry: self.retry.clone(),
             before_retry: Some(before_retry),
+            default_lifetime: self.default_lifetime,
         }
     }
 
-    /// POST a token request to `endpoint`, building the form anew for every attempt (client
-    /// assertions must not be replayed), and retry as the policy allows.
+    /// POST a token request to `endpoint`, building the form (and the `Authorization` header
+    /// of `client_secret_basic`) anew for every attempt (client assertions must not be
+    /// replayed), and retry as the policy allows.
     pub(crate) async fn token_request<F, Fut>(
         &self,
         endpoint: &str,
@@ -121,25 +127,56 @@ impl Idp {
     ) -> Result<(TokenResponse, FetchStats)>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Vec<(&'static str, String)>>>,
+        Fut: Future<Output = Result<(Vec<(&'static str, String)>, Option<String>)>>,
     {
         self.with_retry(
             endpoint,
             || {
                 let form = make_form();
                 async move {
-                    let form = form.await?;
-                    let response = self.post_form(endpoint, &form).await?;
+                    let (form, authorization) = form.await?;
+                    let response = self
+                        .post_form(endpoint, &form, authorization.as_deref())
+                        .await?;
                     parse_token_response(
                         &response,
                         self.send_options.max_response_bytes,
                         self.runtime.now(),
+                        self.default_lifetime,
                     )
                 }
             },
             |retry, error| self.retry.delay_before_retry(retry, error),
         )
         .await
+    }
+
+    /// GET a JSON object (a discovery document) from `url`, retrying as token requests do.
+    pub(crate) async fn get_json(
+        &self,
+        url: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let (document, _) = self
+            .with_retry(
+                url,
+                || async move {
+                    let request = http::Request::get(url)
+                        .header(http::header::ACCEPT, "application/json")
+                        .header("x-client-SKU", CLIENT_SKU)
+                        .header("x-client-Ver", env!("CARGO_PKG_VERSION"))
+                        .body(Bytes::new())
+                        .map_err(|e| Error::configuration(format!("invalid URL '{url}': {e}")))?;
+                    let response = self.transport.send(request, &self.send_options).await?;
+                    parse_json_object(
+                        &response,
+                        self.send_options.max_response_bytes,
+                        self.runtime.now(),
+                    )
+                },
+                |retry, error| self.retry.delay_before_retry(retry, error),
+            )
+            .await?;
+        Ok(document)
     }
 
     /// GET a managed-identity token from `url` (query included) with `headers`, retrying by
@@ -225,12 +262,17 @@ impl Idp {
         &self,
         endpoint: &str,
         form: &[(&'static str, String)],
+        authorization: Option<&str>,
     ) -> Result<http::Response<Bytes>> {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let request = http::Request::post(endpoint)
+        let mut request = http::Request::post(endpoint);
+        if let Some(authorization) = authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization);
+        }
+        let request = request
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",

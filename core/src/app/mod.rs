@@ -12,6 +12,7 @@
 
 mod background;
 pub mod confidential;
+pub(crate) mod discovery;
 pub(crate) mod engine;
 pub(crate) mod flow;
 pub(crate) mod flows;

@@ -12,9 +12,8 @@ use serde_json::Value;
 
 use super::flows::client::ClientIdentity;
 use super::l2::L2Health;
-use super::settings::{EngineSettings, engine_setters};
+use super::settings::{AuthoritySource, EngineSettings, engine_setters};
 use super::user_flows::{AcquireTokenSilent, ClientCore, idp_result, user_partition};
-use crate::authority::Authority;
 use crate::cache::{Account, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
 use crate::response::parse_error_response;
@@ -117,14 +116,22 @@ impl fmt::Debug for PublicClientApplication {
 #[must_use]
 pub struct PublicClientApplicationBuilder {
     client_id: String,
-    authority: Option<String>,
+    authority: Option<AuthoritySource>,
     engine: EngineSettings,
 }
 
 impl PublicClientApplicationBuilder {
-    /// Authority URL with the tenant (or `organizations` / `common`).
+    /// Authority URL with the tenant (or `organizations` / `common`), or an External ID, B2C
+    /// or AD FS URL (see [`Authority::parse`](crate::Authority::parse)).
     pub fn authority(mut self, url: impl Into<String>) -> Self {
-        self.authority = Some(url.into());
+        self.authority = Some(AuthoritySource::Url(url.into()));
+        self
+    }
+
+    /// A generic OpenID Connect issuer: its endpoints are read from its discovery document
+    /// (see [`Authority::oidc`](crate::Authority::oidc)).
+    pub fn oidc_authority(mut self, issuer: impl Into<String>) -> Self {
+        self.authority = Some(AuthoritySource::Oidc(issuer.into()));
         self
     }
 
@@ -149,7 +156,10 @@ impl PublicClientApplicationBuilder {
         if self.client_id.trim().is_empty() {
             return Err(Error::configuration("the client id is empty"));
         }
-        let authority = Authority::parse(&self.authority.ok_or_else(|| missing("authority"))?)?;
+        let authority = self
+            .authority
+            .ok_or_else(|| missing("authority"))?
+            .parse()?;
         if self.engine.refresh.refresh_ahead {
             return Err(Error::configuration(
                 "refresh_ahead is not available for public clients: their tokens are renewed \
@@ -159,11 +169,7 @@ impl PublicClientApplicationBuilder {
         let engine = self.engine.build()?;
         Ok(PublicClientApplication {
             core: Arc::new(ClientCore {
-                identity: Arc::new(ClientIdentity {
-                    client_id: self.client_id,
-                    authority,
-                    credential: None,
-                }),
+                identity: Arc::new(ClientIdentity::new(self.client_id, authority, None, None)),
                 engine: Arc::new(engine),
             }),
         })
@@ -263,12 +269,20 @@ async fn device_code_flow(
 ) -> Result<AuthenticationResult> {
     let engine = &core.engine;
     let identity = &core.identity;
-    let endpoint = format!("{}/oauth2/v2.0/devicecode", identity.authority.url());
+    let endpoints = identity
+        .endpoints_for(&engine.idp, &identity.authority)
+        .await?;
+    let endpoint = endpoints.device_authorization.as_deref().ok_or_else(|| {
+        Error::configuration(format!(
+            "'{}' has no device authorization endpoint",
+            identity.authority.url()
+        ))
+    })?;
     let form = vec![
         ("client_id", identity.client_id.clone()),
         ("scope", ClientIdentity::request_scope(scopes)),
     ];
-    let response = engine.idp.post_form(&endpoint, &form).await?;
+    let response = engine.idp.post_form(endpoint, &form, None).await?;
     let info = parse_device_code(&response, engine.idp.runtime.now())?;
     let deadline = engine.now().saturating_add(info.expires_in.as_secs());
     let mut interval = info.interval;

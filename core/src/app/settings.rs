@@ -8,6 +8,7 @@ use super::engine::{Engine, RefreshOptions};
 use super::idp::Idp;
 use super::l2::L2Options;
 use super::parts::DefaultParts;
+use crate::authority::Authority;
 use crate::cache::{PartitionCache, TokenCache};
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
@@ -16,6 +17,23 @@ use crate::runtime::Runtime;
 use crate::throttle::ThrottlingPolicy;
 
 use super::engine::DEFAULT_EXPIRY_BUFFER;
+
+/// The authority a builder was given, parsed at `build`.
+pub(crate) enum AuthoritySource {
+    /// [`Authority::parse`]: Entra ID, External ID, B2C, AD FS.
+    Url(String),
+    /// [`Authority::oidc`]: a generic issuer.
+    Oidc(String),
+}
+
+impl AuthoritySource {
+    pub(crate) fn parse(self) -> Result<Authority> {
+        match self {
+            AuthoritySource::Url(url) => Authority::parse(&url),
+            AuthoritySource::Oidc(issuer) => Authority::oidc(&issuer),
+        }
+    }
+}
 
 /// Engine configuration gathered by a builder.
 pub(crate) struct EngineSettings {
@@ -30,6 +48,7 @@ pub(crate) struct EngineSettings {
     pub refresh: RefreshOptions,
     pub throttling: ThrottlingPolicy,
     pub l2: Option<L2Options>,
+    pub default_lifetime: Option<Duration>,
 }
 
 impl Default for EngineSettings {
@@ -45,6 +64,7 @@ impl Default for EngineSettings {
             refresh: RefreshOptions::default(),
             throttling: ThrottlingPolicy::default(),
             l2: None,
+            default_lifetime: None,
         }
     }
 }
@@ -107,6 +127,7 @@ impl EngineSettings {
                 send_options: self.send_options,
                 retry: self.retry,
                 before_retry: None,
+                default_lifetime: self.default_lifetime.map(|d| d.as_secs().max(1)),
             },
             TokenCache::new(cache),
             self.expiry_buffer,
@@ -180,6 +201,14 @@ macro_rules! engine_setters {
         /// Client-side throttling windows (default: MSAL's rules).
         pub fn throttling(mut self, throttling: crate::throttle::ThrottlingPolicy) -> Self {
             self.engine.throttling = throttling;
+            self
+        }
+
+        /// Lifetime given to a token whose answer has no `expires_in` and is not a JWT with
+        /// `exp` (some generic OpenID Connect providers). Without it such an answer is an
+        /// error: a token is never cached for ever.
+        pub fn default_token_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+            self.engine.default_lifetime = Some(lifetime);
             self
         }
 

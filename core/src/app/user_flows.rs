@@ -175,7 +175,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             core.engine.id(),
             KeySource::Assertion,
             &self.assertion,
-            identity.authority.tenant(),
+            identity.authority.realm(),
             || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
         );
         // The partition is the user's (one assertion, one user), so its access tokens are
@@ -184,7 +184,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: identity.authority.environment(),
-            realm: identity.authority.tenant(),
+            realm: identity.authority.realm(),
             token_type: "Bearer",
             key_id: None,
             scopes: &self.scopes,
@@ -450,26 +450,40 @@ impl fmt::Debug for Pkce {
 }
 
 /// Builds the authorize URL of the authorization code flow.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use]
 pub struct AuthorizationUrl {
-    endpoint: String,
+    identity: Arc<ClientIdentity>,
+    engine: Arc<Engine>,
     params: Vec<(&'static str, String)>,
+}
+
+impl fmt::Debug for AuthorizationUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationUrl")
+            .field("authority", &self.identity.authority.url())
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthorizationUrl {
     pub(crate) fn new(core: &ClientCore, scopes: ScopeSet, redirect_uri: String) -> Self {
         let identity = &core.identity;
+        let mut params = vec![
+            ("client_id", identity.client_id.clone()),
+            ("response_type", "code".to_owned()),
+            ("redirect_uri", redirect_uri),
+            ("scope", ClientIdentity::request_scope(&scopes)),
+            ("response_mode", "query".to_owned()),
+        ];
+        if identity.authority.is_entra_family() {
+            params.push(("client_info", "1".to_owned()));
+        }
         AuthorizationUrl {
-            endpoint: format!("{}/oauth2/v2.0/authorize", identity.authority.url()),
-            params: vec![
-                ("client_id", identity.client_id.clone()),
-                ("response_type", "code".to_owned()),
-                ("redirect_uri", redirect_uri),
-                ("scope", ClientIdentity::request_scope(&scopes)),
-                ("response_mode", "query".to_owned()),
-                ("client_info", "1".to_owned()),
-            ],
+            identity: Arc::clone(identity),
+            engine: Arc::clone(&core.engine),
+            params,
         }
     }
 
@@ -506,12 +520,28 @@ impl AuthorizationUrl {
         self
     }
 
-    /// The URL to send the user's browser to.
-    pub fn build(&self) -> String {
+    /// The URL to send the user's browser to (a generic issuer's authorization endpoint is
+    /// read from its discovery document, hence `async`).
+    ///
+    /// # Errors
+    /// [`Error::Discovery`] when a generic issuer's document cannot be read;
+    /// [`Error::Configuration`] when the provider has no authorization endpoint.
+    pub async fn build(&self) -> Result<String> {
+        let identity = &self.identity;
+        let endpoints = identity
+            .endpoints_for(&self.engine.idp, &identity.authority)
+            .await?;
+        let endpoint = endpoints.authorization.as_deref().ok_or_else(|| {
+            Error::configuration(format!(
+                "'{}' publishes no authorization endpoint",
+                identity.authority.url()
+            ))
+        })?;
         let query = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(self.params.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
-        format!("{}?{query}", self.endpoint)
+        let separator = if endpoint.contains('?') { '&' } else { '?' };
+        Ok(format!("{endpoint}{separator}{query}"))
     }
 }
 

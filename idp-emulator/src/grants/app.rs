@@ -16,7 +16,12 @@ pub(crate) fn client_credentials(ctx: &TokenCtx<'_>, st: &mut State) -> Result<V
     let client_id = client_id.as_str();
     let scope = ctx.require("scope")?;
     let scopes: Vec<&str> = scope.split_whitespace().collect();
-    if let Some(bad) = scopes.iter().find(|s| !s.ends_with("/.default")) {
+    // A generic provider's scopes are its own names (`orders.read`); only Entra ID insists
+    // on `{resource}/.default` for app tokens.
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| !ctx.generic && !s.ends_with("/.default"))
+    {
         return Err(AadError::new(
             400,
             "invalid_scope",
@@ -28,7 +33,7 @@ pub(crate) fn client_credentials(ctx: &TokenCtx<'_>, st: &mut State) -> Result<V
         ));
     }
     let resource = resource_of(&scopes);
-    if scopes.iter().any(|s| tokens::split_scope(s).0 != resource) {
+    if !ctx.generic && scopes.iter().any(|s| tokens::split_scope(s).0 != resource) {
         return Err(AadError::new(
             400,
             "invalid_scope",

@@ -86,6 +86,11 @@ fn accepted_audiences(ctx: &TokenCtx<'_>) -> Vec<String> {
     bases.extend(ctx.req.request_base());
     let mut out = Vec::new();
     for base in bases {
+        if ctx.generic {
+            // The generic provider: its token endpoint or its issuer.
+            out.push(format!("{base}/{}", crate::oidc::TOKEN_PATH));
+            out.push(base.clone());
+        }
         for suffix in ["oauth2/v2.0/token", "oauth2/token", "v2.0", ""] {
             out.push(
                 format!("{base}/{}/{suffix}", ctx.tenant)

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::aad::AadError;
 use crate::faults::{self, FaultOutcome};
+use crate::oidc;
 use crate::server::{Reply, Req, Shared};
 use crate::state::{RecordedRequest, State};
 use crate::tokens::{peek, resource_of};
@@ -30,6 +31,8 @@ pub(crate) struct TokenCtx<'a> {
     pub tenant: &'a str,
     pub form: BTreeMap<String, String>,
     pub client_id: String,
+    /// Asked at the generic OpenID Connect provider's token endpoint.
+    pub generic: bool,
 }
 
 impl TokenCtx<'_> {
@@ -95,9 +98,14 @@ pub(crate) fn read_token_request(req: &Req) -> TokenRequest {
     }
 }
 
-/// `POST /{tenant}/oauth2/v2.0/token`: records the request, plays a pending fault, then runs
-/// the grant.
-pub(crate) async fn token_endpoint(shared: &Arc<Shared>, req: &Req, tenant: &str) -> Reply {
+/// `POST /{tenant}/oauth2/v2.0/token` (or the generic provider's `/connect/token` when
+/// `generic`): records the request, plays a pending fault, then runs the grant.
+pub(crate) async fn token_endpoint(
+    shared: &Arc<Shared>,
+    req: &Req,
+    tenant: &str,
+    generic: bool,
+) -> Reply {
     let TokenRequest {
         form,
         assertion,
@@ -123,6 +131,7 @@ pub(crate) async fn token_endpoint(shared: &Arc<Shared>, req: &Req, tenant: &str
         tenant,
         form,
         client_id,
+        generic,
     };
     if let Some(fault) = fault {
         let synthetic = || {
@@ -135,7 +144,15 @@ pub(crate) async fn token_endpoint(shared: &Arc<Shared>, req: &Req, tenant: &str
     }
     let mut st = shared.state.lock();
     let now = st.now();
-    match run_grant(&ctx, &mut st) {
+    let outcome = if generic {
+        let settings = st.oidc.clone();
+        oidc::check_auth_method(&ctx, &settings)
+            .and_then(|()| run_grant(&ctx, &mut st))
+            .and_then(|body| oidc::reshape(&ctx, &settings, body))
+    } else {
+        run_grant(&ctx, &mut st)
+    };
+    match outcome {
         Ok(body) => Reply::ok(body),
         Err(err) => Reply::aad(&err, req, now),
     }

@@ -8,13 +8,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
+use crate::app::discovery::EndpointResolver;
 use crate::app::flow::Fetched;
 use crate::app::idp::{FetchStats, Idp};
-use crate::authority::Authority;
+use crate::authority::{Authority, Endpoints};
 use crate::cache::{AccessToken, Account, IdToken, Partition, PartitionKey, RefreshToken};
+use crate::client_auth::{ClientAuthMethod, apply_method};
 use crate::credential::{AssertionContext, ClientCredential};
 use crate::error::{Error, Result};
-use crate::response::TokenResponse;
+use crate::response::{TokenResponse, jwt_claims};
 use crate::scopes::ScopeSet;
 
 /// Scopes MSAL adds to every user request: a refresh token, an ID token, the profile.
@@ -26,15 +28,55 @@ const MULTI_TENANT: [&str; 3] = ["common", "organizations", "consumers"];
 /// Tokens living at least this long get a `refresh_on` at half their lifetime.
 const HALF_LIFE_REFRESH_MIN_LIFETIME: u64 = 2 * 3600;
 
-/// Who asks: the client id, its authority and (for confidential clients) its credential.
+/// Who asks: the client id, its authority (and where its endpoints are) and, for
+/// confidential clients, its credential and how to present it.
 pub(crate) struct ClientIdentity {
     pub client_id: String,
     pub authority: Authority,
     /// `None` for public clients.
     pub credential: Option<ClientCredential>,
+    /// The configured client authentication method (else chosen per authority).
+    pub auth_method: Option<ClientAuthMethod>,
+    pub endpoints: EndpointResolver,
 }
 
 impl ClientIdentity {
+    pub(crate) fn new(
+        client_id: String,
+        authority: Authority,
+        credential: Option<ClientCredential>,
+        auth_method: Option<ClientAuthMethod>,
+    ) -> Self {
+        ClientIdentity {
+            client_id,
+            endpoints: EndpointResolver::new(&authority),
+            authority,
+            credential,
+            auth_method,
+        }
+    }
+
+    /// The endpoints of `authority`: the application's own (discovered when it is a generic
+    /// issuer), or a per-request tenant's.
+    pub(crate) async fn endpoints_for(
+        &self,
+        idp: &Idp,
+        authority: &Authority,
+    ) -> Result<Arc<Endpoints>> {
+        if *authority == self.authority {
+            return self.endpoints.resolve(idp).await;
+        }
+        authority
+            .well_known_endpoints()
+            .map(Arc::new)
+            .ok_or_else(|| {
+                Error::configuration(format!(
+                    "no endpoints known for '{}' (only the application's own issuer is discovered)",
+                    authority.url()
+                ))
+            })
+    }
+
     /// The partition listing the client's signed-in accounts (what `accounts()` reads).
     pub(crate) fn accounts_index(&self) -> PartitionKey {
         PartitionKey::for_user(&self.client_id, "")
@@ -61,8 +103,11 @@ impl ClientIdentity {
         grant: Vec<(&'static str, String)>,
         user_flow: bool,
     ) -> Result<(TokenResponse, FetchStats)> {
-        let endpoint = authority.token_endpoint();
-        let (client_id, endpoint, grant) = (&self.client_id, &endpoint, &grant);
+        let endpoints = self.endpoints_for(idp, authority).await?;
+        let endpoint = &endpoints.token;
+        let (client_id, grant) = (&self.client_id, &grant);
+        let client_info = user_flow && authority.is_entra_family();
+        let (configured, published) = (self.auth_method, endpoints.auth_methods.as_deref());
         let context = || AssertionContext::new(client_id, endpoint, idp.runtime.now());
         let send = |credential: Option<ClientCredential>| {
             idp.token_request(endpoint, move || {
@@ -70,25 +115,33 @@ impl ClientIdentity {
                 let credential = credential.clone();
                 let mut form = grant.clone();
                 form.push(("client_id", client_id.clone()));
-                if user_flow {
+                if client_info {
                     form.push(("client_info", "1".to_owned()));
                 }
                 async move {
                     if let Some(credential) = credential {
                         credential.apply(&mut form, context).await?;
                     }
-                    Ok(form)
+                    let authorization =
+                        apply_method(&mut form, client_id, authority, configured, published)?;
+                    Ok((form, authorization))
                 }
             })
         };
-        match &self.credential {
+        let outcome = match &self.credential {
             Some(credential) => {
                 credential
                     .send_with_reload(context, |current| send(Some(current)))
                     .await
             }
             None => send(None).await,
+        };
+        if let Err(error) = &outcome
+            && *authority == self.authority
+        {
+            self.endpoints.forget_after(error);
         }
+        outcome
     }
 
     /// Cache entries for a user-token answer; `index` also lists the account in the client's
@@ -122,20 +175,31 @@ impl ClientIdentity {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        let entra = self.authority.is_entra_family();
         let (uid, utid) = match &response.client_info {
             Some(info) => client_info(info).ok_or_else(|| bad("bad `client_info`"))?,
             None => match (claim("oid"), claim("tid")) {
                 (Some(oid), Some(tid)) => (oid, tid),
+                // AD FS and generic providers name the user by `sub`, within their realm.
+                _ if !entra => (
+                    claim("sub").ok_or_else(|| bad("the ID token has no `sub`"))?,
+                    String::new(),
+                ),
                 _ => return Err(bad("neither `client_info` nor an ID token names the user")),
             },
         };
-        let home = format!("{uid}.{utid}");
+        // MSAL's home account id: `uid.utid` on Entra, the subject elsewhere.
+        let home = if utid.is_empty() {
+            uid.clone()
+        } else {
+            format!("{uid}.{utid}")
+        };
         let environment = self.authority.environment();
-        let tenant = self.authority.tenant();
-        let realm = if MULTI_TENANT.iter().any(|t| t.eq_ignore_ascii_case(tenant)) {
+        let realm = self.authority.realm();
+        let realm = if entra && MULTI_TENANT.iter().any(|t| t.eq_ignore_ascii_case(realm)) {
             claim("tid").unwrap_or(utid)
         } else {
-            tenant.to_owned()
+            realm.to_owned()
         };
         let mut access = access_token_from_response(
             response,
@@ -241,20 +305,6 @@ fn client_info(encoded: &str) -> Option<(String, String)> {
     let uid = value.get("uid")?.as_str()?.to_owned();
     let utid = value.get("utid")?.as_str()?.to_owned();
     Some((uid, utid))
-}
-
-/// The claims of a JWT (an ID token, a user assertion). Not verified: an ID token came over
-/// TLS from the authority and only names the account (MSAL does the same); an assertion's
-/// `exp` only bounds refresh-ahead.
-pub(crate) fn jwt_claims(jwt: &str) -> Option<serde_json::Map<String, Value>> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('=').as_bytes())
-        .ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
-        Value::Object(map) => Some(map),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl Flow for ClientCredentials {
                 &response,
                 self.authority.environment(),
                 &self.client.client_id,
-                self.authority.tenant(),
+                self.authority.realm(),
                 &self.scopes,
                 unix_seconds(idp.runtime.now()),
             );

@@ -83,7 +83,7 @@ impl Flow for OnBehalfOf {
             fetched.access.home_account_id = None;
             client
                 .authority
-                .tenant()
+                .realm()
                 .clone_into(&mut fetched.access.realm);
             Ok(fetched)
         }
@@ -100,7 +100,7 @@ impl Flow for OnBehalfOf {
     /// new assertion per user per hour). Without a readable `exp`, an hour after the request.
     /// Read only here, by refresh-ahead rounds, never on a request's path.
     fn unattended_until(&self) -> Option<u64> {
-        let exp = super::client::jwt_claims(self.assertion.expose_secret())
+        let exp = crate::response::jwt_claims(self.assertion.expose_secret())
             .and_then(|claims| claims.get("exp").and_then(serde_json::Value::as_u64));
         Some(exp.unwrap_or(self.requested_at.saturating_add(3600)))
     }
