@@ -37,7 +37,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::app::{ConfidentialClientApplication, ConfidentialClientApplicationBuilder};
+use crate::app::{
+    ConfidentialClientApplication, ConfidentialClientApplicationBuilder, DefaultParts,
+};
 use crate::cache::PartitionCache;
 use crate::credential::{ClientCredential, EnvSecret, EnvVars};
 use crate::error::{Error, Result};
@@ -163,6 +165,7 @@ impl DefaultCredential {
             transport: None,
             runtime: None,
             cache: None,
+            defaults: None,
             managed_identity: None,
             managed_identity_enabled: false,
             fallback: None,
@@ -206,6 +209,7 @@ pub struct DefaultCredentialBuilder {
     transport: Option<Arc<dyn HttpTransport>>,
     runtime: Option<Arc<dyn Runtime>>,
     cache: Option<Arc<dyn PartitionCache>>,
+    defaults: Option<Arc<dyn DefaultParts>>,
     managed_identity: Option<Arc<dyn TokenCredential>>,
     managed_identity_enabled: bool,
     fallback: Option<Arc<dyn TokenCredential>>,
@@ -234,6 +238,13 @@ impl DefaultCredentialBuilder {
     /// Partition cache of the environment link's application.
     pub fn cache(mut self, cache: Arc<dyn PartitionCache>) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Where the environment link's application gets the parts not set above (the `tokenwell`
+    /// crate's defaults).
+    pub fn default_parts(mut self, defaults: Arc<dyn DefaultParts>) -> Self {
+        self.defaults = Some(defaults);
         self
     }
 
@@ -385,6 +396,9 @@ impl DefaultCredentialBuilder {
         }
         if let Some(cache) = self.cache.take() {
             builder = builder.cache(cache);
+        }
+        if let Some(defaults) = self.defaults.take() {
+            builder = builder.default_parts(defaults);
         }
         if let Some(configure) = self.configure.take() {
             builder = configure(builder);

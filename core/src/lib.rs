@@ -52,3 +52,16 @@ pub use store::{
     TokenStore, WriteReport,
 };
 pub use throttle::{FlowKind, ThrottlingPolicy};
+
+// The builders, requests, options and cache types users name, so that nobody has to know the
+// module layout (issue 15).
+pub use app::future::TokenFuture;
+pub use app::{
+    AcquireTokenByAuthorizationCode, AcquireTokenForManagedIdentity, AcquireTokenOnBehalfOf,
+    AcquireTokenSilent, AcquireTokenWithDeviceCode, AuthorizationUrl,
+    ConfidentialClientApplicationBuilder, DEFAULT_EXPIRY_BUFFER, DefaultParts,
+    ManagedIdentityApplicationBuilder, ManagedIdentitySource, PublicClientApplicationBuilder,
+};
+pub use cache::{BlobCodec, BlobError, KeyRing, PartitionKey, TokenCache};
+pub use chain::{ChainLink, CredentialUnavailable, DefaultCredentialBuilder};
+pub use credential::{AssertionContext, CertificateFiles, FederatedTokenFile, SecretFile};

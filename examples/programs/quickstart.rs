@@ -4,16 +4,10 @@
 //!
 //! Run: `cargo run --example quickstart`
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokenwell_cache_memory::MemoryCache;
-use tokenwell_core::{
-    AuthenticationResult, ClientCredential, ConfidentialClientApplication, Error,
-};
-use tokenwell_http_reqwest::ReqwestTransport;
+use tokenwell::{AuthenticationResult, ClientCredential, Error};
 use tokenwell_idp_emulator::{Emulator, Fault};
-use tokenwell_runtime_tokio::TokioRuntime;
 
 const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
 const SCOPE: &str = "api://orders/.default";
@@ -25,13 +19,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     idp.register_client_secret(CLIENT_ID, "quickstart-secret");
     println!("identity provider emulator listening on {}", idp.base_url());
 
-    // 2. The application: authority, credential, and the pluggable parts.
-    let app = ConfidentialClientApplication::builder(CLIENT_ID)
+    // 2. The application: authority and credential. The `tokenwell` crate's defaults supply
+    //    the rest: this tokio runtime, a reqwest transport, an in-memory cache of its own.
+    let app = tokenwell::confidential_client(CLIENT_ID)
         .authority(idp.authority("contoso"))
         .credential(ClientCredential::secret("quickstart-secret"))
-        .transport(Arc::new(ReqwestTransport::new()))
-        .runtime(Arc::new(TokioRuntime::current()))
-        .cache(Arc::new(MemoryCache::new()))
         .http_timeout(Duration::from_secs(5))
         .build()?;
     println!("application: {app:?}\n");
@@ -75,12 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
 
     // 5. And a wrong secret: the identity provider's own error, with its codes.
-    let wrong = ConfidentialClientApplication::builder(CLIENT_ID)
+    let wrong = tokenwell::confidential_client(CLIENT_ID)
         .authority(idp.authority("contoso"))
         .credential(ClientCredential::secret("not-the-secret"))
-        .transport(Arc::new(ReqwestTransport::new()))
-        .runtime(Arc::new(TokioRuntime::current()))
-        .cache(Arc::new(MemoryCache::new()))
         .build()?;
     if let Err(error) = wrong.acquire_token_for_client([SCOPE]).await {
         explain(&error);

@@ -27,10 +27,22 @@ pub struct ReqwestTransport {
 
 impl ReqwestTransport {
     /// A transport with a new client (rustls, HTTP/2 when the server offers it).
+    ///
+    /// # Panics
+    /// When the client cannot be made (its TLS backend fails to initialise), like
+    /// `reqwest::Client::new`; [`try_new`](Self::try_new) returns that as an error.
     pub fn new() -> Self {
         ReqwestTransport {
             client: reqwest::Client::new(),
         }
+    }
+
+    /// A transport with a new client, as [`new`](Self::new) makes it.
+    ///
+    /// # Errors
+    /// When the client cannot be made (its TLS backend fails to initialise).
+    pub fn try_new() -> Result<Self, reqwest::Error> {
+        reqwest::Client::builder().build().map(Self::from)
     }
 }
 

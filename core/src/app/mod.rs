@@ -21,12 +21,14 @@ mod hot;
 pub(crate) mod idp;
 pub mod l2;
 pub mod managed_identity;
+mod parts;
 pub mod public;
 pub(crate) mod settings;
 pub mod user_flows;
 
 pub use engine::RefreshOptions;
 pub use l2::{L2Health, L2Options, LeaseOptions};
+pub use parts::DefaultParts;
 
 pub use confidential::{
     AcquireTokenForClient, ConfidentialClientApplication, ConfidentialClientApplicationBuilder,

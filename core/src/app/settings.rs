@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::engine::{Engine, RefreshOptions};
 use super::idp::Idp;
 use super::l2::L2Options;
+use super::parts::DefaultParts;
 use crate::authority::Authority;
 use crate::cache::{PartitionCache, TokenCache};
 use crate::error::{Error, Result};
@@ -39,6 +40,8 @@ pub(crate) struct EngineSettings {
     pub transport: Option<Arc<dyn HttpTransport>>,
     pub runtime: Option<Arc<dyn Runtime>>,
     pub cache: Option<Arc<dyn PartitionCache>>,
+    /// Makes the parts above that are still `None` at build time.
+    pub defaults: Option<Arc<dyn DefaultParts>>,
     pub send_options: SendOptions,
     pub expiry_buffer: Duration,
     pub retry: RetryPolicy,
@@ -54,6 +57,7 @@ impl Default for EngineSettings {
             transport: None,
             runtime: None,
             cache: None,
+            defaults: None,
             send_options: SendOptions::default(),
             expiry_buffer: DEFAULT_EXPIRY_BUFFER,
             retry: RetryPolicy::default(),
@@ -68,24 +72,51 @@ impl Default for EngineSettings {
 impl EngineSettings {
     /// Validate and build the engine.
     ///
+    /// A part not set is made by the [`DefaultParts`], when there are some.
+    ///
     /// # Errors
-    /// [`Error::Configuration`] naming the missing part and where to get one.
+    /// [`Error::Configuration`] naming the missing part and where to get one, or the defaults'
+    /// reason for not making it.
     pub(crate) fn build(self) -> Result<Engine> {
-        fn missing(what: &str, hint: &str) -> Error {
-            Error::configuration(format!("no {what} configured: {hint}"))
+        /// Set, else made by the defaults, else an error with a hint.
+        fn part<T: ?Sized>(
+            set: Option<Arc<T>>,
+            defaults: Option<&dyn DefaultParts>,
+            make: impl FnOnce(&dyn DefaultParts) -> Result<Arc<T>>,
+            what: &str,
+            hint: &str,
+        ) -> Result<Arc<T>> {
+            match (set, defaults) {
+                (Some(part), _) => Ok(part),
+                (None, Some(defaults)) => make(defaults),
+                (None, None) => Err(Error::configuration(format!(
+                    "no {what} configured: pass e.g. {hint}, or start from the `tokenwell` \
+                     crate (tokenwell::confidential_client …), which fills in its defaults"
+                ))),
+            }
         }
-        let transport = self.transport.ok_or_else(|| {
-            missing(
-                "HTTP transport",
-                "pass e.g. tokenwell_http_reqwest::ReqwestTransport",
-            )
-        })?;
-        let runtime = self
-            .runtime
-            .ok_or_else(|| missing("runtime", "pass e.g. tokenwell_runtime_tokio::TokioRuntime"))?;
-        let cache = self
-            .cache
-            .ok_or_else(|| missing("cache", "pass e.g. tokenwell_cache_memory::MemoryCache"))?;
+        let defaults = self.defaults.as_deref();
+        let transport = part(
+            self.transport,
+            defaults,
+            |d| d.transport(),
+            "HTTP transport",
+            "tokenwell_http_reqwest::ReqwestTransport",
+        )?;
+        let runtime = part(
+            self.runtime,
+            defaults,
+            |d| d.runtime(),
+            "runtime",
+            "tokenwell_runtime_tokio::TokioRuntime",
+        )?;
+        let cache = part(
+            self.cache,
+            defaults,
+            |d| d.cache(),
+            "cache",
+            "tokenwell_cache_memory::MemoryCache",
+        )?;
         if self.send_options.max_response_bytes == 0 {
             return Err(Error::configuration("max_response_bytes must be above 0"));
         }
@@ -129,6 +160,16 @@ macro_rules! engine_setters {
         /// share one: partitions are keyed by client id.
         pub fn cache(mut self, cache: std::sync::Arc<dyn crate::cache::PartitionCache>) -> Self {
             self.engine.cache = Some(cache);
+            self
+        }
+
+        /// Where the transport, runtime and cache not set above come from when the application
+        /// is built (the `tokenwell` crate's defaults). Parts set explicitly win.
+        pub fn default_parts(
+            mut self,
+            defaults: std::sync::Arc<dyn crate::app::DefaultParts>,
+        ) -> Self {
+            self.engine.defaults = Some(defaults);
             self
         }
 
