@@ -9,6 +9,7 @@ pub mod cache;
 pub mod chain;
 pub mod client_auth;
 mod coalesce;
+pub mod controls;
 pub mod credential;
 pub mod error;
 #[cfg(feature = "fuzzing")]
@@ -39,7 +40,13 @@ pub use credential::{
     AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
     EnvVars, LoadedCredential, PrivateKey,
 };
+pub use controls::{
+    AuthChallenge, BackgroundRefreshEvent, BackgroundRefreshKind, ClaimsChallenge,
+    TokenRequestHook, WwwAuthenticateError, parse_www_authenticate, token_sha256_hex,
+};
 pub use error::{Error, IdpError, Result};
+/// Correlation ids (`with_correlation_id`) are UUIDs.
+pub use uuid::Uuid;
 pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};
 pub use result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,

@@ -59,6 +59,12 @@ pub struct AuthenticationResultMetadata {
     pub retries: u32,
     /// The error that made us serve a cached token instead of a fresh one, if any.
     pub refresh_failure: Option<String>,
+    /// The request's correlation id (`with_correlation_id`, else one generated per request),
+    /// sent as `client-request-id` on every attempt of a request that reached the identity
+    /// provider. `None` for a cache hit, which sent nothing. A caller that joined another
+    /// caller's request (coalescing) reports its own id; the identity provider saw the
+    /// other's.
+    pub correlation_id: Option<uuid::Uuid>,
 }
 
 impl AuthenticationResultMetadata {
@@ -73,6 +79,7 @@ impl AuthenticationResultMetadata {
             cache_refresh_reason: reason,
             retries: 0,
             refresh_failure: None,
+            correlation_id: None,
         }
     }
 }
@@ -97,6 +104,11 @@ impl AuthenticationResult {
         metadata: AuthenticationResultMetadata,
     ) -> Self {
         AuthenticationResult { token, metadata }
+    }
+
+    /// The metadata, to complete (correlation id).
+    pub(crate) fn metadata_mut(&mut self) -> &mut AuthenticationResultMetadata {
+        &mut self.metadata
     }
 
     /// The access token, for an `Authorization` header.

@@ -11,7 +11,7 @@ use super::flows::client::ClientIdentity;
 use super::flows::client_credentials::ClientCredentials;
 use super::future::TokenFuture;
 use super::l2::L2Health;
-use super::settings::{AuthoritySource, EngineSettings, engine_setters};
+use super::settings::{AuthoritySource, EngineSettings, engine_setters, request_controls};
 use super::user_flows::{
     AcquireTokenByAuthorizationCode, AcquireTokenOnBehalfOf, AcquireTokenSilent, AuthorizationUrl,
     ClientCore,
@@ -19,6 +19,7 @@ use super::user_flows::{
 use crate::authority::Authority;
 use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenCache};
 use crate::client_auth::ClientAuthMethod;
+use crate::controls::RequestControls;
 use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
@@ -61,6 +62,8 @@ struct Inner {
     core: ClientCore,
     /// The partition of the authority's tenant, built once: a hit borrows it.
     default_partition: PartitionKey,
+    /// The application's own cache partition key, when it set one (app tokens).
+    partition_key: Option<String>,
 }
 
 impl ConfidentialClientApplication {
@@ -72,6 +75,7 @@ impl ConfidentialClientApplication {
             credential: None,
             auth_method: None,
             engine: EngineSettings::default(),
+            partition_key: None,
         }
     }
 
@@ -86,6 +90,7 @@ impl ConfidentialClientApplication {
             scopes: scopes.into_scopes(&self.inner.core.engine.scopes),
             force_refresh: false,
             tenant: None,
+            controls: None,
         }
     }
 
@@ -192,9 +197,18 @@ pub struct ConfidentialClientApplicationBuilder {
     credential: Option<ClientCredential>,
     auth_method: Option<ClientAuthMethod>,
     engine: EngineSettings,
+    partition_key: Option<String>,
 }
 
 impl ConfidentialClientApplicationBuilder {
+    /// The application's own cache partition key: its application tokens (client
+    /// credentials) are cached in partitions named by it too, so applications that share a
+    /// client id and a cache (or an L2) but want their own tokens keep them apart.
+    pub fn cache_partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into()).filter(|k| !k.is_empty());
+        self
+    }
+
     /// Authority URL: `https://login.microsoftonline.com/{tenant}`, an External ID, B2C or
     /// AD FS URL (see [`Authority::parse`]).
     pub fn authority(mut self, url: impl Into<String>) -> Self {
@@ -248,7 +262,11 @@ impl ConfidentialClientApplicationBuilder {
         let credential = self
             .credential
             .ok_or_else(|| missing("credential", "call .credential(ClientCredential::…)"))?;
-        let default_partition = PartitionKey::for_app(&self.client_id, authority.realm());
+        let default_partition = app_partition(
+            PartitionKey::for_app(&self.client_id, authority.realm()),
+            self.partition_key.as_deref(),
+            None,
+        );
         let engine = Arc::new(self.engine.build()?);
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
@@ -262,6 +280,7 @@ impl ConfidentialClientApplicationBuilder {
                     engine,
                 },
                 default_partition,
+                partition_key: self.partition_key,
             }),
         })
     }
@@ -274,9 +293,46 @@ pub struct AcquireTokenForClient<'a> {
     scopes: Scopes<'a>,
     force_refresh: bool,
     tenant: Option<String>,
+    controls: Option<Box<RequestControls>>,
+}
+
+/// An application-token partition, refined by the application's cache partition key and a
+/// request's extra query parameters (each `None` when unset: the partition itself).
+pub(crate) fn app_partition(
+    base: PartitionKey,
+    partition_key: Option<&str>,
+    extra_query: Option<&str>,
+) -> PartitionKey {
+    let mut raw = None::<String>;
+    if let Some(key) = partition_key {
+        raw = Some(format!("{base}#pk:{key}"));
+    }
+    if let Some(digest) = extra_query {
+        let current = raw.take().unwrap_or_else(|| base.to_string());
+        raw = Some(format!("{current}#eqp:{digest}"));
+    }
+    match raw {
+        Some(raw) => PartitionKey::from_raw(raw),
+        None => base,
+    }
 }
 
 impl<'a> AcquireTokenForClient<'a> {
+    request_controls!();
+
+    /// Extra query parameters for the token endpoint (e.g. `dc=ESTS-PUB-WUS2-AZ1-FD000-TEST1`
+    /// or a slice name). Their names and values are part of the cache key: two requests
+    /// that differ by them never share a token.
+    pub fn with_extra_query_parameters<K: Into<String>, V: Into<String>>(
+        mut self,
+        parameters: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.controls
+            .get_or_insert_with(Default::default)
+            .set_extra_query(parameters);
+        self
+    }
+
     /// Skip the cache and ask the identity provider (the new token is cached).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
@@ -307,13 +363,33 @@ impl<'a> AcquireTokenForClient<'a> {
         }
         // Borrow the default partition key: no reference-count traffic on the hot path.
         let overridden;
+        let extra_query = self.controls.as_ref().and_then(|c| c.extra_query_digest());
         let (authority, partition, hot) = match &self.tenant {
             Some(t) if Some(t.as_str()) != identity.authority.tenant() => {
                 let authority = match identity.authority.with_tenant(t) {
                     Ok(authority) => authority,
                     Err(error) => return Acquire::failed(error),
                 };
-                overridden = (authority, PartitionKey::for_app(&identity.client_id, t));
+                overridden = (
+                    authority,
+                    app_partition(
+                        PartitionKey::for_app(&identity.client_id, t),
+                        inner.partition_key.as_deref(),
+                        extra_query.as_deref(),
+                    ),
+                );
+                (&overridden.0, &overridden.1, false)
+            }
+            // Extra query parameters: a partition of their own.
+            _ if extra_query.is_some() => {
+                overridden = (
+                    identity.authority.clone(),
+                    app_partition(
+                        inner.default_partition.clone(),
+                        None,
+                        extra_query.as_deref(),
+                    ),
+                );
                 (&overridden.0, &overridden.1, false)
             }
             // The default tenant: the application's own partition key.
@@ -334,7 +410,7 @@ impl<'a> AcquireTokenForClient<'a> {
         inner
             .core
             .engine
-            .acquire(partition, &query, self.force_refresh, hot, || {
+            .acquire(partition, &query, self.force_refresh, hot, self.controls, || {
                 Job::new(
                     partition,
                     &query,

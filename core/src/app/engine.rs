@@ -35,6 +35,7 @@ use super::l2::{L2, L2Health, L2Options, LeaseOptions};
 use crate::cache::entry::CacheEntry;
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
+use crate::controls::{BackgroundRefreshEvent, BackgroundRefreshKind, RequestControls};
 use crate::error::{Error, Result};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
@@ -144,9 +145,21 @@ impl From<Error> for Failure {
     }
 }
 
-/// A flight is keyed by what it renews and by whether it is forced: a forced request never
-/// joins a flight that may answer from a cache.
-type FlightId = (FlightKey, bool);
+/// Which requests may share a flight of one key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// Misses and renewals: may answer from a cache.
+    Plain,
+    /// Forced requests: always the identity provider.
+    Forced,
+    /// Requests with these claims (forced too): their token answers those claims, so they
+    /// share it with nobody else, and never take another lane's.
+    Claims(Arc<str>),
+}
+
+/// A flight is keyed by what it renews and by its lane: a forced request never joins a
+/// flight that may answer from a cache, nor a claims request one without its claims.
+type FlightId = (FlightKey, Lane);
 
 type Flight = Shared<BoxFuture<'static, std::result::Result<Resolved, Failure>>>;
 
@@ -285,9 +298,22 @@ impl Engine {
         query: &AccessTokenQuery<'_>,
         force: bool,
         hot: bool,
+        controls: Option<Box<RequestControls>>,
         job: impl FnOnce() -> Job,
     ) -> Acquire {
-        let hot = hot.then_some(HotKey {
+        // Requests without controls take the path below unchanged (nothing is allocated).
+        let controls: Option<Arc<RequestControls>> = match controls {
+            None => None,
+            Some(controls) => {
+                if let Err(error) = controls.check() {
+                    return Acquire::failed(error);
+                }
+                Some(Arc::from(controls))
+            }
+        };
+        // A claims request skips the cached token, like a forced one.
+        let force = force || controls.as_ref().is_some_and(|c| c.claims.is_some());
+        let hot = (hot && controls.is_none()).then_some(HotKey {
             partition,
             scopes: query.scopes,
         });
@@ -308,6 +334,9 @@ impl Engine {
         hot::count_hits();
         let now = self.now();
         let mut skipped = None;
+        // The cached token the caller asked to replace (revocation): renewed as a background
+        // refresh would be, so the farm's nodes adopt one replacement instead of each asking.
+        let mut replace_after = None;
         let (reason, stale) = if force {
             // What the caller skips: whatever L1 holds for it now, usable or not.
             skipped = self
@@ -317,6 +346,14 @@ impl Engine {
             (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
             match self.lookup(partition, query, now) {
+                Lookup::Fresh(token) | Lookup::PastRefreshOn(token)
+                    if controls
+                        .as_ref()
+                        .is_some_and(|c| c.revokes(token.secret.expose_secret())) =>
+                {
+                    replace_after = Some(token.cached_at);
+                    (CacheRefreshReason::ForceRefreshOrClaims, None)
+                }
                 Lookup::Fresh(token) => {
                     if let Some((key, stripe, generation)) = front
                         && let Some(until) = self.fresh_until(&token, now, started)
@@ -342,23 +379,78 @@ impl Engine {
         };
         let lookup_duration = started.elapsed();
         telemetry::cache_miss();
-        let job = Arc::new(job());
+        let correlation_id = controls
+            .as_ref()
+            .and_then(|c| c.correlation_id)
+            .unwrap_or_else(uuid::Uuid::new_v4);
+        let job = {
+            let mut job = job();
+            job.controls = controls;
+            job.correlation_id = correlation_id;
+            Arc::new(job)
+        };
         let engine = Arc::clone(self);
+        let span = tracing::debug_span!("acquire_token", correlation_id = %correlation_id);
         Acquire::Pending(
-            async move {
-                let outcome = if force {
-                    engine.forced(&job, started, skipped).await
-                } else {
-                    let (flight, leader) = engine.flight(&job, Mode::Miss, started);
-                    if !leader {
-                        telemetry::coalesced_waiter();
+            tracing::Instrument::instrument(
+                async move {
+                    let mut outcome = if force {
+                        engine.forced(&job, started, skipped).await
+                    } else {
+                        let mode = match replace_after {
+                            Some(after) => Mode::Renew { after },
+                            None => Mode::Miss,
+                        };
+                        let (flight, leader) =
+                            engine.flight(&job, mode, started, job.correlation_id);
+                        if !leader {
+                            telemetry::coalesced_waiter();
+                        }
+                        flight.await
+                    };
+                    if job
+                        .controls
+                        .as_ref()
+                        .is_some_and(|c| c.token_sha256_to_refresh.is_some())
+                    {
+                        outcome = engine.replacing(&job, outcome).await;
                     }
-                    flight.await
-                };
-                Self::fetched_result(outcome, reason, stale, started, lookup_duration)
-            }
+                    let mut result =
+                        Self::fetched_result(outcome, reason, stale, started, lookup_duration);
+                    if let Ok(result) = &mut result {
+                        result.metadata_mut().correlation_id = Some(correlation_id);
+                    }
+                    result
+                },
+                span,
+            )
             .boxed(),
         )
+    }
+
+    /// A revocation request must never get back the token it asked to replace (a flight may
+    /// have answered from L1 or L2 with it): adopt a newer one, else renew it for sure.
+    async fn replacing(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        outcome: std::result::Result<Resolved, Failure>,
+    ) -> std::result::Result<Resolved, Failure> {
+        let revoked = |resolved: &Resolved| {
+            job.controls
+                .as_ref()
+                .is_some_and(|c| c.revokes(resolved.token.secret.expose_secret()))
+        };
+        let resolved = outcome?;
+        if !revoked(&resolved) {
+            return Ok(resolved);
+        }
+        let after = resolved.token.cached_at;
+        let (flight, _) = self.flight(job, Mode::Renew { after }, Instant::now(), job.correlation_id);
+        let renewed = flight.await?;
+        if !revoked(&renewed) {
+            return Ok(renewed);
+        }
+        self.forced(job, Instant::now(), Some(renewed.token)).await
     }
 
     /// Look `query` up in partition `partition` of L1. Synchronous and allocation-free.
@@ -510,7 +602,9 @@ impl Engine {
                         && resolved.token.cached_at >= old.cached_at
                 })
         };
-        if let Some(flight) = self.flights.join(&(job.flight_key.clone(), false))
+        // A claims request never takes a token asked without its claims.
+        if job.claims().is_none()
+            && let Some(flight) = self.flights.join(&(job.flight_key.clone(), Lane::Plain))
             && let Ok(resolved) = flight.await
             && newer(&resolved)
         {
@@ -520,7 +614,7 @@ impl Engine {
         // A forced flight that ended before this caller started has left the registry by the
         // time its result is seen, so the next round starts or joins a later one.
         for _ in 0..3 {
-            let (flight, leader) = self.flight(job, Mode::Forced, started);
+            let (flight, leader) = self.flight(job, Mode::Forced, started, job.correlation_id);
             if !leader {
                 telemetry::coalesced_waiter();
             }
@@ -529,19 +623,31 @@ impl Engine {
                 return Ok(resolved);
             }
         }
-        let (flight, _) = self.flight(job, Mode::Forced, Instant::now());
+        let (flight, _) = self.flight(job, Mode::Forced, Instant::now(), job.correlation_id);
         flight.await
     }
 
     /// Join the flight of `job`, or start it in `mode`. The bool is true for the starter.
     /// `since`: when the caller's request began (see [`SingleFlight::join_or_start`]).
-    fn flight(self: &Arc<Self>, job: &Arc<Job>, mode: Mode, since: Instant) -> (Flight, bool) {
-        let id = (job.flight_key.clone(), mode == Mode::Forced);
+    /// `correlation_id`: sent on the identity-provider request if this call starts the flight.
+    fn flight(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        mode: Mode,
+        since: Instant,
+        correlation_id: uuid::Uuid,
+    ) -> (Flight, bool) {
+        let lane = match (mode, job.claims()) {
+            (Mode::Forced, Some(claims)) => Lane::Claims(Arc::clone(claims)),
+            (Mode::Forced, None) => Lane::Forced,
+            _ => Lane::Plain,
+        };
+        let id = (job.flight_key.clone(), lane);
         let spawn = |task| self.background.spawn(&*self.idp.runtime, task);
         self.flights.join_or_start(id, since, spawn, || {
             let engine = Arc::clone(self);
             let job = Arc::clone(job);
-            async move { engine.resolve(&job, mode).await }.boxed()
+            async move { engine.resolve(&job, mode, correlation_id).await }.boxed()
         })
     }
 
@@ -564,19 +670,30 @@ impl Engine {
                 .hold_until(now.saturating_add(wait.max(1)));
             return;
         }
+        let correlation_id = uuid::Uuid::new_v4();
+        let started = Instant::now();
         let (flight, _) = self.flight(
             &job,
             Mode::Renew {
                 after: token.cached_at,
             },
-            Instant::now(),
+            started,
+            correlation_id,
         );
         let engine = Arc::clone(self);
         let token = Arc::clone(token);
         self.background.spawn(
             &*self.idp.runtime,
             async move {
-                match flight.await {
+                let outcome = flight.await;
+                engine.background_refreshed(
+                    BackgroundRefreshKind::Proactive,
+                    &job,
+                    &outcome,
+                    started,
+                    correlation_id,
+                );
+                match outcome {
                     Ok(_) => telemetry::background_refresh(true),
                     Err(Failure { error, .. }) => {
                         telemetry::background_refresh(false);
@@ -599,6 +716,7 @@ impl Engine {
         self: &Arc<Self>,
         job: &Arc<Job>,
         mode: Mode,
+        correlation_id: uuid::Uuid,
     ) -> std::result::Result<Resolved, Failure> {
         // A flight that ended just before this one started may have written what we need:
         // joining a flight and re-checking L1 are thus one step for every caller.
@@ -641,11 +759,14 @@ impl Engine {
         // flights of the key (a forced one, a miss, a background refresh) honour it meanwhile.
         let engine = Arc::clone(self);
         let (throttle_key, kind) = (job.throttle_key, job.kind);
-        let idp = self.idp.telling(Arc::new(move |error: &Error| {
-            engine
-                .throttler
-                .record_failure(throttle_key, kind, error, engine.idp.runtime.now());
-        }));
+        let idp = self
+            .idp
+            .telling(Arc::new(move |error: &Error| {
+                engine
+                    .throttler
+                    .record_failure(throttle_key, kind, error, engine.idp.runtime.now());
+            }))
+            .for_request(job.controls.clone(), correlation_id);
         match job.flow.renew(&idp, cached).await {
             Ok(fetched) => {
                 self.throttler.record_success(job.throttle_key);
@@ -837,6 +958,57 @@ impl Engine {
         }
     }
 
+    /// Tell the application's `on_background_refresh` hook how a background refresh went.
+    fn background_refreshed(
+        &self,
+        kind: BackgroundRefreshKind,
+        job: &Job,
+        outcome: &std::result::Result<Resolved, Failure>,
+        started: Instant,
+        correlation_id: uuid::Uuid,
+    ) {
+        let Some(hook) = &self.idp.app.background_refresh else {
+            return;
+        };
+        let (mut metadata, error) = match outcome {
+            Ok(resolved) => {
+                let source = match resolved.found {
+                    Found::L1 => TokenSource::CacheL1,
+                    Found::L2 => TokenSource::CacheL2,
+                    Found::IdentityProvider => TokenSource::IdentityProvider,
+                };
+                let mut metadata =
+                    AuthenticationResultMetadata::new(source, CacheRefreshReason::ProactivelyRefreshed);
+                metadata.cache_duration = resolved.l2_duration;
+                metadata.http_duration = resolved.stats.http_duration;
+                metadata.retries = resolved.stats.retries;
+                metadata.refresh_on = resolved.token.refresh_on.map(crate::runtime::from_unix_seconds);
+                (metadata, None)
+            }
+            Err(failure) => {
+                let mut metadata = AuthenticationResultMetadata::new(
+                    TokenSource::IdentityProvider,
+                    CacheRefreshReason::ProactivelyRefreshed,
+                );
+                metadata.cache_duration = failure.l2_duration;
+                metadata.refresh_failure = Some(failure.error.to_string());
+                (metadata, Some(failure.error.clone()))
+            }
+        };
+        metadata.total_duration = started.elapsed();
+        metadata.correlation_id = Some(correlation_id);
+        let event = BackgroundRefreshEvent {
+            kind,
+            scopes: job.flight_key.2.to_string(),
+            metadata,
+            error,
+        };
+        // A panicking hook must not take the refresh machinery down with it.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&event))).is_err() {
+            tracing::warn!("the on_background_refresh hook panicked");
+        }
+    }
+
     /// Whether a throttling window is open for `key` now.
     pub(crate) fn throttled(&self, key: ThrottleKey) -> Option<Error> {
         self.throttler.check(key, self.idp.runtime.now()).err()
@@ -991,8 +1163,17 @@ async fn refresh_ahead_loop(
             due = now.saturating_add(throttled.retry_after().unwrap_or_default().as_secs().max(1));
             continue;
         }
-        let (flight, _) = engine.flight(&job, Mode::Renew { after }, Instant::now());
-        match flight.await {
+        let (correlation_id, started) = (uuid::Uuid::new_v4(), Instant::now());
+        let (flight, _) = engine.flight(&job, Mode::Renew { after }, started, correlation_id);
+        let outcome = flight.await;
+        engine.background_refreshed(
+            BackgroundRefreshKind::Ahead,
+            &job,
+            &outcome,
+            started,
+            correlation_id,
+        );
+        match outcome {
             Ok(resolved) => {
                 telemetry::background_refresh(true);
                 after = resolved.token.cached_at;

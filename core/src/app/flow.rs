@@ -14,6 +14,7 @@ use super::idp::{FetchStats, Idp};
 use crate::cache::{
     AccessToken, AccessTokenQuery, Account, IdToken, Partition, PartitionKey, RefreshToken,
 };
+use crate::controls::RequestControls;
 use crate::error::Result;
 use crate::scopes::ScopeSet;
 use crate::throttle::{FlowKind, ThrottleKey};
@@ -79,6 +80,10 @@ pub(crate) struct Job {
     pub throttle_key: ThrottleKey,
     pub kind: FlowKind,
     pub flow: Arc<dyn Flow>,
+    /// The request's controls (claims, revocation, extra query parameters), when it set any.
+    pub controls: Option<Arc<RequestControls>>,
+    /// The request's correlation id (set by the engine on the miss path).
+    pub correlation_id: uuid::Uuid,
 }
 
 impl Job {
@@ -113,7 +118,14 @@ impl Job {
             throttle_key,
             kind,
             flow,
+            controls: None,
+            correlation_id: uuid::Uuid::nil(),
         }
+    }
+
+    /// The claims the request asked for, if any.
+    pub(crate) fn claims(&self) -> Option<&Arc<str>> {
+        self.controls.as_ref().and_then(|c| c.claims.as_ref())
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::controls::{AppControls, RequestControls, TokenRequestHook, merged_claims};
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
 use crate::response::{
@@ -19,6 +20,16 @@ use crate::telemetry;
 
 /// SDK name sent to the identity provider (`x-client-SKU`), as MSALs do.
 const CLIENT_SKU: &str = "tokenwell.rust";
+
+/// Name the request's correlation id in an identity-provider error that did not carry one.
+fn with_correlation_id(mut error: Error, correlation_id: uuid::Uuid) -> Error {
+    if let Error::IdentityProvider(e) = &mut error
+        && e.correlation_id.is_none()
+    {
+        e.correlation_id = Some(correlation_id.to_string());
+    }
+    error
+}
 
 /// Counters of one token request (all attempts).
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,6 +52,13 @@ pub(crate) struct Idp {
     pub before_retry: Option<BeforeRetry>,
     /// Lifetime of a token whose answer has no `expires_in` and is not a JWT (seconds).
     pub default_lifetime: Option<u64>,
+    /// The application's controls: client capabilities, the `on_before_token_request` hook.
+    pub app: Arc<AppControls>,
+    /// The request's own controls (claims, extra query parameters, revocation), for a flight.
+    pub request: Option<Arc<RequestControls>>,
+    /// Sent as `client-request-id` on every attempt of this client's requests (one per
+    /// request: a fresh one per `token_request` when not set).
+    pub correlation_id: Option<uuid::Uuid>,
 }
 
 /// Retry rules of the managed-identity endpoints, which answer with their own statuses: IMDS
@@ -114,7 +132,21 @@ impl Idp {
             retry: self.retry.clone(),
             before_retry: Some(before_retry),
             default_lifetime: self.default_lifetime,
+            app: Arc::clone(&self.app),
+            request: self.request.clone(),
+            correlation_id: self.correlation_id,
         }
+    }
+
+    /// The same client, sending `request`'s controls and `correlation_id` (a flight's).
+    pub(crate) fn for_request(
+        mut self,
+        request: Option<Arc<RequestControls>>,
+        correlation_id: uuid::Uuid,
+    ) -> Idp {
+        self.request = request;
+        self.correlation_id = Some(correlation_id);
+        self
     }
 
     /// POST a token request to `endpoint`, building the form (and the `Authorization` header
@@ -129,14 +161,34 @@ impl Idp {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(Vec<(&'static str, String)>, Option<String>)>>,
     {
+        // One id for every attempt of the request.
+        let correlation_id = self.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
+        let request = self.request.as_deref();
+        let claims = merged_claims(
+            request.and_then(|r| r.claims.as_deref()),
+            &self.app.capabilities,
+        )?;
+        let url = match request.map(|r| r.extra_query.as_slice()) {
+            Some(extra) if !extra.is_empty() => {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query.extend_pairs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let separator = if endpoint.contains('?') { '&' } else { '?' };
+                format!("{endpoint}{separator}{}", query.finish())
+            }
+            _ => endpoint.to_owned(),
+        };
+        let (url, claims) = (url.as_str(), claims.as_deref());
         self.with_retry(
             endpoint,
             || {
                 let form = make_form();
                 async move {
-                    let (form, authorization) = form.await?;
+                    let (mut form, authorization) = form.await?;
+                    if let Some(claims) = claims {
+                        form.push(("claims", claims.to_owned()));
+                    }
                     let response = self
-                        .post_form(endpoint, &form, authorization.as_deref())
+                        .send_form(url, &form, authorization.as_deref(), correlation_id)
                         .await?;
                     parse_token_response(
                         &response,
@@ -149,6 +201,7 @@ impl Idp {
             |retry, error| self.retry.delay_before_retry(retry, error),
         )
         .await
+        .map_err(|error| with_correlation_id(error, correlation_id))
     }
 
     /// GET a JSON object (a discovery document) from `url`, retrying as token requests do.
@@ -187,11 +240,15 @@ impl Idp {
         headers: &[(&'static str, String)],
         retry: StatusRetry,
     ) -> Result<(TokenResponse, FetchStats)> {
+        let correlation_id = self.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
+        let correlation = correlation_id.to_string();
+        let correlation = correlation.as_str();
         self.with_retry(
             url,
             || async move {
                 let mut request = http::Request::get(url)
                     .header(http::header::ACCEPT, "application/json")
+                    .header("client-request-id", correlation)
                     .header("x-client-SKU", CLIENT_SKU)
                     .header("x-client-Ver", env!("CARGO_PKG_VERSION"));
                 for (name, value) in headers {
@@ -211,6 +268,7 @@ impl Idp {
             |n, error| retry.delay_before_retry(n, error),
         )
         .await
+        .map_err(|error| with_correlation_id(error, correlation_id))
     }
 
     /// The one retry loop: run `attempt`, and while `delay` allows, sleep and run it again.
@@ -264,13 +322,46 @@ impl Idp {
         form: &[(&'static str, String)],
         authorization: Option<&str>,
     ) -> Result<http::Response<Bytes>> {
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
-            .finish();
-        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let correlation_id = self.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
+        self.send_form(endpoint, form, authorization, correlation_id)
+            .await
+    }
+
+    /// POST `form` to `endpoint` once with `correlation_id`, after the application's
+    /// `on_before_token_request` hook has seen it (without its secrets) and added to it.
+    async fn send_form(
+        &self,
+        endpoint: &str,
+        form: &[(&'static str, String)],
+        authorization: Option<&str>,
+        correlation_id: uuid::Uuid,
+    ) -> Result<http::Response<Bytes>> {
+        let mut added_headers = Vec::new();
+        let body = {
+            let mut serializer = form_urlencoded::Serializer::new(String::new());
+            serializer.extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())));
+            if let Some(hook) = &self.app.before_token_request {
+                let mut view = TokenRequestHook::new(endpoint, form);
+                hook(&mut view);
+                if let Some(invalid) = view.invalid {
+                    return Err(Error::configuration(invalid));
+                }
+                serializer.extend_pairs(
+                    view.added_fields
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                added_headers = view.added_headers;
+            }
+            serializer.finish()
+        };
+        let correlation_id = correlation_id.to_string();
         let mut request = http::Request::post(endpoint);
         if let Some(authorization) = authorization {
             request = request.header(http::header::AUTHORIZATION, authorization);
+        }
+        for (name, value) in added_headers {
+            request = request.header(name, value);
         }
         let request = request
             .header(

@@ -12,8 +12,9 @@ use super::flows::managed_identity::{MI_ENVIRONMENT, ManagedIdentity};
 use super::future::TokenFuture;
 use super::hot::{self, KeySource};
 use super::l2::L2Health;
-use super::settings::{EngineSettings, engine_setters};
+use super::settings::{EngineSettings, engine_setters, request_controls};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
+use crate::controls::RequestControls;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::throttle::{FlowKind, ThrottleKey};
@@ -34,6 +35,8 @@ struct Inner {
     identity: ManagedIdentityId,
     source: ManagedIdentitySource,
     engine: Arc<Engine>,
+    /// The application's own cache partition key, when it set one.
+    partition_key: Option<String>,
 }
 
 impl Drop for Inner {
@@ -54,6 +57,7 @@ impl ManagedIdentityApplication {
                 retry: RetryPolicy::none(),
                 ..EngineSettings::default()
             },
+            partition_key: None,
         }
     }
 
@@ -67,6 +71,7 @@ impl ManagedIdentityApplication {
             app: self,
             resource: resource.into(),
             force_refresh: false,
+            controls: None,
         }
     }
 
@@ -107,9 +112,17 @@ pub struct ManagedIdentityApplicationBuilder {
     identity: ManagedIdentityId,
     source: Option<ManagedIdentitySource>,
     engine: EngineSettings,
+    partition_key: Option<String>,
 }
 
 impl ManagedIdentityApplicationBuilder {
+    /// The application's own cache partition key: its tokens are cached in partitions named
+    /// by it too, apart from other applications sharing the cache.
+    pub fn cache_partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into()).filter(|k| !k.is_empty());
+        self
+    }
+
     /// Use IMDS at `endpoint` (tests, proxies) instead of detecting the source.
     pub fn imds_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.source = Some(ManagedIdentitySource::Imds {
@@ -144,6 +157,7 @@ impl ManagedIdentityApplicationBuilder {
                 identity: self.identity,
                 source: self.source.unwrap_or_else(ManagedIdentitySource::from_env),
                 engine: Arc::new(engine),
+                partition_key: self.partition_key,
             }),
         })
     }
@@ -155,9 +169,12 @@ pub struct AcquireTokenForManagedIdentity<'a> {
     app: &'a ManagedIdentityApplication,
     resource: Cow<'a, str>,
     force_refresh: bool,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl<'a> AcquireTokenForManagedIdentity<'a> {
+    request_controls!();
+
     /// Skip the cache and ask the endpoint (the new token is cached).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
@@ -184,7 +201,11 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
         }
         let engine = &inner.engine;
         let partition = hot::partition_key(engine.id(), KeySource::Resource, resource, "", || {
-            PartitionKey::for_managed_identity(&inner.identity.key(), resource)
+            super::confidential::app_partition(
+                PartitionKey::for_managed_identity(&inner.identity.key(), resource),
+                inner.partition_key.as_deref(),
+                None,
+            )
         });
         let scopes = engine.scopes.get_one(resource);
         let query = AccessTokenQuery {
@@ -200,6 +221,7 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             &query,
             self.force_refresh,
             scopes.is_borrowed(),
+            self.controls,
             || {
                 Job::new(
                     &partition,

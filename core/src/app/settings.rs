@@ -10,6 +10,7 @@ use super::l2::L2Options;
 use super::parts::DefaultParts;
 use crate::authority::Authority;
 use crate::cache::{PartitionCache, TokenCache};
+use crate::controls::AppControls;
 use crate::error::{Error, Result};
 use crate::http::{HttpTransport, SendOptions};
 use crate::retry::RetryPolicy;
@@ -49,6 +50,8 @@ pub(crate) struct EngineSettings {
     pub throttling: ThrottlingPolicy,
     pub l2: Option<L2Options>,
     pub default_lifetime: Option<Duration>,
+    /// Client capabilities and hooks (issue 16).
+    pub controls: AppControls,
 }
 
 impl Default for EngineSettings {
@@ -65,6 +68,7 @@ impl Default for EngineSettings {
             throttling: ThrottlingPolicy::default(),
             l2: None,
             default_lifetime: None,
+            controls: AppControls::default(),
         }
     }
 }
@@ -128,6 +132,9 @@ impl EngineSettings {
                 retry: self.retry,
                 before_retry: None,
                 default_lifetime: self.default_lifetime.map(|d| d.as_secs().max(1)),
+                app: Arc::new(self.controls),
+                request: None,
+                correlation_id: None,
             },
             TokenCache::new(cache),
             self.expiry_buffer,
@@ -218,7 +225,91 @@ macro_rules! engine_setters {
             self.engine.l2 = Some(l2);
             self
         }
+
+        /// Client capabilities (`["cp1"]` for Continuous Access Evaluation): merged into the
+        /// `claims` of every token request as `{"access_token":{"xms_cc":{"values":[…]}}}`.
+        /// They do not make a request skip the cache; a claims challenge does
+        /// (`with_claims`).
+        pub fn client_capabilities<S: Into<String>>(
+            mut self,
+            capabilities: impl IntoIterator<Item = S>,
+        ) -> Self {
+            self.engine.controls.capabilities = capabilities
+                .into_iter()
+                .map(Into::into)
+                .filter(|c: &String| !c.trim().is_empty())
+                .collect();
+            self
+        }
+
+        /// Called before each attempt of each token request (to the token endpoint) with a
+        /// view of it: it may read the endpoint and the non-secret form fields, and add
+        /// headers or form fields. It never sees the client secret, assertions or refresh
+        /// tokens.
+        pub fn on_before_token_request(
+            mut self,
+            hook: impl Fn(&mut crate::controls::TokenRequestHook<'_>) + Send + Sync + 'static,
+        ) -> Self {
+            self.engine.controls.before_token_request = Some(std::sync::Arc::new(hook));
+            self
+        }
+
+        /// Called when a background refresh (proactive, or refresh-ahead) completes, with
+        /// its metadata and, when it failed, the error (the cached token is still served):
+        /// for alerting.
+        pub fn on_background_refresh(
+            mut self,
+            hook: impl Fn(&crate::controls::BackgroundRefreshEvent) + Send + Sync + 'static,
+        ) -> Self {
+            self.engine.controls.background_refresh = Some(std::sync::Arc::new(hook));
+            self
+        }
     };
 }
 
 pub(crate) use engine_setters;
+
+/// The options every cached-token request has (issue 16), writing to its
+/// `controls: Option<Box<RequestControls>>` field (unset: the request's fast path).
+macro_rules! request_controls {
+    () => {
+        /// Ask for these claims (a JSON object: a resource's claims challenge, see
+        /// [`ClaimsChallenge`](crate::controls::ClaimsChallenge)): the cached access token is
+        /// skipped (`CacheRefreshReason::ForceRefreshOrClaims`), the claims are sent to the
+        /// identity provider with the application's client capabilities, and the answer is
+        /// cached. Concurrent requests without these claims never share its token, nor it
+        /// theirs. Invalid JSON fails the request with a configuration error. (Managed
+        /// identity endpoints take no claims: there they only skip the cache.)
+        pub fn with_claims(mut self, claims: impl AsRef<str>) -> Self {
+            self.controls
+                .get_or_insert_with(Default::default)
+                .set_claims(claims.as_ref());
+            self
+        }
+
+        /// Sent as `client-request-id` on every attempt of this request (retries included)
+        /// and reported in the result's metadata, in the identity provider's errors and in
+        /// the request's tracing span. Without it, each request that reaches the network
+        /// gets one of its own.
+        pub fn with_correlation_id(mut self, correlation_id: uuid::Uuid) -> Self {
+            self.controls
+                .get_or_insert_with(Default::default)
+                .correlation_id = Some(correlation_id);
+            self
+        }
+
+        /// Token revocation: when the cached access token's SHA-256 (lower-case hex, see
+        /// [`token_sha256_hex`](crate::controls::token_sha256_hex)) is this, it is not
+        /// served but replaced — by a newer token another node already wrote to L2, else by
+        /// the identity provider's (managed identity sends the hash as
+        /// `token_sha256_to_refresh`). A cached token with another hash is served as usual.
+        pub fn with_access_token_sha256_to_refresh(mut self, sha256_hex: impl AsRef<str>) -> Self {
+            self.controls
+                .get_or_insert_with(Default::default)
+                .set_token_sha256(sha256_hex.as_ref());
+            self
+        }
+    };
+}
+
+pub(crate) use request_controls;

@@ -20,7 +20,9 @@ use super::flows::on_behalf_of::OnBehalfOf;
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
 use super::hot::{self, KeySource};
+use super::settings::request_controls;
 use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
+use crate::controls::RequestControls;
 use crate::error::{Error, Result};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
@@ -118,6 +120,7 @@ pub struct AcquireTokenOnBehalfOf<'a> {
     /// The caller's assertion, borrowed or owned as given; a secret, never logged.
     assertion: Cow<'a, str>,
     force_refresh: bool,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl fmt::Debug for AcquireTokenOnBehalfOf<'_> {
@@ -143,8 +146,11 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             scopes: scopes.into_scopes(&core.engine.scopes),
             assertion: user_assertion.into(),
             force_refresh: false,
+            controls: None,
         }
     }
+
+    request_controls!();
 
     /// Skip the cached access token (the cached refresh token is still used).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
@@ -194,6 +200,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             &query,
             self.force_refresh,
             self.scopes.is_borrowed(),
+            self.controls,
             || {
                 Job::new(
                     &partition,
@@ -220,6 +227,7 @@ pub struct AcquireTokenSilent<'a> {
     account: &'a Account,
     force_refresh: bool,
     flow: FlowKind,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl fmt::Debug for AcquireTokenSilent<'_> {
@@ -244,8 +252,11 @@ impl<'a> AcquireTokenSilent<'a> {
             account,
             force_refresh: false,
             flow,
+            controls: None,
         }
     }
+
+    request_controls!();
 
     /// Skip the cached access token and redeem the refresh token (read from L2 too, so a node
     /// that has not seen the user can renew).
@@ -290,6 +301,7 @@ impl<'a> AcquireTokenSilent<'a> {
             &query,
             self.force_refresh,
             self.scopes.is_borrowed(),
+            self.controls,
             || {
                 Job::new(
                     &partition,

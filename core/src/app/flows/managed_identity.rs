@@ -161,6 +161,14 @@ impl Flow for ManagedIdentity {
                 if let Some((name, value)) = self.identity.query(&self.source) {
                     query.append_pair(name, value);
                 }
+                // Token revocation: the endpoint must not hand back the token it cached.
+                if let Some(hash) = idp
+                    .request
+                    .as_ref()
+                    .and_then(|r| r.token_sha256_to_refresh.as_deref())
+                {
+                    query.append_pair("token_sha256_to_refresh", hash);
+                }
                 query.finish()
             };
             let separator = if endpoint.contains('?') { '&' } else { '?' };
