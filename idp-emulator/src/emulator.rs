@@ -156,6 +156,27 @@ impl Emulator {
         self.shared.state.lock().default_tenant.clone()
     }
 
+    /// Every token and managed-identity request recorded since the start (or the last
+    /// [`reset_counts`](Self::reset_counts)), oldest first; at most the last 100,000.
+    pub fn token_request_log(&self) -> Vec<RecordedRequest> {
+        self.shared.state.lock().history.iter().cloned().collect()
+    }
+
+    /// A protected resource at [`resource_url`](Self::resource_url): `GET` with
+    /// `Authorization: Bearer <token>` answers 200 when the token is the emulator's, unexpired
+    /// and (when a challenge is armed with [`require_claims`](Self::require_claims)) issued for
+    /// those claims (`req_claims`); otherwise 401 with `WWW-Authenticate: Bearer
+    /// error="insufficient_claims", claims="<base64 of the claims>"` (Continuous Access
+    /// Evaluation) or `error="invalid_token"`.
+    pub fn resource_url(&self) -> String {
+        format!("{}/_resource", self.shared.base_url)
+    }
+
+    /// Arm (or, with `None`, disarm) the protected resource's claims challenge.
+    pub fn require_claims(&self, claims: Option<&str>) {
+        self.shared.state.lock().resource_claims = claims.map(str::to_owned);
+    }
+
     /// Registers (or re-activates) a client secret; the client becomes confidential.
     pub fn register_client_secret(&self, client_id: &str, secret: &str) {
         self.shared.register_client_secret(client_id, secret);
@@ -531,6 +552,7 @@ impl Shared {
         st.msi_requests = 0;
         st.counts.clear();
         st.last_request = None;
+        st.history.clear();
     }
 
     pub(crate) fn counts_json(&self) -> Value {

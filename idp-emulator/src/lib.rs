@@ -16,6 +16,7 @@ pub mod fuzzing;
 mod grants;
 mod msi;
 mod oidc;
+mod resource;
 mod server;
 mod sha1;
 mod state;

@@ -49,6 +49,7 @@ async fn serve(shared: &Arc<Shared>, req: &Req, service: Service) -> Reply {
         form: req.query_map(),
         x5t_s256: None,
         client_request_id: req.client_request_id.clone(),
+        query: req.query_map(),
     };
     let (fault, now) = {
         let mut st = shared.state.lock();

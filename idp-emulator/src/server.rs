@@ -250,6 +250,9 @@ async fn route(shared: &Arc<Shared>, req: &Req) -> Reply {
         return control::handle(shared, req, rest);
     }
     let default_tenant = || shared.state.lock().default_tenant.clone();
+    if let ["_resource"] = segments.as_slice() {
+        return crate::resource::handle(shared, req);
+    }
     match segments.as_slice() {
         // The generic OpenID Connect provider (issuer = base URL).
         [".well-known", "openid-configuration"] => oidc::discovery(shared, req),

@@ -32,6 +32,8 @@ pub struct RecordedRequest {
     pub x5t_s256: Option<String>,
     /// `client-request-id` header, if sent.
     pub client_request_id: Option<String>,
+    /// Query parameters of the URL (a repeated one keeps its last value).
+    pub query: BTreeMap<String, String>,
 }
 
 /// A user the emulator can issue tokens for. Empty fields get defaults when added: `oid` a
@@ -200,6 +202,10 @@ pub(crate) struct State {
     pub msi_requests: u64,
     pub counts: HashMap<(String, String), u64>,
     pub last_request: Option<RecordedRequest>,
+    /// Every recorded request, oldest first (the most recent [`MAX_HISTORY`]).
+    pub history: VecDeque<RecordedRequest>,
+    /// A claims challenge the protected resource issues (`/_resource`), as a JSON object.
+    pub resource_claims: Option<String>,
     pub auth_codes: HashMap<String, AuthCode>,
     pub refresh_tokens: HashMap<String, RefreshTokenRecord>,
     /// Keyed by device code.
@@ -215,6 +221,9 @@ pub(crate) struct State {
     /// Reads of the generic provider's discovery document.
     pub discovery_requests: u64,
 }
+
+/// How many recorded requests [`State::history`] keeps.
+pub(crate) const MAX_HISTORY: usize = 100_000;
 
 /// The default tenant id of users and managed identities.
 pub(crate) fn default_tenant_id() -> String {
@@ -238,6 +247,8 @@ impl State {
             msi_requests: 0,
             counts: HashMap::new(),
             last_request: None,
+            history: VecDeque::new(),
+            resource_claims: None,
             auth_codes: HashMap::new(),
             refresh_tokens: HashMap::new(),
             device_codes: HashMap::new(),
@@ -313,6 +324,10 @@ impl State {
             .counts
             .entry((request.grant_type.clone(), request.client_id.clone()))
             .or_default() += 1;
+        if self.history.len() >= MAX_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(request.clone());
         self.last_request = Some(request);
     }
 

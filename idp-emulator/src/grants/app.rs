@@ -75,6 +75,8 @@ pub(crate) fn app_token_response(
         "ver": "2.0",
         "jti": new_guid(),
     });
+    let mut claims = claims;
+    super::echo_claims(ctx, &mut claims);
     let token = sign(ctx.shared, &claims)?;
     let mut body = Map::new();
     body.insert("token_type".into(), json!("Bearer"));

@@ -119,6 +119,7 @@ pub(crate) async fn token_endpoint(
         form: form.clone(),
         x5t_s256: assertion.and_then(|(header, _)| header.x5t_s256),
         client_request_id: req.client_request_id.clone(),
+        query: req.query_map(),
     };
     let (fault, now) = {
         let mut st = shared.state.lock();
@@ -181,6 +182,45 @@ fn run_grant(ctx: &TokenCtx<'_>, st: &mut State) -> Result<Value, AadError> {
         obo::JWT_BEARER_GRANT => obo::on_behalf_of(ctx, st),
         device::DEVICE_CODE_GRANT => device::device_code(ctx, st),
         other => Err(unsupported_grant(other)),
+    }
+}
+
+/// Honour a request's `claims` (a JSON object) in the access token it gets: the client
+/// capabilities it declares (`access_token.xms_cc.values`) become the token's `xms_cc`, and the
+/// claims requested are echoed as `req_claims` (the raw JSON), so tests and the emulator's
+/// resource can tell a token that answered a claims challenge. Malformed claims are ignored,
+/// as Entra ID ignores what it cannot read.
+pub(crate) fn echo_claims(ctx: &TokenCtx<'_>, token: &mut Value) {
+    let Some(raw) = ctx.field("claims") else {
+        return;
+    };
+    let Ok(Value::Object(requested)) = serde_json::from_str::<Value>(raw) else {
+        return;
+    };
+    let Value::Object(token) = token else {
+        return;
+    };
+    let capabilities = requested
+        .get("access_token")
+        .and_then(|a| a.get("xms_cc"))
+        .and_then(|x| x.get("values"))
+        .and_then(Value::as_array)
+        .cloned();
+    if let Some(capabilities) = capabilities {
+        token.insert("xms_cc".into(), Value::Array(capabilities));
+    }
+    let mut without_capabilities = requested;
+    if let Some(Value::Object(access)) = without_capabilities.get_mut("access_token") {
+        access.remove("xms_cc");
+        if access.is_empty() {
+            without_capabilities.remove("access_token");
+        }
+    }
+    if !without_capabilities.is_empty() {
+        token.insert(
+            "req_claims".into(),
+            Value::String(Value::Object(without_capabilities).to_string()),
+        );
     }
 }
 

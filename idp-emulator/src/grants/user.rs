@@ -107,7 +107,7 @@ pub(crate) fn user_token_response(
     let user = grant.user;
     let issuer = ctx.shared.issuer(&user.tenant);
     let sub = pairwise_sub(user, grant.client_id);
-    let access = user_access_claims(
+    let mut access = user_access_claims(
         ctx.shared,
         st,
         user,
@@ -115,6 +115,7 @@ pub(crate) fn user_token_response(
         grant.scopes,
         grant.auth,
     );
+    super::echo_claims(ctx, &mut access);
     let mut body = Map::new();
     body.insert("token_type".into(), json!("Bearer"));
     body.insert("scope".into(), json!(grant.scopes.join(" ")));
