@@ -146,7 +146,10 @@ fn hex(bytes: &[u8]) -> String {
 ///
 /// # Errors
 /// [`Error::Configuration`] when `claims` is not a JSON object (callers validate it first).
-pub(crate) fn merged_claims(claims: Option<&str>, capabilities: &[String]) -> Result<Option<String>> {
+pub(crate) fn merged_claims(
+    claims: Option<&str>,
+    capabilities: &[String],
+) -> Result<Option<String>> {
     if capabilities.is_empty() {
         return Ok(claims.map(str::to_owned));
     }
@@ -222,7 +225,9 @@ pub enum WwwAuthenticateError {
 ///
 /// # Errors
 /// [`WwwAuthenticateError::Syntax`] when the value is not a challenge list.
-pub fn parse_www_authenticate(value: &str) -> std::result::Result<Vec<AuthChallenge>, WwwAuthenticateError> {
+pub fn parse_www_authenticate(
+    value: &str,
+) -> std::result::Result<Vec<AuthChallenge>, WwwAuthenticateError> {
     let bytes = value.as_bytes();
     let mut at = 0usize;
     let mut challenges: Vec<AuthChallenge> = Vec::new();
@@ -312,9 +317,7 @@ pub fn parse_www_authenticate(value: &str) -> std::result::Result<Vec<AuthChalle
                     .ok_or(WwwAuthenticateError::NotText)?
                     .to_owned()
             };
-            current
-                .parameters
-                .push((name.to_ascii_lowercase(), parsed));
+            current.parameters.push((name.to_ascii_lowercase(), parsed));
             at = skip_ws(at);
             match peek(at) {
                 None | Some(b',') => {}
@@ -599,8 +602,14 @@ mod tests {
             format!(r#"Bearer claims="{encoded}",error="insufficient_claims""#),
             format!(r#"bearer   error=insufficient_claims ,  claims={encoded}"#),
             format!(r#"Basic realm="x", Bearer claims="{encoded}""#),
-            format!(r#"Negotiate abc==, Bearer error="insufficient_claims", claims="{}""#, encoded.trim_end_matches('=')),
-            format!(r#"Bearer claims="{claims_escaped}""#, claims_escaped = claims.replace('"', "\\\"")),
+            format!(
+                r#"Negotiate abc==, Bearer error="insufficient_claims", claims="{}""#,
+                encoded.trim_end_matches('=')
+            ),
+            format!(
+                r#"Bearer claims="{claims_escaped}""#,
+                claims_escaped = claims.replace('"', "\\\"")
+            ),
         ] {
             let challenge = ClaimsChallenge::from_header(&header)
                 .unwrap_or_else(|e| panic!("{header}: {e}"))
@@ -643,6 +652,48 @@ mod tests {
         }
     }
 
+    /// A quick stand-in for the `www_authenticate` fuzz target: random strings over the
+    /// header's alphabet never panic, and claims that are read are a JSON object.
+    #[test]
+    fn random_headers_never_panic() {
+        use rand::Rng;
+        const ALPHABET: &[&str] = &[
+            "Bearer",
+            "Basic",
+            " ",
+            ",",
+            "=",
+            "\"",
+            "\\",
+            "claims",
+            "error",
+            "realm",
+            "a",
+            "é",
+            "==",
+            "\t",
+            "eyJ9",
+            "e30",
+            "{",
+            "}",
+            "insufficient_claims",
+            "-",
+            "_",
+        ];
+        let mut rng = rand::rng();
+        for _ in 0..50_000 {
+            let len = rng.random_range(0..24);
+            let header: String = (0..len)
+                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
+                .collect();
+            let _ = parse_www_authenticate(&header);
+            if let Ok(Some(challenge)) = ClaimsChallenge::from_header(&header) {
+                let value: Value = serde_json::from_str(&challenge.claims).unwrap();
+                assert!(value.is_object(), "{header}");
+            }
+        }
+    }
+
     #[test]
     fn capabilities_merge_into_the_claims() {
         let merged = merged_claims(None, &["cp1".into()]).unwrap().unwrap();
@@ -657,7 +708,10 @@ mod tests {
         assert_eq!(value["access_token"]["nbf"]["essential"], true);
         assert_eq!(value["access_token"]["xms_cc"]["values"][1], "cp2");
         assert!(value["id_token"].is_object());
-        assert_eq!(merged_claims(Some("{}"), &[]).unwrap().as_deref(), Some("{}"));
+        assert_eq!(
+            merged_claims(Some("{}"), &[]).unwrap().as_deref(),
+            Some("{}")
+        );
         assert_eq!(merged_claims(None, &[]).unwrap(), None);
     }
 

@@ -492,3 +492,25 @@ pub fn certificate_pem(data: &[u8]) {
         }
     }
 }
+
+/// Target `www_authenticate`: a `WWW-Authenticate` header value through the challenge parser
+/// and the claims-challenge reader; claims that are read are a JSON object.
+pub fn www_authenticate(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        if let Ok(value) = http::HeaderValue::from_bytes(data) {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::WWW_AUTHENTICATE, value);
+            let _ = crate::controls::ClaimsChallenge::from_headers(&headers);
+        }
+        return;
+    };
+    if let Ok(challenges) = crate::controls::parse_www_authenticate(text) {
+        for challenge in &challenges {
+            assert!(!challenge.scheme.is_empty(), "{challenges:?}");
+        }
+    }
+    if let Ok(Some(challenge)) = crate::controls::ClaimsChallenge::from_header(text) {
+        let parsed: serde_json::Value = serde_json::from_str(&challenge.claims).unwrap_or_default();
+        assert!(parsed.is_object(), "{challenge:?}");
+    }
+}

@@ -36,17 +36,15 @@ pub use authority::{Authority, AuthorityKind};
 pub use cache::{Account, PartitionCache, TokenSecret};
 pub use chain::{DefaultCredential, TokenCredential};
 pub use client_auth::ClientAuthMethod;
-pub use credential::{
-    AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
-    EnvVars, LoadedCredential, PrivateKey,
-};
 pub use controls::{
     AuthChallenge, BackgroundRefreshEvent, BackgroundRefreshKind, ClaimsChallenge,
     TokenRequestHook, WwwAuthenticateError, parse_www_authenticate, token_sha256_hex,
 };
+pub use credential::{
+    AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
+    EnvVars, LoadedCredential, PrivateKey,
+};
 pub use error::{Error, IdpError, Result};
-/// Correlation ids (`with_correlation_id`) are UUIDs.
-pub use uuid::Uuid;
 pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};
 pub use result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
@@ -59,6 +57,8 @@ pub use store::{
     TokenStore, WriteReport,
 };
 pub use throttle::{FlowKind, ThrottlingPolicy};
+/// Correlation ids (`with_correlation_id`) are UUIDs.
+pub use uuid::Uuid;
 
 // The builders, requests, options and cache types users name, so that nobody has to know the
 // module layout (issue 15).

@@ -119,13 +119,25 @@ async fn a_claims_request_in_a_stampede_shares_nothing_with_plain_callers(t: Tra
     let mut plain_secrets = std::collections::HashSet::new();
     for task in plain {
         let result = task.await.unwrap().unwrap();
-        assert_eq!(req_claims(&result), None, "a plain caller got the claims token");
+        assert_eq!(
+            req_claims(&result),
+            None,
+            "a plain caller got the claims token"
+        );
         assert_eq!(claims_of(&result)["xms_cc"], serde_json::json!(["cp1"]));
         plain_secrets.insert(secret(&result));
     }
-    assert_eq!(plain_secrets.len(), 1, "the plain callers shared one flight");
+    assert_eq!(
+        plain_secrets.len(),
+        1,
+        "the plain callers shared one flight"
+    );
     assert!(!plain_secrets.contains(&secret(&challenged)));
-    assert_eq!(rig.cc_requests(), 2, "one plain request, one claims request");
+    assert_eq!(
+        rig.cc_requests(),
+        2,
+        "one plain request, one claims request"
+    );
     // Capabilities go with every request; the claims only with the challenged one.
     let sent: Vec<Value> = rig
         .emulator
@@ -133,7 +145,10 @@ async fn a_claims_request_in_a_stampede_shares_nothing_with_plain_callers(t: Tra
         .iter()
         .map(|r| serde_json::from_str(&r.form["claims"]).unwrap())
         .collect();
-    assert!(sent.iter().all(|c| c["access_token"]["xms_cc"]["values"] == serde_json::json!(["cp1"])));
+    assert!(
+        sent.iter()
+            .all(|c| c["access_token"]["xms_cc"]["values"] == serde_json::json!(["cp1"]))
+    );
     assert_eq!(
         sent.iter()
             .filter(|c| c["access_token"]["nbf"]["essential"] == true)
@@ -260,9 +275,7 @@ async fn revocation_on_a_farm_sharing_an_l2_gives_every_node_the_new_token(t: Tr
     let rig = Rig::start(t).await;
     let store = Arc::new(MemoryStore::new());
     let nodes: Vec<_> = (0..NODES)
-        .map(|_| {
-            support::farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o)
-        })
+        .map(|_| support::farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o))
         .collect();
     let first = nodes[0].acquire_token_for_client([SCOPE]).await.unwrap();
     nodes[0].flush().await;
@@ -349,7 +362,10 @@ async fn the_correlation_id_is_sent_on_every_attempt_and_reported(t: Transport) 
         .await
         .unwrap_err();
     let idp = error.idp_error().expect("the identity provider's error");
-    assert_eq!(idp.correlation_id.as_deref(), Some(failed.to_string().as_str()));
+    assert_eq!(
+        idp.correlation_id.as_deref(),
+        Some(failed.to_string().as_str())
+    );
     assert!(error.to_string().contains(&failed.to_string()), "{error}");
     let sent: Vec<_> = rig
         .emulator
@@ -404,7 +420,10 @@ async fn extra_query_parameters_are_sent_and_keep_tokens_apart(t: Transport) {
     assert_eq!(slice.metadata().token_source, TokenSource::IdentityProvider);
     assert_ne!(secret(&slice), secret(&plain));
     let sent = rig.emulator.last_token_request().unwrap();
-    assert_eq!(sent.query.get("slice").map(String::as_str), Some("testslice"));
+    assert_eq!(
+        sent.query.get("slice").map(String::as_str),
+        Some("testslice")
+    );
     let other = app
         .acquire_token_for_client([SCOPE])
         .with_extra_query_parameters([("slice", "other")])
@@ -436,8 +455,12 @@ async fn the_cache_partition_key_keeps_applications_apart(t: Transport) {
         .build()
         .unwrap()
     };
-    let (plain, blue, green, blue_again) =
-        (app(None), app(Some("blue")), app(Some("green")), app(Some("blue")));
+    let (plain, blue, green, blue_again) = (
+        app(None),
+        app(Some("blue")),
+        app(Some("green")),
+        app(Some("blue")),
+    );
     let a = plain.acquire_token_for_client([SCOPE]).await.unwrap();
     let b = blue.acquire_token_for_client([SCOPE]).await.unwrap();
     let g = green.acquire_token_for_client([SCOPE]).await.unwrap();
@@ -460,7 +483,10 @@ async fn the_before_token_request_hook_adds_fields_and_never_sees_the_secret(t: 
                 .field_names()
                 .map(|name| format!("{name}={:?}", request.field(name)))
                 .collect();
-            recorder.lock().unwrap().push(format!("{request:?} {}", fields.join(" ")));
+            recorder
+                .lock()
+                .unwrap()
+                .push(format!("{request:?} {}", fields.join(" ")));
             assert_eq!(request.field("client_secret"), None);
             request.add_field("x-app-field", "42");
             request.add_header("x-app-header", "yes");
@@ -511,7 +537,10 @@ async fn a_background_refresh_reports_its_completion(t: Transport) {
     advance(&rig, Duration::from_secs(700));
     let served = app.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(secret(&served), secret(&first));
-    wait_until("background refresh event", 1, || events.lock().unwrap().len() as u64).await;
+    wait_until("background refresh event", 1, || {
+        events.lock().unwrap().len() as u64
+    })
+    .await;
     {
         let events = events.lock().unwrap();
         let event = &events[0];
@@ -524,9 +553,13 @@ async fn a_background_refresh_reports_its_completion(t: Transport) {
     // A failing refresh is reported too, with its error.
     app.flush().await;
     advance(&rig, Duration::from_secs(700));
-    rig.emulator.push_fault(Fault::status(400, "invalid_client"));
+    rig.emulator
+        .push_fault(Fault::status(400, "invalid_client"));
     app.acquire_token_for_client([SCOPE]).await.unwrap();
-    wait_until("failed refresh event", 2, || events.lock().unwrap().len() as u64).await;
+    wait_until("failed refresh event", 2, || {
+        events.lock().unwrap().len() as u64
+    })
+    .await;
     let events = events.lock().unwrap();
     let failed = &events[1];
     assert!(failed.error.is_some());

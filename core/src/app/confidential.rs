@@ -407,10 +407,13 @@ impl<'a> AcquireTokenForClient<'a> {
             key_id: None,
             scopes: &self.scopes,
         };
-        inner
-            .core
-            .engine
-            .acquire(partition, &query, self.force_refresh, hot, self.controls, || {
+        inner.core.engine.acquire(
+            partition,
+            &query,
+            self.force_refresh,
+            hot,
+            self.controls,
+            || {
                 Job::new(
                     partition,
                     &query,
@@ -427,6 +430,7 @@ impl<'a> AcquireTokenForClient<'a> {
                         scopes: (*self.scopes).clone(),
                     }),
                 )
-            })
+            },
+        )
     }
 }

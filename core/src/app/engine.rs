@@ -445,7 +445,12 @@ impl Engine {
             return Ok(resolved);
         }
         let after = resolved.token.cached_at;
-        let (flight, _) = self.flight(job, Mode::Renew { after }, Instant::now(), job.correlation_id);
+        let (flight, _) = self.flight(
+            job,
+            Mode::Renew { after },
+            Instant::now(),
+            job.correlation_id,
+        );
         let renewed = flight.await?;
         if !revoked(&renewed) {
             return Ok(renewed);
@@ -762,9 +767,12 @@ impl Engine {
         let idp = self
             .idp
             .telling(Arc::new(move |error: &Error| {
-                engine
-                    .throttler
-                    .record_failure(throttle_key, kind, error, engine.idp.runtime.now());
+                engine.throttler.record_failure(
+                    throttle_key,
+                    kind,
+                    error,
+                    engine.idp.runtime.now(),
+                );
             }))
             .for_request(job.controls.clone(), correlation_id);
         match job.flow.renew(&idp, cached).await {
@@ -977,12 +985,17 @@ impl Engine {
                     Found::L2 => TokenSource::CacheL2,
                     Found::IdentityProvider => TokenSource::IdentityProvider,
                 };
-                let mut metadata =
-                    AuthenticationResultMetadata::new(source, CacheRefreshReason::ProactivelyRefreshed);
+                let mut metadata = AuthenticationResultMetadata::new(
+                    source,
+                    CacheRefreshReason::ProactivelyRefreshed,
+                );
                 metadata.cache_duration = resolved.l2_duration;
                 metadata.http_duration = resolved.stats.http_duration;
                 metadata.retries = resolved.stats.retries;
-                metadata.refresh_on = resolved.token.refresh_on.map(crate::runtime::from_unix_seconds);
+                metadata.refresh_on = resolved
+                    .token
+                    .refresh_on
+                    .map(crate::runtime::from_unix_seconds);
                 (metadata, None)
             }
             Err(failure) => {
