@@ -122,7 +122,8 @@ impl RequestControls {
             hash.update(value.as_bytes());
             hash.update([0u8]);
         }
-        Some(hex(&hash.finalize()[..8]))
+        let digest = hash.finalize();
+        Some(hex(digest.get(..8).unwrap_or_default()))
     }
 }
 

@@ -496,7 +496,7 @@ async fn the_before_token_request_hook_adds_fields_and_never_sees_the_secret(t: 
     app.acquire_token_for_client([SCOPE]).await.unwrap();
     let sent = rig.emulator.last_token_request().unwrap();
     assert_eq!(sent.form.get("x-app-field").map(String::as_str), Some("42"));
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].contains("client_secret=None"), "{}", seen[0]);
     assert!(seen[0].contains("grant_type=Some(\"client_credentials\")"));
