@@ -355,7 +355,8 @@ impl Engine {
                     }
                     flight.await
                 };
-                Self::fetched_result(outcome, reason, stale, started, lookup_duration)
+                let now = engine.now();
+                Self::fetched_result(outcome, reason, stale, started, lookup_duration, now)
             }
             .boxed(),
         )
@@ -456,6 +457,7 @@ impl Engine {
         stale: Option<Arc<AccessToken>>,
         started: Instant,
         lookup_duration: Duration,
+        now: u64,
     ) -> Result<AuthenticationResult> {
         match outcome {
             Ok(resolved) => {
@@ -469,6 +471,10 @@ impl Engine {
                 metadata.cache_duration = lookup_duration + resolved.l2_duration;
                 metadata.http_duration = resolved.stats.http_duration;
                 metadata.retries = resolved.stats.retries;
+                telemetry::remaining_lifetime(
+                    source,
+                    resolved.token.expires_on.saturating_sub(now),
+                );
                 Ok(AuthenticationResult::new(resolved.token, metadata))
             }
             Err(Failure { error, l2_duration }) => match stale {
@@ -477,6 +483,7 @@ impl Engine {
                 Some(token) if error.is_transient() => {
                     tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
                     telemetry::stale_served();
+                    telemetry::remaining_lifetime_stale(token.expires_on.saturating_sub(now));
                     let mut metadata = AuthenticationResultMetadata::new(
                         TokenSource::CacheL1,
                         CacheRefreshReason::Expired,
