@@ -415,8 +415,9 @@ impl Engine {
                     {
                         outcome = engine.replacing(&job, outcome).await;
                     }
+                    let now = engine.now();
                     let mut result =
-                        Self::fetched_result(outcome, reason, stale, started, lookup_duration);
+                        Self::fetched_result(outcome, reason, stale, started, lookup_duration, now);
                     if let Ok(result) = &mut result {
                         result.metadata_mut().correlation_id = Some(correlation_id);
                     }
@@ -553,6 +554,7 @@ impl Engine {
         stale: Option<Arc<AccessToken>>,
         started: Instant,
         lookup_duration: Duration,
+        now: u64,
     ) -> Result<AuthenticationResult> {
         match outcome {
             Ok(resolved) => {
@@ -566,6 +568,10 @@ impl Engine {
                 metadata.cache_duration = lookup_duration + resolved.l2_duration;
                 metadata.http_duration = resolved.stats.http_duration;
                 metadata.retries = resolved.stats.retries;
+                telemetry::remaining_lifetime(
+                    source,
+                    resolved.token.expires_on.saturating_sub(now),
+                );
                 Ok(AuthenticationResult::new(resolved.token, metadata))
             }
             Err(Failure { error, l2_duration }) => match stale {
@@ -574,6 +580,7 @@ impl Engine {
                 Some(token) if error.is_transient() => {
                     tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
                     telemetry::stale_served();
+                    telemetry::remaining_lifetime_stale(token.expires_on.saturating_sub(now));
                     let mut metadata = AuthenticationResultMetadata::new(
                         TokenSource::CacheL1,
                         CacheRefreshReason::Expired,
