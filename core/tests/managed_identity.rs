@@ -370,16 +370,20 @@ async fn imds_410_for_sixty_seconds_then_200_succeeds(t: Transport) {
             }
         }),
     };
-    let app = tokenwell_core::ManagedIdentityApplication::builder(ManagedIdentityId::SystemAssigned)
-        .transport(t.build())
-        .runtime(Arc::new(runtime.clone()))
-        .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
-        .imds_endpoint(emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let app =
+        tokenwell_core::ManagedIdentityApplication::builder(ManagedIdentityId::SystemAssigned)
+            .transport(t.build())
+            .runtime(Arc::new(runtime.clone()))
+            .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
+            .imds_endpoint(emulator.imds_endpoint())
+            .build()
+            .unwrap();
     emulator.set_outage(Some(Fault::status(410, "imds_updating")));
     let result = app.acquire_token(RESOURCE).await.unwrap();
-    assert_eq!(result.metadata().token_source, TokenSource::IdentityProvider);
+    assert_eq!(
+        result.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
     assert_eq!(runtime.sleeps(), [10; 6], "10 s apart until the 410s stop");
     assert_eq!(result.metadata().retries, 6);
     assert_eq!(emulator.msi_requests(), 7);
@@ -436,7 +440,8 @@ async fn imds_429_backs_off_2_4_8_16_and_5xx_1_2_4(t: Transport) {
     let rig = Rig::start(t).await;
     let runtime = RecordingClock::new(&rig, |_| {});
     let app = imds_on(&rig, &runtime);
-    rig.emulator.set_outage(Some(Fault::status(429, "throttled")));
+    rig.emulator
+        .set_outage(Some(Fault::status(429, "throttled")));
     let err = app.acquire_token(RESOURCE).await.unwrap_err();
     assert_eq!(err.idp_error().map(|e| e.status), Some(429));
     assert_eq!(runtime.sleeps(), [2, 4, 8, 16]);
