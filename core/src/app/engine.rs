@@ -291,16 +291,23 @@ impl Engine {
     /// `hot`: the caller's partition key and scope set are long-lived (the application's own,
     /// or from its tables) and together determine `query`, so their addresses name the
     /// request: its fresh hits are served from this thread's copy (`hot.rs`).
+    ///
+    /// `min_remaining`: the caller needs a token valid for at least that long
+    /// (`with_min_remaining_lifetime`; zero: the plain rules). A cached token with less left
+    /// is a miss (reason `Expired`), never served stale; a renewal that adopts such a token
+    /// from L1 or L2 is followed by a forced one. Such requests skip the thread's copy.
     #[inline]
-    pub(crate) fn acquire(
+    pub(crate) fn acquire_with(
         self: &Arc<Self>,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
         force: bool,
         hot: bool,
+        min_remaining: Duration,
         controls: Option<Box<RequestControls>>,
         job: impl FnOnce() -> Job,
     ) -> Acquire {
+        let min_remaining = min_remaining.as_secs();
         // Requests without controls take the path below unchanged (nothing is allocated).
         let controls: Option<Arc<RequestControls>> = match controls {
             None => None,
@@ -313,7 +320,8 @@ impl Engine {
         };
         // A claims request skips the cached token, like a forced one.
         let force = force || controls.as_ref().is_some_and(|c| c.claims.is_some());
-        let hot = (hot && controls.is_none()).then_some(HotKey {
+        // The thread's copy knows only the plain expiry buffer, and no controls.
+        let hot = (hot && min_remaining == 0 && controls.is_none()).then_some(HotKey {
             partition,
             scopes: query.scopes,
         });
@@ -345,7 +353,7 @@ impl Engine {
                 .and_then(|p| p.find_access_token(query).cloned());
             (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
-            match self.lookup(partition, query, now) {
+            match self.lookup_lasting(partition, query, now, min_remaining) {
                 Lookup::Fresh(token) | Lookup::PastRefreshOn(token)
                     if controls
                         .as_ref()
@@ -406,7 +414,16 @@ impl Engine {
                         if !leader {
                             telemetry::coalesced_waiter();
                         }
-                        flight.await
+                        match flight.await {
+                            // A cached token (L1, L2) that does not last long enough: ask.
+                            Ok(resolved)
+                                if resolved.found != Found::IdentityProvider
+                                    && !engine.lasts(&resolved.token, min_remaining) =>
+                            {
+                                engine.forced(&job, started, Some(resolved.token)).await
+                            }
+                            outcome => outcome,
+                        }
                     };
                     if job
                         .controls
@@ -459,13 +476,45 @@ impl Engine {
         self.forced(job, Instant::now(), Some(renewed.token)).await
     }
 
-    /// Look `query` up in partition `partition` of L1. Synchronous and allocation-free.
+    /// Whether `token` is valid for `min_remaining` seconds more (and outside the expiry
+    /// buffer).
     #[inline]
-    pub(crate) fn lookup(
+    fn lasts(&self, token: &AccessToken, min_remaining: u64) -> bool {
+        !token.is_expired(self.now(), self.expiry_buffer_secs.max(min_remaining))
+    }
+
+    /// Look `query` up in partition `partition` of L1, for a caller that needs the token valid
+    /// `min_remaining` seconds more (0: the plain expiry buffer). Synchronous and
+    /// allocation-free. With a `min_remaining` above the expiry buffer, a token that does not
+    /// last is a miss that is never served stale (the caller needs the lifetime).
+    #[inline]
+    pub(crate) fn lookup_lasting(
         &self,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
         now: u64,
+        min_remaining: u64,
+    ) -> Lookup {
+        if min_remaining <= self.expiry_buffer_secs {
+            return self.lookup_within(partition, query, now, self.expiry_buffer_secs);
+        }
+        match self.lookup_within(partition, query, now, min_remaining) {
+            Lookup::Miss { reason, .. } => Lookup::Miss {
+                reason,
+                stale: None,
+            },
+            found => found,
+        }
+    }
+
+    /// The lookup with `buffer` as the expiry buffer.
+    #[inline]
+    fn lookup_within(
+        &self,
+        partition: &PartitionKey,
+        query: &AccessTokenQuery<'_>,
+        now: u64,
+        buffer: u64,
     ) -> Lookup {
         let Some(snapshot) = self.cache.get(partition) else {
             return Lookup::Miss {
@@ -474,14 +523,12 @@ impl Engine {
             };
         };
         match snapshot.find_access_token(query) {
-            Some(token) if !token.is_expired(now, self.expiry_buffer_secs) => {
-                match token.refresh_on {
-                    Some(r) if now >= self.refresh_point(token, r) => {
-                        Lookup::PastRefreshOn(Arc::clone(token))
-                    }
-                    _ => Lookup::Fresh(Arc::clone(token)),
+            Some(token) if !token.is_expired(now, buffer) => match token.refresh_on {
+                Some(r) if now >= self.refresh_point(token, r) => {
+                    Lookup::PastRefreshOn(Arc::clone(token))
                 }
-            }
+                _ => Lookup::Fresh(Arc::clone(token)),
+            },
             Some(token) => Lookup::Miss {
                 reason: CacheRefreshReason::Expired,
                 stale: (!token.is_hard_expired(now)).then(|| Arc::clone(token)),
