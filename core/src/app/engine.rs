@@ -297,6 +297,9 @@ impl Engine {
     /// is a miss (reason `Expired`), never served stale; a renewal that adopts such a token
     /// from L1 or L2 is followed by a forced one. Such requests skip the thread's copy.
     #[inline]
+    // The request's parts, each read on the hit path by value; a struct would have to be built
+    // by every facade for every hit.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn acquire_with(
         self: &Arc<Self>,
         partition: &PartitionKey,
