@@ -85,16 +85,13 @@ impl Cache {
             .load(&key)
             .await
             .map_err(|e| store_failure(&format!("cannot read {key} from {}", self.name), &e))?;
-        let partition = self
-            .codec
-            .decode_partition(&key, &stored, at)
-            .map_err(|e| {
-                if e.is_foreign() {
-                    format!("{e} (pass the cache's key ring with --key-ring or TOKENWELL_KEY_RING)")
-                } else {
-                    e.to_string()
-                }
-            });
+        let partition = self.codec.decode_partition(&key, &stored, at).map_err(|e| {
+            if e.is_foreign() {
+                format!("{e} (pass the cache's key ring with --key-ring or TOKENWELL_KEY_RING)")
+            } else {
+                e.to_string()
+            }
+        });
         Ok(Read {
             key,
             stored,
@@ -179,10 +176,10 @@ pub async fn list(cache: &Cache, prefix: &str, json_out: bool) -> Outcome {
                 Ok(p) => (
                     p.access_token_count().to_string(),
                     p.refresh_tokens().count().to_string(),
-                    p.access_tokens()
-                        .map(|t| t.expires_on)
-                        .min()
-                        .map_or_else(|| "-".to_owned(), |e| format!("{} ({})", date(e), left(e, at))),
+                    p.access_tokens().map(|t| t.expires_on).min().map_or_else(
+                        || "-".to_owned(),
+                        |e| format!("{} ({})", date(e), left(e, at)),
+                    ),
                 ),
                 Err(_) => ("?".into(), "?".into(), "unreadable".into()),
             };
@@ -291,14 +288,20 @@ pub async fn export(cache: &Cache, partition: Option<&str>, output: Option<&Path
         Some(key) => {
             let read = cache.read(PartitionKey::from_raw(key), at).await?;
             if read.stored.is_empty() {
-                return Err(Failure::error(format!("no partition {key:?} in {}", cache.name)));
+                return Err(Failure::error(format!(
+                    "no partition {key:?} in {}",
+                    cache.name
+                )));
             }
             vec![read]
         }
         None => cache.read_all("", at).await?,
     };
     check_unreadable(&reads)?;
-    let partitions: Vec<&Partition> = reads.iter().filter_map(|r| r.partition.as_ref().ok()).collect();
+    let partitions: Vec<&Partition> = reads
+        .iter()
+        .filter_map(|r| r.partition.as_ref().ok())
+        .collect();
     let text = MsalCacheFormat::new()
         .export(partitions, None)
         .map_err(|e| Failure::error(format!("cannot export: {e}")))?;
@@ -319,9 +322,12 @@ pub async fn export(cache: &Cache, partition: Option<&str>, output: Option<&Path
 pub async fn import(cache: &Cache, file: &PathBuf, json_out: bool) -> Outcome {
     let text = read_text(file, "MSAL cache file")?;
     // Everything is parsed before anything is written.
-    let imported = MsalCacheFormat::new()
-        .import(&text)
-        .map_err(|e| Failure::error(format!("{} is not an MSAL token cache: {e}", file.display())))?;
+    let imported = MsalCacheFormat::new().import(&text).map_err(|e| {
+        Failure::error(format!(
+            "{} is not an MSAL token cache: {e}",
+            file.display()
+        ))
+    })?;
     let at = now();
     let mut written = 0usize;
     let mut tokens = 0usize;
@@ -349,7 +355,11 @@ pub async fn import(cache: &Cache, file: &PathBuf, json_out: bool) -> Outcome {
             if skipped.is_empty() {
                 String::new()
             } else {
-                format!("; {} entr(ies) skipped: {}", skipped.len(), skipped.join("; "))
+                format!(
+                    "; {} entr(ies) skipped: {}",
+                    skipped.len(),
+                    skipped.join("; ")
+                )
             }
         ))
     }
@@ -405,7 +415,11 @@ pub async fn purge(cache: &Cache, selector: &Selector, dry_run: bool, json_out: 
     let reads = match &selector.partition {
         Some(key) => {
             let read = cache.read(PartitionKey::from_raw(key.as_str()), at).await?;
-            if read.stored.is_empty() { Vec::new() } else { vec![read] }
+            if read.stored.is_empty() {
+                Vec::new()
+            } else {
+                vec![read]
+            }
         }
         None => cache.read_all("", at).await?,
     };
@@ -437,7 +451,10 @@ pub async fn purge(cache: &Cache, selector: &Selector, dry_run: bool, json_out: 
         print_json(&json!({ "dry_run": dry_run, "removed": names }))
     } else {
         for name in &names {
-            out(format!("{} {name}", if dry_run { "would remove" } else { "removed" }))?;
+            out(format!(
+                "{} {name}",
+                if dry_run { "would remove" } else { "removed" }
+            ))?;
         }
         out(format!(
             "{} {} partition(s) from {}",

@@ -38,7 +38,9 @@ fn segment(part: &str, name: &str) -> Outcome<Value> {
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|_| Failure::error(format!("the token's {name} is not JSON")))?;
     if !value.is_object() {
-        return Err(Failure::error(format!("the token's {name} is not a JSON object")));
+        return Err(Failure::error(format!(
+            "the token's {name} is not a JSON object"
+        )));
     }
     Ok(value)
 }
@@ -68,14 +70,19 @@ pub fn run(args: &DecodeArgs) -> Outcome {
         _ => read_text(std::path::Path::new("-"), "token")?,
     };
     if token.trim().is_empty() {
-        return Err(Failure::usage("no token given: pass it, --file FILE, or pipe it to stdin"));
+        return Err(Failure::usage(
+            "no token given: pass it, --file FILE, or pipe it to stdin",
+        ));
     }
     let (header, claims) = decode(&token)?;
     let at = now();
     let mut times = serde_json::Map::new();
     for name in TIME_CLAIMS {
         if let Some(secs) = claims.get(name).and_then(Value::as_u64) {
-            times.insert(name.to_owned(), json!({ "date": date(secs), "relative": left(secs, at) }));
+            times.insert(
+                name.to_owned(),
+                json!({ "date": date(secs), "relative": left(secs, at) }),
+            );
         }
     }
     if args.json {
@@ -116,8 +123,18 @@ mod tests {
         let (header, claims) = decode(&format!("Bearer {token}")).unwrap();
         assert_eq!(header["alg"], "RS256");
         assert_eq!(claims["exp"], 1);
-        assert!(decode("abc").unwrap_err().message.contains("3 dot-separated"));
+        assert!(
+            decode("abc")
+                .unwrap_err()
+                .message
+                .contains("3 dot-separated")
+        );
         assert!(decode("a.b.c").unwrap_err().message.contains("base64url"));
-        assert!(decode(&format!("{}.x.y", b("[]"))).unwrap_err().message.contains("header"));
+        assert!(
+            decode(&format!("{}.x.y", b("[]")))
+                .unwrap_err()
+                .message
+                .contains("header")
+        );
     }
 }

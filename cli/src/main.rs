@@ -90,7 +90,12 @@ struct CacheArgs {
     #[arg(long, global = true, env = "TOKENWELL_CACHE", value_name = "STORE")]
     cache: Option<String>,
     /// Key ring file of a sealed cache (KEY_ID=BASE64 lines; the first is the active key).
-    #[arg(long, global = true, env = "TOKENWELL_KEY_RING_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "TOKENWELL_KEY_RING_FILE",
+        value_name = "FILE"
+    )]
     key_ring: Option<PathBuf>,
     /// Print JSON.
     #[arg(long, global = true)]
@@ -185,7 +190,9 @@ async fn emulator(args: EmulatorArgs) -> Outcome {
             .split_once(':')
             .filter(|(id, v)| !id.is_empty() && !v.is_empty())
             .ok_or_else(|| {
-                Failure::usage(format!("--client expects ID:SECRET or ID:CERT.pem, got {client:?}"))
+                Failure::usage(format!(
+                    "--client expects ID:SECRET or ID:CERT.pem, got {client:?}"
+                ))
             })?;
         if value.ends_with(".pem") {
             let pem = util::read_text(std::path::Path::new(value), "certificate")?;

@@ -54,7 +54,13 @@ pub struct TokenArgs {
     oidc_issuer: Option<String>,
     /// Scope to ask for (repeatable; space-separated in TOKENWELL_SCOPE). Managed identity:
     /// the resource.
-    #[arg(long = "scope", short, env = "TOKENWELL_SCOPE", value_delimiter = ' ', required = true)]
+    #[arg(
+        long = "scope",
+        short,
+        env = "TOKENWELL_SCOPE",
+        value_delimiter = ' ',
+        required = true
+    )]
     scopes: Vec<String>,
     /// Read the client secret from this file (else AZURE_CLIENT_SECRET).
     #[arg(long, value_name = "FILE")]
@@ -79,7 +85,12 @@ pub struct TokenArgs {
     #[arg(long)]
     device_code: bool,
     /// Cache: a SQLite file, redis://…, redis+cluster://… [default: platform cache dir].
-    #[arg(long, env = "TOKENWELL_CACHE", value_name = "STORE", conflicts_with = "no_cache")]
+    #[arg(
+        long,
+        env = "TOKENWELL_CACHE",
+        value_name = "STORE",
+        conflicts_with = "no_cache"
+    )]
     cache: Option<String>,
     /// No persistent cache (every run asks the identity provider).
     #[arg(long)]
@@ -114,13 +125,14 @@ fn failure(error: &Error) -> Failure {
 }
 
 fn authority(args: &TokenArgs) -> Outcome<Authority> {
-    if let Some(url) = &args.authority {
-        return Ok(Authority::Url(url.clone()));
+    let given = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    if let Some(url) = given(&args.authority) {
+        return Ok(Authority::Url(url));
     }
-    if let Some(issuer) = &args.oidc_issuer {
-        return Ok(Authority::Oidc(issuer.clone()));
+    if let Some(issuer) = given(&args.oidc_issuer) {
+        return Ok(Authority::Oidc(issuer));
     }
-    if let Some(tenant) = &args.tenant {
+    if let Some(tenant) = given(&args.tenant) {
         return Ok(Authority::Url(format!(
             "https://login.microsoftonline.com/{tenant}"
         )));
@@ -181,7 +193,10 @@ fn countdown(expires_in: Duration, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             let left = deadline.saturating_duration_since(Instant::now());
-            eprint!("\r\x1b[2Kwaiting for sign-in; the code expires in {}", span(left.as_secs()));
+            eprint!(
+                "\r\x1b[2Kwaiting for sign-in; the code expires in {}",
+                span(left.as_secs())
+            );
             if left.is_zero() {
                 break;
             }

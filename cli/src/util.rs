@@ -267,7 +267,9 @@ impl StoreSpec {
     pub fn parse(text: &str) -> Outcome<StoreSpec> {
         let text = text.trim();
         if text.is_empty() {
-            return Err(Failure::usage("--cache is empty; give a file path or redis://…"));
+            return Err(Failure::usage(
+                "--cache is empty; give a file path or redis://…",
+            ));
         }
         if let Some(nodes) = text.strip_prefix("redis+cluster://") {
             let nodes: Vec<String> = nodes
@@ -307,7 +309,9 @@ impl StoreSpec {
         match self {
             StoreSpec::Sqlite(path) => path.display().to_string(),
             StoreSpec::Redis(url) => strip(url),
-            StoreSpec::Cluster(nodes) => nodes.iter().map(|n| strip(n)).collect::<Vec<_>>().join(","),
+            StoreSpec::Cluster(nodes) => {
+                nodes.iter().map(|n| strip(n)).collect::<Vec<_>>().join(",")
+            }
         }
     }
 
@@ -322,9 +326,9 @@ impl StoreSpec {
                         path.display()
                     )));
                 }
-                let store = SqliteStore::open(path.clone()).await.map_err(|e| {
-                    store_failure(&format!("cannot open {}", path.display()), &e)
-                })?;
+                let store = SqliteStore::open(path.clone())
+                    .await
+                    .map_err(|e| store_failure(&format!("cannot open {}", path.display()), &e))?;
                 Ok(Arc::new(store))
             }
             StoreSpec::Redis(url) => {
@@ -334,7 +338,9 @@ impl StoreSpec {
                     .write_timeout(Duration::from_secs(5))
                     .connect_timeout(Duration::from_secs(2))
                     .build()
-                    .map_err(|e| Failure::error(format!("cannot use Redis {}: {e}", self.describe())))?;
+                    .map_err(|e| {
+                        Failure::error(format!("cannot use Redis {}: {e}", self.describe()))
+                    })?;
                 Ok(Arc::new(store))
             }
             StoreSpec::Cluster(nodes) => {
@@ -357,7 +363,11 @@ impl StoreSpec {
 /// `$XDG_CACHE_HOME/tokenwell` or `~/.cache/tokenwell` (Linux), `~/Library/Caches/tokenwell`
 /// (macOS), `%LOCALAPPDATA%\tokenwell` (Windows).
 pub fn cache_dir() -> Outcome<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("TOKENWELL_CACHE_DIR") {
         return Ok(dir);
     }
@@ -418,19 +428,40 @@ mod tests {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
         let ring = parse_key_ring(&format!("# keys\nk2={key}\nk1={key}\n"), "f").unwrap();
         assert_eq!(ring.active_key_id(), "k2");
-        assert!(parse_key_ring("k1=AAAA", "f").unwrap_err().message.contains("32 bytes"));
-        assert!(parse_key_ring("", "f").unwrap_err().message.contains("no key"));
-        assert!(parse_key_ring("nokey", "f").unwrap_err().message.contains("'='"));
+        assert!(
+            parse_key_ring("k1=AAAA", "f")
+                .unwrap_err()
+                .message
+                .contains("32 bytes")
+        );
+        assert!(
+            parse_key_ring("", "f")
+                .unwrap_err()
+                .message
+                .contains("no key")
+        );
+        assert!(
+            parse_key_ring("nokey", "f")
+                .unwrap_err()
+                .message
+                .contains("'='")
+        );
     }
 
     #[test]
     fn cache_specs() {
-        assert!(matches!(StoreSpec::parse("redis://h:1").unwrap(), StoreSpec::Redis(_)));
+        assert!(matches!(
+            StoreSpec::parse("redis://h:1").unwrap(),
+            StoreSpec::Redis(_)
+        ));
         assert!(matches!(
             StoreSpec::parse("redis+cluster://a:1,b:2").unwrap(),
             StoreSpec::Cluster(n) if n.len() == 2
         ));
-        assert!(matches!(StoreSpec::parse("/tmp/x").unwrap(), StoreSpec::Sqlite(_)));
+        assert!(matches!(
+            StoreSpec::parse("/tmp/x").unwrap(),
+            StoreSpec::Sqlite(_)
+        ));
         assert_eq!(StoreSpec::parse("http://x").unwrap_err().code, EXIT_USAGE);
         assert_eq!(
             StoreSpec::Redis("redis://:pw@h:1".into()).describe(),
