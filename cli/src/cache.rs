@@ -117,7 +117,12 @@ fn summary(read: &Read, at: u64) -> Value {
         "partition": read.key.as_str(),
         "kind": kind,
         "client_id": if kind == "mi" { Value::Null } else { json!(first) },
-        "tenant": if kind == "app" { json!(second) } else { Value::Null },
+        "tenant": match kind {
+            "app" => json!(second),
+            // `uid.utid`: the home tenant.
+            "user" => second.split_once('.').map_or(Value::Null, |(_, utid)| json!(utid)),
+            _ => Value::Null,
+        },
         "entries": read.stored.entries.len(),
         "bytes": read.bytes(),
     });

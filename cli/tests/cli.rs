@@ -642,3 +642,85 @@ fn help_completions_and_emulator() {
     let _ = child.wait();
     assert_eq!(json(&token)["source"], "identity_provider");
 }
+
+#[test]
+fn device_code_approved_by_the_test() {
+    use tokenwell_idp_emulator::{DeviceCodeSettings, UserSpec};
+    let fx = Fixture::new();
+    fx.emulator.register_public_client("cli-public");
+    fx.emulator.add_user(UserSpec::new("alice"));
+    fx.emulator.set_device_code_settings(DeviceCodeSettings {
+        expires_in: 60,
+        interval: 1,
+        enforce_interval: false,
+    });
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokenwell"));
+    command
+        .args([
+            "token",
+            "--device-code",
+            "--client-id",
+            "cli-public",
+            "--scope",
+            "User.Read",
+            "--json",
+        ])
+        .env_clear()
+        .env("HOME", fx.home.path())
+        .env("XDG_CACHE_HOME", fx.home.path().join("cache"))
+        .env("TOKENWELL_AUTHORITY", fx.emulator.authority(TENANT))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(code) = fx.emulator.last_user_code() {
+            break code;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no device code was asked for"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(fx.emulator.approve_device_code(&code, "alice"));
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        stderr(&output).contains(&code),
+        "the message names the code: {}",
+        stderr(&output)
+    );
+    let token = json(&output);
+    assert_eq!(token["source"], "identity_provider");
+    let list = json(&fx.run(&["cache", "list", "--json"]));
+    let user = list["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "user" && p["access_tokens"] == 1);
+    let user = user.unwrap_or_else(|| panic!("a user partition: {list}"));
+    assert_eq!(user["refresh_tokens"], 1, "{list}");
+    let shown = fx.run(&["cache", "show", user["partition"].as_str().unwrap()]);
+    assert!(stdout(&shown).contains("alice"), "{}", stdout(&shown));
+}
+
+#[test]
+fn managed_identity_through_the_cache() {
+    let fx = Fixture::new();
+    let imds = fx.emulator.imds_endpoint();
+    let args = [
+        "token",
+        "--managed-identity",
+        "--imds-endpoint",
+        &imds,
+        "--scope",
+        "https://management.azure.com/",
+        "--json",
+    ];
+    let first = json(&fx.run(&args));
+    assert_eq!(first["source"], "identity_provider");
+    let second = json(&fx.run(&args));
+    assert_eq!(second["source"], "cache");
+    assert_eq!(fx.emulator.msi_requests(), 1);
+}
