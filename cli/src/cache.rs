@@ -1,7 +1,7 @@
 //! `tokenwell cache …`: list, show, export, import, purge and stats over any store.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -287,7 +287,29 @@ pub async fn show(cache: &Cache, partition: &str, reveal: bool, json_out: bool) 
     Ok(())
 }
 
-pub async fn export(cache: &Cache, partition: Option<&str>, output: Option<&PathBuf>) -> Outcome {
+/// MSAL's format with `MSAL=TOKENWELL` environment aliases.
+pub fn msal_format(aliases: &[String]) -> Outcome<MsalCacheFormat> {
+    let mut format = MsalCacheFormat::new();
+    for alias in aliases {
+        let (msal, tokenwell) = alias
+            .split_once('=')
+            .filter(|(m, t)| !m.is_empty() && !t.is_empty())
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "--environment-alias expects MSAL=TOKENWELL (e.g. 127.0.0.1=127.0.0.1:8080), got {alias:?}"
+                ))
+            })?;
+        format = format.environment_alias(msal, tokenwell);
+    }
+    Ok(format)
+}
+
+pub async fn export(
+    cache: &Cache,
+    format: &MsalCacheFormat,
+    partition: Option<&str>,
+    output: Option<&PathBuf>,
+) -> Outcome {
     let at = now();
     let reads = match partition {
         Some(key) => {
@@ -307,7 +329,7 @@ pub async fn export(cache: &Cache, partition: Option<&str>, output: Option<&Path
         .iter()
         .filter_map(|r| r.partition.as_ref().ok())
         .collect();
-    let text = MsalCacheFormat::new()
+    let text = format
         .export(partitions, None)
         .map_err(|e| Failure::error(format!("cannot export: {e}")))?;
     match output {
@@ -324,10 +346,15 @@ pub async fn export(cache: &Cache, partition: Option<&str>, output: Option<&Path
     }
 }
 
-pub async fn import(cache: &Cache, file: &PathBuf, json_out: bool) -> Outcome {
+pub async fn import(
+    cache: &Cache,
+    format: &MsalCacheFormat,
+    file: &Path,
+    json_out: bool,
+) -> Outcome {
     let text = read_text(file, "MSAL cache file")?;
     // Everything is parsed before anything is written.
-    let imported = MsalCacheFormat::new().import(&text).map_err(|e| {
+    let imported = format.import(&text).map_err(|e| {
         Failure::error(format!(
             "{} is not an MSAL token cache: {e}",
             file.display()

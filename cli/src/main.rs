@@ -128,11 +128,18 @@ enum CacheCommand {
         /// Write to FILE (mode 0600, replaced atomically) instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Write tokenwell's environment TOKENWELL as MSAL's MSAL (MSAL drops a
+        /// non-default port: 127.0.0.1=127.0.0.1:8080). Repeatable.
+        #[arg(long, value_name = "MSAL=TOKENWELL")]
+        environment_alias: Vec<String>,
     },
     /// Read an MSAL JSON cache file (`-` for stdin) into the cache.
     Import {
         /// The MSAL cache file.
         file: PathBuf,
+        /// Read MSAL's environment MSAL as tokenwell's TOKENWELL. Repeatable.
+        #[arg(long, value_name = "MSAL=TOKENWELL")]
+        environment_alias: Vec<String>,
     },
     /// Remove partitions: by key, tenant, client, or those with nothing live left.
     #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)
@@ -255,10 +262,21 @@ async fn run(cli: Cli) -> Outcome {
                 CacheCommand::Show { partition, reveal } => {
                     cache::show(&cache, &partition, reveal, json).await
                 }
-                CacheCommand::Export { partition, output } => {
-                    cache::export(&cache, partition.as_deref(), output.as_ref()).await
+                CacheCommand::Export {
+                    partition,
+                    output,
+                    environment_alias,
+                } => {
+                    let format = cache::msal_format(&environment_alias)?;
+                    cache::export(&cache, &format, partition.as_deref(), output.as_ref()).await
                 }
-                CacheCommand::Import { file } => cache::import(&cache, &file, json).await,
+                CacheCommand::Import {
+                    file,
+                    environment_alias,
+                } => {
+                    let format = cache::msal_format(&environment_alias)?;
+                    cache::import(&cache, &format, &file, json).await
+                }
                 CacheCommand::Purge {
                     partition,
                     tenant,
