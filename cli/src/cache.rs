@@ -274,7 +274,11 @@ pub async fn show(cache: &Cache, partition: &str, reveal: bool, json_out: bool) 
     for entry in &entries {
         out("")?;
         if let Value::Object(fields) = entry {
-            for (name, value) in fields {
+            out(fields
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("entry"))?;
+            for (name, value) in fields.iter().filter(|(name, _)| *name != "type") {
                 let value = match value {
                     Value::String(s) => s.clone(),
                     Value::Null => "-".into(),

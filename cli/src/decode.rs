@@ -6,7 +6,9 @@ use base64::Engine as _;
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::util::{Failure, Outcome, bold, colour, date, left, now, out, print_json, read_text};
+use crate::util::{
+    Failure, Outcome, bold, colour, date, left, now, out, print_json, read_text, relative,
+};
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -79,9 +81,15 @@ pub fn run(args: &DecodeArgs) -> Outcome {
     let mut times = serde_json::Map::new();
     for name in TIME_CLAIMS {
         if let Some(secs) = claims.get(name).and_then(Value::as_u64) {
+            // Only `exp` expires; the others are just before or after now.
+            let relative = if name == "exp" {
+                left(secs, at)
+            } else {
+                relative(secs, at)
+            };
             times.insert(
                 name.to_owned(),
-                json!({ "date": date(secs), "relative": left(secs, at) }),
+                json!({ "date": date(secs), "relative": relative }),
             );
         }
     }

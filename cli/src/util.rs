@@ -120,6 +120,15 @@ pub fn left(at: u64, now: u64) -> String {
     }
 }
 
+/// `in 5m 00s` or `5m 00s ago`, relative to `now` (for times that do not expire).
+pub fn relative(at: u64, now: u64) -> String {
+    if at > now {
+        format!("in {}", span(at - now))
+    } else {
+        format!("{} ago", span(now - at))
+    }
+}
+
 /// A secret shown as `****` and its length, unless revealed.
 pub fn mask(secret: &str, reveal: bool) -> String {
     if reveal {
