@@ -203,7 +203,10 @@ pub async fn list(cache: &Cache, prefix: &str, json_out: bool) -> Outcome {
 
 pub async fn show(cache: &Cache, partition: &str, reveal: bool, json_out: bool) -> Outcome {
     let at = now();
-    let read = cache.read(PartitionKey::from_raw(partition), at).await?;
+    // Keys are lower-case (`PartitionKey` builds them so).
+    let read = cache
+        .read(PartitionKey::from_raw(partition.to_lowercase()), at)
+        .await?;
     if read.stored.is_empty() {
         return Err(Failure::error(format!(
             "no partition {partition:?} in {} (see `tokenwell cache list`)",
@@ -317,7 +320,9 @@ pub async fn export(
     let at = now();
     let reads = match partition {
         Some(key) => {
-            let read = cache.read(PartitionKey::from_raw(key), at).await?;
+            let read = cache
+                .read(PartitionKey::from_raw(key.to_lowercase()), at)
+                .await?;
             if read.stored.is_empty() {
                 return Err(Failure::error(format!(
                     "no partition {key:?} in {}",
@@ -450,7 +455,9 @@ pub async fn purge(cache: &Cache, selector: &Selector, dry_run: bool, json_out: 
     let at = now();
     let reads = match &selector.partition {
         Some(key) => {
-            let read = cache.read(PartitionKey::from_raw(key.as_str()), at).await?;
+            let read = cache
+                .read(PartitionKey::from_raw(key.to_lowercase()), at)
+                .await?;
             if read.stored.is_empty() {
                 Vec::new()
             } else {

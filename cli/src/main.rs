@@ -97,6 +97,15 @@ struct CacheArgs {
         value_name = "FILE"
     )]
     key_ring: Option<PathBuf>,
+    /// Key prefix of a Redis store configured with another than the default.
+    #[arg(
+        long,
+        global = true,
+        env = "TOKENWELL_REDIS_KEY_PREFIX",
+        value_name = "PREFIX",
+        default_value = "tokenwell:"
+    )]
+    redis_key_prefix: String,
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -250,7 +259,7 @@ async fn run(cli: Cli) -> Outcome {
             let create = matches!(args.command, CacheCommand::Import { .. });
             let spec = util::cache_spec(args.cache.as_deref(), create)?;
             let codec = util::codec(args.key_ring.as_deref())?;
-            let store = spec.open(create).await?;
+            let store = spec.open(create, Some(&args.redis_key_prefix)).await?;
             let cache = cache::Cache {
                 store,
                 codec,

@@ -95,6 +95,14 @@ pub struct TokenArgs {
     /// No persistent cache (every run asks the identity provider).
     #[arg(long)]
     no_cache: bool,
+    /// Key prefix of a Redis cache configured with another than the default.
+    #[arg(
+        long,
+        env = "TOKENWELL_REDIS_KEY_PREFIX",
+        value_name = "PREFIX",
+        default_value = "tokenwell:"
+    )]
+    redis_key_prefix: String,
     /// Key ring sealing the cache's entries (KEY_ID=BASE64 lines).
     #[arg(long, env = "TOKENWELL_KEY_RING_FILE", value_name = "FILE")]
     key_ring: Option<PathBuf>,
@@ -213,7 +221,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
     } else {
         let spec = cache_spec(args.cache.as_deref(), true)?;
         let codec = codec(args.key_ring.as_deref())?;
-        let store = spec.open(true).await?;
+        let store = spec.open(true, Some(&args.redis_key_prefix)).await?;
         Some(L2Options::new(store).codec(codec))
     };
     let scopes = args.scopes.clone();

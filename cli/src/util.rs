@@ -326,7 +326,14 @@ impl StoreSpec {
 
     /// Open the store. `create`: a missing SQLite file is created (else it is an error, so
     /// reading a mistyped path writes nothing).
-    pub async fn open(&self, create: bool) -> Outcome<Arc<dyn TokenStore>> {
+    pub async fn open(
+        &self,
+        create: bool,
+        redis_prefix: Option<&str>,
+    ) -> Outcome<Arc<dyn TokenStore>> {
+        let prefix = redis_prefix
+            .unwrap_or(tokenwell::redis::DEFAULT_KEY_PREFIX)
+            .to_owned();
         match self {
             StoreSpec::Sqlite(path) => {
                 if !create && !path.exists() {
@@ -343,6 +350,7 @@ impl StoreSpec {
             StoreSpec::Redis(url) => {
                 let store = RedisStore::builder()
                     .url(url.clone())
+                    .key_prefix(prefix)
                     .timeout(Duration::from_secs(3))
                     .write_timeout(Duration::from_secs(5))
                     .connect_timeout(Duration::from_secs(2))
@@ -355,6 +363,7 @@ impl StoreSpec {
             StoreSpec::Cluster(nodes) => {
                 let store = RedisStore::builder()
                     .cluster_nodes(nodes.clone())
+                    .key_prefix(prefix)
                     .timeout(Duration::from_secs(3))
                     .write_timeout(Duration::from_secs(5))
                     .connect_timeout(Duration::from_secs(2))

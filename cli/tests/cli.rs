@@ -318,6 +318,32 @@ fn cache_round_trip_on_redis() {
     let redis = RedisChild::start().unwrap();
     let fx = Fixture::new();
     cache_round_trip(&fx, &redis.url());
+    // Another key prefix is another store.
+    let url = redis.url();
+    json(&fx.run(&["token", "--scope", SCOPE, "--json", "--cache", &url]));
+    let other = json(&fx.run(&[
+        "cache",
+        "list",
+        "--json",
+        "--cache",
+        &url,
+        "--redis-key-prefix",
+        "other:",
+    ]));
+    assert!(
+        other["partitions"].as_array().unwrap().is_empty(),
+        "{other}"
+    );
+    let own = json(&fx.run(&[
+        "cache",
+        "list",
+        "--json",
+        "--cache",
+        &url,
+        "--redis-key-prefix",
+        "tokenwell:",
+    ]));
+    assert_eq!(own["partitions"].as_array().unwrap().len(), 1);
 }
 
 #[test]
