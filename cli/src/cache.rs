@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tokenwell::cache::msal_json::MsalCacheFormat;
+use tokenwell::cache::msal_json::{MsalCacheFormat, MsalImport};
 use tokenwell::cache::{BlobCodec, Partition, PartitionKey};
 use tokenwell::{EntryWrite, ListCursor, StoredPartition, TokenStore};
 
@@ -355,20 +355,19 @@ pub async fn export(
     }
 }
 
-pub async fn import(
-    cache: &Cache,
-    format: &MsalCacheFormat,
-    file: &Path,
-    json_out: bool,
-) -> Outcome {
+/// Read and parse an MSAL cache file (before any store is opened, so a bad file writes
+/// nothing anywhere).
+pub fn parse_import(format: &MsalCacheFormat, file: &Path) -> Outcome<MsalImport> {
     let text = read_text(file, "MSAL cache file")?;
-    // Everything is parsed before anything is written.
-    let imported = format.import(&text).map_err(|e| {
+    format.import(&text).map_err(|e| {
         Failure::error(format!(
             "{} is not an MSAL token cache: {e}",
             file.display()
         ))
-    })?;
+    })
+}
+
+pub async fn import(cache: &Cache, imported: &MsalImport, json_out: bool) -> Outcome {
     let at = now();
     let mut written = 0usize;
     let mut tokens = 0usize;

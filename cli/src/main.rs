@@ -256,7 +256,18 @@ async fn run(cli: Cli) -> Outcome {
             util::out(String::from_utf8_lossy(&buffer).trim_end())
         }
         Command::Cache(args) => {
-            let create = matches!(args.command, CacheCommand::Import { .. });
+            // An import file is read and parsed before the store is opened (or created).
+            let imported = match &args.command {
+                CacheCommand::Import {
+                    file,
+                    environment_alias,
+                } => Some(cache::parse_import(
+                    &cache::msal_format(environment_alias)?,
+                    file,
+                )?),
+                _ => None,
+            };
+            let create = imported.is_some();
             let spec = util::cache_spec(args.cache.as_deref(), create)?;
             let codec = util::codec(args.key_ring.as_deref())?;
             let store = spec.open(create, Some(&args.redis_key_prefix)).await?;
@@ -279,13 +290,10 @@ async fn run(cli: Cli) -> Outcome {
                     let format = cache::msal_format(&environment_alias)?;
                     cache::export(&cache, &format, partition.as_deref(), output.as_ref()).await
                 }
-                CacheCommand::Import {
-                    file,
-                    environment_alias,
-                } => {
-                    let format = cache::msal_format(&environment_alias)?;
-                    cache::import(&cache, &format, &file, json).await
-                }
+                CacheCommand::Import { .. } => match &imported {
+                    Some(imported) => cache::import(&cache, imported, json).await,
+                    None => Ok(()),
+                },
                 CacheCommand::Purge {
                     partition,
                     tenant,

@@ -578,6 +578,36 @@ fn bad_input_has_its_exit_code_and_one_line() {
         1,
         "no partition",
     );
+    // A file that is not a tokenwell cache is refused and left as it was.
+    let foreign = dir.join("notes.txt");
+    let notes = "just some notes, not a database\n";
+    std::fs::write(&foreign, notes).unwrap();
+    let foreign = foreign.to_str().unwrap();
+    fails(
+        &fx.run(&["cache", "list", "--cache", foreign]),
+        1,
+        "notes.txt",
+    );
+    let import = fx.run(&[
+        "cache",
+        "import",
+        junk.to_str().unwrap(),
+        "--cache",
+        foreign,
+    ]);
+    fails(&import, 1, "notes.txt");
+    assert_eq!(std::fs::read_to_string(foreign).unwrap(), notes);
+    // A bad import file creates no cache.
+    let fresh = dir.join("fresh.sqlite3");
+    let import = fx.run(&[
+        "cache",
+        "import",
+        junk.to_str().unwrap(),
+        "--cache",
+        fresh.to_str().unwrap(),
+    ]);
+    fails(&import, 1, "not an MSAL token cache");
+    assert!(!fresh.exists(), "a failed import wrote no file");
 
     // Interaction required: 3; throttled: 4.
     fx.emulator
