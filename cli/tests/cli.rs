@@ -588,10 +588,12 @@ fn bad_input_has_its_exit_code_and_one_line() {
         1,
         "notes.txt",
     );
+    let empty = dir.join("empty.json");
+    std::fs::write(&empty, "{}").unwrap();
     let import = fx.run(&[
         "cache",
         "import",
-        junk.to_str().unwrap(),
+        empty.to_str().unwrap(),
         "--cache",
         foreign,
     ]);
