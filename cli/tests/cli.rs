@@ -782,3 +782,120 @@ fn managed_identity_through_the_cache() {
     assert_eq!(second["source"], "cache");
     assert_eq!(fx.emulator.msi_requests(), 1);
 }
+
+#[test]
+fn every_client_credential_and_any_oidc_provider() {
+    use tokenwell_idp_emulator::fixtures;
+    let fx = Fixture::new();
+    let dir = fx.home.path();
+    let no_secret = ("AZURE_CLIENT_SECRET", "");
+    let source = |output: &Output| json(output)["source"].as_str().unwrap().to_owned();
+
+    // A secret file (trailing newline trimmed).
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let args = [
+        "token",
+        "--scope",
+        SCOPE,
+        "--json",
+        "--no-cache",
+        "--client-secret-file",
+    ];
+    let mut with_file = args.to_vec();
+    with_file.push(secret_file.to_str().unwrap());
+    assert_eq!(
+        source(&fx.run_with(&with_file, &[no_secret], None)),
+        "identity_provider"
+    );
+
+    // A certificate: key and certificate in one PEM.
+    fx.emulator
+        .register_client_certificate("cert-app", fixtures::CERT_A_PEM)
+        .unwrap();
+    let pem = dir.join("app.pem");
+    std::fs::write(
+        &pem,
+        format!("{}\n{}", fixtures::KEY_A_PEM, fixtures::CERT_A_PEM),
+    )
+    .unwrap();
+    let cert = fx.run_with(
+        &[
+            "token",
+            "--scope",
+            SCOPE,
+            "--json",
+            "--no-cache",
+            "--certificate",
+            pem.to_str().unwrap(),
+        ],
+        &[no_secret, ("AZURE_CLIENT_ID", "cert-app")],
+        None,
+    );
+    assert_eq!(source(&cert), "identity_provider");
+    let wrong = dir.join("wrong.pem");
+    std::fs::write(
+        &wrong,
+        format!("{}\n{}", fixtures::KEY_B_PEM, fixtures::CERT_B_PEM),
+    )
+    .unwrap();
+    let refused = fx.run_with(
+        &[
+            "token",
+            "--scope",
+            SCOPE,
+            "--no-cache",
+            "--certificate",
+            wrong.to_str().unwrap(),
+        ],
+        &[no_secret, ("AZURE_CLIENT_ID", "cert-app")],
+        None,
+    );
+    fails(&refused, 1, "cannot get a token");
+
+    // A federated token file, as Kubernetes projects it.
+    let issuer = "https://oidc.cluster.example/issuer";
+    fx.emulator
+        .register_federated_issuer("fed-app", issuer, fixtures::CERT_B_PEM)
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let assertion = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &serde_json::json!({
+            "iss": issuer, "sub": "system:serviceaccount:default:app",
+            "aud": "api://AzureADTokenExchange", "iat": now - 10, "nbf": now - 10,
+            "exp": now + 600, "jti": "cli-test",
+        }),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(fixtures::KEY_B_PEM.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let token_file = dir.join("federated-token");
+    std::fs::write(&token_file, assertion).unwrap();
+    let federated = fx.run_with(
+        &["token", "--scope", SCOPE, "--json", "--no-cache"],
+        &[
+            no_secret,
+            ("AZURE_CLIENT_ID", "fed-app"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+        None,
+    );
+    assert_eq!(source(&federated), "identity_provider");
+
+    // Any OpenID Connect provider, by its issuer; cached like the rest.
+    let issuer = fx.emulator.oidc_issuer();
+    let oidc = [
+        "token",
+        "--scope",
+        "api",
+        "--json",
+        "--oidc-issuer",
+        &issuer,
+    ];
+    let env = [("TOKENWELL_AUTHORITY", "")];
+    assert_eq!(source(&fx.run_with(&oidc, &env, None)), "identity_provider");
+    assert_eq!(source(&fx.run_with(&oidc, &env, None)), "cache");
+}
