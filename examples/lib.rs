@@ -9,6 +9,7 @@
 
 pub mod daemon;
 pub mod farm;
+pub mod metrics;
 pub mod redis_server;
 pub mod soak;
 pub mod transport;

@@ -254,7 +254,8 @@ impl Authority {
     /// The same authority for another tenant (Entra ID and External ID only).
     ///
     /// # Errors
-    /// [`Error::Configuration`] for other kinds, or a tenant that is not one path segment.
+    /// [`Error::Configuration`] for other kinds, or a tenant that is not a GUID or a domain
+    /// name (see `validate_tenant`: never a path, `..` or an escaped character).
     pub fn with_tenant(&self, tenant: &str) -> Result<Self> {
         if !matches!(self.kind, AuthorityKind::Entra | AuthorityKind::Ciam) {
             return Err(Error::configuration(format!(
@@ -263,16 +264,7 @@ impl Authority {
                 self.url()
             )));
         }
-        let decoded_dots = tenant.to_ascii_lowercase().replace("%2e", ".");
-        if tenant.is_empty()
-            || tenant.contains(['/', '%', '?', '#', '@', ' '])
-            || decoded_dots == "."
-            || decoded_dots == ".."
-        {
-            return Err(Error::configuration(format!(
-                "'{tenant}' is not a tenant id or domain"
-            )));
-        }
+        validate_tenant(tenant)?;
         Ok(Authority {
             tenant: tenant.to_owned(),
             ..self.clone()
@@ -357,6 +349,40 @@ fn is_loopback(host: &str) -> bool {
             .parse::<IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
+}
+
+/// The one rule for a tenant a caller names per request (`with_tenant`): a GUID or a domain
+/// name (`contoso.onmicrosoft.com`; a single label such as `common` or `organizations` is
+/// one too) — letters, digits and `-` in dot-separated labels of 1 to 63 characters, not
+/// starting or ending with `-`, 253 characters at most. Never a path, a query, an
+/// escaped character, `.` or `..`: the tenant becomes a segment of the token endpoint's URL
+/// and of cache keys, and `../../other` must not reach tenant `other`.
+///
+/// # Errors
+/// [`Error::Configuration`] naming the rule.
+pub(crate) fn validate_tenant(tenant: &str) -> Result<()> {
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    // A GUID is a single label of hex digits and dashes: the label rule covers it.
+    if !tenant.is_empty() && tenant.len() <= 253 && tenant.split('.').all(label_ok) {
+        return Ok(());
+    }
+    // The name, shortened and with control characters escaped, so the message stays one line.
+    let shown: String = tenant
+        .chars()
+        .take(64)
+        .flat_map(char::escape_debug)
+        .collect();
+    Err(Error::configuration(format!(
+        "'{shown}' is not a tenant: a tenant is a GUID or a domain name (letters, digits, '-' \
+         and '.'), never a path"
+    )))
 }
 
 #[cfg(test)]
@@ -533,5 +559,53 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Issue 16, item 8: a tenant is a GUID or a domain name, never a path.
+    #[test]
+    fn a_tenant_is_a_guid_or_a_domain_name() {
+        let entra = Authority::parse("https://login.microsoftonline.com/contoso").unwrap();
+        for good in [
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "contoso.onmicrosoft.com",
+            "common",
+            "organizations",
+            "t2",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(entra.with_tenant(good).unwrap().tenant(), Some(good));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../other",
+            "..%2F..%2Fother",
+            "%2e%2e",
+            "a/b",
+            "a\\b",
+            "other?x=1",
+            "other#x",
+            "user@other",
+            "other:443",
+            "a..b",
+            ".other",
+            "other.",
+            "-other",
+            "other-",
+            "ot her",
+            "othér",
+            "a\nb",
+        ] {
+            let err = entra.with_tenant(bad).unwrap_err();
+            assert!(matches!(err, Error::Configuration(_)), "{bad:?}: {err:?}");
+            assert!(!err.to_string().contains('\n'), "{bad:?}");
+        }
+        assert!(entra.with_tenant(&"a".repeat(64)).is_err());
+        assert!(
+            entra
+                .with_tenant(&format!("{}.com", "a".repeat(63)))
+                .is_ok()
+        );
     }
 }

@@ -62,6 +62,7 @@ pub use app::{
     ConfidentialClientApplicationBuilder, DEFAULT_EXPIRY_BUFFER, DefaultParts,
     ManagedIdentityApplicationBuilder, ManagedIdentitySource, PublicClientApplicationBuilder,
 };
+pub use app::{AcquireTokenInLongRunningProcess, InitiateLongRunningProcess, LongRunningProcess};
 pub use cache::{BlobCodec, BlobError, KeyRing, PartitionKey, TokenCache};
 pub use chain::{ChainLink, CredentialUnavailable, DefaultCredentialBuilder};
 pub use credential::{AssertionContext, CertificateFiles, FederatedTokenFile, SecretFile};

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::cache::{AccessToken, TokenSecret};
+use crate::cache::{AccessToken, Account, IdToken, TokenSecret};
 use crate::runtime::from_unix_seconds;
 use crate::scopes::ScopeSet;
 
@@ -82,12 +82,21 @@ impl AuthenticationResultMetadata {
 pub struct AuthenticationResult {
     token: Arc<AccessToken>,
     metadata: AuthenticationResultMetadata,
+    /// The signed-in user, for user flows (shared with the cache: no copy on a hit).
+    account: Option<Arc<Account>>,
+    /// The user's ID token, for user flows that received one.
+    id_token: Option<Arc<IdToken>>,
 }
 
 impl AuthenticationResult {
     pub(crate) fn new(token: Arc<AccessToken>, mut metadata: AuthenticationResultMetadata) -> Self {
         metadata.refresh_on = token.refresh_on.map(from_unix_seconds);
-        AuthenticationResult { token, metadata }
+        AuthenticationResult {
+            token,
+            metadata,
+            account: None,
+            id_token: None,
+        }
     }
 
     /// A result whose metadata already carries the token's `refresh_on`.
@@ -96,7 +105,24 @@ impl AuthenticationResult {
         token: Arc<AccessToken>,
         metadata: AuthenticationResultMetadata,
     ) -> Self {
-        AuthenticationResult { token, metadata }
+        AuthenticationResult {
+            token,
+            metadata,
+            account: None,
+            id_token: None,
+        }
+    }
+
+    /// The same result naming the user and the ID token it came with (user flows).
+    #[inline]
+    pub(crate) fn with_user(
+        mut self,
+        account: Option<Arc<Account>>,
+        id_token: Option<Arc<IdToken>>,
+    ) -> Self {
+        self.account = account;
+        self.id_token = id_token;
+        self
     }
 
     /// The access token, for an `Authorization` header.
@@ -138,6 +164,28 @@ impl AuthenticationResult {
     pub fn metadata(&self) -> &AuthenticationResultMetadata {
         &self.metadata
     }
+
+    /// The user the token is for, in user flows (on-behalf-of, long-running on-behalf-of,
+    /// silent, authorization code, device code); `None` for application tokens (client
+    /// credentials, managed identity). Pass it to `acquire_token_silent`.
+    pub fn account(&self) -> Option<&Account> {
+        self.account.as_deref()
+    }
+
+    /// The ID token the identity provider sent with the user's tokens (a JWT; personal data,
+    /// redacted in `Debug`), when it sent one.
+    pub fn id_token(&self) -> Option<&TokenSecret> {
+        self.id_token.as_ref().map(|t| &t.secret)
+    }
+
+    /// The claims of [`id_token`](Self::id_token) (`oid`, `tid`, `preferred_username`, `name`
+    /// …), decoded on each call. Read as received from the identity provider over TLS: the
+    /// signature is not checked here (use them to know the user, not to authorize a third
+    /// party's request). `None` without an ID token, or one that is not a JWT with a JSON
+    /// object payload.
+    pub fn id_token_claims(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        crate::response::jwt_claims(self.id_token.as_ref()?.secret.expose_secret())
+    }
 }
 
 impl fmt::Debug for AuthenticationResult {
@@ -149,6 +197,11 @@ impl fmt::Debug for AuthenticationResult {
             .field("tenant_id", &self.token.realm)
             .field("expires_on", &self.token.expires_on)
             .field("metadata", &self.metadata)
+            .field(
+                "account",
+                &self.account.as_ref().map(|a| &a.home_account_id),
+            )
+            .field("id_token", &self.id_token.as_ref().map(|t| &t.secret))
             .finish()
     }
 }

@@ -26,6 +26,13 @@ pub const BACKGROUND_REFRESHES: &str = "tokenwell_background_refreshes_total";
 /// Calls that served a cached token because its renewal failed for a transient reason.
 pub const STALE_SERVED: &str = "tokenwell_stale_tokens_served_total";
 
+/// Seconds a token served had left, labelled `source` = `l1` | `l2` | `idp` | `stale`: recorded
+/// for every answer of the miss path (L2 hits, renewals, a concurrent caller's token, stale
+/// serving) — not for L1 hits, whose cost stays a few instructions. In an identity-provider
+/// outage the `stale` series falls toward zero: the alert MSAL.NET's remaining-lifetime metric
+/// is for.
+pub const TOKEN_REMAINING_LIFETIME: &str = "tokenwell_token_remaining_lifetime_seconds";
+
 /// An L1 hit: the hot path. Literal name and labels give the macro a static key (no
 /// allocation, no hashing per call); `names_match_the_constants` keeps them in step.
 #[inline]
@@ -49,6 +56,21 @@ pub(crate) fn cache_miss() {
 pub(crate) fn idp_request(ok: bool, seconds: f64) {
     metrics::counter!(IDP_REQUESTS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
     metrics::histogram!(IDP_DURATION).record(seconds);
+}
+
+pub(crate) fn remaining_lifetime(source: crate::result::TokenSource, seconds: u64) {
+    let source = match source {
+        crate::result::TokenSource::CacheL1 => "l1",
+        crate::result::TokenSource::CacheL2 => "l2",
+        _ => "idp",
+    };
+    #[allow(clippy::cast_precision_loss)] // seconds below 2^53
+    metrics::histogram!(TOKEN_REMAINING_LIFETIME, "source" => source).record(seconds as f64);
+}
+
+pub(crate) fn remaining_lifetime_stale(seconds: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    metrics::histogram!(TOKEN_REMAINING_LIFETIME, "source" => "stale").record(seconds as f64);
 }
 
 pub(crate) fn retry() {
@@ -145,6 +167,9 @@ mod tests {
             background_refresh(false);
             l2_error("write");
             l2_corrupt_blob();
+            remaining_lifetime(crate::result::TokenSource::CacheL2, 10);
+            remaining_lifetime(crate::result::TokenSource::IdentityProvider, 10);
+            remaining_lifetime_stale(10);
         });
         let emitted = names.0.lock().unwrap().clone();
         let expected = [
@@ -164,6 +189,9 @@ mod tests {
             format!("{BACKGROUND_REFRESHES}{{outcome=error}}"),
             format!("{L2_ERRORS}{{op=write}}"),
             format!("{L2_CORRUPT_BLOBS}{{}}"),
+            format!("{TOKEN_REMAINING_LIFETIME}{{source=l2}}"),
+            format!("{TOKEN_REMAINING_LIFETIME}{{source=idp}}"),
+            format!("{TOKEN_REMAINING_LIFETIME}{{source=stale}}"),
         ];
         assert_eq!(emitted, expected);
     }

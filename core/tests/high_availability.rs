@@ -248,8 +248,11 @@ impl Runtime for ReportingClock {
         self.clock.now()
     }
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        // The deadline is read from the clock before the test hears of the sleep: a test that
+        // advances the clock as soon as it hears must not push the deadline out with it.
+        let sleep = self.clock.sleep(duration);
         let _ = self.sleeps.send(duration);
-        self.clock.sleep(duration)
+        sleep
     }
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         self.clock.spawn(task)

@@ -27,6 +27,10 @@ over_each_transport!(
     app_service_wrong_identity_header_is_a_typed_error,
     unknown_identity_is_a_typed_error,
     second_node_gets_the_token_from_l2,
+    imds_410_for_sixty_seconds_then_200_succeeds,
+    imds_429_with_retry_after_3600_is_a_typed_error_within_the_cap,
+    imds_429_backs_off_2_4_8_16_and_5xx_1_2_4,
+    imds_400_401_403_are_not_retried,
 );
 
 const RESOURCE: &str = "https://management.azure.com/";
@@ -292,4 +296,186 @@ async fn second_node_gets_the_token_from_l2(t: Transport) {
     let on_b = b.acquire_token(RESOURCE).await.unwrap();
     assert_eq!(on_b.metadata().token_source, TokenSource::CacheL2);
     assert_eq!(rig.emulator.msi_requests(), 1);
+}
+
+/// A runtime that records every sleep of the retry loop on the rig's manual clock, and runs
+/// `after_sleep` with the clock's time once each sleep has advanced it (to end a fault at a
+/// given time without real sleeping).
+#[derive(Clone)]
+struct RecordingClock {
+    clock: tokenwell_core::ManualClock,
+    sleeps: Arc<parking_lot::Mutex<Vec<Duration>>>,
+    after_sleep: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl RecordingClock {
+    fn new(rig: &Rig, after_sleep: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        RecordingClock {
+            clock: rig.clock.clone(),
+            sleeps: Arc::default(),
+            after_sleep: Arc::new(after_sleep),
+        }
+    }
+
+    fn sleeps(&self) -> Vec<u64> {
+        self.sleeps.lock().iter().map(Duration::as_secs).collect()
+    }
+}
+
+impl tokenwell_core::Runtime for RecordingClock {
+    fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.sleeps.lock().push(duration);
+        let sleep = self.clock.sleep(duration);
+        (self.after_sleep)(tokenwell_core::runtime::unix_seconds(self.clock.now()));
+        sleep
+    }
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        self.clock.spawn(task)
+    }
+}
+
+fn imds_on(rig: &Rig, runtime: &RecordingClock) -> tokenwell_core::ManagedIdentityApplication {
+    rig.mi_builder(ManagedIdentityId::SystemAssigned)
+        .runtime(Arc::new(runtime.clone()))
+        .imds_endpoint(rig.emulator.imds_endpoint())
+        .build()
+        .unwrap()
+}
+
+/// Issue 16, item 7: IMDS answers 410 while it is being updated; MSAL keeps asking for 70 s
+/// (10 s apart), so an update of 60 s costs a slow call, not a failed one.
+async fn imds_410_for_sixty_seconds_then_200_succeeds(t: Transport) {
+    // The emulator is shared with the runtime, which ends the 410s once its clock reads 60 s.
+    let Rig {
+        emulator, clock, ..
+    } = Rig::start(t).await;
+    let emulator = Arc::new(emulator);
+    let now = {
+        let clock = clock.clone();
+        move || tokenwell_core::runtime::unix_seconds(tokenwell_core::Runtime::now(&clock))
+    };
+    let start = now();
+    let runtime = RecordingClock {
+        clock,
+        sleeps: Arc::default(),
+        after_sleep: Arc::new({
+            let emulator = Arc::clone(&emulator);
+            move |now| {
+                if now >= start + 60 {
+                    emulator.set_outage(None);
+                }
+            }
+        }),
+    };
+    let app =
+        tokenwell_core::ManagedIdentityApplication::builder(ManagedIdentityId::SystemAssigned)
+            .transport(t.build())
+            .runtime(Arc::new(runtime.clone()))
+            .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
+            .imds_endpoint(emulator.imds_endpoint())
+            .build()
+            .unwrap();
+    emulator.set_outage(Some(Fault::status(410, "imds_updating")));
+    let result = app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(
+        result.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(runtime.sleeps(), [10; 6], "10 s apart until the 410s stop");
+    assert_eq!(result.metadata().retries, 6);
+    assert_eq!(emulator.msi_requests(), 7);
+    assert_eq!(now() - start, 60);
+
+    // A 410 that outlasts 70 s: 7 retries over 70 s, then the typed error.
+    let rig = Rig::start(t).await;
+    let runtime = RecordingClock::new(&rig, |_| {});
+    let app = imds_on(&rig, &runtime);
+    rig.emulator
+        .set_outage(Some(Fault::status(410, "imds_updating")));
+    let err = app.acquire_token(RESOURCE).await.unwrap_err();
+    assert_eq!(err.idp_error().map(|e| e.status), Some(410), "{err:?}");
+    assert_eq!(runtime.sleeps(), [10; 7]);
+    assert_eq!(rig.emulator.msi_requests(), 8);
+}
+
+/// Issue 16, item 7: a `Retry-After: 3600` from IMDS is honoured up to the cap (5 s): the call
+/// does not wait an hour, it returns the typed 429 at once (nothing slept), and repeats are
+/// refused locally for the hour without reaching IMDS.
+async fn imds_429_with_retry_after_3600_is_a_typed_error_within_the_cap(t: Transport) {
+    let rig = Rig::start(t).await;
+    let runtime = RecordingClock::new(&rig, |_| {});
+    let app = imds_on(&rig, &runtime);
+    rig.emulator.push_fault(Fault::throttled(3600));
+    let start = rig.now();
+    let err = app.acquire_token(RESOURCE).await.unwrap_err();
+    let idp = err.idp_error().expect("the endpoint's typed error");
+    assert_eq!(idp.status, 429);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
+    assert!(err.is_transient());
+    assert!(runtime.sleeps().is_empty(), "{:?}", runtime.sleeps());
+    assert!(rig.now() - start <= 5, "within the cap");
+    assert_eq!(rig.emulator.msi_requests(), 1);
+    let refused = app.acquire_token(RESOURCE).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::Throttled { retry_after, .. } if retry_after == Duration::from_secs(3600)),
+        "{refused:?}"
+    );
+    assert_eq!(rig.emulator.msi_requests(), 1);
+
+    // Within the cap, the Retry-After is waited for when longer than the back-off.
+    let rig = Rig::start(t).await;
+    let runtime = RecordingClock::new(&rig, |_| {});
+    let app = imds_on(&rig, &runtime);
+    rig.emulator.push_fault(Fault::throttled(5));
+    app.acquire_token(RESOURCE).await.unwrap();
+    assert_eq!(runtime.sleeps(), [5]);
+}
+
+/// Issue 16, item 7: 429 backs off 2, 4, 8, 16 s; 404, 408, 5xx and dropped connections
+/// 1, 2, 4 s (3 retries), then the typed error.
+async fn imds_429_backs_off_2_4_8_16_and_5xx_1_2_4(t: Transport) {
+    let rig = Rig::start(t).await;
+    let runtime = RecordingClock::new(&rig, |_| {});
+    let app = imds_on(&rig, &runtime);
+    rig.emulator
+        .set_outage(Some(Fault::status(429, "throttled")));
+    let err = app.acquire_token(RESOURCE).await.unwrap_err();
+    assert_eq!(err.idp_error().map(|e| e.status), Some(429));
+    assert_eq!(runtime.sleeps(), [2, 4, 8, 16]);
+    assert_eq!(rig.emulator.msi_requests(), 5);
+
+    for fault in [
+        Fault::status(404, "not_found"),
+        Fault::status(408, "timeout"),
+        Fault::status(500, "server_error"),
+        Fault::status(503, "unavailable"),
+        Fault::CloseConnection,
+    ] {
+        let rig = Rig::start(t).await;
+        let runtime = RecordingClock::new(&rig, |_| {});
+        let app = imds_on(&rig, &runtime);
+        rig.emulator.set_outage(Some(fault.clone()));
+        assert!(app.acquire_token(RESOURCE).await.is_err());
+        assert_eq!(runtime.sleeps(), [1, 2, 4], "{fault:?}");
+        assert_eq!(rig.emulator.msi_requests(), 4, "{fault:?}");
+    }
+}
+
+/// Issue 16, item 7: 400, 401 and 403 mean the request or the setup is wrong: no retry.
+async fn imds_400_401_403_are_not_retried(t: Transport) {
+    for status in [400u16, 401, 403] {
+        let rig = Rig::start(t).await;
+        let runtime = RecordingClock::new(&rig, |_| {});
+        let app = imds_on(&rig, &runtime);
+        rig.emulator
+            .set_outage(Some(Fault::status(status, "invalid_request")));
+        let err = app.acquire_token(RESOURCE).await.unwrap_err();
+        assert_eq!(err.idp_error().map(|e| e.status), Some(status));
+        assert!(!err.is_transient());
+        assert!(runtime.sleeps().is_empty(), "{status}");
+        assert_eq!(rig.emulator.msi_requests(), 1, "{status}");
+    }
 }

@@ -103,6 +103,12 @@ pub mod sqlite {
     pub use tokenwell_cache_sqlite::*;
 }
 
+/// tokenwell applications as Azure SDK credentials (`AzureCredential`), feature `azure`.
+#[cfg(feature = "azure")]
+pub mod azure {
+    pub use tokenwell_azure::*;
+}
+
 /// Every Rust snippet of the repository's README, compiled as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

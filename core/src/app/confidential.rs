@@ -13,8 +13,8 @@ use super::future::TokenFuture;
 use super::l2::L2Health;
 use super::settings::{AuthoritySource, EngineSettings, engine_setters};
 use super::user_flows::{
-    AcquireTokenByAuthorizationCode, AcquireTokenOnBehalfOf, AcquireTokenSilent, AuthorizationUrl,
-    ClientCore,
+    AcquireTokenByAuthorizationCode, AcquireTokenInLongRunningProcess, AcquireTokenOnBehalfOf,
+    AcquireTokenSilent, AuthorizationUrl, ClientCore, InitiateLongRunningProcess,
 };
 use crate::authority::Authority;
 use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenCache};
@@ -86,6 +86,7 @@ impl ConfidentialClientApplication {
             scopes: scopes.into_scopes(&self.inner.core.engine.scopes),
             force_refresh: false,
             tenant: None,
+            min_remaining_lifetime: std::time::Duration::ZERO,
         }
     }
 
@@ -98,6 +99,34 @@ impl ConfidentialClientApplication {
         user_assertion: impl Into<std::borrow::Cow<'a, str>>,
     ) -> AcquireTokenOnBehalfOf<'a> {
         AcquireTokenOnBehalfOf::new(&self.inner.core, scopes, user_assertion)
+    }
+
+    /// Start a long-running on-behalf-of process (MSAL's `InitiateLongRunningProcessInWebApi`):
+    /// the on-behalf-of exchange of `user_assertion`, whose result also carries a session key.
+    /// The refresh token is kept under that key, in L1 and in L2, so that
+    /// [`acquire_token_in_long_running_process`](Self::acquire_token_in_long_running_process)
+    /// continues the work on any node sharing the L2 store, after the assertion has expired.
+    pub fn initiate_long_running_process<'a>(
+        &'a self,
+        scopes: impl IntoScopeSet<'a>,
+        user_assertion: impl Into<std::borrow::Cow<'a, str>>,
+    ) -> InitiateLongRunningProcess<'a> {
+        InitiateLongRunningProcess::new(AcquireTokenOnBehalfOf::new(
+            &self.inner.core,
+            scopes,
+            user_assertion,
+        ))
+    }
+
+    /// A token in the long-running process named by `session_key` (from
+    /// [`initiate_long_running_process`](Self::initiate_long_running_process)): the cached one,
+    /// else the session's refresh token redeemed. Needs no assertion.
+    pub fn acquire_token_in_long_running_process<'a>(
+        &'a self,
+        scopes: impl IntoScopeSet<'a>,
+        session_key: impl Into<std::borrow::Cow<'a, str>>,
+    ) -> AcquireTokenInLongRunningProcess<'a> {
+        AcquireTokenInLongRunningProcess::new(&self.inner.core, scopes, session_key)
     }
 
     /// Redeem an authorization code (from the redirect of [`authorization_url`](Self::authorization_url)).
@@ -274,6 +303,7 @@ pub struct AcquireTokenForClient<'a> {
     scopes: Scopes<'a>,
     force_refresh: bool,
     tenant: Option<String>,
+    min_remaining_lifetime: std::time::Duration,
 }
 
 impl<'a> AcquireTokenForClient<'a> {
@@ -286,6 +316,14 @@ impl<'a> AcquireTokenForClient<'a> {
     /// Ask another tenant than the authority's (multi-tenant applications).
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Only a token valid for at least `lifetime` will do (say, for a connection that
+    /// authenticates once and lives that long): a cached token with less left is renewed, and
+    /// not served stale if the renewal fails.
+    pub fn with_min_remaining_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.min_remaining_lifetime = lifetime;
         self
     }
 
@@ -331,10 +369,13 @@ impl<'a> AcquireTokenForClient<'a> {
             key_id: None,
             scopes: &self.scopes,
         };
-        inner
-            .core
-            .engine
-            .acquire(partition, &query, self.force_refresh, hot, || {
+        inner.core.engine.acquire_with(
+            partition,
+            &query,
+            self.force_refresh,
+            hot,
+            self.min_remaining_lifetime,
+            || {
                 Job::new(
                     partition,
                     &query,
@@ -351,6 +392,7 @@ impl<'a> AcquireTokenForClient<'a> {
                         scopes: (*self.scopes).clone(),
                     }),
                 )
-            })
+            },
+        )
     }
 }

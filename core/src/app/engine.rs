@@ -278,15 +278,24 @@ impl Engine {
     /// `hot`: the caller's partition key and scope set are long-lived (the application's own,
     /// or from its tables) and together determine `query`, so their addresses name the
     /// request: its fresh hits are served from this thread's copy (`hot.rs`).
+    ///
+    /// `min_remaining`: the caller needs a token valid for at least that long
+    /// (`with_min_remaining_lifetime`; zero: the plain rules). A cached token with less left
+    /// is a miss (reason `Expired`), never served stale; a renewal that adopts such a token
+    /// from L1 or L2 is followed by a forced one. Such requests skip the thread's copy.
     #[inline]
-    pub(crate) fn acquire(
+    pub(crate) fn acquire_with(
         self: &Arc<Self>,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
         force: bool,
         hot: bool,
+        min_remaining: Duration,
         job: impl FnOnce() -> Job,
     ) -> Acquire {
+        let min_remaining = min_remaining.as_secs();
+        // The thread's copy knows only the plain expiry buffer.
+        let hot = hot && min_remaining == 0;
         let hot = hot.then_some(HotKey {
             partition,
             scopes: query.scopes,
@@ -316,7 +325,7 @@ impl Engine {
                 .and_then(|p| p.find_access_token(query).cloned());
             (CacheRefreshReason::ForceRefreshOrClaims, None)
         } else {
-            match self.lookup(partition, query, now) {
+            match self.lookup_lasting(partition, query, now, min_remaining) {
                 Lookup::Fresh(token) => {
                     if let Some((key, stripe, generation)) = front
                         && let Some(until) = self.fresh_until(&token, now, started)
@@ -353,21 +362,63 @@ impl Engine {
                     if !leader {
                         telemetry::coalesced_waiter();
                     }
-                    flight.await
+                    match flight.await {
+                        // A cached token (L1, L2) that does not last long enough: ask.
+                        Ok(resolved)
+                            if resolved.found != Found::IdentityProvider
+                                && !engine.lasts(&resolved.token, min_remaining) =>
+                        {
+                            engine.forced(&job, started, Some(resolved.token)).await
+                        }
+                        outcome => outcome,
+                    }
                 };
-                Self::fetched_result(outcome, reason, stale, started, lookup_duration)
+                let now = engine.now();
+                Self::fetched_result(outcome, reason, stale, started, lookup_duration, now)
             }
             .boxed(),
         )
     }
 
-    /// Look `query` up in partition `partition` of L1. Synchronous and allocation-free.
+    /// Whether `token` is valid for `min_remaining` seconds more (and outside the expiry
+    /// buffer).
     #[inline]
-    pub(crate) fn lookup(
+    fn lasts(&self, token: &AccessToken, min_remaining: u64) -> bool {
+        !token.is_expired(self.now(), self.expiry_buffer_secs.max(min_remaining))
+    }
+
+    /// Look `query` up in partition `partition` of L1, for a caller that needs the token valid
+    /// `min_remaining` seconds more (0: the plain expiry buffer). Synchronous and
+    /// allocation-free. With a `min_remaining` above the expiry buffer, a token that does not
+    /// last is a miss that is never served stale (the caller needs the lifetime).
+    #[inline]
+    pub(crate) fn lookup_lasting(
         &self,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
         now: u64,
+        min_remaining: u64,
+    ) -> Lookup {
+        if min_remaining <= self.expiry_buffer_secs {
+            return self.lookup_within(partition, query, now, self.expiry_buffer_secs);
+        }
+        match self.lookup_within(partition, query, now, min_remaining) {
+            Lookup::Miss { reason, .. } => Lookup::Miss {
+                reason,
+                stale: None,
+            },
+            found => found,
+        }
+    }
+
+    /// The lookup with `buffer` as the expiry buffer.
+    #[inline]
+    fn lookup_within(
+        &self,
+        partition: &PartitionKey,
+        query: &AccessTokenQuery<'_>,
+        now: u64,
+        buffer: u64,
     ) -> Lookup {
         let Some(snapshot) = self.cache.get(partition) else {
             return Lookup::Miss {
@@ -376,14 +427,12 @@ impl Engine {
             };
         };
         match snapshot.find_access_token(query) {
-            Some(token) if !token.is_expired(now, self.expiry_buffer_secs) => {
-                match token.refresh_on {
-                    Some(r) if now >= self.refresh_point(token, r) => {
-                        Lookup::PastRefreshOn(Arc::clone(token))
-                    }
-                    _ => Lookup::Fresh(Arc::clone(token)),
+            Some(token) if !token.is_expired(now, buffer) => match token.refresh_on {
+                Some(r) if now >= self.refresh_point(token, r) => {
+                    Lookup::PastRefreshOn(Arc::clone(token))
                 }
-            }
+                _ => Lookup::Fresh(Arc::clone(token)),
+            },
             Some(token) => Lookup::Miss {
                 reason: CacheRefreshReason::Expired,
                 stale: (!token.is_hard_expired(now)).then(|| Arc::clone(token)),
@@ -456,6 +505,7 @@ impl Engine {
         stale: Option<Arc<AccessToken>>,
         started: Instant,
         lookup_duration: Duration,
+        now: u64,
     ) -> Result<AuthenticationResult> {
         match outcome {
             Ok(resolved) => {
@@ -469,6 +519,10 @@ impl Engine {
                 metadata.cache_duration = lookup_duration + resolved.l2_duration;
                 metadata.http_duration = resolved.stats.http_duration;
                 metadata.retries = resolved.stats.retries;
+                telemetry::remaining_lifetime(
+                    source,
+                    resolved.token.expires_on.saturating_sub(now),
+                );
                 Ok(AuthenticationResult::new(resolved.token, metadata))
             }
             Err(Failure { error, l2_duration }) => match stale {
@@ -477,6 +531,7 @@ impl Engine {
                 Some(token) if error.is_transient() => {
                     tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
                     telemetry::stale_served();
+                    telemetry::remaining_lifetime_stale(token.expires_on.saturating_sub(now));
                     let mut metadata = AuthenticationResultMetadata::new(
                         TokenSource::CacheL1,
                         CacheRefreshReason::Expired,

@@ -43,58 +43,83 @@ pub(crate) struct Idp {
     pub default_lifetime: Option<u64>,
 }
 
-/// Retry rules of the managed-identity endpoints, which answer with their own statuses: IMDS
-/// asks for exponential back-off on 404/408/410/429/5xx, App Service for a linear 1 s on
-/// 404/408/429/500/503/504. Transport failures (timeouts, refused connections) retry too.
+/// Retry rules of the managed-identity endpoints, which answer with their own statuses.
+/// Transport failures that may pass (timeouts, refused connections) count as a 5xx.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StatusRetry {
-    pub retries: u32,
-    pub base_delay: Duration,
-    pub exponential: bool,
-    pub retryable: fn(u16) -> bool,
-    /// A `Retry-After` longer than this fails the call instead of holding the caller (the
-    /// token endpoint's rule, [`RetryPolicy::max_retry_after`](crate::RetryPolicy)); the
-    /// throttling window then refuses repeats.
+    /// The back-off before retry number `retry` (0-based) after an answer with this status
+    /// (`None`: a transient transport failure), or `None` to give up.
+    pub schedule: fn(retry: u32, status: Option<u16>) -> Option<Duration>,
+    /// A `Retry-After` longer than this is not waited for: the call ends at once with the
+    /// endpoint's error (typed, its `retry_after()` the server's value), within the cap, and
+    /// the throttling window refuses repeats (the token endpoint's rule,
+    /// [`RetryPolicy::max_retry_after`](crate::RetryPolicy)). A shorter one is waited for
+    /// when it is longer than the back-off.
     pub max_retry_after: Duration,
 }
 
+/// IMDS's back-off after a 410 (the endpoint is being updated): 10 s, 7 times, so the
+/// requests span 70 s.
+pub(crate) const IMDS_GONE_DELAY: Duration = Duration::from_secs(10);
+/// Retries after a 410 (7 × 10 s = 70 s).
+pub(crate) const IMDS_GONE_RETRIES: u32 = 7;
+/// Retries after a 429 (2, 4, 8, 16 s).
+pub(crate) const IMDS_THROTTLED_RETRIES: u32 = 4;
+/// Retries after a 404, a 408, a 5xx or a transport failure (1, 2, 4 s).
+pub(crate) const IMDS_TRANSIENT_RETRIES: u32 = 3;
+
+/// `base · 2^retry`, saturating.
+fn doubling(base_secs: u64, retry: u32) -> Duration {
+    Duration::from_secs(base_secs.saturating_mul(2u64.saturating_pow(retry)))
+}
+
+/// IMDS, after MSAL.NET's rules: its specification `docs/imds_retry_based_on_errors.md`
+/// (AzureAD/microsoft-authentication-library-for-dotnet; table "HTTP Status Codes &
+/// Recommended Actions": 404 and 408 → 1 s → 2 s → 4 s; 410 → wait up to 70 s; 429 → 2 s →
+/// 4 s → 8 s → 16 s; 5xx → 1 s → 2 s → 4 s, at most 3 retries; timeouts as 5xx; 400, 401 and
+/// 403 → no retry) and its `Http/Retry/ImdsRetryPolicy.cs`, which plays the 410 rule as 7
+/// retries 10 s apart (`LinearStrategyNumRetries`, `HttpStatusGoneRetryAfterMs`) and the
+/// others as 3 exponential retries. Here each answer is judged by its own status against the
+/// request's retry count (a 410 streak followed by a 5xx is past the 5xx budget), and any
+/// other status (400, 401, 403 and the rest of 4xx) is final.
+fn imds_schedule(retry: u32, status: Option<u16>) -> Option<Duration> {
+    match status {
+        Some(410) if retry < IMDS_GONE_RETRIES => Some(IMDS_GONE_DELAY),
+        Some(429) if retry < IMDS_THROTTLED_RETRIES => Some(doubling(2, retry)),
+        Some(404 | 408 | 500..=599) | None if retry < IMDS_TRANSIENT_RETRIES => {
+            Some(doubling(1, retry))
+        }
+        _ => None,
+    }
+}
+
+/// App Service: a linear 1 s, 3 times, on 404/408/429/500/503/504 (its own rules, unchanged).
+fn app_service_schedule(retry: u32, status: Option<u16>) -> Option<Duration> {
+    let retryable = status.is_none_or(|s| matches!(s, 404 | 408 | 429 | 500 | 503 | 504));
+    (retryable && retry < 3).then_some(Duration::from_secs(1))
+}
+
 impl StatusRetry {
-    /// IMDS: 3 retries, 1 s → 2 s → 4 s.
+    /// IMDS: see [`imds_schedule`].
     pub(crate) const IMDS: StatusRetry = StatusRetry {
-        retries: 3,
-        base_delay: Duration::from_secs(1),
-        exponential: true,
-        retryable: |s| matches!(s, 404 | 408 | 410 | 429) || s >= 500,
+        schedule: imds_schedule,
         max_retry_after: DEFAULT_MAX_RETRY_AFTER,
     };
 
     /// App Service: 3 retries, 1 s apart.
     pub(crate) const APP_SERVICE: StatusRetry = StatusRetry {
-        retries: 3,
-        base_delay: Duration::from_secs(1),
-        exponential: false,
-        retryable: |s| matches!(s, 404 | 408 | 429 | 500 | 503 | 504),
+        schedule: app_service_schedule,
         max_retry_after: DEFAULT_MAX_RETRY_AFTER,
     };
 
     pub(crate) fn delay_before_retry(&self, retry: u32, error: &Error) -> Option<Duration> {
-        if retry >= self.retries {
-            return None;
-        }
-        let retryable = match error {
-            Error::IdentityProvider(e) => (self.retryable)(e.status),
-            Error::MalformedResponse { status, .. } => (self.retryable)(*status),
-            Error::Transport(e) => e.kind().is_transient(),
-            _ => false,
+        let status = match error {
+            Error::IdentityProvider(e) => Some(e.status),
+            Error::MalformedResponse { status, .. } => Some(*status),
+            Error::Transport(e) if e.kind().is_transient() => None,
+            _ => return None,
         };
-        if !retryable {
-            return None;
-        }
-        let backoff = if self.exponential {
-            self.base_delay.saturating_mul(2u32.saturating_pow(retry))
-        } else {
-            self.base_delay
-        };
+        let backoff = (self.schedule)(retry, status)?;
         match error.retry_after() {
             // Any number a server sends: an absurd one must not park the caller for ever.
             Some(wait) if wait > self.max_retry_after => None,
@@ -288,5 +313,55 @@ impl Idp {
             })?;
         tracing::debug!(endpoint, correlation_id, "sending token request");
         Ok(self.transport.send(request, &self.send_options).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::IdpError;
+
+    fn answer(status: u16, retry_after: Option<u64>) -> Error {
+        let mut e = IdpError::new(status, "x");
+        e.retry_after = retry_after.map(Duration::from_secs);
+        Error::IdentityProvider(Box::new(e))
+    }
+
+    /// The whole schedule of one status: every delay until the rule gives up.
+    fn schedule(rule: StatusRetry, error: &Error) -> Vec<u64> {
+        (0..)
+            .map_while(|retry| rule.delay_before_retry(retry, error))
+            .map(|d| d.as_secs())
+            .collect()
+    }
+
+    #[test]
+    fn imds_follows_msal_rules_per_status() {
+        let imds = StatusRetry::IMDS;
+        for status in [404, 408, 500, 502, 503, 504] {
+            assert_eq!(schedule(imds, &answer(status, None)), [1, 2, 4], "{status}");
+        }
+        assert_eq!(schedule(imds, &answer(429, None)), [2, 4, 8, 16]);
+        assert_eq!(schedule(imds, &answer(410, None)), [10; 7]);
+        assert!(schedule(imds, &answer(410, None)).iter().sum::<u64>() >= 70);
+        for status in [400, 401, 403, 405, 409] {
+            assert!(schedule(imds, &answer(status, None)).is_empty(), "{status}");
+        }
+        // A short Retry-After longer than the back-off is waited for; one past the cap ends
+        // the call at once.
+        assert_eq!(schedule(imds, &answer(429, Some(3))), [3, 4, 8, 16]);
+        assert!(schedule(imds, &answer(429, Some(3600))).is_empty());
+        assert!(schedule(imds, &answer(503, Some(u64::MAX / 2))).is_empty());
+    }
+
+    #[test]
+    fn app_service_keeps_its_linear_rule() {
+        let app_service = StatusRetry::APP_SERVICE;
+        for status in [404, 408, 429, 500, 503, 504] {
+            assert_eq!(schedule(app_service, &answer(status, None)), [1, 1, 1]);
+        }
+        for status in [400, 401, 403, 410, 502] {
+            assert!(schedule(app_service, &answer(status, None)).is_empty());
+        }
     }
 }

@@ -67,6 +67,7 @@ impl ManagedIdentityApplication {
             app: self,
             resource: resource.into(),
             force_refresh: false,
+            min_remaining_lifetime: std::time::Duration::ZERO,
         }
     }
 
@@ -155,12 +156,20 @@ pub struct AcquireTokenForManagedIdentity<'a> {
     app: &'a ManagedIdentityApplication,
     resource: Cow<'a, str>,
     force_refresh: bool,
+    min_remaining_lifetime: std::time::Duration,
 }
 
 impl<'a> AcquireTokenForManagedIdentity<'a> {
     /// Skip the cache and ask the endpoint (the new token is cached).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
+        self
+    }
+
+    /// Only a token valid for at least `lifetime` will do: a cached token with less left is
+    /// renewed, and not served stale if the renewal fails.
+    pub fn with_min_remaining_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.min_remaining_lifetime = lifetime;
         self
     }
 
@@ -195,11 +204,12 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             key_id: None,
             scopes: &scopes,
         };
-        inner.engine.acquire(
+        inner.engine.acquire_with(
             &partition,
             &query,
             self.force_refresh,
             scopes.is_borrowed(),
+            self.min_remaining_lifetime,
             || {
                 Job::new(
                     &partition,

@@ -46,3 +46,6 @@ pub use user_flows::{
     AcquireTokenByAuthorizationCode, AcquireTokenOnBehalfOf, AcquireTokenSilent, AuthorizationUrl,
     Pkce,
 };
+pub use user_flows::{
+    AcquireTokenInLongRunningProcess, InitiateLongRunningProcess, LongRunningProcess,
+};

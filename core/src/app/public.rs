@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::flows::client::ClientIdentity;
 use super::l2::L2Health;
 use super::settings::{AuthoritySource, EngineSettings, engine_setters};
-use super::user_flows::{AcquireTokenSilent, ClientCore, idp_result, user_partition};
+use super::user_flows::{AcquireTokenSilent, ClientCore, attach_user, idp_result, user_partition};
 use crate::cache::{Account, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
 use crate::response::parse_error_response;
@@ -313,7 +313,11 @@ async fn device_code_flow(
                 let fetched = identity.user_tokens(&response, scopes, engine.now(), stats, true)?;
                 let partition = user_partition(identity, &fetched)?;
                 let token = engine.store(&partition, fetched, None);
-                return Ok(idp_result(token, stats, started));
+                return Ok(attach_user(
+                    engine,
+                    &partition,
+                    idp_result(token, stats, started),
+                ));
             }
             Err(error) => match error.idp_error().map(|e| e.error.as_str()) {
                 Some("authorization_pending") => {}

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,10 +16,11 @@ use sha2::{Digest, Sha256};
 use super::engine::{Acquire, Engine};
 use super::flow::Job;
 use super::flows::client::ClientIdentity;
-use super::flows::on_behalf_of::OnBehalfOf;
+use super::flows::on_behalf_of::{LongRunningOnBehalfOf, OnBehalfOf};
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
 use super::hot::{self, KeySource};
+use crate::authority::Authority;
 use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::error::{Error, Result};
 use crate::result::{
@@ -77,14 +78,26 @@ impl ClientCore {
         self.engine.flush().await;
     }
 
-    /// The throttle key of a user request.
-    fn throttle_key(&self, scopes: &ScopeSet, who: &str) -> ThrottleKey {
+    /// The throttle key of a user request to `authority`.
+    fn throttle_key(&self, authority: &Authority, scopes: &ScopeSet, who: &str) -> ThrottleKey {
         ThrottleKey::new(
             &self.identity.client_id,
-            &self.identity.authority.url(),
+            &authority.url(),
             scopes.normalized(),
             Some(who),
         )
+    }
+
+    /// The authority of a request naming `tenant` (`with_tenant`): `None` for the
+    /// application's own (no tenant, or its own), else the application's authority in that
+    /// tenant, validated by [`Authority::with_tenant`] (a GUID or a domain name, never a path).
+    fn tenant_authority(&self, tenant: Option<&str>) -> Result<Option<Authority>> {
+        let authority = &self.identity.authority;
+        match tenant {
+            None => Ok(None),
+            Some(t) if authority.tenant() == Some(t) => Ok(None),
+            Some(t) => authority.with_tenant(t).map(Some),
+        }
     }
 }
 
@@ -105,6 +118,50 @@ pub(crate) fn idp_result(
     AuthenticationResult::new(token, metadata)
 }
 
+/// The user a user-flow result is for, from the partition it was served from: its account
+/// (the token's, or the partition's one user for on-behalf-of) and that account's ID token
+/// (the token's tenant first, then the newest). Arc clones only: a hit stays allocation-free.
+pub(crate) fn attach_user(
+    engine: &Engine,
+    partition: &PartitionKey,
+    result: AuthenticationResult,
+) -> AuthenticationResult {
+    let Some(snapshot) = engine.cache.get(partition) else {
+        return result;
+    };
+    let token = result.cache_entry();
+    let home = token.home_account_id.as_deref();
+    let Some(account) = snapshot
+        .accounts()
+        .find(|a| home.is_none_or(|h| a.home_account_id == h))
+        .cloned()
+    else {
+        return result;
+    };
+    let id_token = snapshot
+        .id_tokens()
+        .filter(|t| t.home_account_id == account.home_account_id)
+        .max_by_key(|t| (t.realm == token.realm, t.cached_at))
+        .cloned();
+    result.with_user(Some(account), id_token)
+}
+
+/// [`attach_user`] on what the engine answers: at once for a hit, after the miss path.
+fn with_user(engine: &Arc<Engine>, partition: &PartitionKey, acquire: Acquire) -> Acquire {
+    match acquire {
+        Acquire::Ready(Ok(result)) => Acquire::Ready(Ok(attach_user(engine, partition, result))),
+        Acquire::Pending(running) => {
+            let (engine, partition) = (Arc::clone(engine), partition.clone());
+            Acquire::Pending(Box::pin(async move {
+                running
+                    .await
+                    .map(|result| attach_user(&engine, &partition, result))
+            }))
+        }
+        failed => failed,
+    }
+}
+
 /// A secret the caller hands in (user assertion, code), never logged.
 fn secret(value: impl Into<String>) -> TokenSecret {
     TokenSecret::new(value.into())
@@ -118,6 +175,8 @@ pub struct AcquireTokenOnBehalfOf<'a> {
     /// The caller's assertion, borrowed or owned as given; a secret, never logged.
     assertion: Cow<'a, str>,
     force_refresh: bool,
+    tenant: Option<String>,
+    min_remaining_lifetime: Duration,
 }
 
 impl fmt::Debug for AcquireTokenOnBehalfOf<'_> {
@@ -143,12 +202,28 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             scopes: scopes.into_scopes(&core.engine.scopes),
             assertion: user_assertion.into(),
             force_refresh: false,
+            tenant: None,
+            min_remaining_lifetime: Duration::ZERO,
         }
     }
 
     /// Skip the cached access token (the cached refresh token is still used).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
+        self
+    }
+
+    /// Ask the user's token in another tenant than the authority's (a GUID or a domain name;
+    /// anything else, such as a path, fails the request with [`Error::Configuration`]).
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Only a token valid for at least `lifetime` will do: a cached one with less left is
+    /// renewed (and not served stale if the renewal fails).
+    pub fn with_min_remaining_lifetime(mut self, lifetime: Duration) -> Self {
+        self.min_remaining_lifetime = lifetime;
         self
     }
 
@@ -171,6 +246,11 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         }
         let core = self.core;
         let identity = &core.identity;
+        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+            Ok(overridden) => overridden,
+            Err(error) => return Acquire::failed(error),
+        };
+        let authority = overridden.as_ref().unwrap_or(&identity.authority);
         let partition = hot::partition_key(
             core.engine.id(),
             KeySource::Assertion,
@@ -183,32 +263,253 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         // tenant as realm. A node that has not seen the user yet can then hit L2.
         let query = AccessTokenQuery {
             home_account_id: None,
-            environment: identity.authority.environment(),
-            realm: identity.authority.realm(),
+            environment: authority.environment(),
+            realm: authority.realm(),
             token_type: "Bearer",
             key_id: None,
             scopes: &self.scopes,
         };
-        core.engine.acquire(
+        let acquire = core.engine.acquire_with(
             &partition,
             &query,
             self.force_refresh,
-            self.scopes.is_borrowed(),
+            // The thread's copy is named by partition and scopes: the default tenant's only.
+            self.scopes.is_borrowed() && overridden.is_none(),
+            self.min_remaining_lifetime,
             || {
                 Job::new(
                     &partition,
                     &query,
-                    core.throttle_key(&self.scopes, partition.as_str()),
+                    core.throttle_key(authority, &self.scopes, partition.as_str()),
                     FlowKind::Confidential,
                     Arc::new(OnBehalfOf {
                         client: Arc::clone(identity),
+                        authority: authority.clone(),
                         assertion: TokenSecret::new(&*self.assertion),
                         scopes: (*self.scopes).clone(),
                         requested_at: core.engine.now(),
                     }),
                 )
             },
-        )
+        );
+        with_user(&core.engine, &partition, acquire)
+    }
+}
+
+/// The session key of a long-running on-behalf-of process started with `user_assertion`:
+/// the hex SHA-256 of the assertion (what MSAL uses by default). The assertion's partition is
+/// the session's, so the tokens the start cached are the session's.
+fn session_key_of(user_assertion: &str) -> String {
+    Sha256::digest(user_assertion.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The start of a long-running on-behalf-of process
+/// ([`initiate_long_running_process`](super::ConfidentialClientApplication::initiate_long_running_process)):
+/// an on-behalf-of request whose result also names the session.
+#[must_use = "a request does nothing until awaited"]
+#[derive(Debug)]
+pub struct InitiateLongRunningProcess<'a> {
+    request: AcquireTokenOnBehalfOf<'a>,
+}
+
+/// A started long-running process: the token, and the key that continues the session.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LongRunningProcess {
+    /// Pass to
+    /// [`acquire_token_in_long_running_process`](super::ConfidentialClientApplication::acquire_token_in_long_running_process),
+    /// on this node or another one sharing the L2 store. Not a secret (a digest of the
+    /// assertion), but it names the user's session: keep it with the job, not in logs.
+    pub session_key: String,
+    /// The token for the requested scopes.
+    pub result: AuthenticationResult,
+}
+
+impl<'a> InitiateLongRunningProcess<'a> {
+    pub(crate) fn new(request: AcquireTokenOnBehalfOf<'a>) -> Self {
+        InitiateLongRunningProcess { request }
+    }
+
+    /// Skip the cached access token (the cached refresh token is still used).
+    pub fn with_force_refresh(self, force_refresh: bool) -> Self {
+        Self::new(self.request.with_force_refresh(force_refresh))
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_tenant`].
+    pub fn with_tenant(self, tenant: impl Into<String>) -> Self {
+        Self::new(self.request.with_tenant(tenant))
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_min_remaining_lifetime`].
+    pub fn with_min_remaining_lifetime(self, lifetime: Duration) -> Self {
+        Self::new(self.request.with_min_remaining_lifetime(lifetime))
+    }
+
+    /// Run the request: the on-behalf-of exchange (or the cache), which keeps the refresh
+    /// token under the session key in L1 and L2.
+    ///
+    /// # Errors
+    /// As [`AcquireTokenOnBehalfOf::execute`].
+    pub async fn execute(self) -> Result<LongRunningProcess> {
+        let session_key = session_key_of(&self.request.assertion);
+        let result = self.request.execute().await?;
+        Ok(LongRunningProcess {
+            session_key,
+            result,
+        })
+    }
+}
+
+impl<'a> IntoFuture for InitiateLongRunningProcess<'a> {
+    type Output = Result<LongRunningProcess>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.execute())
+    }
+}
+
+/// A token in a long-running on-behalf-of session: the session's cached token, else its
+/// refresh token redeemed (found in L2 when another node started the session). No assertion
+/// is needed, so it works after the one that started the session has expired.
+#[must_use = "a request does nothing until awaited"]
+pub struct AcquireTokenInLongRunningProcess<'a> {
+    core: &'a ClientCore,
+    scopes: Scopes<'a>,
+    session_key: Cow<'a, str>,
+    force_refresh: bool,
+    tenant: Option<String>,
+    min_remaining_lifetime: Duration,
+}
+
+impl fmt::Debug for AcquireTokenInLongRunningProcess<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcquireTokenInLongRunningProcess")
+            .field("scopes", &self.scopes)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest session key accepted (a SHA-256 in hex is 64).
+const MAX_SESSION_KEY_LEN: usize = 128;
+
+impl<'a> AcquireTokenInLongRunningProcess<'a> {
+    pub(crate) fn new(
+        core: &'a ClientCore,
+        scopes: impl IntoScopeSet<'a>,
+        session_key: impl Into<Cow<'a, str>>,
+    ) -> Self {
+        AcquireTokenInLongRunningProcess {
+            core,
+            scopes: scopes.into_scopes(&core.engine.scopes),
+            session_key: session_key.into(),
+            force_refresh: false,
+            tenant: None,
+            min_remaining_lifetime: Duration::ZERO,
+        }
+    }
+
+    /// Skip the cached access token and redeem the session's refresh token.
+    pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
+        self.force_refresh = force_refresh;
+        self
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_tenant`].
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_min_remaining_lifetime`].
+    pub fn with_min_remaining_lifetime(mut self, lifetime: Duration) -> Self {
+        self.min_remaining_lifetime = lifetime;
+        self
+    }
+
+    /// The request handed to the engine.
+    pub(crate) fn start(self) -> Acquire {
+        if self.scopes.is_empty() {
+            return Acquire::failed(Error::configuration("no scopes requested"));
+        }
+        let key = &*self.session_key;
+        if key.is_empty()
+            || key.len() > MAX_SESSION_KEY_LEN
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Acquire::failed(Error::configuration(
+                "not a long-running session key (the `session_key` initiate_long_running_process \
+                 returned)",
+            ));
+        }
+        let core = self.core;
+        let identity = &core.identity;
+        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+            Ok(overridden) => overridden,
+            Err(error) => return Acquire::failed(error),
+        };
+        let authority = overridden.as_ref().unwrap_or(&identity.authority);
+        // The partition the start wrote: the assertion's, named by its digest.
+        let partition = PartitionKey::for_on_behalf_of_session(&identity.client_id, key);
+        let query = AccessTokenQuery {
+            home_account_id: None,
+            environment: authority.environment(),
+            realm: authority.realm(),
+            token_type: "Bearer",
+            key_id: None,
+            scopes: &self.scopes,
+        };
+        let acquire = core.engine.acquire_with(
+            &partition,
+            &query,
+            self.force_refresh,
+            false,
+            self.min_remaining_lifetime,
+            || {
+                Job::new(
+                    &partition,
+                    &query,
+                    // The on-behalf-of request's key: one throttling window for the session.
+                    core.throttle_key(authority, &self.scopes, partition.as_str()),
+                    FlowKind::Confidential,
+                    Arc::new(LongRunningOnBehalfOf {
+                        client: Arc::clone(identity),
+                        authority: authority.clone(),
+                        scopes: (*self.scopes).clone(),
+                    }),
+                )
+            },
+        );
+        with_user(&core.engine, &partition, acquire)
+    }
+
+    /// Run the request.
+    ///
+    /// # Errors
+    /// [`Error::InteractionRequired`] when no session is cached under the key (in L1 or L2),
+    /// or the identity provider's `invalid_grant` when the session's refresh token was
+    /// revoked or expired (start a new session then); [`Error::Configuration`] for a key that
+    /// is not one; transport failures, local throttling.
+    pub async fn execute(self) -> Result<AuthenticationResult> {
+        match self.start() {
+            Acquire::Ready(result) => result,
+            Acquire::Pending(running) => running.await,
+        }
+    }
+}
+
+impl<'a> IntoFuture for AcquireTokenInLongRunningProcess<'a> {
+    type Output = Result<AuthenticationResult>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.execute())
     }
 }
 
@@ -220,6 +521,8 @@ pub struct AcquireTokenSilent<'a> {
     account: &'a Account,
     force_refresh: bool,
     flow: FlowKind,
+    tenant: Option<String>,
+    min_remaining_lifetime: Duration,
 }
 
 impl fmt::Debug for AcquireTokenSilent<'_> {
@@ -244,6 +547,8 @@ impl<'a> AcquireTokenSilent<'a> {
             account,
             force_refresh: false,
             flow,
+            tenant: None,
+            min_remaining_lifetime: Duration::ZERO,
         }
     }
 
@@ -251,6 +556,21 @@ impl<'a> AcquireTokenSilent<'a> {
     /// that has not seen the user can renew).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
         self.force_refresh = force_refresh;
+        self
+    }
+
+    /// The account's token in another tenant than its own (a guest tenant): the refresh token
+    /// is redeemed there, and the token cached under that tenant. A GUID or a domain name;
+    /// anything else, such as a path, fails the request with [`Error::Configuration`].
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Only a token valid for at least `lifetime` will do: a cached one with less left is
+    /// renewed (and not served stale if the renewal fails).
+    pub fn with_min_remaining_lifetime(mut self, lifetime: Duration) -> Self {
+        self.min_remaining_lifetime = lifetime;
         self
     }
 
@@ -271,6 +591,11 @@ impl<'a> AcquireTokenSilent<'a> {
         }
         let core = self.core;
         let identity = &core.identity;
+        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+            Ok(overridden) => overridden,
+            Err(error) => return Acquire::failed(error),
+        };
+        let authority = overridden.as_ref().unwrap_or(&identity.authority);
         let home = self.account.home_account_id.as_str();
         let realm = self.account.realm.as_str();
         let partition =
@@ -280,30 +605,34 @@ impl<'a> AcquireTokenSilent<'a> {
         let query = AccessTokenQuery {
             home_account_id: Some(home),
             environment: identity.authority.environment(),
-            realm: &self.account.realm,
+            realm: overridden.as_ref().map_or(realm, Authority::realm),
             token_type: "Bearer",
             key_id: None,
             scopes: &self.scopes,
         };
-        core.engine.acquire(
+        let acquire = core.engine.acquire_with(
             &partition,
             &query,
             self.force_refresh,
-            self.scopes.is_borrowed(),
+            // The thread's copy is named by partition and scopes: the account's tenant only.
+            self.scopes.is_borrowed() && overridden.is_none(),
+            self.min_remaining_lifetime,
             || {
                 Job::new(
                     &partition,
                     &query,
-                    core.throttle_key(&self.scopes, home),
+                    core.throttle_key(authority, &self.scopes, home),
                     self.flow,
                     Arc::new(RefreshTokenGrant {
                         client: Arc::clone(identity),
+                        authority: authority.clone(),
                         home_account_id: home.to_owned(),
                         scopes: (*self.scopes).clone(),
                     }),
                 )
             },
-        )
+        );
+        with_user(&core.engine, &partition, acquire)
     }
 }
 
@@ -373,7 +702,11 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
         let fetched = identity.user_tokens(&response, &self.scopes, engine.now(), stats, true)?;
         let partition = user_partition(identity, &fetched)?;
         let token = engine.store(&partition, fetched, None);
-        Ok(idp_result(token, stats, started))
+        Ok(attach_user(
+            engine,
+            &partition,
+            idp_result(token, stats, started),
+        ))
     }
 }
 

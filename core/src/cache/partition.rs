@@ -30,6 +30,13 @@ impl PartitionKey {
         Self::build("obo", client_id, &hex)
     }
 
+    /// A long-running on-behalf-of session by its key: the partition
+    /// [`for_on_behalf_of`](Self::for_on_behalf_of) gives the assertion whose SHA-256 (hex) the
+    /// key is.
+    pub fn for_on_behalf_of_session(client_id: &str, session_key: &str) -> Self {
+        Self::build("obo", client_id, session_key)
+    }
+
     /// User tokens: client id + home account id (`uid.utid`).
     pub fn for_user(client_id: &str, home_account_id: &str) -> Self {
         Self::build("user", client_id, home_account_id)

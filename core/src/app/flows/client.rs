@@ -158,6 +158,20 @@ impl ClientIdentity {
         stats: FetchStats,
         index: bool,
     ) -> Result<Fetched> {
+        self.user_tokens_in(&self.authority, response, requested, now, stats, index)
+    }
+
+    /// [`user_tokens`](Self::user_tokens) from a request to `authority` (the application's,
+    /// or a per-request tenant's: the tenant is then the entries' realm).
+    pub(crate) fn user_tokens_in(
+        &self,
+        authority: &Authority,
+        response: &TokenResponse,
+        requested: &ScopeSet,
+        now: u64,
+        stats: FetchStats,
+        index: bool,
+    ) -> Result<Fetched> {
         let bad = |reason: &str| Error::MalformedResponse {
             status: 200,
             reason: reason.to_owned(),
@@ -175,7 +189,7 @@ impl ClientIdentity {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        let entra = self.authority.is_entra_family();
+        let entra = authority.is_entra_family();
         let (uid, utid) = match &response.client_info {
             Some(info) => client_info(info).ok_or_else(|| bad("bad `client_info`"))?,
             None => match (claim("oid"), claim("tid")) {
@@ -194,8 +208,8 @@ impl ClientIdentity {
         } else {
             format!("{uid}.{utid}")
         };
-        let environment = self.authority.environment();
-        let realm = self.authority.realm();
+        let environment = authority.environment();
+        let realm = authority.realm();
         let realm = if entra && MULTI_TENANT.iter().any(|t| t.eq_ignore_ascii_case(realm)) {
             claim("tid").unwrap_or(utid)
         } else {

@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use super::client::ClientIdentity;
 use crate::app::flow::{Fetched, Flow};
 use crate::app::idp::Idp;
+use crate::authority::Authority;
 use crate::cache::Partition;
 use crate::error::{Error, Result};
 use crate::runtime::unix_seconds;
@@ -17,6 +18,8 @@ use crate::scopes::ScopeSet;
 /// refresh token) goes back to the account's partition and the account index.
 pub(crate) struct RefreshTokenGrant {
     pub client: Arc<ClientIdentity>,
+    /// Where to redeem it: the application's authority, or a per-request tenant's.
+    pub authority: Authority,
     pub home_account_id: String,
     pub scopes: ScopeSet,
 }
@@ -30,6 +33,7 @@ impl Flow for RefreshTokenGrant {
         async move {
             let (response, stats) = redeem(
                 &self.client,
+                &self.authority,
                 idp,
                 cached.as_deref(),
                 &self.home_account_id,
@@ -38,7 +42,7 @@ impl Flow for RefreshTokenGrant {
             .await?;
             let now = unix_seconds(idp.runtime.now());
             self.client
-                .user_tokens(&response, &self.scopes, now, stats, true)
+                .user_tokens_in(&self.authority, &response, &self.scopes, now, stats, true)
         }
         .boxed()
     }
@@ -49,7 +53,8 @@ impl Flow for RefreshTokenGrant {
     }
 }
 
-/// Redeem the refresh token of `home` found in `cached`.
+/// Redeem the refresh token of `home` found in `cached` at `authority` (refresh tokens are
+/// not bound to a tenant).
 ///
 /// # Errors
 /// [`Error::InteractionRequired`] when no refresh token is cached (in L1 or L2: the engine
@@ -57,6 +62,7 @@ impl Flow for RefreshTokenGrant {
 /// that is.
 pub(crate) async fn redeem(
     client: &ClientIdentity,
+    authority: &Authority,
     idp: &Idp,
     cached: Option<&Partition>,
     home: &str,
@@ -75,7 +81,7 @@ pub(crate) async fn redeem(
     client
         .token_request(
             idp,
-            &client.authority,
+            authority,
             vec![
                 ("grant_type", "refresh_token".to_owned()),
                 ("refresh_token", refresh_token.expose_secret().to_owned()),
