@@ -15,8 +15,8 @@ use rand::Rng;
 use tokenwell_core::Runtime;
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::store::{
-    EntryId, EntryWrite, Lease, Repair, StoreEntry, StoreError, StoreErrorKind, StoredPartition,
-    TokenStore, WriteReport,
+    EntryId, EntryWrite, Lease, ListCursor, PartitionPage, Repair, StoreEntry, StoreError,
+    StoreErrorKind, StoredPartition, TokenStore, WriteReport,
 };
 
 /// Default bound on the bytes held (entries and keys): 256 MiB.
@@ -380,6 +380,39 @@ impl TokenStore for MemoryStore {
         self.check_available()?;
         self.state.lock().remove(key);
         Ok(())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<PartitionPage, StoreError> {
+        self.check_available()?;
+        let after = match cursor {
+            Some(cursor) => Some(cursor.after_key().ok_or_else(|| cursor.foreign())?),
+            None => None,
+        };
+        let limit = limit.max(1);
+        let state = self.state.lock();
+        // Partitions are few in a memory store; a sorted walk keeps the cursor simple.
+        let mut keys: Vec<&PartitionKey> = state
+            .partitions
+            .keys()
+            .filter(|k| k.as_str().starts_with(prefix))
+            .filter(|k| after.as_deref().is_none_or(|after| k.as_str() > after))
+            .collect();
+        keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next = match (more, keys.last()) {
+            (true, Some(last)) => Some(ListCursor::after(last)),
+            _ => None,
+        };
+        Ok(PartitionPage::new(
+            keys.into_iter().cloned().collect(),
+            next,
+        ))
     }
 
     fn supports_leases(&self) -> bool {

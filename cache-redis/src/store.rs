@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Script};
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::store::MAX_STORE_SECONDS;
 use tokenwell_core::{
-    EntryId, EntryWrite, Lease, Repair, StoreEntry, StoreError, StoreErrorKind, StoredPartition,
-    TokenStore, WriteReport,
+    EntryId, EntryWrite, Lease, ListCursor, PartitionPage, Repair, StoreEntry, StoreError,
+    StoreErrorKind, StoredPartition, TokenStore, WriteReport,
 };
 
 use crate::auth::{CredentialBroker, TokenAuth};
@@ -441,6 +442,112 @@ impl TokenStore for RedisStore {
         Ok(())
     }
 
+    /// `SCAN` with a `MATCH` on the partition hashes' prefix; on a cluster, over every master
+    /// in address order, the cursor naming the master (`host:port/cursor`), so keys on every
+    /// node are listed. Keys may repeat (as `SCAN` may) and `limit` is `SCAN`'s `COUNT`.
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<PartitionPage, StoreError> {
+        let key_prefix = format!("{}blob:", self.inner.prefix);
+        let pattern = format!("{}*", glob_escape(&format!("{key_prefix}{prefix}")));
+        let count = limit.clamp(1, 10_000);
+        let scan = |position: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(position)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(count);
+            cmd
+        };
+        let partitions = |keys: Vec<Vec<u8>>| -> Vec<PartitionKey> {
+            keys.into_iter()
+                .filter_map(|key| String::from_utf8(key).ok())
+                .filter_map(|key| key.strip_prefix(&key_prefix).map(PartitionKey::from_raw))
+                .filter(|key| key.as_str().starts_with(prefix))
+                .collect()
+        };
+        if !self.inner.connections.is_cluster() {
+            let position = match cursor {
+                None => 0,
+                Some(cursor) => cursor
+                    .as_str()
+                    .strip_prefix("scan:")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| cursor.foreign())?,
+            };
+            let cmd = scan(position);
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .call("list", |mut conn| async move {
+                    cmd.query_async(&mut conn).await
+                })
+                .await?;
+            let next = (next != 0).then(|| ListCursor::new(format!("scan:{next}")));
+            return Ok(PartitionPage::new(partitions(keys), next));
+        }
+        // A cluster: SCAN one master at a time, in address order.
+        let (node, position) = match cursor {
+            None => (None, 0),
+            Some(cursor) => {
+                let (node, position) = cursor
+                    .as_str()
+                    .rsplit_once('/')
+                    .and_then(|(node, n)| Some((node.to_owned(), n.parse::<u64>().ok()?)))
+                    .filter(|(node, _)| parse_address(node).is_some())
+                    .ok_or_else(|| cursor.foreign())?;
+                (Some(node), position)
+            }
+        };
+        let masters = self.cluster_masters().await?;
+        let current = match node {
+            // The first master, or the one the cursor names (if it is gone, the next one).
+            None => masters.first().cloned(),
+            Some(node) if masters.contains(&node) => Some(node),
+            Some(node) => {
+                return Ok(PartitionPage::new(
+                    Vec::new(),
+                    masters
+                        .iter()
+                        .find(|m| **m > node)
+                        .map(|m| ListCursor::new(format!("{m}/0"))),
+                ));
+            }
+        };
+        let Some(current) = current else {
+            return Ok(PartitionPage::default());
+        };
+        let Some((host, port)) = parse_address(&current) else {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("the cluster named a master {current:?} that is not host:port"),
+            ));
+        };
+        let cmd = scan(position);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let value: redis::Value = self
+            .call("list", |conn| async move {
+                match conn {
+                    Conn::Cluster(mut conn) => conn.route_command(cmd, routing).await,
+                    Conn::Single(mut conn) => cmd.query_async(&mut conn).await,
+                }
+            })
+            .await?;
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(value)
+            .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("SCAN answered: {e}")))?;
+        let next = if next != 0 {
+            Some(ListCursor::new(format!("{current}/{next}")))
+        } else {
+            masters
+                .iter()
+                .find(|m| **m > current)
+                .map(|m| ListCursor::new(format!("{m}/0")))
+        };
+        Ok(PartitionPage::new(partitions(keys), next))
+    }
+
     fn is_networked(&self) -> bool {
         true
     }
@@ -492,6 +599,68 @@ impl TokenStore for RedisStore {
         .await?;
         Ok(())
     }
+}
+
+impl RedisStore {
+    /// The cluster's masters (`host:port`), sorted, from `CLUSTER NODES`.
+    async fn cluster_masters(&self) -> Result<Vec<String>, StoreError> {
+        let value: redis::Value = self
+            .call("list", |conn| async move {
+                let cmd = redis::cmd("CLUSTER").arg("NODES").clone();
+                match conn {
+                    Conn::Cluster(mut conn) => {
+                        conn.route_command(
+                            cmd,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                        )
+                        .await
+                    }
+                    Conn::Single(mut conn) => cmd.query_async(&mut conn).await,
+                }
+            })
+            .await?;
+        let text: String = redis::from_redis_value(value).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Other,
+                format!("CLUSTER NODES answered: {e}"),
+            )
+        })?;
+        let mut masters: Vec<String> = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let address = fields.nth(1)?;
+                let flags = fields.next()?;
+                let is_live_master = flags.split(',').any(|f| f == "master")
+                    && !flags.split(',').any(|f| f == "fail" || f == "noaddr");
+                // `ip:port@cport[,hostname]`
+                let address = address.split(['@', ',']).next()?;
+                (is_live_master && parse_address(address).is_some()).then(|| address.to_owned())
+            })
+            .collect();
+        masters.sort();
+        masters.dedup();
+        Ok(masters)
+    }
+}
+
+/// `host:port` split, the port parsed.
+fn parse_address(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// `text` with Redis glob metacharacters escaped, to match it literally.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Configuration of a [`RedisStore`]: one server ([`url`](Self::url)) or a cluster

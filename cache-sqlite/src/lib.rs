@@ -21,7 +21,8 @@ use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::store::{
-    EntryWrite, Lease, StoreError, StoredPartition, TokenStore, WriteReport,
+    EntryWrite, Lease, ListCursor, PartitionPage, StoreError, StoredPartition, TokenStore,
+    WriteReport,
 };
 
 use crate::entries::to_i64;
@@ -317,6 +318,61 @@ impl TokenStore for SqliteStore {
                         .map_err(|e| ctx.sqlite(e))?;
                 }
                 tx.commit().map_err(|e| ctx.sqlite(e))
+            })
+            .await
+    }
+
+    /// In key order, from the primary keys of `entries` and of the legacy `partitions`: a
+    /// page costs an index seek and the rows of the partitions it returns.
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<PartitionPage, StoreError> {
+        let after = match cursor {
+            Some(cursor) => Some(cursor.after_key().ok_or_else(|| cursor.foreign())?),
+            None => None,
+        };
+        let prefix = prefix.to_owned();
+        let limit = limit.clamp(1, 10_000);
+        self.pool
+            .run(move |conn, settings| {
+                let ctx = &settings.ctx;
+                let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+                let mut keys: Vec<String> = Vec::new();
+                for sql in [
+                    "SELECT DISTINCT partition FROM entries
+                     WHERE partition >= ?1 AND (?2 IS NULL OR partition > ?2)
+                     ORDER BY partition LIMIT ?3",
+                    "SELECT key FROM partitions
+                     WHERE key >= ?1 AND (?2 IS NULL OR key > ?2)
+                     ORDER BY key LIMIT ?3",
+                ] {
+                    let mut stmt = conn.prepare_cached(sql).map_err(|e| ctx.sqlite(e))?;
+                    let rows = stmt
+                        .query_map(params![prefix, after, fetch], |row| row.get::<_, String>(0))
+                        .map_err(|e| ctx.sqlite(e))?;
+                    for row in rows {
+                        let key = row.map_err(|e| ctx.sqlite(e))?;
+                        // Sorted by bytes: past the prefix, nothing further matches.
+                        if !key.starts_with(prefix.as_str()) {
+                            break;
+                        }
+                        keys.push(key);
+                    }
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                let more = keys.len() > limit;
+                keys.truncate(limit);
+                let partitions: Vec<PartitionKey> =
+                    keys.into_iter().map(PartitionKey::from_raw).collect();
+                let next = match (more, partitions.last()) {
+                    (true, Some(last)) => Some(ListCursor::after(last)),
+                    _ => None,
+                };
+                Ok(PartitionPage::new(partitions, next))
             })
             .await
     }

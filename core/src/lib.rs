@@ -53,8 +53,8 @@ pub use retry::RetryPolicy;
 pub use runtime::{ManualClock, Runtime};
 pub use scopes::{IntoScopeSet, ScopeSet, ScopeTable, Scopes};
 pub use store::{
-    EntryId, EntryWrite, Lease, Repair, StoreEntry, StoreError, StoreErrorKind, StoredPartition,
-    TokenStore, WriteReport,
+    EntryId, EntryWrite, Lease, ListCursor, PartitionPage, Repair, StoreEntry, StoreError,
+    StoreErrorKind, StoredPartition, TokenStore, WriteReport,
 };
 pub use throttle::{FlowKind, ThrottlingPolicy};
 /// Correlation ids (`with_correlation_id`) are UUIDs.

@@ -295,6 +295,85 @@ pub struct WriteReport {
     pub repaired: u32,
 }
 
+/// Where a [`TokenStore::list`] continues: opaque to callers, meaningful only to the store
+/// that returned it (a Redis cluster cursor names the node it was scanning).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ListCursor(String);
+
+impl ListCursor {
+    /// A cursor from the text a store gave out (e.g. read back from a command line).
+    pub fn new(text: impl Into<String>) -> Self {
+        ListCursor(text.into())
+    }
+
+    /// The cursor's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A cursor continuing after the partition `key`, for stores that list in key order
+    /// (memory, SQLite): `after:` and the key's bytes in hex.
+    pub fn after(key: &PartitionKey) -> Self {
+        let mut text = String::from("after:");
+        for byte in key.as_str().bytes() {
+            text.push_str(&format!("{byte:02x}"));
+        }
+        ListCursor(text)
+    }
+
+    /// The key an [`after`](Self::after) cursor continues after; `None` for any other text.
+    pub fn after_key(&self) -> Option<String> {
+        let hex = self.0.strip_prefix("after:")?.as_bytes();
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let digit = |c: u8| {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        let bytes = hex
+            .chunks_exact(2)
+            .map(|pair| match pair {
+                [high, low] => Some((digit(*high)? << 4) | digit(*low)?),
+                _ => None,
+            })
+            .collect::<Option<Vec<u8>>>()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// The error for a cursor this store did not give out.
+    pub fn foreign(&self) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::Configuration,
+            format!("{:?} is not a listing cursor of this store", self.0),
+        )
+    }
+}
+
+impl fmt::Display for ListCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One page of a [`TokenStore::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionPage {
+    /// Partitions of this page (possibly fewer than the limit, even none, with more to come).
+    pub partitions: Vec<PartitionKey>,
+    /// Where the next page starts; `None` when the listing is complete.
+    pub next: Option<ListCursor>,
+}
+
+impl PartitionPage {
+    /// A page of `partitions` continuing at `next`.
+    pub fn new(partitions: Vec<PartitionKey>, next: Option<ListCursor>) -> Self {
+        PartitionPage { partitions, next }
+    }
+}
+
 /// A farm-wide lease on a key: while held, other nodes wait for its holder's refresh.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -337,6 +416,35 @@ pub trait TokenStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the store cannot answer.
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError>;
+
+    /// One page of the partitions the store holds whose key starts with `prefix` (`""`: all),
+    /// from `cursor` (`None`: the start), about `limit` at a time (a hint; at least 1). An
+    /// administrative listing, never called by the engine.
+    ///
+    /// Guarantees (checked by the testkit): following `next` until it is `None` returns every
+    /// partition that was stored for the whole listing at least once; a partition removed
+    /// before the listing started is not returned. A partition may be returned more than once
+    /// (Redis `SCAN` may repeat keys), may hold only expired entries, and partitions written
+    /// or removed during the listing may or may not be returned.
+    ///
+    /// The default answers [`StoreErrorKind::Unsupported`]; every store in this workspace
+    /// implements it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer, or [`StoreErrorKind::Configuration`] for a
+    /// cursor the store did not give out.
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<PartitionPage, StoreError> {
+        let _ = (prefix, cursor, limit);
+        Err(StoreError::new(
+            StoreErrorKind::Unsupported,
+            "this store cannot list its partitions",
+        ))
+    }
 
     /// Whether the store is reached over a network (Redis): entries that are not sealed are
     /// then readable by anyone with access to it, and the engine warns at build time.
@@ -390,6 +498,14 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
         (**self).remove(key).await
     }
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<PartitionPage, StoreError> {
+        (**self).list(prefix, cursor, limit).await
+    }
     fn is_networked(&self) -> bool {
         (**self).is_networked()
     }
@@ -424,6 +540,9 @@ pub enum StoreErrorKind {
     Corrupt,
     /// The store cannot be used as configured (missing directory, read-only file …).
     Configuration,
+    /// The store does not implement the operation (e.g. [`TokenStore::list`] on a store
+    /// written before listing existed).
+    Unsupported,
     /// Anything else.
     Other,
 }
@@ -437,6 +556,7 @@ impl fmt::Display for StoreErrorKind {
             Self::Authentication => "authentication",
             Self::Corrupt => "corrupt",
             Self::Configuration => "configuration",
+            Self::Unsupported => "unsupported",
             Self::Other => "other",
         })
     }

@@ -25,7 +25,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use crate::cache::PartitionKey;
-use crate::store::{EntryId, EntryWrite, Repair, StoreEntry, StoredPartition, TokenStore};
+use crate::store::{
+    EntryId, EntryWrite, ListCursor, Repair, StoreEntry, StoredPartition, TokenStore,
+};
 
 /// Run every check; panics (test failure) with a message naming the broken rule. `stores` are
 /// handles on one store (separate connections where possible; at least one); `namespace` keeps
@@ -49,6 +51,7 @@ pub async fn store_conformance(stores: Vec<Arc<dyn TokenStore>>, namespace: &str
     repairs(store, namespace).await;
     removal_and_independent_keys(store, namespace).await;
     large_entry(store, namespace).await;
+    listing(store, namespace).await;
     no_lost_entry_under_contention(&stores, namespace).await;
     newest_wins_under_contention(&stores, namespace).await;
     leases(&stores, namespace).await;
@@ -105,6 +108,95 @@ async fn write(store: &dyn TokenStore, k: &PartitionKey, entries: Vec<StoreEntry
         .await
         .expect("write");
     (report.applied, report.superseded)
+}
+
+/// Every page of a listing of `prefix`, `limit` at a time.
+///
+/// # Panics
+/// When a page fails or the listing does not end.
+pub async fn list_all(store: &dyn TokenStore, prefix: &str, limit: usize) -> Vec<PartitionKey> {
+    let mut all = Vec::new();
+    let mut cursor: Option<ListCursor> = None;
+    for _ in 0..100_000 {
+        let page = store
+            .list(prefix, cursor.as_ref(), limit)
+            .await
+            .expect("list");
+        all.extend(page.partitions);
+        match page.next {
+            Some(next) => {
+                assert_ne!(Some(&next), cursor.as_ref(), "a listing's cursor moves on");
+                cursor = Some(next);
+            }
+            None => return all,
+        }
+    }
+    panic!("a listing of {prefix:?} did not end");
+}
+
+/// Listing: a cursor walk, page by page, returns every stored partition under a prefix (at
+/// least once), nothing removed, nothing outside the prefix, and rejects a foreign cursor.
+async fn listing(store: &dyn TokenStore, ns: &str) {
+    let prefix = PartitionKey::for_app(&format!("{ns}-list"), "")
+        .as_str()
+        .to_owned();
+    let mut expected: Vec<PartitionKey> = (0..23)
+        .map(|i| PartitionKey::for_app(&format!("{ns}-list"), &format!("tenant-{i:02}")))
+        .collect();
+    for (i, k) in expected.iter().enumerate() {
+        write(store, k, vec![entry(i as u32, now(), false, "listed")]).await;
+    }
+    // Outside the prefix (a sibling whose name extends the namespace) and a removed one.
+    let outside = PartitionKey::for_app(&format!("{ns}-listx"), "tenant-00");
+    write(store, &outside, vec![entry(1, now(), false, "outside")]).await;
+    let removed = PartitionKey::for_app(&format!("{ns}-list"), "removed");
+    write(store, &removed, vec![entry(1, now(), false, "gone")]).await;
+    store.remove(&removed).await.unwrap();
+    // Glob and LIKE metacharacters in the prefix are literal.
+    let wild = PartitionKey::for_app(&format!("{ns}-l*st"), "x");
+    write(store, &wild, vec![entry(1, now(), false, "wild")]).await;
+
+    expected.sort();
+    for limit in [1, 5, 1000] {
+        let mut listed = list_all(store, &prefix, limit).await;
+        listed.sort();
+        listed.dedup();
+        assert_eq!(
+            listed, expected,
+            "a listing of {prefix:?} ({limit} a page) returns exactly its partitions"
+        );
+    }
+    // "app:<ns>-l*": literally only `wild` (the `-list` ones would match a glob or LIKE).
+    let wild_prefix = format!("app:{}-l*", ns.to_lowercase());
+    let mut listed = list_all(store, &wild_prefix, 7).await;
+    listed.dedup();
+    assert_eq!(
+        listed,
+        vec![wild.clone()],
+        "prefix metacharacters are literal"
+    );
+
+    let everything = list_all(store, "", 50).await;
+    for k in expected.iter().chain([&outside]) {
+        assert!(everything.contains(k), "an unfiltered listing returns {k}");
+    }
+    assert!(
+        !everything.contains(&removed),
+        "a removed partition is not listed"
+    );
+
+    let error = store
+        .list("", Some(&ListCursor::new("not a cursor \u{1F980}")), 10)
+        .await
+        .expect_err("a cursor the store did not give out is refused");
+    assert_eq!(
+        error.kind(),
+        crate::store::StoreErrorKind::Configuration,
+        "a foreign cursor is a configuration error"
+    );
+    for k in expected.iter().chain([&outside, &wild]) {
+        store.remove(k).await.unwrap();
+    }
 }
 
 async fn absent_partition_is_empty(store: &dyn TokenStore, ns: &str) {

@@ -1,0 +1,324 @@
+//! `tokenwell token`: acquire a token, through a persistent cache.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::json;
+use tokenwell::app::L2Options;
+use tokenwell::{AuthenticationResult, ClientCredential, Error, ManagedIdentityId, TokenSource};
+
+use crate::util::{
+    EXIT_INTERACTION, EXIT_THROTTLED, Failure, Outcome, cache_spec, codec, date, out, print_json,
+    span, unix,
+};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  # client credentials, secret from the environment
+  AZURE_CLIENT_ID=my-app AZURE_TENANT_ID=contoso AZURE_CLIENT_SECRET=… \\
+    tokenwell token --scope api://orders/.default
+  # a secret file, a certificate (PEM with key and certificate), a federated token file
+  tokenwell token --client-id my-app --tenant contoso --client-secret-file ./secret --scope …
+  tokenwell token --client-id my-app --tenant contoso --certificate ./app.pem --scope …
+  # any OpenID Connect provider
+  tokenwell token --client-id my-app --oidc-issuer https://idp.example.com --scope api
+  # managed identity (system-assigned, or user-assigned by client id)
+  tokenwell token --managed-identity --scope https://management.azure.com/
+  # a user, with the device code flow
+  tokenwell token --device-code --client-id my-cli --tenant organizations --scope User.Read
+  # as an HTTP header, or JSON with expiry, refresh_on, source and durations
+  curl -H \"$(tokenwell token --header --scope …)\" https://api.example.com/
+  tokenwell token --json --scope …
+
+Tokens are cached in the platform cache directory's tokens.sqlite3 (directory 0700, file 0600),
+or --cache redis://…; a second run is served from it (\"source\": \"cache\" in --json).
+Secrets are never taken as flag values: use AZURE_CLIENT_SECRET or --client-secret-file.";
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// Client (application) id [env: TOKENWELL_CLIENT_ID, then AZURE_CLIENT_ID].
+    #[arg(long, env = "TOKENWELL_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Entra tenant (id or domain); the authority becomes login.microsoftonline.com/TENANT.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    tenant: Option<String>,
+    /// Authority URL (wins over --tenant), e.g. https://login.microsoftonline.com/contoso.
+    #[arg(long, env = "TOKENWELL_AUTHORITY", value_name = "URL")]
+    authority: Option<String>,
+    /// Issuer of any OpenID Connect provider (discovery at ISSUER/.well-known/…).
+    #[arg(long, env = "TOKENWELL_OIDC_ISSUER", value_name = "URL")]
+    oidc_issuer: Option<String>,
+    /// Scope to ask for (repeatable; space-separated in TOKENWELL_SCOPE). Managed identity:
+    /// the resource.
+    #[arg(
+        long = "scope",
+        short,
+        env = "TOKENWELL_SCOPE",
+        value_delimiter = ' ',
+        required = true
+    )]
+    scopes: Vec<String>,
+    /// Read the client secret from this file (else AZURE_CLIENT_SECRET).
+    #[arg(long, value_name = "FILE")]
+    client_secret_file: Option<PathBuf>,
+    /// Certificate credential: a PEM file holding the private key and the certificate.
+    #[arg(long, value_name = "PEM")]
+    certificate: Option<PathBuf>,
+    /// Federated (workload identity) token file.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "FILE")]
+    federated_token_file: Option<PathBuf>,
+    /// Use the managed identity of this Azure resource (system-assigned unless
+    /// --managed-identity-client-id).
+    #[arg(long, conflicts_with = "device_code")]
+    managed_identity: bool,
+    /// A user-assigned managed identity, by client id.
+    #[arg(long, requires = "managed_identity", value_name = "ID")]
+    managed_identity_client_id: Option<String>,
+    /// IMDS endpoint to use instead of detecting the managed identity source.
+    #[arg(long, requires = "managed_identity", value_name = "URL", hide = true)]
+    imds_endpoint: Option<String>,
+    /// Sign a user in with the device code flow (prints the code and a countdown on stderr).
+    #[arg(long)]
+    device_code: bool,
+    /// Cache: a SQLite file, redis://…, redis+cluster://… [default: platform cache dir].
+    #[arg(
+        long,
+        env = "TOKENWELL_CACHE",
+        value_name = "STORE",
+        conflicts_with = "no_cache"
+    )]
+    cache: Option<String>,
+    /// No persistent cache (every run asks the identity provider).
+    #[arg(long)]
+    no_cache: bool,
+    /// Key prefix of a Redis cache configured with another than the default.
+    #[arg(
+        long,
+        env = "TOKENWELL_REDIS_KEY_PREFIX",
+        value_name = "PREFIX",
+        default_value = "tokenwell:"
+    )]
+    redis_key_prefix: String,
+    /// Key ring sealing the cache's entries (KEY_ID=BASE64 lines).
+    #[arg(long, env = "TOKENWELL_KEY_RING_FILE", value_name = "FILE")]
+    key_ring: Option<PathBuf>,
+    /// Ignore cached tokens and ask the identity provider.
+    #[arg(long)]
+    force_refresh: bool,
+    /// Print `Authorization: Bearer <token>`.
+    #[arg(long, conflicts_with = "json")]
+    header: bool,
+    /// Print JSON: token, expiry, refresh_on, source, durations.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The exit code and line for a failed acquisition.
+fn failure(error: &Error) -> Failure {
+    let message = error.to_string().replace(['\n', '\r'], " ");
+    let code = match error {
+        Error::Throttled { .. } => EXIT_THROTTLED,
+        Error::IdentityProvider(idp) if idp.status == 429 => EXIT_THROTTLED,
+        e if e.is_interaction_required() => EXIT_INTERACTION,
+        _ => crate::util::EXIT_ERROR,
+    };
+    Failure {
+        code,
+        message: format!("cannot get a token: {message}"),
+    }
+}
+
+fn authority(args: &TokenArgs) -> Outcome<Authority> {
+    let given = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    if let Some(url) = given(&args.authority) {
+        return Ok(Authority::Url(url));
+    }
+    if let Some(issuer) = given(&args.oidc_issuer) {
+        return Ok(Authority::Oidc(issuer));
+    }
+    if let Some(tenant) = given(&args.tenant) {
+        return Ok(Authority::Url(format!(
+            "https://login.microsoftonline.com/{tenant}"
+        )));
+    }
+    Err(Failure::usage(
+        "no authority: pass --tenant (or AZURE_TENANT_ID), --authority URL or --oidc-issuer URL",
+    ))
+}
+
+enum Authority {
+    Url(String),
+    Oidc(String),
+}
+
+fn client_id(args: &TokenArgs) -> Outcome<String> {
+    args.client_id
+        .clone()
+        .or_else(|| std::env::var("AZURE_CLIENT_ID").ok())
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| Failure::usage("no client id: pass --client-id or set AZURE_CLIENT_ID"))
+}
+
+fn credential(args: &TokenArgs) -> Outcome<ClientCredential> {
+    let file = |path: &PathBuf, what: &str| -> Outcome<()> {
+        std::fs::metadata(path)
+            .map(|_| ())
+            .map_err(|e| Failure::error(format!("cannot read {what} {}: {e}", path.display())))
+    };
+    if let Some(path) = &args.certificate {
+        file(path, "certificate")?;
+        return Ok(ClientCredential::certificate_file(path.clone()));
+    }
+    if let Some(path) = &args.client_secret_file {
+        file(path, "client secret file")?;
+        return Ok(ClientCredential::secret_file(path.clone()));
+    }
+    if let Ok(secret) = std::env::var("AZURE_CLIENT_SECRET")
+        && !secret.is_empty()
+    {
+        return Ok(ClientCredential::secret(secret));
+    }
+    if let Some(path) = &args.federated_token_file {
+        file(path, "federated token file")?;
+        return Ok(ClientCredential::federated_token_file(path.clone()));
+    }
+    Err(Failure::usage(
+        "no client credential: set AZURE_CLIENT_SECRET, or pass --client-secret-file, --certificate \
+         or --federated-token-file (or --managed-identity / --device-code)",
+    ))
+}
+
+/// Print a live countdown on stderr until `stop` (only on a terminal).
+fn countdown(expires_in: Duration, stop: Arc<AtomicBool>) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let deadline = Instant::now() + expires_in;
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            eprint!(
+                "\r\x1b[2Kwaiting for sign-in; the code expires in {}",
+                span(left.as_secs())
+            );
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprint!("\r\x1b[2K");
+    });
+}
+
+pub async fn run(args: TokenArgs) -> Outcome {
+    let started = Instant::now();
+    let l2 = if args.no_cache {
+        None
+    } else {
+        let spec = cache_spec(args.cache.as_deref(), true)?;
+        let codec = codec(args.key_ring.as_deref())?;
+        let store = spec.open(true, Some(&args.redis_key_prefix)).await?;
+        Some(L2Options::new(store).codec(codec))
+    };
+    let scopes = args.scopes.clone();
+    let result: Result<AuthenticationResult, Error> = if args.managed_identity {
+        let identity = match &args.managed_identity_client_id {
+            Some(id) => ManagedIdentityId::ClientId(id.clone()),
+            None => ManagedIdentityId::SystemAssigned,
+        };
+        let mut builder = tokenwell::managed_identity(identity);
+        if let Some(endpoint) = &args.imds_endpoint {
+            builder = builder.imds_endpoint(endpoint.clone());
+        }
+        if let Some(l2) = l2 {
+            builder = builder.l2(l2);
+        }
+        let app = builder.build().map_err(|e| failure(&e))?;
+        let resource = scopes.first().cloned().unwrap_or_default();
+        let result = app
+            .acquire_token(resource)
+            .with_force_refresh(args.force_refresh)
+            .await;
+        app.flush().await;
+        result
+    } else if args.device_code {
+        let mut builder = tokenwell::public_client(client_id(&args)?);
+        builder = match authority(&args)? {
+            Authority::Url(url) => builder.authority(url),
+            Authority::Oidc(issuer) => builder.oidc_authority(issuer),
+        };
+        if let Some(l2) = l2 {
+            builder = builder.l2(l2);
+        }
+        let app = builder.build().map_err(|e| failure(&e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_countdown = Arc::clone(&stop);
+        let result = app
+            .acquire_token_with_device_code(scopes, move |info| {
+                eprintln!("{}", info.message);
+                countdown(info.expires_in, stop_countdown);
+            })
+            .await;
+        stop.store(true, Ordering::Relaxed);
+        app.flush().await;
+        result
+    } else {
+        let mut builder = tokenwell::confidential_client(client_id(&args)?);
+        builder = match authority(&args)? {
+            Authority::Url(url) => builder.authority(url),
+            Authority::Oidc(issuer) => builder.oidc_authority(issuer),
+        };
+        builder = builder.credential(credential(&args)?);
+        if let Some(l2) = l2 {
+            builder = builder.l2(l2);
+        }
+        let app = builder.build().map_err(|e| failure(&e))?;
+        let result = app
+            .acquire_token_for_client(scopes)
+            .with_force_refresh(args.force_refresh)
+            .await;
+        app.flush().await;
+        result
+    };
+    let result = result.map_err(|e| failure(&e))?;
+    let secret = result.access_token().expose_secret();
+    if args.header {
+        return out(format!("Authorization: Bearer {secret}"));
+    }
+    if !args.json {
+        return out(secret);
+    }
+    let metadata = result.metadata();
+    let expires_on = unix(result.expires_on());
+    let source = match metadata.token_source {
+        TokenSource::IdentityProvider => "identity_provider",
+        _ => "cache",
+    };
+    let layer = match metadata.token_source {
+        TokenSource::CacheL1 => "l1",
+        TokenSource::CacheL2 => "l2",
+        _ => "none",
+    };
+    print_json(&json!({
+        "access_token": secret,
+        "token_type": result.token_type(),
+        "expires_on": expires_on,
+        "expires_on_date": date(expires_on),
+        "expires_in_secs": expires_on.saturating_sub(crate::util::now()),
+        "refresh_on": metadata.refresh_on.map(unix),
+        "refresh_on_date": metadata.refresh_on.map(|t| date(unix(t))),
+        "source": source,
+        "cache_layer": layer,
+        "durations_ms": {
+            "total": metadata.total_duration.as_millis() as u64,
+            "cache": metadata.cache_duration.as_millis() as u64,
+            "http": metadata.http_duration.as_millis() as u64,
+            "command": started.elapsed().as_millis() as u64,
+        },
+        "retries": metadata.retries,
+    }))
+}
