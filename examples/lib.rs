@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod redis_server;
 pub mod soak;
 pub mod transport;
+pub mod webapi;
