@@ -854,3 +854,31 @@ async fn secrets_never_appear_in_logs_while_rotating() {
         assert!(!logs.contains(secret), "secret in the logs: {logs}");
     }
 }
+
+/// Issue 17: every acquisition that goes to the identity provider runs in an `acquire_token`
+/// span carrying its correlation id (the one the caller set, or the one made for it), the same
+/// id the result's metadata reports. (Here, beside the log recorder it shares.)
+#[tokio::test(flavor = "current_thread")]
+async fn the_acquisition_span_carries_the_correlation_id() {
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let rig = Rig::start(Transport::Reqwest).await;
+    let app = rig.app();
+    let chosen = uuid::Uuid::new_v4();
+    let result = app
+        .acquire_token_for_client([SCOPE])
+        .with_correlation_id(chosen)
+        .await
+        .unwrap();
+    assert_eq!(result.metadata().correlation_id, Some(chosen));
+    let made = app
+        .acquire_token_for_client(["api://other/.default"])
+        .await
+        .unwrap()
+        .metadata()
+        .correlation_id
+        .expect("a request to the IdP has an id");
+    let text = recorder.0.lock().unwrap().clone();
+    assert!(text.contains(&format!("correlation_id={chosen}")), "{text}");
+    assert!(text.contains(&format!("correlation_id={made}")), "{text}");
+}
