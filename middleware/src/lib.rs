@@ -22,7 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use tokenwell_core::controls::ClaimsChallenge;
 use tokenwell_core::{
     ConfidentialClientApplication, Error, ManagedIdentityApplication, ScopeSet, TokenSecret,
@@ -214,9 +214,6 @@ pub(crate) fn bearer_header(token: &TokenSecret) -> Result<HeaderValue, Error> {
     value.set_sensitive(true);
     Ok(value)
 }
-
-/// The header name the adapters set.
-pub(crate) const AUTHORIZATION_HEADER: http::header::HeaderName = AUTHORIZATION;
 
 /// Ask `source` for the token of `retry` (or the first one when `None`).
 pub(crate) async fn ask(

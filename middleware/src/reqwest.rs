@@ -8,9 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use reqwest_middleware::{Middleware, Next};
 
-use crate::{
-    AUTHORIZATION_HEADER, BearerSource, ScopeSelector, UserAssertion, ask, bearer_header, retry_for,
-};
+use crate::{BearerSource, ScopeSelector, UserAssertion, ask, bearer_header, retry_for};
 
 /// Adds `Authorization: Bearer …` to the requests [`ScopeSelector`] picks.
 #[derive(Clone)]
@@ -50,7 +48,7 @@ impl Middleware for BearerMiddleware {
             .await
             .map_err(token_error)?;
         request.headers_mut().insert(
-            AUTHORIZATION_HEADER,
+            http::header::AUTHORIZATION,
             bearer_header(&token).map_err(token_error)?,
         );
         let replay = request.try_clone();
@@ -64,7 +62,7 @@ impl Middleware for BearerMiddleware {
             .await
             .map_err(token_error)?;
         replay.headers_mut().insert(
-            AUTHORIZATION_HEADER,
+            http::header::AUTHORIZATION,
             bearer_header(&token).map_err(token_error)?,
         );
         next.run(replay, extensions).await

@@ -7,9 +7,7 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 
-use crate::{
-    AUTHORIZATION_HEADER, BearerSource, ScopeSelector, UserAssertion, ask, bearer_header, retry_for,
-};
+use crate::{BearerSource, ScopeSelector, UserAssertion, ask, bearer_header, retry_for};
 
 /// Adds `Authorization: Bearer …` to the requests [`ScopeSelector`] picks.
 #[derive(Clone)]
@@ -94,7 +92,7 @@ where
             let token = ask(&*source, &scopes, assertion.as_ref(), None).await?;
             request
                 .headers_mut()
-                .insert(AUTHORIZATION_HEADER, bearer_header(&token)?);
+                .insert(http::header::AUTHORIZATION, bearer_header(&token)?);
             let replay = clone_request(&request);
             let response = ready.call(request).await.map_err(BearerError::Inner)?;
             let Some(retry) = retry_for(response.status(), response.headers()) else {
@@ -104,7 +102,7 @@ where
             let token = ask(&*source, &scopes, assertion.as_ref(), Some(&retry)).await?;
             replay
                 .headers_mut()
-                .insert(AUTHORIZATION_HEADER, bearer_header(&token)?);
+                .insert(http::header::AUTHORIZATION, bearer_header(&token)?);
             futures::future::poll_fn(|cx| spare.poll_ready(cx))
                 .await
                 .map_err(BearerError::Inner)?;

@@ -15,7 +15,9 @@ use futures::future::BoxFuture;
 use super::confidential::AcquireTokenForClient;
 use super::engine::Acquire;
 use super::managed_identity::AcquireTokenForManagedIdentity;
-use super::user_flows::{AcquireTokenOnBehalfOf, AcquireTokenSilent};
+use super::user_flows::{
+    AcquireTokenInLongRunningProcess, AcquireTokenOnBehalfOf, AcquireTokenSilent,
+};
 use crate::error::{Error, Result};
 use crate::result::AuthenticationResult;
 
@@ -32,6 +34,7 @@ enum Request<'a> {
     ForClient(AcquireTokenForClient<'a>),
     OnBehalfOf(AcquireTokenOnBehalfOf<'a>),
     Silent(AcquireTokenSilent<'a>),
+    LongRunning(AcquireTokenInLongRunningProcess<'a>),
     ManagedIdentity(AcquireTokenForManagedIdentity<'a>),
 }
 
@@ -72,6 +75,7 @@ token_requests!(
     AcquireTokenForClient => ForClient,
     AcquireTokenOnBehalfOf => OnBehalfOf,
     AcquireTokenSilent => Silent,
+    AcquireTokenInLongRunningProcess => LongRunning,
     AcquireTokenForManagedIdentity => ManagedIdentity,
 );
 
@@ -92,6 +96,7 @@ impl Future for TokenFuture<'_> {
             Some(Request::ForClient(request)) => request.start(),
             Some(Request::OnBehalfOf(request)) => request.start(),
             Some(Request::Silent(request)) => request.start(),
+            Some(Request::LongRunning(request)) => request.start(),
             Some(Request::ManagedIdentity(request)) => request.start(),
             None => {
                 return Poll::Ready(Err(Error::configuration(

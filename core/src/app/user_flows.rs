@@ -504,20 +504,8 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
     /// or the identity provider's `invalid_grant` when the session's refresh token was
     /// revoked or expired (start a new session then); [`Error::Configuration`] for a key that
     /// is not one; transport failures, local throttling.
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        match self.start() {
-            Acquire::Ready(result) => result,
-            Acquire::Pending(running) => running.await,
-        }
-    }
-}
-
-impl<'a> IntoFuture for AcquireTokenInLongRunningProcess<'a> {
-    type Output = Result<AuthenticationResult>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.execute())
+    pub fn execute(self) -> TokenFuture<'a> {
+        self.into()
     }
 }
 
