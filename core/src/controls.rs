@@ -582,6 +582,8 @@ pub(crate) struct AppControls {
     pub capabilities: Vec<String>,
     pub before_token_request: Option<BeforeTokenRequest>,
     pub background_refresh: Option<BackgroundRefreshHook>,
+    /// The `client_id` label of the application's metrics, when it opted in.
+    pub metrics_client_id: Option<Arc<str>>,
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::scopes::{IntoScopeSet, Scopes};
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 pub use super::engine::DEFAULT_EXPIRY_BUFFER;
@@ -296,7 +297,7 @@ impl ConfidentialClientApplicationBuilder {
             self.partition_key.as_deref(),
             None,
         );
-        let engine = Arc::new(self.engine.build()?);
+        let engine = Arc::new(self.engine.build(&self.client_id)?);
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
                 core: ClientCore {
@@ -448,6 +449,7 @@ impl<'a> AcquireTokenForClient<'a> {
         inner.core.engine.acquire_with(
             partition,
             &query,
+            MetricFlow::ClientCredentials,
             self.force_refresh,
             hot,
             self.min_remaining_lifetime,

@@ -16,7 +16,7 @@ use crate::response::{
 use crate::retry::DEFAULT_MAX_RETRY_AFTER;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
-use crate::telemetry;
+use crate::telemetry::{self, MetricFlow, Tags};
 
 /// SDK name sent to the identity provider (`x-client-SKU`), as MSALs do.
 const CLIENT_SKU: &str = "tokenwell.rust";
@@ -42,6 +42,7 @@ pub(crate) struct FetchStats {
 pub(crate) type BeforeRetry = Arc<dyn Fn(&Error) + Send + Sync>;
 
 /// Transport, clock and the policies that govern talking to the identity provider.
+#[derive(Clone)]
 pub(crate) struct Idp {
     pub transport: Arc<dyn HttpTransport>,
     pub runtime: Arc<dyn Runtime>,
@@ -59,6 +60,8 @@ pub(crate) struct Idp {
     /// Sent as `client-request-id` on every attempt of this client's requests (one per
     /// request: a fresh one per `token_request` when not set).
     pub correlation_id: Option<uuid::Uuid>,
+    /// The `flow` label of this client's metrics.
+    pub flow: MetricFlow,
 }
 
 /// Retry rules of the managed-identity endpoints, which answer with their own statuses.
@@ -160,7 +163,19 @@ impl Idp {
             app: Arc::clone(&self.app),
             request: self.request.clone(),
             correlation_id: self.correlation_id,
+            flow: self.flow,
         }
+    }
+
+    /// The same client, labelling its metrics with `flow`.
+    pub(crate) fn for_flow(mut self, flow: MetricFlow) -> Idp {
+        self.flow = flow;
+        self
+    }
+
+    /// The labels of this client's metrics.
+    fn tags(&self) -> Tags<'_> {
+        Tags::new(self.flow, self.app.metrics_client_id.as_deref())
     }
 
     /// The same client, sending `request`'s controls and `correlation_id` (a flight's).
@@ -313,7 +328,7 @@ impl Idp {
             let outcome = attempt().await;
             let elapsed = started.elapsed();
             stats.http_duration += elapsed;
-            telemetry::idp_request(outcome.is_ok(), elapsed.as_secs_f64());
+            telemetry::idp_request(self.tags(), outcome.is_ok(), elapsed.as_secs_f64());
             let error = match outcome {
                 Ok(response) => return Ok((response, stats)),
                 Err(error) => error.with_endpoint(endpoint),
@@ -330,7 +345,7 @@ impl Idp {
                         error = %error,
                         "token request failed; retrying"
                     );
-                    telemetry::retry();
+                    telemetry::retry(self.tags());
                     stats.retries += 1;
                     self.runtime.sleep(delay).await;
                 }

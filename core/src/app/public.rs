@@ -21,6 +21,7 @@ use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 /// `slow_down` adds this to the polling interval (RFC 8628 §3.5).
@@ -166,7 +167,7 @@ impl PublicClientApplicationBuilder {
                  with the user's refresh token when the user's requests need them",
             ));
         }
-        let engine = self.engine.build()?;
+        let engine = self.engine.build(&self.client_id)?;
         Ok(PublicClientApplication {
             core: Arc::new(ClientCore {
                 identity: Arc::new(ClientIdentity::new(self.client_id, authority, None, None)),
@@ -242,7 +243,7 @@ impl AcquireTokenWithDeviceCode<'_> {
             self.scopes.normalized(),
             Some("device_code"),
         );
-        if let Some(throttled) = core.engine.throttled(throttle_key) {
+        if let Some(throttled) = core.engine.throttled(throttle_key, MetricFlow::DeviceCode) {
             return Err(throttled);
         }
         let outcome = device_code_flow(core, &self.scopes, self.on_code, started).await;
@@ -282,7 +283,8 @@ async fn device_code_flow(
         ("client_id", identity.client_id.clone()),
         ("scope", ClientIdentity::request_scope(scopes)),
     ];
-    let response = engine.idp.post_form(endpoint, &form, None).await?;
+    let idp = engine.idp.clone().for_flow(MetricFlow::DeviceCode);
+    let response = idp.post_form(endpoint, &form, None).await?;
     let info = parse_device_code(&response, engine.idp.runtime.now())
         .map_err(|e| e.with_endpoint(endpoint))?;
     let deadline = engine.now().saturating_add(info.expires_in.as_secs());
@@ -296,7 +298,7 @@ async fn device_code_flow(
         }
         let polled = identity
             .token_request(
-                &engine.idp,
+                &idp,
                 &identity.authority,
                 vec![
                     (

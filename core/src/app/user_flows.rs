@@ -29,6 +29,7 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::scopes::{IntoScopeSet, ScopeSet, Scopes};
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 /// A client's identity and engine: what the user-flow requests of both application kinds
@@ -278,6 +279,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         let acquire = core.engine.acquire_with(
             &partition,
             &query,
+            MetricFlow::OnBehalfOf,
             self.force_refresh,
             // The thread's copy is named by partition and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
@@ -475,6 +477,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
         let acquire = core.engine.acquire_with(
             &partition,
             &query,
+            MetricFlow::LongRunning,
             self.force_refresh,
             false,
             self.min_remaining_lifetime,
@@ -613,6 +616,7 @@ impl<'a> AcquireTokenSilent<'a> {
         let acquire = core.engine.acquire_with(
             &partition,
             &query,
+            MetricFlow::Silent,
             self.force_refresh,
             // The thread's copy is named by partition and scopes: the account's tenant only.
             self.scopes.is_borrowed() && overridden.is_none(),
@@ -698,7 +702,12 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
         }
         let engine = &core.engine;
         let (response, stats) = identity
-            .token_request(&engine.idp, &identity.authority, grant, true)
+            .token_request(
+                &engine.idp.clone().for_flow(MetricFlow::AuthorizationCode),
+                &identity.authority,
+                grant,
+                true,
+            )
             .await?;
         let fetched = identity.user_tokens(&response, &self.scopes, engine.now(), stats, true)?;
         let partition = user_partition(identity, &fetched)?;
