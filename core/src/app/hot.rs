@@ -233,6 +233,8 @@ pub(crate) enum KeySource {
     Account,
     /// A managed-identity resource.
     Resource,
+    /// A long-running on-behalf-of session key.
+    Session,
 }
 
 struct KeySlot {

@@ -309,10 +309,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
 /// the hex SHA-256 of the assertion (what MSAL uses by default). The assertion's partition is
 /// the session's, so the tokens the start cached are the session's.
 fn session_key_of(user_assertion: &str) -> String {
-    Sha256::digest(user_assertion.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::controls::sha256_hex(user_assertion)
 }
 
 /// The start of a long-running on-behalf-of process
@@ -464,8 +461,15 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             Err(error) => return Acquire::failed(error),
         };
         let authority = overridden.as_ref().unwrap_or(&identity.authority);
-        // The partition the start wrote: the assertion's, named by its digest.
-        let partition = PartitionKey::for_on_behalf_of_session(&identity.client_id, key);
+        // The partition the start wrote: the assertion's, named by its digest; remembered per
+        // thread like the on-behalf-of key, so a hit builds no string.
+        let partition = hot::partition_key(
+            core.engine.id(),
+            KeySource::Session,
+            key,
+            identity.authority.realm(),
+            || PartitionKey::for_on_behalf_of_session(&identity.client_id, key),
+        );
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: authority.environment(),
@@ -479,7 +483,8 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             &query,
             MetricFlow::LongRunning,
             self.force_refresh,
-            false,
+            // The thread's copy is named by partition and scopes: the default tenant's only.
+            self.scopes.is_borrowed() && overridden.is_none(),
             self.min_remaining_lifetime,
             None,
             || {
