@@ -105,7 +105,11 @@ pub struct TokenArgs {
     timeout: Option<u64>,
     /// --auth-code: only print the URL, open no browser (else $BROWSER, or xdg-open / open
     /// when found on PATH).
-    #[arg(long, env = "TOKENWELL_NO_BROWSER")]
+    #[arg(
+        long,
+        env = "TOKENWELL_NO_BROWSER",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     no_browser: bool,
     /// The user to sign in (pre-filled on the sign-in page) and whose cached tokens to use
     /// when several users are signed in.

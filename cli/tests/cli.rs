@@ -52,22 +52,7 @@ impl Fixture {
     }
 
     fn run_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenwell"));
-        command.args(args).env_clear();
-        for (name, value) in std::env::vars() {
-            if name == "PATH" || name == "SYSTEMROOT" {
-                command.env(name, value);
-            }
-        }
-        command
-            .env("HOME", self.home.path())
-            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
-            .env("AZURE_CLIENT_ID", CLIENT)
-            .env("AZURE_CLIENT_SECRET", SECRET)
-            .env("TOKENWELL_AUTHORITY", self.emulator.authority(TENANT));
-        for (name, value) in env {
-            command.env(name, value);
-        }
+        let mut command = self.command(args, env);
         command.stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -85,6 +70,27 @@ impl Fixture {
                 .unwrap();
         }
         child.wait_with_output().unwrap()
+    }
+
+    /// The command `run_with` runs (clean environment, the fixture's client), not started.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenwell"));
+        command.args(args).env_clear();
+        for (name, value) in std::env::vars() {
+            if name == "PATH" || name == "SYSTEMROOT" {
+                command.env(name, value);
+            }
+        }
+        command
+            .env("HOME", self.home.path())
+            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
+            .env("AZURE_CLIENT_ID", CLIENT)
+            .env("AZURE_CLIENT_SECRET", SECRET)
+            .env("TOKENWELL_AUTHORITY", self.emulator.authority(TENANT));
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command
     }
 }
 
@@ -898,4 +904,300 @@ fn every_client_credential_and_any_oidc_provider() {
     let env = [("TOKENWELL_AUTHORITY", "")];
     assert_eq!(source(&fx.run_with(&oidc, &env, None)), "identity_provider");
     assert_eq!(source(&fx.run_with(&oidc, &env, None)), "cache");
+}
+
+// ---- authorization code + PKCE on a loopback redirect ----
+
+const PUBLIC: &str = "cli-public";
+
+/// GET `url` over HTTP/1.1 (loopback, plain HTTP): status, `Location` and body.
+fn http_get(url: &str) -> (u16, Option<String>, String) {
+    use std::io::{Read, Write};
+    let url = url::Url::parse(url).unwrap();
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {answer}"));
+    let location = head.lines().find_map(|line| {
+        line.split_once(':')
+            .filter(|(name, _)| name.eq_ignore_ascii_case("location"))
+            .map(|(_, value)| value.trim().to_owned())
+    });
+    (status, location, body.to_owned())
+}
+
+/// Play the browser: open the authorize URL, follow its redirect to the CLI's listener;
+/// returns the listener's answer.
+fn browse(url: &str) -> (u16, String) {
+    let (status, location, body) = http_get(url);
+    assert_eq!(status, 302, "the emulator signs in and redirects: {body}");
+    let (status, _, page) = http_get(&location.unwrap());
+    (status, page)
+}
+
+fn query(url: &str) -> std::collections::HashMap<String, String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// A running `tokenwell token --auth-code …` and its stderr, read up to the printed URL.
+struct SignIn {
+    child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    url: String,
+    printed: String,
+}
+
+impl SignIn {
+    fn start(fx: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> SignIn {
+        let mut args = vec![
+            "token",
+            "--auth-code",
+            "--client-id",
+            PUBLIC,
+            "--scope",
+            "User.Read",
+            "--json",
+        ];
+        args.extend(extra);
+        let mut env = env.to_vec();
+        env.push(("AZURE_CLIENT_SECRET", ""));
+        let mut command = fx.command(&args, &env);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut printed = String::new();
+        // Blocks until the line comes, or fails at EOF (the process ended without one).
+        let url = loop {
+            let mut line = String::new();
+            use std::io::BufRead;
+            let n = stderr.read_line(&mut line).unwrap();
+            assert!(n > 0, "no sign-in URL on stderr: {printed}");
+            printed.push_str(&line);
+            if line.starts_with("http://") {
+                break line.trim().to_owned();
+            }
+        };
+        SignIn {
+            child,
+            stderr,
+            url,
+            printed,
+        }
+    }
+
+    /// The listener's address, from the URL's `redirect_uri`.
+    fn redirect_uri(&self) -> String {
+        query(&self.url)["redirect_uri"].clone()
+    }
+
+    fn finish(mut self) -> Output {
+        use std::io::Read;
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        let mut output = self.child.wait_with_output().unwrap();
+        output.stderr = format!("{}{rest}", self.printed).into_bytes();
+        output
+    }
+}
+
+/// The last stderr line names the problem, with the exit code (the sign-in URL comes first).
+fn fails_after_url(output: &Output, code: i32, mentions: &str) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "stderr: {err}");
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(last.starts_with("error: "), "{err}");
+    assert!(last.contains(mentions), "{mentions:?} in {last:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn public_fixture() -> Fixture {
+    use tokenwell_idp_emulator::UserSpec;
+    let fx = Fixture::new();
+    fx.emulator.register_public_client(PUBLIC);
+    fx.emulator.add_user(UserSpec::new("alice"));
+    fx.emulator.add_user(UserSpec::new("bob"));
+    fx.emulator.set_default_user(Some("alice"));
+    fx
+}
+
+const NO_BROWSER: (&str, &str) = ("TOKENWELL_NO_BROWSER", "1");
+
+#[test]
+fn auth_code_with_pkce_on_a_loopback_redirect_then_from_the_cache() {
+    let fx = public_fixture();
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let params = query(&sign_in.url);
+    assert!(
+        sign_in
+            .url
+            .starts_with(&fx.emulator.authorize_endpoint(TENANT)),
+        "{}",
+        sign_in.url
+    );
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert_eq!(params["code_challenge"].len(), 43);
+    assert_eq!(params["state"].len(), 43, "a random state");
+    assert!(params["redirect_uri"].starts_with("http://127.0.0.1:"));
+    assert!(!sign_in.printed.contains("was started"), "no browser");
+    let (status, page) = browse(&sign_in.url);
+    assert_eq!(status, 200);
+    assert!(page.contains("Signed in"), "{page}");
+    let first = json(&sign_in.finish());
+    assert_eq!(first["source"], "identity_provider");
+    assert_eq!(first["account"], "alice");
+    assert_eq!(
+        fx.emulator.token_requests_for("authorization_code", PUBLIC),
+        1
+    );
+
+    // The next run finds alice in the persistent cache: no browser, no request.
+    let args = [
+        "token",
+        "--auth-code",
+        "--client-id",
+        PUBLIC,
+        "--scope",
+        "User.Read",
+        "--json",
+    ];
+    let second = json(&fx.run_with(&args, &[NO_BROWSER], None));
+    assert_eq!(second["source"], "cache", "{second}");
+    assert_eq!(second["account"], "alice");
+    assert_eq!(second["access_token"], first["access_token"]);
+    assert_eq!(fx.emulator.token_requests(), 1);
+
+    // Another user, through $BROWSER (a script that records the URL it is given).
+    let opened = fx.home.path().join("opened-url");
+    let script = fx.home.path().join("browser.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s' \"$1\" > {}.tmp && mv {0}.tmp {0}\n",
+            opened.display()
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let browser = script.to_str().unwrap().to_owned();
+    let sign_in = SignIn::start(&fx, &["--login-hint", "bob"], &[("BROWSER", &browser)]);
+    assert!(
+        sign_in.printed.contains("was started"),
+        "{}",
+        sign_in.printed
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let url = loop {
+        if let Ok(url) = std::fs::read_to_string(&opened) {
+            break url;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "$BROWSER was not started with the URL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(url, sign_in.url);
+    assert_eq!(query(&url)["login_hint"], "bob");
+    assert_eq!(browse(&url).0, 200);
+    let bob = json(&sign_in.finish());
+    assert_eq!(bob["account"], "bob");
+    assert_eq!(bob["source"], "identity_provider");
+
+    // Two users signed in: which one is for the caller to say.
+    let ambiguous = fx.run_with(&args, &[NO_BROWSER], None);
+    fails(&ambiguous, 2, "--login-hint");
+    let mut alice = args.to_vec();
+    alice.extend(["--login-hint", "ALICE"]);
+    let again = json(&fx.run_with(&alice, &[NO_BROWSER], None));
+    assert_eq!(again["account"], "alice");
+    assert_eq!(again["source"], "cache");
+}
+
+#[test]
+fn auth_code_refuses_a_wrong_state_and_reports_errors_and_timeouts() {
+    let fx = public_fixture();
+
+    // A redirect whose state is not this sign-in's: refused, nothing redeemed.
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let forged = format!("{}/?code=stolen&state=forged", sign_in.redirect_uri());
+    let (status, page) = http_get(&forged).into_status_and_body();
+    assert_eq!(status, 400);
+    assert!(page.contains("refused"), "{page}");
+    fails_after_url(&sign_in.finish(), 1, "state does not match");
+    assert_eq!(fx.emulator.token_requests(), 0);
+
+    // Other requests (a favicon, a page without code or error) are answered and ignored.
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let state = query(&sign_in.url)["state"].clone();
+    let base = sign_in.redirect_uri();
+    assert_eq!(http_get(&format!("{base}/favicon.ico")).0, 404);
+    assert_eq!(http_get(&format!("{base}/?hello=1")).0, 400);
+    // The user declines: exit 3, the description in the message.
+    let denied =
+        format!("{base}/?error=access_denied&error_description=the+user+declined&state={state}");
+    assert_eq!(http_get(&denied).0, 200);
+    fails_after_url(&sign_in.finish(), 3, "access_denied: the user declined");
+
+    // The identity provider's own error redirect (no user can sign in): exit 3 too.
+    fx.emulator.set_default_user(None);
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let (status, location, _) = http_get(&sign_in.url);
+    assert_eq!(status, 302);
+    let location = location.unwrap();
+    assert!(location.contains("error=login_required"), "{location}");
+    assert_eq!(http_get(&location).0, 200);
+    fails_after_url(&sign_in.finish(), 3, "login_required");
+
+    // Nobody comes back: a clear timeout.
+    let sign_in = SignIn::start(&fx, &["--timeout", "1"], &[NO_BROWSER]);
+    fails_after_url(&sign_in.finish(), 1, "timed out after 1s");
+    fails(
+        &fx.run(&["token", "--auth-code", "--device-code", "--scope", "x"]),
+        2,
+        "--device-code",
+    );
+    fails(
+        &fx.run(&["token", "--auth-code", "--scope", "x", "--timeout", "0"]),
+        2,
+        "--timeout",
+    );
+}
+
+trait StatusAndBody {
+    fn into_status_and_body(self) -> (u16, String);
+}
+
+impl StatusAndBody for (u16, Option<String>, String) {
+    fn into_status_and_body(self) -> (u16, String) {
+        (self.0, self.2)
+    }
 }
