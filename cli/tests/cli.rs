@@ -1201,3 +1201,284 @@ impl StatusAndBody for (u16, Option<String>, String) {
         (self.0, self.2)
     }
 }
+
+// ---- config file with named profiles ----
+
+/// Writes the default config file (`$HOME/.config/tokenwell/config.toml`); returns its path.
+fn write_config(fx: &Fixture, text: &str) -> PathBuf {
+    let dir = fx.home.path().join(".config").join("tokenwell");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn profiles_fill_what_flags_and_environment_leave_open() {
+    let fx = Fixture::new();
+    let dir = fx.home.path();
+    let cache = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    // The profile's secret file is right; `wrong` holds a wrong one.
+    write_config(
+        &fx,
+        &format!(
+            "default_profile = \"dev\"\n\n\
+             [profile.dev]\nclient_id = \"{CLIENT}\"\nauthority = \"{authority}\"\n\
+             scopes = [\"{SCOPE}\"]\nclient_secret_file = \"secret\"\ncache = \"{dev}\"\n\n\
+             [profile.ops]\nclient_id = \"{CLIENT}\"\nauthority = \"{authority}\"\n\
+             scopes = [\"{SCOPE}\"]\nclient_secret_file = \"wrong\"\ncache = \"{ops}\"\n",
+            authority = fx.emulator.authority(TENANT),
+            dev = cache("dev.sqlite3"),
+            ops = cache("ops.sqlite3"),
+        ),
+    );
+    let config_dir = dir.join(".config").join("tokenwell");
+    std::fs::write(config_dir.join("secret"), format!("{SECRET}\n")).unwrap();
+    std::fs::write(config_dir.join("wrong"), "not-the-secret\n").unwrap();
+    // Nothing from the fixture's environment: the profile decides.
+    let bare = [
+        ("AZURE_CLIENT_ID", ""),
+        ("AZURE_CLIENT_SECRET", ""),
+        ("TOKENWELL_AUTHORITY", ""),
+    ];
+    let token = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["token", "--json"];
+        all.extend(args);
+        let mut vars = bare.to_vec();
+        vars.extend(env);
+        fx.run_with(&all, &vars, None)
+    };
+    let exists = |name: &str| dir.join(name).exists();
+
+    // Profile over defaults: the default profile's client, secret file, scope and cache.
+    assert_eq!(json(&token(&[], &[]))["source"], "identity_provider");
+    assert!(exists("dev.sqlite3") && !fx.cache_dir().exists());
+    assert_eq!(json(&token(&[], &[]))["source"], "cache");
+    // Environment over profile, flag over environment.
+    json(&token(&[], &[("TOKENWELL_CACHE", &cache("env.sqlite3"))]));
+    assert!(exists("env.sqlite3"));
+    json(&token(
+        &["--cache", &cache("flag.sqlite3")],
+        &[("TOKENWELL_CACHE", &cache("env2.sqlite3"))],
+    ));
+    assert!(exists("flag.sqlite3") && !exists("env2.sqlite3"));
+    // The profile is chosen by TOKENWELL_PROFILE, and --profile over it. `ops` has the wrong
+    // secret file: the credential from the environment replaces the profile's.
+    let ops_env = [("TOKENWELL_PROFILE", "ops")];
+    fails(&token(&[], &ops_env), 1, "cannot get a token");
+    assert_eq!(
+        json(&token(
+            &[],
+            &[
+                ("TOKENWELL_PROFILE", "ops"),
+                ("AZURE_CLIENT_SECRET", SECRET)
+            ]
+        ))["source"],
+        "identity_provider"
+    );
+    assert!(exists("ops.sqlite3"));
+    assert_eq!(
+        json(&token(&["--profile", "dev"], &ops_env))["source"],
+        "cache"
+    );
+    // Cache commands read the profile's cache too.
+    let listed = json(&fx.run(&["cache", "list", "--json"]));
+    assert_eq!(listed["store"], cache("dev.sqlite3"), "{listed}");
+    assert_eq!(listed["partitions"].as_array().unwrap().len(), 1);
+    // A --scope flag replaces the profile's scopes.
+    let other = json(&token(
+        &["--scope", "api://other/.default", "--no-cache"],
+        &[],
+    ));
+    let decoded = json(&fx.run_with(
+        &["decode", "-", "--json"],
+        &[],
+        Some(other["access_token"].as_str().unwrap()),
+    ));
+    assert!(
+        decoded["claims"]["aud"].to_string().contains("api://other"),
+        "{decoded}"
+    );
+
+    // Unknown profile, malformed files, inline secrets: exit 2, one line naming the problem.
+    fails(
+        &token(&["--profile", "nope"], &[]),
+        2,
+        "no profile \"nope\"",
+    );
+    fails(&token(&["--profile", "nope"], &[]), 2, "profiles: dev, ops");
+    let bad = dir.join("bad.toml");
+    let bad_path = bad.to_str().unwrap();
+    for (text, mentions) in [
+        (
+            "[profile.x]\nclient_id = \"a\"\nscope = \"b\"\n",
+            "unknown field `scope`",
+        ),
+        ("[profile.x]\nclient_id = \"a\"\nscope = \"b\"\n", "line 3"),
+        ("[profile.x\nclient_id = 1\n", "line 1"),
+        ("[profile.x]\nflow = \"telepathy\"\n", "telepathy"),
+        (
+            "[profile.x]\nclient_secret = \"hunter2\"\n",
+            "client_secret_file",
+        ),
+        ("colour = \"blue\"\n", "colour"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let output = token(&["--config", bad_path, "--profile", "x"], &[]);
+        fails(&output, 2, mentions);
+        assert!(!stderr(&output).contains("hunter2"), "no secret echoed");
+        assert_eq!(
+            stderr(&output).trim_end().lines().count(),
+            1,
+            "{}",
+            stderr(&output)
+        );
+    }
+    // The same through TOKENWELL_CONFIG, and for cache commands.
+    fails(
+        &fx.run_with(&["cache", "list"], &[("TOKENWELL_CONFIG", bad_path)], None),
+        2,
+        "colour",
+    );
+    fails(
+        &token(&["--config", "/nonexistent/tokenwell.toml"], &[]),
+        1,
+        "/nonexistent/tokenwell.toml",
+    );
+}
+
+// ---- cache import: all or nothing ----
+
+/// An import whose second partition the store refuses (a SQLite trigger that aborts inserts
+/// of that partition's rows: a real, deterministic store failure) leaves the cache exactly
+/// as it was: the partition written before is put back, the refused one never appears.
+#[test]
+fn a_failed_import_leaves_the_cache_as_it_was() {
+    let fx = Fixture::new();
+    fx.emulator.register_client_secret("zz-app", "zz-secret");
+    let dir = fx.home.path();
+    let source = dir.join("source.sqlite3");
+    let target = dir.join("target.sqlite3");
+    let (source, target) = (source.to_str().unwrap(), target.to_str().unwrap());
+    let zz = [
+        ("AZURE_CLIENT_ID", "zz-app"),
+        ("AZURE_CLIENT_SECRET", "zz-secret"),
+    ];
+
+    // The target holds one token of `cli-app`.
+    let kept = json(&fx.run(&["token", "--scope", SCOPE, "--json", "--cache", target]));
+    let kept = kept["access_token"].as_str().unwrap().to_owned();
+    // The source: another token of `cli-app` (same partition) and one of `zz-app`.
+    json(&fx.run(&[
+        "token",
+        "--scope",
+        "api://other/.default",
+        "--json",
+        "--cache",
+        source,
+    ]));
+    json(&fx.run_with(
+        &["token", "--scope", SCOPE, "--json", "--cache", source],
+        &zz,
+        None,
+    ));
+    let file = dir.join("import.json");
+    let exported = fx.run(&[
+        "cache",
+        "export",
+        "--cache",
+        source,
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(exported.status.code(), Some(0), "{}", stderr(&exported));
+    let shown = |cache: &str| {
+        let list = json(&fx.run(&["cache", "list", "--json", "--cache", cache]));
+        list["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["partition"].as_str().unwrap().to_owned(),
+                    p["access_tokens"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = shown(target);
+    assert_eq!(before.len(), 1);
+    let partition = before[0].0.clone();
+    assert!(partition.starts_with("app:cli-app:"), "{partition}");
+
+    // Partitions are written in key order: `app:cli-app:…` first, then `app:zz-app:…`, which
+    // the store refuses.
+    let db = rusqlite::Connection::open(target).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_zz BEFORE INSERT ON entries
+         WHEN NEW.partition LIKE 'app:zz-app:%'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    drop(db);
+    let import = fx.run(&["cache", "import", file.to_str().unwrap(), "--cache", target]);
+    fails(&import, 1, "nothing was imported (rolled back)");
+    assert!(
+        stderr(&import).contains("app:zz-app:"),
+        "{}",
+        stderr(&import)
+    );
+    assert_eq!(shown(target), before, "the cache is as it was");
+    let show = json(&fx.run(&[
+        "cache", "show", &partition, "--reveal", "--json", "--cache", target,
+    ]));
+    let secrets: Vec<&str> = show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "access_token")
+        .map(|e| e["secret"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        secrets,
+        [kept.as_str()],
+        "the imported token was taken out again"
+    );
+
+    // When the store refuses the rollback too, the error names what still holds imported
+    // entries (and it does).
+    let db = rusqlite::Connection::open(target).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER keep_cli BEFORE DELETE ON entries
+         WHEN OLD.partition LIKE 'app:cli-app:%'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    drop(db);
+    let import = fx.run(&["cache", "import", file.to_str().unwrap(), "--cache", target]);
+    fails(&import, 1, "the rollback failed too");
+    assert!(
+        stderr(&import).contains(&format!("{partition} still hold(s) imported entries")),
+        "{}",
+        stderr(&import)
+    );
+    assert_eq!(shown(target), [(partition.clone(), serde_json::json!(2))]);
+
+    // Without the triggers the same import goes through whole.
+    let db = rusqlite::Connection::open(target).unwrap();
+    db.execute_batch("DROP TRIGGER refuse_zz; DROP TRIGGER keep_cli;")
+        .unwrap();
+    drop(db);
+    let imported = json(&fx.run(&[
+        "cache",
+        "import",
+        file.to_str().unwrap(),
+        "--json",
+        "--cache",
+        target,
+    ]));
+    assert_eq!(imported["partitions"], 2);
+    let after = shown(target);
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0], (partition, serde_json::json!(2)));
+}
