@@ -77,7 +77,7 @@ enum Command {
     /// Acquire a token (client credentials, managed identity, device code or authorization
     /// code with PKCE); cached.
     #[command(after_help = token::EXAMPLES)]
-    Token(token::TokenArgs),
+    Token(Box<token::TokenArgs>),
     /// Show a JWT's header and claims, with times as dates and the time left.
     #[command(after_help = decode::EXAMPLES)]
     Decode(decode::DecodeArgs),
@@ -278,7 +278,7 @@ async fn run(cli: Cli) -> Outcome {
         Ok(profile.map(|(_, profile)| profile))
     };
     match cli.command {
-        Command::Token(args) => token::run(args, profile()?).await,
+        Command::Token(args) => token::run(*args, profile()?).await,
         Command::Decode(args) => decode::run(&args),
         Command::Emulator(args) => emulator(args).await,
         Command::Completions { shell } => {

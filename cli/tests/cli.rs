@@ -767,6 +767,26 @@ fn device_code_approved_by_the_test() {
     assert_eq!(user["refresh_tokens"], 1, "{list}");
     let shown = fx.run(&["cache", "show", user["partition"].as_str().unwrap()]);
     assert!(stdout(&shown).contains("alice"), "{}", stdout(&shown));
+
+    // The next run is served from the cache: no new device code.
+    let again = fx.run_with(
+        &[
+            "token",
+            "--device-code",
+            "--client-id",
+            "cli-public",
+            "--scope",
+            "User.Read",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    let again = json(&again);
+    assert_eq!(again["source"], "cache", "{again}");
+    assert_eq!(again["account"], "alice");
+    assert_eq!(again["access_token"], token["access_token"]);
+    assert_eq!(fx.emulator.last_user_code(), Some(code), "no new code");
 }
 
 #[test]
