@@ -56,9 +56,9 @@ pub struct Profile {
     pub no_cache: Option<bool>,
     pub key_ring_file: Option<PathBuf>,
     pub redis_key_prefix: Option<String>,
-    /// Refused with a clear message (secrets are never inline).
+    /// Refused with a clear message (secrets are never inline); its value is not kept.
     #[serde(default)]
-    client_secret: Option<toml::Value>,
+    client_secret: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -30,8 +30,7 @@ pub struct Loopback {
     port: u16,
 }
 
-/// What the decisive redirect said.
-#[derive(Debug)]
+/// What the decisive redirect said (no `Debug`: it holds the code).
 enum Redirect {
     Code(String),
     StateMismatch,

@@ -22,6 +22,8 @@ const TOP_EXAMPLES: &str = "\
 Examples:
   tokenwell token --client-id $ID --tenant $TENANT --scope api://orders/.default
   tokenwell token --header --scope https://graph.microsoft.com/.default   # Authorization: Bearer …
+  tokenwell token --auth-code --client-id $CLI_APP --tenant organizations --scope User.Read
+  tokenwell token --profile orders                   # settings from the config file (below)
   tokenwell decode eyJ0eXAiOi…
   tokenwell cache list --cache redis://127.0.0.1:6379
   tokenwell cache export --output msal_cache.json
@@ -30,9 +32,11 @@ Examples:
 
 Exit codes:
   0  success
-  1  error (unreachable store, unreadable file, wrong key ring, identity provider error …)
-  2  usage (unknown flag, missing or contradicting options)
-  3  interaction required (consent, MFA or a new sign-in is needed)
+  1  error (unreachable store, unreadable file, wrong key ring, identity provider error, a
+     refused or timed-out sign-in redirect …)
+  2  usage (unknown flag, missing or contradicting options, config file or profile errors)
+  3  interaction required (consent, MFA or a new sign-in is needed; a sign-in redirect with
+     access_denied or login_required)
   4  throttled (by the identity provider or tokenwell's client-side throttling)
 
 Environment: TOKENWELL_CACHE, TOKENWELL_CACHE_DIR, TOKENWELL_KEY_RING(_FILE), TOKENWELL_CLIENT_ID,

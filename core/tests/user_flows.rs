@@ -710,6 +710,12 @@ async fn forced_silent_on_a_new_node_redeems_the_refresh_token_from_l2(t: Transp
         "a forced request never returns the token it skipped"
     );
     assert_eq!(rig.grant_requests("refresh_token"), 1);
+    // A confidential client's new node finds the account through L2 as well.
+    let d = node();
+    assert!(d.accounts().is_empty());
+    let found = d.load_accounts().await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].home_account_id, account.home_account_id);
 }
 
 /// GET `url` over plain HTTP/1.1 (the emulator's `/authorize`, which answers with a redirect;
