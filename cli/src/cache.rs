@@ -448,7 +448,8 @@ pub async fn import(cache: &Cache, imported: &MsalImport, json_out: bool) -> Out
 }
 
 /// Put `touched` partitions back as their snapshots held them; returns the keys that could
-/// not be.
+/// not be. A partition the store refuses to restore but that reads back as it was (the failed
+/// write was not applied) is not reported.
 async fn roll_back(
     cache: &Cache,
     touched: &[(&PartitionKey, Vec<StoreEntry>, StoredPartition, usize)],
@@ -465,10 +466,22 @@ async fn roll_back(
                 .is_ok();
         }
         if !restored {
-            left.push(key.to_string());
+            let unchanged = cache
+                .store
+                .load(key)
+                .await
+                .is_ok_and(|now| same_entries(&now.entries, &before.entries));
+            if !unchanged {
+                left.push(key.to_string());
+            }
         }
     }
     left
+}
+
+/// Whether two readings of a partition hold the same entries (in any order).
+fn same_entries(a: &[StoreEntry], b: &[StoreEntry]) -> bool {
+    a.len() == b.len() && a.iter().all(|entry| b.contains(entry))
 }
 
 /// What `purge` removes.

@@ -1369,26 +1369,46 @@ fn profiles_fill_what_flags_and_environment_leave_open() {
 
 // ---- cache import: all or nothing ----
 
-/// An import whose second partition the store refuses (a SQLite trigger that aborts inserts
-/// of that partition's rows: a real, deterministic store failure) leaves the cache exactly
-/// as it was: the partition written before is put back, the refused one never appears.
-#[test]
-fn a_failed_import_leaves_the_cache_as_it_was() {
-    let fx = Fixture::new();
+/// `(partition, access tokens)` of every partition of `cache`.
+fn partitions_of(fx: &Fixture, cache: &str) -> Vec<(String, Value)> {
+    let list = json(&fx.run(&["cache", "list", "--json", "--cache", cache]));
+    list["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_str().unwrap().to_owned(),
+                p["access_tokens"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The access tokens' secrets of one partition.
+fn secrets_of(fx: &Fixture, cache: &str, partition: &str) -> Vec<String> {
+    let show = json(&fx.run(&[
+        "cache", "show", partition, "--reveal", "--json", "--cache", cache,
+    ]));
+    show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "access_token")
+        .map(|e| e["secret"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `target` gets one token of `cli-app`; the returned MSAL file holds another token of
+/// `cli-app` (the same partition, written first) and one of `zz-app` (written second).
+/// Returns the file, the `cli-app` partition and the target's token.
+fn import_scenario(fx: &Fixture, target: &str) -> (PathBuf, String, String) {
     fx.emulator.register_client_secret("zz-app", "zz-secret");
     let dir = fx.home.path();
     let source = dir.join("source.sqlite3");
-    let target = dir.join("target.sqlite3");
-    let (source, target) = (source.to_str().unwrap(), target.to_str().unwrap());
-    let zz = [
-        ("AZURE_CLIENT_ID", "zz-app"),
-        ("AZURE_CLIENT_SECRET", "zz-secret"),
-    ];
-
-    // The target holds one token of `cli-app`.
+    let source = source.to_str().unwrap();
     let kept = json(&fx.run(&["token", "--scope", SCOPE, "--json", "--cache", target]));
     let kept = kept["access_token"].as_str().unwrap().to_owned();
-    // The source: another token of `cli-app` (same partition) and one of `zz-app`.
     json(&fx.run(&[
         "token",
         "--scope",
@@ -1399,7 +1419,10 @@ fn a_failed_import_leaves_the_cache_as_it_was() {
     ]));
     json(&fx.run_with(
         &["token", "--scope", SCOPE, "--json", "--cache", source],
-        &zz,
+        &[
+            ("AZURE_CLIENT_ID", "zz-app"),
+            ("AZURE_CLIENT_SECRET", "zz-secret"),
+        ],
         None,
     ));
     let file = dir.join("import.json");
@@ -1412,24 +1435,24 @@ fn a_failed_import_leaves_the_cache_as_it_was() {
         file.to_str().unwrap(),
     ]);
     assert_eq!(exported.status.code(), Some(0), "{}", stderr(&exported));
-    let shown = |cache: &str| {
-        let list = json(&fx.run(&["cache", "list", "--json", "--cache", cache]));
-        list["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["partition"].as_str().unwrap().to_owned(),
-                    p["access_tokens"].clone(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    let before = shown(target);
+    let before = partitions_of(fx, target);
     assert_eq!(before.len(), 1);
     let partition = before[0].0.clone();
     assert!(partition.starts_with("app:cli-app:"), "{partition}");
+    (file, partition, kept)
+}
+
+/// An import whose second partition the store refuses (a SQLite trigger that aborts inserts
+/// of that partition's rows: a real, deterministic store failure) leaves the cache exactly
+/// as it was: the partition written before is put back, the refused one never appears.
+#[test]
+fn a_failed_import_leaves_the_cache_as_it_was() {
+    let fx = Fixture::new();
+    let target = fx.home.path().join("target.sqlite3");
+    let target = target.to_str().unwrap();
+    let (file, partition, kept) = import_scenario(&fx, target);
+    let before = partitions_of(&fx, target);
+    let shown = |cache: &str| partitions_of(&fx, cache);
 
     // Partitions are written in key order: `app:cli-app:…` first, then `app:zz-app:…`, which
     // the store refuses.
@@ -1449,19 +1472,9 @@ fn a_failed_import_leaves_the_cache_as_it_was() {
         stderr(&import)
     );
     assert_eq!(shown(target), before, "the cache is as it was");
-    let show = json(&fx.run(&[
-        "cache", "show", &partition, "--reveal", "--json", "--cache", target,
-    ]));
-    let secrets: Vec<&str> = show["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "access_token")
-        .map(|e| e["secret"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        secrets,
-        [kept.as_str()],
+        secrets_of(&fx, target, &partition),
+        [kept.clone()],
         "the imported token was taken out again"
     );
 
@@ -1501,4 +1514,60 @@ fn a_failed_import_leaves_the_cache_as_it_was() {
     let after = shown(target);
     assert_eq!(after.len(), 2);
     assert_eq!(after[0], (partition, serde_json::json!(2)));
+}
+
+/// The same on Redis: an ACL user that may write only the `cli-app` partition's hash (a real
+/// NOPERM from the server for the second partition); the first is put back.
+#[test]
+fn a_failed_import_into_redis_is_rolled_back() {
+    if !RedisChild::available() {
+        eprintln!("skipped: no redis-server on PATH");
+        return;
+    }
+    let redis = RedisChild::start().unwrap();
+    let fx = Fixture::new();
+    let url = redis.url();
+    let (file, partition, kept) = import_scenario(&fx, &url);
+    let before = partitions_of(&fx, &url);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_connection().unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("importer")
+        .arg("on")
+        .arg(">import-pw")
+        .arg("+@all")
+        .arg("%R~*")
+        .arg(format!("~tokenwell:blob:{partition}"))
+        .query::<()>(&mut admin)
+        .unwrap();
+    let restricted = format!("redis://importer:import-pw@127.0.0.1:{}", redis.port());
+    let import = fx.run(&[
+        "cache",
+        "import",
+        file.to_str().unwrap(),
+        "--cache",
+        &restricted,
+    ]);
+    fails(&import, 1, "nothing was imported (rolled back)");
+    assert!(
+        stderr(&import).contains("app:zz-app:"),
+        "{}",
+        stderr(&import)
+    );
+    assert!(
+        !stderr(&import).contains("import-pw"),
+        "no password in messages"
+    );
+    assert_eq!(partitions_of(&fx, &url), before, "the cache is as it was");
+    assert_eq!(secrets_of(&fx, &url, &partition), [kept]);
+    let imported = json(&fx.run(&[
+        "cache",
+        "import",
+        file.to_str().unwrap(),
+        "--json",
+        "--cache",
+        &url,
+    ]));
+    assert_eq!(imported["partitions"], 2);
 }
