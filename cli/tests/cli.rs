@@ -1474,7 +1474,7 @@ fn a_failed_import_leaves_the_cache_as_it_was() {
     assert_eq!(shown(target), before, "the cache is as it was");
     assert_eq!(
         secrets_of(&fx, target, &partition),
-        [kept.clone()],
+        std::slice::from_ref(&kept),
         "the imported token was taken out again"
     );
 
