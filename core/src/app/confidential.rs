@@ -174,6 +174,13 @@ impl ConfidentialClientApplication {
         self.inner.core.accounts()
     }
 
+    /// Accounts signed in to this application, after reading the L2 store's copy of the
+    /// accounts index: a new process or another node finds accounts signed in elsewhere (the
+    /// same as [`accounts`](Self::accounts) without an L2).
+    pub async fn load_accounts(&self) -> Vec<Account> {
+        self.inner.core.load_accounts().await
+    }
+
     /// Forget `account` and its tokens (removals are remembered, so shared caches do not
     /// bring them back). Returns once the removal is written to L2, when there is one.
     pub async fn remove_account(&self, account: &Account) {

@@ -908,6 +908,14 @@ impl Engine {
         }
     }
 
+    /// Teach L1 what L2 holds for `partition` (sharing a read in flight for it); nothing
+    /// without an L2.
+    pub(crate) async fn load_from_l2(&self, partition: &PartitionKey) {
+        if let Some(l2) = &self.l2 {
+            l2.read_into_l1(partition).await;
+        }
+    }
+
     /// Read the partition from L2 and teach it to L1 (refresh tokens included, for every
     /// mode; a read already in flight for the partition is shared), then return the token the
     /// flight may adopt.

@@ -1,5 +1,6 @@
 //! Public client applications (CLIs, desktop and device apps): no credential, user tokens via
-//! the device code flow, then silently from the cache and refresh tokens.
+//! the device code flow or the authorization code flow with PKCE, then silently from the cache
+//! and refresh tokens.
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
@@ -13,7 +14,10 @@ use serde_json::Value;
 use super::flows::client::ClientIdentity;
 use super::l2::L2Health;
 use super::settings::{AuthoritySource, EngineSettings, engine_setters};
-use super::user_flows::{AcquireTokenSilent, ClientCore, attach_user, idp_result, user_partition};
+use super::user_flows::{
+    AcquireTokenByAuthorizationCode, AcquireTokenSilent, AuthorizationUrl, ClientCore, attach_user,
+    idp_result, user_partition,
+};
 use crate::cache::{Account, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
 use crate::response::parse_error_response;
@@ -27,7 +31,8 @@ use crate::throttle::{FlowKind, ThrottleKey};
 /// `slow_down` adds this to the polling interval (RFC 8628 §3.5).
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 
-/// A public client: signs users in with the device code flow and keeps their tokens.
+/// A public client: signs users in with the device code flow or the authorization code flow
+/// (PKCE) and keeps their tokens.
 ///
 /// Cloning is cheap and shares cache and configuration.
 #[derive(Clone)]
@@ -63,6 +68,29 @@ impl PublicClientApplication {
         }
     }
 
+    /// Start building the URL that sends a user to sign in with the authorization code flow
+    /// (with [`Pkce`](super::Pkce): a public client has no secret to protect the code).
+    pub fn authorization_url<'s>(
+        &self,
+        scopes: impl IntoScopeSet<'s>,
+        redirect_uri: impl Into<String>,
+    ) -> AuthorizationUrl {
+        AuthorizationUrl::new(&self.core, scopes.into_scope_set(), redirect_uri.into())
+    }
+
+    /// Redeem an authorization code (from the redirect of
+    /// [`authorization_url`](Self::authorization_url)) with the PKCE verifier. The tokens are
+    /// cached under the signed-in account, which [`accounts`](Self::accounts) then lists for
+    /// [`acquire_token_silent`](Self::acquire_token_silent).
+    pub fn acquire_token_by_authorization_code<'s>(
+        &self,
+        code: impl Into<String>,
+        scopes: impl IntoScopeSet<'s>,
+        redirect_uri: impl Into<String>,
+    ) -> AcquireTokenByAuthorizationCode<'_> {
+        AcquireTokenByAuthorizationCode::new(&self.core, code, scopes, redirect_uri)
+    }
+
     /// A token for `account` from the cache, renewed with its refresh token when needed.
     pub fn acquire_token_silent<'a>(
         &'a self,
@@ -75,6 +103,13 @@ impl PublicClientApplication {
     /// Accounts signed in to this application, from the cache.
     pub fn accounts(&self) -> Vec<Account> {
         self.core.accounts()
+    }
+
+    /// Accounts signed in to this application, after reading the L2 store's copy of the
+    /// accounts index: a new process (a CLI's next run) finds accounts signed in before it
+    /// (the same as [`accounts`](Self::accounts) without an L2).
+    pub async fn load_accounts(&self) -> Vec<Account> {
+        self.core.load_accounts().await
     }
 
     /// Forget `account` and its tokens.

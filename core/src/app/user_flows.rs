@@ -59,6 +59,15 @@ impl ClientCore {
         accounts
     }
 
+    /// [`accounts`](Self::accounts) after reading the accounts index from L2, so a new
+    /// process (or another node) finds the accounts signed in before it.
+    pub(crate) async fn load_accounts(&self) -> Vec<Account> {
+        self.engine
+            .load_from_l2(&self.identity.accounts_index())
+            .await;
+        self.accounts()
+    }
+
     /// Forget `account`: its tokens and its index entry become tombstones, so no older copy
     /// (another node, L2) brings them back. Returns once L2 has the removal.
     pub(crate) async fn remove_account(&self, account: &Account) {
