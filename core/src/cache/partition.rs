@@ -331,7 +331,19 @@ impl AccessTokenIndex {
 #[derive(Clone, Default)]
 pub struct Partition {
     access_tokens: AccessTokenIndex,
-    /// Removed entries and when, so a merge with an older copy does not resurrect them.
+    /// Everything but access tokens; `None` while all of it is empty (see [`Sections`]).
+    rare: Option<Box<Sections>>,
+    latest_expiry: u64,
+    approx_bytes: usize,
+}
+
+/// The parts of a partition most partitions never use: an application's partition (one per
+/// tenant in a multi-tenant service) holds only access tokens, and removals are rare. Boxed
+/// and allocated on first use, so such a partition does not carry five empty maps (240 bytes;
+/// `cargo bench --bench memory`).
+#[derive(Clone, Default)]
+struct Sections {
+    /// Removed access tokens and when, so a merge with an older copy does not resurrect them.
     tombstones: HashMap<AccessTokenKey, u64>,
     /// Refresh tokens, ID tokens and accounts by their identity inside the partition.
     refresh_tokens: HashMap<Box<str>, Arc<RefreshToken>>,
@@ -339,8 +351,75 @@ pub struct Partition {
     accounts: HashMap<Box<str>, Arc<Account>>,
     /// Removals of refresh tokens, ID tokens and accounts (by identity) and when.
     entry_tombstones: HashMap<Box<str>, u64>,
-    latest_expiry: u64,
-    approx_bytes: usize,
+}
+
+/// What a partition without [`Sections`] reads.
+static NO_SECTIONS: std::sync::LazyLock<Sections> = std::sync::LazyLock::new(Sections::default);
+
+impl Sections {
+    fn refresh_tokens_and_removals(
+        &mut self,
+    ) -> (
+        &mut HashMap<Box<str>, Arc<RefreshToken>>,
+        &mut HashMap<Box<str>, u64>,
+    ) {
+        (&mut self.refresh_tokens, &mut self.entry_tombstones)
+    }
+
+    fn id_tokens_and_removals(
+        &mut self,
+    ) -> (
+        &mut HashMap<Box<str>, Arc<IdToken>>,
+        &mut HashMap<Box<str>, u64>,
+    ) {
+        (&mut self.id_tokens, &mut self.entry_tombstones)
+    }
+
+    fn accounts_and_removals(
+        &mut self,
+    ) -> (
+        &mut HashMap<Box<str>, Arc<Account>>,
+        &mut HashMap<Box<str>, u64>,
+    ) {
+        (&mut self.accounts, &mut self.entry_tombstones)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tombstones.is_empty()
+            && self.refresh_tokens.is_empty()
+            && self.id_tokens.is_empty()
+            && self.accounts.is_empty()
+            && self.entry_tombstones.is_empty()
+    }
+
+    /// A copy without the removals older than the retention (nothing they removed can come
+    /// back by now).
+    fn without_expired(&self, now: u64) -> Sections {
+        fn recent<K: Clone + Eq + std::hash::Hash>(
+            removals: &HashMap<K, u64>,
+            now: u64,
+        ) -> HashMap<K, u64> {
+            removals
+                .iter()
+                .filter(|(_, removed_at)| {
+                    now.saturating_sub(**removed_at) < TOMBSTONE_RETENTION_SECS
+                })
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        }
+        Sections {
+            tombstones: recent(&self.tombstones, now),
+            refresh_tokens: self.refresh_tokens.clone(),
+            id_tokens: self.id_tokens.clone(),
+            accounts: self.accounts.clone(),
+            entry_tombstones: recent(&self.entry_tombstones, now),
+        }
+    }
+}
+
+/// The sections of a partition, allocated when first written.
+fn sections_mut(rare: &mut Option<Box<Sections>>) -> &mut Sections {
+    rare.get_or_insert_with(Box::default)
 }
 
 /// What the generic section code needs of a refresh token, ID token or account.
@@ -446,6 +525,12 @@ impl Partition {
         Self::default()
     }
 
+    /// Everything but the access tokens (empty sections when there is none).
+    #[inline]
+    fn s(&self) -> &Sections {
+        self.rare.as_deref().unwrap_or(&NO_SECTIONS)
+    }
+
     /// A partition holding `tokens`, built in one pass (bulk import, benches).
     pub fn from_access_tokens(tokens: impl IntoIterator<Item = AccessToken>) -> Self {
         let mut partition = Partition::new();
@@ -495,22 +580,13 @@ impl Partition {
                 next.insert_access_token(Arc::clone(token));
             }
         }
-        next.refresh_tokens = self.refresh_tokens.clone();
-        next.id_tokens = self.id_tokens.clone();
-        next.accounts = self.accounts.clone();
         next.approx_bytes += self.section_bytes();
-        next.entry_tombstones = self
-            .entry_tombstones
-            .iter()
-            .filter(|(_, removed_at)| now.saturating_sub(**removed_at) < TOMBSTONE_RETENTION_SECS)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        next.tombstones = self
-            .tombstones
-            .iter()
-            .filter(|(_, removed_at)| now.saturating_sub(**removed_at) < TOMBSTONE_RETENTION_SECS)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
+        next.rare = self
+            .rare
+            .as_deref()
+            .map(|rare| rare.without_expired(now))
+            .filter(|rare| !rare.is_empty())
+            .map(Box::new);
         next
     }
 
@@ -524,7 +600,9 @@ impl Partition {
             next.approx_bytes = next.approx_bytes.saturating_sub(old.approx_bytes());
             removed_at = removed_at.max(old.cached_at);
         }
-        next.tombstones.insert(key, removed_at);
+        sections_mut(&mut next.rare)
+            .tombstones
+            .insert(key, removed_at);
         next
     }
 
@@ -536,8 +614,8 @@ impl Partition {
 
     /// `base` overlaid with `overlay`: an overlay entry wins when newer or on a tie.
     fn merge_by(base: &Partition, overlay: &Partition, now: u64) -> Partition {
-        let mut tombstones = base.tombstones.clone();
-        for (key, removed_at) in &overlay.tombstones {
+        let mut tombstones = base.s().tombstones.clone();
+        for (key, removed_at) in &overlay.s().tombstones {
             let slot = tombstones.entry(key.clone()).or_insert(*removed_at);
             *slot = (*slot).max(*removed_at);
         }
@@ -567,66 +645,57 @@ impl Partition {
                 merged.insert_access_token(Arc::clone(token));
             }
         }
-        let mut entry_tombstones = base.entry_tombstones.clone();
-        for (key, removed_at) in &overlay.entry_tombstones {
+        let mut entry_tombstones = base.s().entry_tombstones.clone();
+        for (key, removed_at) in &overlay.s().entry_tombstones {
             let slot = entry_tombstones.entry(key.clone()).or_insert(*removed_at);
             *slot = (*slot).max(*removed_at);
         }
         // Refresh tokens, ID tokens, accounts: newest write wins, the overlay on a tie.
+        let mut sections = Sections::default();
         merge_section(
-            &overlay.refresh_tokens,
-            &base.refresh_tokens,
+            &overlay.s().refresh_tokens,
+            &base.s().refresh_tokens,
             &entry_tombstones,
-            &mut merged.refresh_tokens,
+            &mut sections.refresh_tokens,
         );
         merge_section(
-            &overlay.id_tokens,
-            &base.id_tokens,
+            &overlay.s().id_tokens,
+            &base.s().id_tokens,
             &entry_tombstones,
-            &mut merged.id_tokens,
+            &mut sections.id_tokens,
         );
         merge_section(
-            &overlay.accounts,
-            &base.accounts,
+            &overlay.s().accounts,
+            &base.s().accounts,
             &entry_tombstones,
-            &mut merged.accounts,
+            &mut sections.accounts,
         );
-        merged.entry_tombstones = entry_tombstones;
-        merged.tombstones = tombstones;
+        sections.entry_tombstones = entry_tombstones;
+        sections.tombstones = tombstones;
+        merged.rare = Some(Box::new(sections));
+        // Also drops the sections when all of them are empty.
         merged.without_expired(now)
     }
 
     /// A new snapshot with `token` as the refresh token of its account and client (a newer one
     /// replaces an older: rotation keeps only the newest).
     pub fn with_refresh_token(mut self, token: RefreshToken) -> Partition {
-        put_entry(
-            &mut self.refresh_tokens,
-            &mut self.entry_tombstones,
-            &mut self.approx_bytes,
-            Arc::new(token),
-        );
+        let (map, removals) = sections_mut(&mut self.rare).refresh_tokens_and_removals();
+        put_entry(map, removals, &mut self.approx_bytes, Arc::new(token));
         self
     }
 
     /// A new snapshot with `token` (replacing the ID token of the same account, client, realm).
     pub fn with_id_token(mut self, token: IdToken) -> Partition {
-        put_entry(
-            &mut self.id_tokens,
-            &mut self.entry_tombstones,
-            &mut self.approx_bytes,
-            Arc::new(token),
-        );
+        let (map, removals) = sections_mut(&mut self.rare).id_tokens_and_removals();
+        put_entry(map, removals, &mut self.approx_bytes, Arc::new(token));
         self
     }
 
     /// A new snapshot with `account` (replacing the same account in the same realm).
     pub fn with_account(mut self, account: Account) -> Partition {
-        put_entry(
-            &mut self.accounts,
-            &mut self.entry_tombstones,
-            &mut self.approx_bytes,
-            Arc::new(account),
-        );
+        let (map, removals) = sections_mut(&mut self.rare).accounts_and_removals();
+        put_entry(map, removals, &mut self.approx_bytes, Arc::new(account));
         self
     }
 
@@ -649,7 +718,9 @@ impl Partition {
             next.access_tokens.remove_key(&key);
             // Never older than the token (written ahead of our clock): the store and merges
             // rank a removal by its time.
-            next.tombstones.insert(key, now.max(token.cached_at));
+            sections_mut(&mut next.rare)
+                .tombstones
+                .insert(key, now.max(token.cached_at));
         }
         fn drop_home<T: SectionEntry>(
             map: &mut HashMap<Box<str>, Arc<T>>,
@@ -665,24 +736,12 @@ impl Partition {
                 keep
             });
         }
-        drop_home(
-            &mut next.refresh_tokens,
-            &mut next.entry_tombstones,
-            home_account_id,
-            now,
-        );
-        drop_home(
-            &mut next.id_tokens,
-            &mut next.entry_tombstones,
-            home_account_id,
-            now,
-        );
-        drop_home(
-            &mut next.accounts,
-            &mut next.entry_tombstones,
-            home_account_id,
-            now,
-        );
+        let (map, removals) = sections_mut(&mut next.rare).refresh_tokens_and_removals();
+        drop_home(map, removals, home_account_id, now);
+        let (map, removals) = sections_mut(&mut next.rare).id_tokens_and_removals();
+        drop_home(map, removals, home_account_id, now);
+        let (map, removals) = sections_mut(&mut next.rare).accounts_and_removals();
+        drop_home(map, removals, home_account_id, now);
         next.recount();
         next
     }
@@ -695,27 +754,27 @@ impl Partition {
         client_id: &str,
     ) -> Option<&Arc<RefreshToken>> {
         let key = format!("rt:{home_account_id}-{environment}-{client_id}").to_lowercase();
-        self.refresh_tokens.get(key.as_str())
+        self.s().refresh_tokens.get(key.as_str())
     }
 
     /// All refresh tokens.
     pub fn refresh_tokens(&self) -> impl Iterator<Item = &Arc<RefreshToken>> {
-        self.refresh_tokens.values()
+        self.s().refresh_tokens.values()
     }
 
     /// All ID tokens.
     pub fn id_tokens(&self) -> impl Iterator<Item = &Arc<IdToken>> {
-        self.id_tokens.values()
+        self.s().id_tokens.values()
     }
 
     /// All accounts.
     pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
-        self.accounts.values()
+        self.s().accounts.values()
     }
 
     /// Removals of refresh tokens, ID tokens and accounts, for the blob codec.
     pub(crate) fn entry_tombstones(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.entry_tombstones.iter().map(|(k, v)| (&**k, *v))
+        self.s().entry_tombstones.iter().map(|(k, v)| (&**k, *v))
     }
 
     /// Rebuild the sections from decoded parts (blob codec, format 2).
@@ -726,10 +785,12 @@ impl Partition {
         accounts: Vec<Account>,
         entry_tombstones: Vec<(String, u64)>,
     ) -> Partition {
-        self.entry_tombstones = entry_tombstones
-            .into_iter()
-            .map(|(k, v)| (k.into_boxed_str(), v))
-            .collect();
+        if !entry_tombstones.is_empty() {
+            sections_mut(&mut self.rare).entry_tombstones = entry_tombstones
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v))
+                .collect();
+        }
         for token in refresh_tokens {
             self = self.with_refresh_token(token);
         }
@@ -750,36 +811,35 @@ impl Partition {
             .map(|t| CacheEntry::AccessToken(Arc::clone(t)))
             .collect();
         entries.extend(
-            self.refresh_tokens
+            self.s()
+                .refresh_tokens
                 .values()
                 .map(|t| CacheEntry::RefreshToken(Arc::clone(t))),
         );
         entries.extend(
-            self.id_tokens
+            self.s()
+                .id_tokens
                 .values()
                 .map(|t| CacheEntry::IdToken(Arc::clone(t))),
         );
         entries.extend(
-            self.accounts
+            self.s()
+                .accounts
                 .values()
                 .map(|a| CacheEntry::Account(Arc::clone(a))),
         );
-        entries.extend(
-            self.tombstones
-                .iter()
-                .map(|(key, at)| CacheEntry::AccessTokenRemoved {
-                    key: key.clone(),
-                    at: *at,
-                }),
-        );
-        entries.extend(
-            self.entry_tombstones
-                .iter()
-                .map(|(key, at)| CacheEntry::EntryRemoved {
-                    key: key.clone(),
-                    at: *at,
-                }),
-        );
+        entries.extend(self.s().tombstones.iter().map(|(key, at)| {
+            CacheEntry::AccessTokenRemoved {
+                key: key.clone(),
+                at: *at,
+            }
+        }));
+        entries.extend(self.s().entry_tombstones.iter().map(|(key, at)| {
+            CacheEntry::EntryRemoved {
+                key: key.clone(),
+                at: *at,
+            }
+        }));
         entries
     }
 
@@ -813,33 +873,33 @@ impl Partition {
             .map(|t| CacheEntry::AccessToken(Arc::clone(t)))
             .collect();
         changed(
-            &self.refresh_tokens,
-            &before.refresh_tokens,
+            &self.s().refresh_tokens,
+            &before.s().refresh_tokens,
             CacheEntry::RefreshToken,
             &mut out,
         );
         changed(
-            &self.id_tokens,
-            &before.id_tokens,
+            &self.s().id_tokens,
+            &before.s().id_tokens,
             CacheEntry::IdToken,
             &mut out,
         );
         changed(
-            &self.accounts,
-            &before.accounts,
+            &self.s().accounts,
+            &before.s().accounts,
             CacheEntry::Account,
             &mut out,
         );
-        for (key, at) in &self.tombstones {
-            if before.tombstones.get(key) != Some(at) {
+        for (key, at) in &self.s().tombstones {
+            if before.s().tombstones.get(key) != Some(at) {
                 out.push(CacheEntry::AccessTokenRemoved {
                     key: key.clone(),
                     at: *at,
                 });
             }
         }
-        for (key, at) in &self.entry_tombstones {
-            if before.entry_tombstones.get(key) != Some(at) {
+        for (key, at) in &self.s().entry_tombstones {
+            if before.s().entry_tombstones.get(key) != Some(at) {
                 out.push(CacheEntry::EntryRemoved {
                     key: key.clone(),
                     at: *at,
@@ -865,30 +925,31 @@ impl Partition {
                         live.insert_access_token(token);
                     }
                 }
-                CacheEntry::RefreshToken(token) => put_entry(
-                    &mut live.refresh_tokens,
-                    &mut live.entry_tombstones,
-                    &mut live.approx_bytes,
-                    token,
-                ),
-                CacheEntry::IdToken(token) => put_entry(
-                    &mut live.id_tokens,
-                    &mut live.entry_tombstones,
-                    &mut live.approx_bytes,
-                    token,
-                ),
-                CacheEntry::Account(account) => put_entry(
-                    &mut live.accounts,
-                    &mut live.entry_tombstones,
-                    &mut live.approx_bytes,
-                    account,
-                ),
+                CacheEntry::RefreshToken(token) => {
+                    let (map, removals) =
+                        sections_mut(&mut live.rare).refresh_tokens_and_removals();
+                    put_entry(map, removals, &mut live.approx_bytes, token);
+                }
+                CacheEntry::IdToken(token) => {
+                    let (map, removals) = sections_mut(&mut live.rare).id_tokens_and_removals();
+                    put_entry(map, removals, &mut live.approx_bytes, token);
+                }
+                CacheEntry::Account(account) => {
+                    let (map, removals) = sections_mut(&mut live.rare).accounts_and_removals();
+                    put_entry(map, removals, &mut live.approx_bytes, account);
+                }
                 CacheEntry::AccessTokenRemoved { key, at } => {
-                    let slot = removed.tombstones.entry(key).or_insert(at);
+                    let slot = sections_mut(&mut removed.rare)
+                        .tombstones
+                        .entry(key)
+                        .or_insert(at);
                     *slot = (*slot).max(at);
                 }
                 CacheEntry::EntryRemoved { key, at } => {
-                    let slot = removed.entry_tombstones.entry(key).or_insert(at);
+                    let slot = sections_mut(&mut removed.rare)
+                        .entry_tombstones
+                        .entry(key)
+                        .or_insert(at);
                     *slot = (*slot).max(at);
                 }
             }
@@ -901,12 +962,18 @@ impl Partition {
     }
 
     fn section_bytes(&self) -> usize {
-        self.refresh_tokens
+        self.s()
+            .refresh_tokens
             .values()
             .map(|e| e.bytes())
             .sum::<usize>()
-            + self.id_tokens.values().map(|e| e.bytes()).sum::<usize>()
-            + self.accounts.values().map(|e| e.bytes()).sum::<usize>()
+            + self
+                .s()
+                .id_tokens
+                .values()
+                .map(|e| e.bytes())
+                .sum::<usize>()
+            + self.s().accounts.values().map(|e| e.bytes()).sum::<usize>()
     }
 
     fn recount(&mut self) {
@@ -920,7 +987,7 @@ impl Partition {
 
     /// Tombstones as (entry identity, removed at), for the blob codec.
     pub(crate) fn tombstones(&self) -> impl Iterator<Item = (&AccessTokenKey, u64)> {
-        self.tombstones.iter().map(|(k, v)| (k, *v))
+        self.s().tombstones.iter().map(|(k, v)| (k, *v))
     }
 
     /// Rebuild from decoded parts (blob codec).
@@ -929,21 +996,25 @@ impl Partition {
         tombstones: Vec<(AccessTokenKey, u64)>,
     ) -> Partition {
         let mut partition = Partition::from_access_tokens(tokens);
-        partition.tombstones = tombstones.into_iter().collect();
+        if !tombstones.is_empty() {
+            sections_mut(&mut partition.rare).tombstones = tombstones.into_iter().collect();
+        }
         partition
     }
 
     fn insert_access_token(&mut self, token: Arc<AccessToken>) {
         self.latest_expiry = self.latest_expiry.max(token.expires_on);
         self.approx_bytes += token.approx_bytes();
-        if !self.tombstones.is_empty() {
+        if let Some(rare) = &mut self.rare
+            && !rare.tombstones.is_empty()
+        {
             let key = AccessTokenKey::of(&token);
-            if self
+            if rare
                 .tombstones
                 .get(&key)
                 .is_some_and(|removed| *removed < token.cached_at)
             {
-                self.tombstones.remove(&key);
+                rare.tombstones.remove(&key);
             }
         }
         if let Some(old) = self.access_tokens.insert(token) {
@@ -963,12 +1034,7 @@ impl Partition {
 
     /// True when the partition holds nothing, not even a tombstone.
     pub fn is_empty(&self) -> bool {
-        self.access_tokens.is_empty()
-            && self.tombstones.is_empty()
-            && self.refresh_tokens.is_empty()
-            && self.id_tokens.is_empty()
-            && self.accounts.is_empty()
-            && self.entry_tombstones.is_empty()
+        self.access_tokens.is_empty() && self.s().is_empty()
     }
 
     /// The latest `expires_on` of any entry: after it the whole partition is dead weight.
@@ -977,11 +1043,12 @@ impl Partition {
     /// days), so a user partition outlives its access tokens but not forever (L2 TTLs).
     pub fn latest_expiry(&self) -> u64 {
         let user_entries = self
+            .s()
             .refresh_tokens
             .values()
             .map(|e| e.written_at())
-            .chain(self.id_tokens.values().map(|e| e.written_at()))
-            .chain(self.accounts.values().map(|e| e.written_at()))
+            .chain(self.s().id_tokens.values().map(|e| e.written_at()))
+            .chain(self.s().accounts.values().map(|e| e.written_at()))
             .max();
         match user_entries {
             Some(written) => self
@@ -1001,9 +1068,9 @@ impl fmt::Debug for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Partition")
             .field("access_tokens", &self.access_tokens.len())
-            .field("refresh_tokens", &self.refresh_tokens.len())
-            .field("id_tokens", &self.id_tokens.len())
-            .field("accounts", &self.accounts.len())
+            .field("refresh_tokens", &self.s().refresh_tokens.len())
+            .field("id_tokens", &self.s().id_tokens.len())
+            .field("accounts", &self.s().accounts.len())
             .field("latest_expiry", &self.latest_expiry)
             .finish()
     }
