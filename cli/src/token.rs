@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 use tokenwell::app::L2Options;
-use tokenwell::{AuthenticationResult, ClientCredential, Error, ManagedIdentityId, TokenSource};
+use tokenwell::{
+    AcquisitionError, AcquisitionResult, ClientCredential, Error, ManagedIdentityId, TokenSource,
+};
 
 use crate::util::{
     EXIT_INTERACTION, EXIT_THROTTLED, Failure, Outcome, cache_spec, codec, date, out, print_json,
@@ -117,15 +119,26 @@ pub struct TokenArgs {
     json: bool,
 }
 
-/// The exit code and line for a failed acquisition.
-fn failure(error: &Error) -> Failure {
-    let message = error.to_string().replace(['\n', '\r'], " ");
-    let code = match error {
+/// The exit code and line for a failed acquisition: the error, how many retries it took and
+/// the correlation id sent as `client-request-id` (for a support ticket), from the error's
+/// metadata (`token_failures_name_the_correlation_id_and_retries` in `cli/tests/cli.rs`).
+fn failure(error: &AcquisitionError) -> Failure {
+    let mut message = error.to_string().replace(['\n', '\r'], " ");
+    let code = match error.kind() {
         Error::Throttled { .. } => EXIT_THROTTLED,
         Error::IdentityProvider(idp) if idp.status == 429 => EXIT_THROTTLED,
         e if e.is_interaction_required() => EXIT_INTERACTION,
         _ => crate::util::EXIT_ERROR,
     };
+    let metadata = error.metadata();
+    if metadata.retries > 0 {
+        message.push_str(&format!(" (after {} retries)", metadata.retries));
+    }
+    if let Some(id) = metadata.correlation_id
+        && !message.contains(&id.to_string())
+    {
+        message.push_str(&format!(" (correlation id {id})"));
+    }
     Failure {
         code,
         message: format!("cannot get a token: {message}"),
@@ -225,7 +238,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
         Some(L2Options::new(store).codec(codec))
     };
     let scopes = args.scopes.clone();
-    let result: Result<AuthenticationResult, Error> = if args.managed_identity {
+    let result: AcquisitionResult = if args.managed_identity {
         let identity = match &args.managed_identity_client_id {
             Some(id) => ManagedIdentityId::ClientId(id.clone()),
             None => ManagedIdentityId::SystemAssigned,
@@ -237,7 +250,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(&e))?;
+        let app = builder.build().map_err(|e| failure(&e.into()))?;
         let resource = scopes.first().cloned().unwrap_or_default();
         let result = app
             .acquire_token(resource)
@@ -254,7 +267,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(&e))?;
+        let app = builder.build().map_err(|e| failure(&e.into()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_countdown = Arc::clone(&stop);
         let result = app
@@ -276,7 +289,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(&e))?;
+        let app = builder.build().map_err(|e| failure(&e.into()))?;
         let result = app
             .acquire_token_for_client(scopes)
             .with_force_refresh(args.force_refresh)

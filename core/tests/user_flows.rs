@@ -167,7 +167,10 @@ async fn obo_retry_after_throttles_the_same_request(t: Transport) {
         .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
         .await
         .unwrap_err();
-    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert!(
+        matches!(refused.kind(), Error::Throttled { .. }),
+        "{refused:?}"
+    );
     assert_eq!(rig.grant_requests(OBO_GRANT), 1);
     rig.clock.advance(Duration::from_secs(31));
     app.acquire_token_on_behalf_of([DOWNSTREAM], assertion)
@@ -291,7 +294,10 @@ async fn silent_invalid_grant_is_interaction_required_and_throttled_120s(t: Tran
         .acquire_token_silent(["User.Read"], &account)
         .await
         .unwrap_err();
-    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert!(
+        matches!(refused.kind(), Error::Throttled { .. }),
+        "{refused:?}"
+    );
     assert!(refused.is_interaction_required());
     assert_eq!(rig.grant_requests("refresh_token"), 1);
     rig.clock.advance(Duration::from_secs(121));
@@ -299,7 +305,7 @@ async fn silent_invalid_grant_is_interaction_required_and_throttled_120s(t: Tran
         .acquire_token_silent(["User.Read"], &account)
         .await
         .unwrap_err();
-    assert!(!matches!(again, Error::Throttled { .. }));
+    assert!(!matches!(again.kind(), Error::Throttled { .. }));
     assert_eq!(rig.grant_requests("refresh_token"), 2);
 }
 
@@ -313,7 +319,10 @@ async fn removed_account_needs_interaction(t: Transport) {
         .acquire_token_silent(["User.Read"], &account)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::InteractionRequired(_)), "{err:?}");
+    assert!(
+        matches!(err.kind(), Error::InteractionRequired(_)),
+        "{err:?}"
+    );
     assert_eq!(rig.grant_requests("refresh_token"), 0);
 }
 
@@ -349,7 +358,7 @@ fn fast_device_codes(rig: &Rig, expires_in: u64) {
 async fn device_code_with(
     app: &PublicClientApplication,
     decide: impl FnOnce(String),
-) -> tokenwell_core::Result<tokenwell_core::AuthenticationResult> {
+) -> tokenwell_core::AcquisitionResult {
     let (tx, rx) = futures::channel::oneshot::channel::<String>();
     let acquire = app.acquire_token_with_device_code(["User.Read"], move |info| {
         assert!(info.message.contains(&info.user_code));
@@ -410,7 +419,10 @@ async fn device_code_declined_is_typed(t: Transport) {
     })
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::AuthorizationDeclined), "{err:?}");
+    assert!(
+        matches!(err.kind(), Error::AuthorizationDeclined),
+        "{err:?}"
+    );
     assert!(app.accounts().is_empty());
 }
 
@@ -419,7 +431,7 @@ async fn device_code_expired_is_typed(t: Transport) {
     fast_device_codes(&rig, 3);
     let app = rig.public_app();
     let err = device_code_with(&app, |_| {}).await.unwrap_err();
-    assert!(matches!(err, Error::DeviceCodeExpired), "{err:?}");
+    assert!(matches!(err.kind(), Error::DeviceCodeExpired), "{err:?}");
 }
 
 /// Issue 14: a device-code answer's `expires_in` and `interval` obey the one lifetime cap of
@@ -439,7 +451,7 @@ async fn device_code_absurd_lifetimes_are_typed_errors(t: Transport) {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, Error::MalformedResponse { reason, .. } if reason.contains("implausibly large")),
+            matches!(err.kind(), Error::MalformedResponse { reason, .. } if reason.contains("implausibly large")),
             "{expires_in}/{interval}: {err:?}"
         );
     }
@@ -569,11 +581,17 @@ async fn public_client_5xx_without_retry_after_throttles_60s(t: Transport) {
     assert_eq!(err.idp_error().unwrap().status, 503);
     rig.emulator.set_outage(None);
     let refused = device_code_with(&app, |_| {}).await.unwrap_err();
-    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert!(
+        matches!(refused.kind(), Error::Throttled { .. }),
+        "{refused:?}"
+    );
     rig.clock.advance(Duration::from_secs(61));
     fast_device_codes(&rig, 2);
     let again = device_code_with(&app, |_| {}).await.unwrap_err();
-    assert!(matches!(again, Error::DeviceCodeExpired), "{again:?}");
+    assert!(
+        matches!(again.kind(), Error::DeviceCodeExpired),
+        "{again:?}"
+    );
 }
 
 async fn msal_json_round_trip_of_a_user_partition(t: Transport) {

@@ -20,11 +20,12 @@ use super::flows::on_behalf_of::{LongRunningOnBehalfOf, OnBehalfOf};
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
 use super::hot::{self, KeySource};
-use super::settings::request_controls;
+use super::idp::{FetchStats, Idp};
+use super::settings::{one_shot_controls, request_controls};
 use crate::authority::Authority;
 use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::controls::RequestControls;
-use crate::error::{Error, Result};
+use crate::error::{AcquisitionError, AcquisitionResult, Error, Result};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
@@ -103,21 +104,68 @@ impl ClientCore {
     }
 }
 
-/// A result for a token just obtained outside the coalesced path (authorization code, device
-/// code: one-shot grants nobody else can share).
-pub(crate) fn idp_result(
-    token: Arc<AccessToken>,
-    stats: super::idp::FetchStats,
+/// A one-shot grant (authorization code, device code: grants nobody else can share, run
+/// outside the coalesced path) in progress: its identity-provider client, carrying the
+/// request's controls (claims, correlation id) as a flight's does, and what it has spent, for
+/// the metadata of its result or its error.
+pub(crate) struct OneShot {
+    pub idp: Idp,
+    correlation_id: uuid::Uuid,
     started: Instant,
-) -> AuthenticationResult {
-    let mut metadata = AuthenticationResultMetadata::new(
-        TokenSource::IdentityProvider,
-        CacheRefreshReason::NoCachedAccessToken,
-    );
-    metadata.total_duration = started.elapsed();
-    metadata.http_duration = stats.http_duration;
-    metadata.retries = stats.retries;
-    AuthenticationResult::new(token, metadata)
+}
+
+impl OneShot {
+    /// Start a grant with `controls` (validated here: an invalid option fails it before
+    /// anything is sent).
+    pub(crate) fn start(
+        engine: &Engine,
+        controls: Option<Box<RequestControls>>,
+    ) -> std::result::Result<OneShot, AcquisitionError> {
+        let started = Instant::now();
+        let correlation_id = controls
+            .as_ref()
+            .and_then(|c| c.correlation_id)
+            .unwrap_or_else(uuid::Uuid::new_v4);
+        let one_shot = |controls| OneShot {
+            idp: engine.idp.copy().for_request(controls, correlation_id),
+            correlation_id,
+            started,
+        };
+        match controls {
+            Some(controls) => match controls.check() {
+                Ok(()) => Ok(one_shot(Some(Arc::from(controls)))),
+                Err(error) => Err(one_shot(None).failed(error)),
+            },
+            None => Ok(one_shot(None)),
+        }
+    }
+
+    /// The metadata of the grant so far (a one-shot grant never reads the cache first).
+    fn metadata(&self, stats: FetchStats) -> AuthenticationResultMetadata {
+        let mut metadata = AuthenticationResultMetadata::new(
+            TokenSource::IdentityProvider,
+            CacheRefreshReason::NoCachedAccessToken,
+        );
+        metadata.total_duration = self.started.elapsed();
+        metadata.http_duration = stats.http_duration;
+        metadata.retries = stats.retries;
+        metadata.correlation_id = Some(self.correlation_id);
+        metadata
+    }
+
+    /// The result of the token the grant obtained (`stats`: the successful request's).
+    pub(crate) fn result(
+        &self,
+        token: Arc<AccessToken>,
+        stats: FetchStats,
+    ) -> AuthenticationResult {
+        AuthenticationResult::new(token, self.metadata(stats))
+    }
+
+    /// `error` with the metadata of the grant: every request it made counted.
+    pub(crate) fn failed(&self, error: Error) -> AcquisitionError {
+        AcquisitionError::new(error, self.metadata(self.idp.spent.get()))
+    }
 }
 
 /// The user a user-flow result is for, from the partition it was served from: its account
@@ -355,12 +403,27 @@ impl<'a> InitiateLongRunningProcess<'a> {
         Self::new(self.request.with_min_remaining_lifetime(lifetime))
     }
 
+    /// See [`AcquireTokenOnBehalfOf::with_claims`].
+    pub fn with_claims(self, claims: impl AsRef<str>) -> Self {
+        Self::new(self.request.with_claims(claims))
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_correlation_id`].
+    pub fn with_correlation_id(self, correlation_id: uuid::Uuid) -> Self {
+        Self::new(self.request.with_correlation_id(correlation_id))
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_access_token_sha256_to_refresh`].
+    pub fn with_access_token_sha256_to_refresh(self, sha256_hex: impl AsRef<str>) -> Self {
+        Self::new(self.request.with_access_token_sha256_to_refresh(sha256_hex))
+    }
+
     /// Run the request: the on-behalf-of exchange (or the cache), which keeps the refresh
     /// token under the session key in L1 and L2.
     ///
     /// # Errors
     /// As [`AcquireTokenOnBehalfOf::execute`].
-    pub async fn execute(self) -> Result<LongRunningProcess> {
+    pub async fn execute(self) -> AcquisitionResult<LongRunningProcess> {
         let session_key = session_key_of(&self.request.assertion);
         let result = self.request.execute().await?;
         Ok(LongRunningProcess {
@@ -371,7 +434,7 @@ impl<'a> InitiateLongRunningProcess<'a> {
 }
 
 impl<'a> IntoFuture for InitiateLongRunningProcess<'a> {
-    type Output = Result<LongRunningProcess>;
+    type Output = AcquisitionResult<LongRunningProcess>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
@@ -390,6 +453,7 @@ pub struct AcquireTokenInLongRunningProcess<'a> {
     force_refresh: bool,
     tenant: Option<String>,
     min_remaining_lifetime: Duration,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl fmt::Debug for AcquireTokenInLongRunningProcess<'_> {
@@ -417,8 +481,11 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             force_refresh: false,
             tenant: None,
             min_remaining_lifetime: Duration::ZERO,
+            controls: None,
         }
     }
+
+    request_controls!();
 
     /// Skip the cached access token and redeem the session's refresh token.
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
@@ -478,7 +545,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             self.force_refresh,
             false,
             self.min_remaining_lifetime,
-            None,
+            self.controls,
             || {
                 Job::new(
                     &partition,
@@ -645,6 +712,7 @@ pub struct AcquireTokenByAuthorizationCode<'a> {
     scopes: ScopeSet,
     redirect_uri: String,
     pkce_verifier: Option<TokenSecret>,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl fmt::Debug for AcquireTokenByAuthorizationCode<'_> {
@@ -669,8 +737,11 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
             scopes: scopes.into_scope_set(),
             redirect_uri: redirect_uri.into(),
             pkce_verifier: None,
+            controls: None,
         }
     }
+
+    one_shot_controls!();
 
     /// The PKCE verifier whose challenge the authorize URL carried ([`Pkce::verifier`]).
     pub fn with_pkce_verifier(mut self, verifier: impl Into<String>) -> Self {
@@ -681,33 +752,59 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
     /// Run the request. Codes are single-use: this always reaches the identity provider.
     ///
     /// # Errors
-    /// [`Error`]: `invalid_grant` for a used, expired or unknown code or a PKCE mismatch,
-    /// transport failures.
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        let started = Instant::now();
+    /// [`AcquisitionError`]: `invalid_grant` for a used, expired or unknown code or a PKCE
+    /// mismatch, transport failures; with the metadata of the redemption (correlation id,
+    /// retries, durations: `a_failed_authorization_code_redemption_carries_its_metadata` in
+    /// `core/tests/request_controls.rs`).
+    pub async fn execute(self) -> AcquisitionResult {
         let core = self.core;
+        let grant = OneShot::start(&core.engine, self.controls)?;
+        let redeemed = Self::redeem(
+            core,
+            &grant.idp,
+            &self.code,
+            &self.scopes,
+            &self.redirect_uri,
+            self.pkce_verifier.as_ref(),
+        )
+        .await;
+        match redeemed {
+            Ok((partition, token, stats)) => Ok(attach_user(
+                &core.engine,
+                &partition,
+                grant.result(token, stats),
+            )),
+            Err(error) => Err(grant.failed(error)),
+        }
+    }
+
+    /// The redemption: the token request, then the cache write.
+    async fn redeem(
+        core: &ClientCore,
+        idp: &Idp,
+        code: &TokenSecret,
+        scopes: &ScopeSet,
+        redirect_uri: &str,
+        pkce_verifier: Option<&TokenSecret>,
+    ) -> Result<(PartitionKey, Arc<AccessToken>, FetchStats)> {
         let identity = &core.identity;
         let mut grant = vec![
             ("grant_type", "authorization_code".to_owned()),
-            ("code", self.code.expose_secret().to_owned()),
-            ("redirect_uri", self.redirect_uri.clone()),
-            ("scope", ClientIdentity::request_scope(&self.scopes)),
+            ("code", code.expose_secret().to_owned()),
+            ("redirect_uri", redirect_uri.to_owned()),
+            ("scope", ClientIdentity::request_scope(scopes)),
         ];
-        if let Some(verifier) = &self.pkce_verifier {
+        if let Some(verifier) = pkce_verifier {
             grant.push(("code_verifier", verifier.expose_secret().to_owned()));
         }
         let engine = &core.engine;
         let (response, stats) = identity
-            .token_request(&engine.idp, &identity.authority, grant, true)
+            .token_request(idp, &identity.authority, grant, true)
             .await?;
-        let fetched = identity.user_tokens(&response, &self.scopes, engine.now(), stats, true)?;
+        let fetched = identity.user_tokens(&response, scopes, engine.now(), stats, true)?;
         let partition = user_partition(identity, &fetched)?;
         let token = engine.store(&partition, fetched, None);
-        Ok(attach_user(
-            engine,
-            &partition,
-            idp_result(token, stats, started),
-        ))
+        Ok((partition, token, stats))
     }
 }
 
@@ -729,7 +826,7 @@ pub(crate) fn user_partition(
 }
 
 impl<'a> IntoFuture for AcquireTokenByAuthorizationCode<'a> {
-    type Output = Result<AuthenticationResult>;
+    type Output = AcquisitionResult;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
