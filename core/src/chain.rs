@@ -74,9 +74,9 @@ pub trait TokenCredential: Send + Sync + 'static {
     /// A token for `scopes` (from the cache when one is valid).
     ///
     /// # Errors
-    /// The [`AcquisitionError`](crate::AcquisitionError) of the underlying acquisition: its [`Error`] and the failed
-    /// acquisition's metadata (`chain_errors_carry_the_metadata_of_the_link` in
-    /// `core/tests/credentials.rs`).
+    /// The [`AcquisitionError`](crate::AcquisitionError) of the underlying acquisition: its
+    /// [`Error`] and the failed acquisition's metadata
+    /// (`chain_errors_carry_the_metadata_of_the_link` in `core/tests/request_controls.rs`).
     async fn get_token(&self, scopes: &ScopeSet) -> AcquisitionResult;
 }
 

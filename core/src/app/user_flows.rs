@@ -284,8 +284,11 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
     /// Run the request.
     ///
     /// # Errors
-    /// [`Error`]: the identity provider's answer (`invalid_grant` for a bad or expired
-    /// assertion), transport failures, local throttling.
+    /// An [`AcquisitionError`] whose kind is the [`Error`]: the identity provider's answer
+    /// (`invalid_grant` for a bad or expired assertion), transport failures, local throttling;
+    /// with the failed acquisition's metadata
+    /// (`on_behalf_of_failures_carry_the_metadata_of_the_acquisition` in
+    /// `core/tests/request_controls.rs`).
     pub fn execute(self) -> TokenFuture<'a> {
         self.into()
     }
@@ -570,7 +573,9 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
     /// [`Error::InteractionRequired`] when no session is cached under the key (in L1 or L2),
     /// or the identity provider's `invalid_grant` when the session's refresh token was
     /// revoked or expired (start a new session then); [`Error::Configuration`] for a key that
-    /// is not one; transport failures, local throttling.
+    /// is not one; transport failures, local throttling. Each an [`AcquisitionError`] with the
+    /// failed acquisition's metadata (`a_failed_long_running_request_carries_its_metadata` in
+    /// `core/tests/request_controls.rs`).
     pub fn execute(self) -> TokenFuture<'a> {
         self.into()
     }
@@ -644,6 +649,7 @@ impl<'a> AcquireTokenSilent<'a> {
     /// Run the request.
     ///
     /// # Errors
+    /// An [`AcquisitionError`] (the [`Error`] with the failed acquisition's metadata).
     /// [`Error::is_interaction_required`] is true when only a new sign-in can help: no cached
     /// refresh token ([`Error::InteractionRequired`]) or the identity provider refused it
     /// (`invalid_grant`); the same request is then refused locally for 120 s.
