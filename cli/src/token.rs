@@ -132,7 +132,12 @@ fn failure(error: &AcquisitionError) -> Failure {
     };
     let metadata = error.metadata();
     if metadata.retries > 0 {
-        message.push_str(&format!(" (after {} retries)", metadata.retries));
+        let plural = if metadata.retries == 1 {
+            "retry"
+        } else {
+            "retries"
+        };
+        message.push_str(&format!(" (after {} {plural})", metadata.retries));
     }
     if let Some(id) = metadata.correlation_id
         && !message.contains(&id.to_string())

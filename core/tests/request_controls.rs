@@ -612,7 +612,8 @@ fn retrying(retries: u32) -> RetryPolicy {
 async fn failures_carry_the_metadata_of_the_acquisition(t: Transport) {
     let rig = Rig::start(t).await;
     let app = rig.builder().retry_policy(retrying(3)).build().unwrap();
-    rig.emulator.set_outage(Some(Fault::status(500, "server_error")));
+    rig.emulator
+        .set_outage(Some(Fault::status(500, "server_error")));
     let id = Uuid::new_v4();
     let error = app
         .acquire_token_for_client([SCOPE])
@@ -620,7 +621,10 @@ async fn failures_carry_the_metadata_of_the_acquisition(t: Transport) {
         .await
         .unwrap_err();
     // The kind reads as before (Deref), and matches through kind().
-    assert!(matches!(error.kind(), Error::IdentityProvider(_)), "{error:?}");
+    assert!(
+        matches!(error.kind(), Error::IdentityProvider(_)),
+        "{error:?}"
+    );
     assert_eq!(error.idp_error().unwrap().status, 500);
     let metadata = error.metadata();
     assert_eq!(metadata.retries, 3, "{metadata:?}");
@@ -633,7 +637,10 @@ async fn failures_carry_the_metadata_of_the_acquisition(t: Transport) {
         CacheRefreshReason::NoCachedAccessToken
     );
     assert!(metadata.http_duration > Duration::ZERO, "{metadata:?}");
-    assert!(metadata.total_duration >= metadata.http_duration, "{metadata:?}");
+    assert!(
+        metadata.total_duration >= metadata.http_duration,
+        "{metadata:?}"
+    );
     assert_eq!(metadata.refresh_on, None);
     // `?` into an `Error` keeps the kind; the metadata box keeps the error small.
     let kind: Error = error.clone().into();
@@ -652,14 +659,19 @@ async fn failures_carry_the_metadata_of_the_acquisition(t: Transport) {
     let sent = sent_ids(&rig);
     assert_eq!(sent.len(), 4);
     let generated = error.metadata().correlation_id.expect("an id").to_string();
-    assert!(sent.iter().all(|s| s.as_deref() == Some(generated.as_str())), "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|s| s.as_deref() == Some(generated.as_str())),
+        "{sent:?}"
+    );
 
     // The refresh reason is the request's: an expired token, a forced request.
     rig.emulator.set_outage(None);
     let scope = "api://third/.default";
     app.acquire_token_for_client([scope]).await.unwrap();
     advance(&rig, Duration::from_secs(2 * 3600));
-    rig.emulator.set_outage(Some(Fault::status(500, "server_error")));
+    rig.emulator
+        .set_outage(Some(Fault::status(500, "server_error")));
     let expired = app.acquire_token_for_client([scope]).await.unwrap_err();
     assert_eq!(
         expired.metadata().cache_refresh_reason,
@@ -696,7 +708,11 @@ async fn failures_carry_the_metadata_of_the_acquisition(t: Transport) {
 
 async fn a_request_refused_by_throttling_carries_its_metadata(t: Transport) {
     let rig = Rig::start(t).await;
-    let app = rig.builder().retry_policy(RetryPolicy::none()).build().unwrap();
+    let app = rig
+        .builder()
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap();
     rig.emulator.push_fault(Fault::throttled(60));
     let answered = app.acquire_token_for_client([SCOPE]).await.unwrap_err();
     assert_eq!(answered.idp_error().unwrap().status, 429);
@@ -766,14 +782,19 @@ async fn on_behalf_of_failures_carry_the_metadata_of_the_acquisition(t: Transpor
     let sent = sent_ids(&rig);
     assert_eq!(sent.len(), 3);
     let id = error.metadata().correlation_id.unwrap().to_string();
-    assert!(sent.iter().all(|s| s.as_deref() == Some(id.as_str())), "{sent:?}");
+    assert!(
+        sent.iter().all(|s| s.as_deref() == Some(id.as_str())),
+        "{sent:?}"
+    );
 }
 
 async fn chain_errors_carry_the_metadata_of_the_link(t: Transport) {
     let rig = Rig::start(t).await;
     let app = rig.builder().retry_policy(retrying(1)).build().unwrap();
     let chain = tokenwell_core::DefaultCredential::builder()
-        .env(tokenwell_core::EnvVars::from_map(Vec::<(String, String)>::new()))
+        .env(tokenwell_core::EnvVars::from_map(
+            Vec::<(String, String)>::new(),
+        ))
         .fallback(Arc::new(app))
         .build()
         .unwrap();
@@ -807,7 +828,10 @@ async fn claims_and_correlation_reach_the_identity_provider_for_authorization_co
         .with_correlation_id(id)
         .await
         .unwrap();
-    assert_eq!(req_claims(&result), Some(serde_json::from_str(CLAIMS).unwrap()));
+    assert_eq!(
+        req_claims(&result),
+        Some(serde_json::from_str(CLAIMS).unwrap())
+    );
     assert_eq!(claims_of(&result)["xms_cc"], serde_json::json!(["cp1"]));
     assert_eq!(result.metadata().correlation_id, Some(id));
     let sent = rig.emulator.last_token_request().unwrap();
@@ -869,7 +893,10 @@ async fn claims_and_correlation_reach_the_identity_provider_for_device_code(t: T
     };
     let (result, ()) = futures::join!(acquire.into_future(), approve);
     let result = result.unwrap();
-    assert_eq!(req_claims(&result), Some(serde_json::from_str(CLAIMS).unwrap()));
+    assert_eq!(
+        req_claims(&result),
+        Some(serde_json::from_str(CLAIMS).unwrap())
+    );
     assert_eq!(result.metadata().correlation_id, Some(id));
     let polls = rig.emulator.token_request_log();
     assert!(!polls.is_empty());
@@ -893,18 +920,26 @@ async fn a_failed_device_code_flow_carries_its_metadata(t: Transport) {
     };
     let (result, ()) = futures::join!(acquire.into_future(), decline);
     let error = result.unwrap_err();
-    assert!(matches!(error.kind(), Error::AuthorizationDeclined), "{error:?}");
+    assert!(
+        matches!(error.kind(), Error::AuthorizationDeclined),
+        "{error:?}"
+    );
     let id = error.metadata().correlation_id.expect("an id").to_string();
     let sent = sent_ids(&rig);
     assert!(!sent.is_empty());
-    assert!(sent.iter().all(|s| s.as_deref() == Some(id.as_str())), "{sent:?}");
+    assert!(
+        sent.iter().all(|s| s.as_deref() == Some(id.as_str())),
+        "{sent:?}"
+    );
     assert!(error.metadata().http_duration > Duration::ZERO);
 }
 
 const DOWNSTREAM: &str = "api://downstream/Files.Read";
 
 /// A confidential app with a long-running on-behalf-of session started; its session key.
-async fn long_running_session(rig: &Rig) -> (tokenwell_core::ConfidentialClientApplication, String) {
+async fn long_running_session(
+    rig: &Rig,
+) -> (tokenwell_core::ConfidentialClientApplication, String) {
     let app = rig
         .builder()
         .client_capabilities(["cp1"])
@@ -945,7 +980,10 @@ async fn long_running_on_behalf_of_takes_the_request_controls(t: Transport) {
         CacheRefreshReason::ForceRefreshOrClaims
     );
     assert_eq!(challenged.metadata().correlation_id, Some(id));
-    assert_eq!(req_claims(&challenged), Some(serde_json::from_str(CLAIMS).unwrap()));
+    assert_eq!(
+        req_claims(&challenged),
+        Some(serde_json::from_str(CLAIMS).unwrap())
+    );
     let sent = rig.emulator.last_token_request().unwrap();
     assert_eq!(sent.grant_type, "refresh_token");
     assert_eq!(sent.client_request_id, Some(id.to_string()));
@@ -960,7 +998,10 @@ async fn long_running_on_behalf_of_takes_the_request_controls(t: Transport) {
         .await
         .unwrap();
     assert_ne!(secret(&replaced), secret(&challenged));
-    assert_eq!(replaced.metadata().token_source, TokenSource::IdentityProvider);
+    assert_eq!(
+        replaced.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
     let kept = app
         .acquire_token_in_long_running_process([DOWNSTREAM], session.as_str())
         .with_access_token_sha256_to_refresh(&hash)
