@@ -323,8 +323,8 @@ impl AcquisitionError {
     /// - `total_duration`, `cache_duration`, `http_duration` and `retries` count what the
     ///   acquisition spent, every attempt included;
     /// - `correlation_id` is the request's (`with_correlation_id`, else the one generated and
-    ///   sent as `client-request-id`); `None` only for a request refused before it started
-    ///   that set none;
+    ///   sent as `client-request-id`); `None` for a request refused before it started
+    ///   (invalid arguments), which sent nothing;
     /// - `refresh_on` and `refresh_failure` are `None`.
     pub fn metadata(&self) -> &AuthenticationResultMetadata {
         &self.metadata

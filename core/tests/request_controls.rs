@@ -848,6 +848,12 @@ async fn claims_and_correlation_reach_the_identity_provider_for_authorization_co
         .unwrap_err();
     assert!(matches!(error.kind(), Error::Configuration(_)), "{error:?}");
     assert_eq!(rig.emulator.token_requests(), 0);
+    // Refused before it started: nothing spent, no id, as for the cached-token requests.
+    assert_eq!(
+        error.metadata().cache_refresh_reason,
+        CacheRefreshReason::NotApplicable
+    );
+    assert_eq!(error.metadata().correlation_id, None);
 }
 
 async fn a_failed_authorization_code_redemption_carries_its_metadata(t: Transport) {

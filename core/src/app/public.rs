@@ -239,6 +239,9 @@ impl AcquireTokenWithDeviceCode<'_> {
     /// `a_failed_device_code_flow_carries_its_metadata` in `core/tests/request_controls.rs`).
     pub async fn execute(self) -> AcquisitionResult {
         let core = self.core;
+        if self.scopes.is_empty() {
+            return Err(Error::configuration("no scopes requested").into());
+        }
         let grant = OneShot::start(&core.engine, self.controls)?;
         match Self::run(core, &grant, &self.scopes, self.on_code).await {
             Ok((partition, token, stats)) => Ok(attach_user(
@@ -256,9 +259,6 @@ impl AcquireTokenWithDeviceCode<'_> {
         scopes: &ScopeSet,
         on_code: OnCode,
     ) -> Result<(PartitionKey, Arc<AccessToken>, FetchStats)> {
-        if scopes.is_empty() {
-            return Err(Error::configuration("no scopes requested"));
-        }
         let identity = &core.identity;
         let throttle_key = ThrottleKey::new(
             &identity.client_id,

@@ -116,7 +116,7 @@ pub(crate) struct OneShot {
 
 impl OneShot {
     /// Start a grant with `controls` (validated here: an invalid option fails it before
-    /// anything is sent).
+    /// anything is sent, with the metadata of a request that never started).
     pub(crate) fn start(
         engine: &Engine,
         controls: Option<Box<RequestControls>>,
@@ -134,7 +134,7 @@ impl OneShot {
         match controls {
             Some(controls) => match controls.check() {
                 Ok(()) => Ok(one_shot(Some(Arc::from(controls)))),
-                Err(error) => Err(one_shot(None).failed(error)),
+                Err(error) => Err(error.into()),
             },
             None => Ok(one_shot(None)),
         }
