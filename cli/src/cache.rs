@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokenwell::cache::msal_json::{MsalCacheFormat, MsalImport};
 use tokenwell::cache::{BlobCodec, Partition, PartitionKey};
-use tokenwell::{EntryWrite, ListCursor, StoredPartition, TokenStore};
+use tokenwell::{EntryWrite, ListCursor, StoreEntry, StoredPartition, TokenStore};
 
 use crate::util::{
     Failure, Outcome, bold, colour, date, left, mask, now, out, print_json, read_text,
@@ -367,20 +367,62 @@ pub fn parse_import(format: &MsalCacheFormat, file: &Path) -> Outcome<MsalImport
     })
 }
 
+/// Write an import all or nothing, as far as the store allows: every partition is encoded
+/// and every target partition read (a snapshot) before the first write; partitions are then
+/// written in key order. When a write fails, the partitions written so far (and the failed one,
+/// which the store may have applied) are put back as they were: removed when the import
+/// created them, else removed and rewritten from the snapshot (a pre-entries legacy blob is
+/// not rewritten). Only when the store also fails for that does the error name the
+/// partitions still holding imported entries. Not a transaction: a process writing the same
+/// partitions during the import may see imported entries, and may lose what it wrote between
+/// the snapshot and the rollback.
 pub async fn import(cache: &Cache, imported: &MsalImport, json_out: bool) -> Outcome {
     let at = now();
-    let mut written = 0usize;
-    let mut tokens = 0usize;
+    let mut prepared = Vec::with_capacity(imported.partitions.len());
     for (key, partition) in &imported.partitions {
         let entries = cache.codec.encode_partition(key, partition);
-        cache
-            .store
-            .write(key, &EntryWrite::new(entries, at))
-            .await
-            .map_err(|e| store_failure(&format!("cannot write {key} to {}", cache.name), &e))?;
-        written += 1;
-        tokens += partition.access_token_count();
+        let before = cache.store.load(key).await.map_err(|e| {
+            store_failure(
+                &format!(
+                    "cannot read {key} from {}; nothing was imported",
+                    cache.name
+                ),
+                &e,
+            )
+        })?;
+        prepared.push((key, entries, before, partition.access_token_count()));
     }
+    let mut tokens = 0usize;
+    for (n, (key, entries, _, count)) in prepared.iter().enumerate() {
+        let written = cache
+            .store
+            .write(key, &EntryWrite::new(entries.clone(), at))
+            .await;
+        if let Err(error) = written {
+            let touched = prepared.get(..=n).unwrap_or_default();
+            let left = roll_back(cache, touched, at).await;
+            let what = format!(
+                "cannot write {key} to {} ({} of {} partitions)",
+                cache.name,
+                n + 1,
+                prepared.len()
+            );
+            let mut failure = store_failure(&what, &error);
+            failure.message = if left.is_empty() {
+                format!("{}; nothing was imported (rolled back)", failure.message)
+            } else {
+                format!(
+                    "{}; the rollback failed too: {} still hold(s) imported entries (remove \
+                     with `tokenwell cache purge --partition KEY`)",
+                    failure.message,
+                    left.join(", ")
+                )
+            };
+            return Err(failure);
+        }
+        tokens += count;
+    }
+    let written = prepared.len();
     let skipped: Vec<String> = imported.skipped.iter().map(ToString::to_string).collect();
     if json_out {
         print_json(&json!({
@@ -403,6 +445,43 @@ pub async fn import(cache: &Cache, imported: &MsalImport, json_out: bool) -> Out
             }
         ))
     }
+}
+
+/// Put `touched` partitions back as their snapshots held them; returns the keys that could
+/// not be. A partition the store refuses to restore but that reads back as it was (the failed
+/// write was not applied) is not reported.
+async fn roll_back(
+    cache: &Cache,
+    touched: &[(&PartitionKey, Vec<StoreEntry>, StoredPartition, usize)],
+    at: u64,
+) -> Vec<String> {
+    let mut left = Vec::new();
+    for (key, _, before, _) in touched {
+        let mut restored = cache.store.remove(key).await.is_ok();
+        if restored && !before.entries.is_empty() {
+            restored = cache
+                .store
+                .write(key, &EntryWrite::new(before.entries.clone(), at))
+                .await
+                .is_ok();
+        }
+        if !restored {
+            let unchanged = cache
+                .store
+                .load(key)
+                .await
+                .is_ok_and(|now| same_entries(&now.entries, &before.entries));
+            if !unchanged {
+                left.push(key.to_string());
+            }
+        }
+    }
+    left
+}
+
+/// Whether two readings of a partition hold the same entries (in any order).
+fn same_entries(a: &[StoreEntry], b: &[StoreEntry]) -> bool {
+    a.len() == b.len() && a.iter().all(|entry| b.contains(entry))
 }
 
 /// What `purge` removes.

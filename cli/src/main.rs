@@ -5,7 +5,9 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cache;
+mod config;
 mod decode;
+mod loopback;
 mod token;
 mod util;
 
@@ -20,6 +22,8 @@ const TOP_EXAMPLES: &str = "\
 Examples:
   tokenwell token --client-id $ID --tenant $TENANT --scope api://orders/.default
   tokenwell token --header --scope https://graph.microsoft.com/.default   # Authorization: Bearer …
+  tokenwell token --auth-code --client-id $CLI_APP --tenant organizations --scope User.Read
+  tokenwell token --profile orders                   # settings from the config file (below)
   tokenwell decode eyJ0eXAiOi…
   tokenwell cache list --cache redis://127.0.0.1:6379
   tokenwell cache export --output msal_cache.json
@@ -28,29 +32,56 @@ Examples:
 
 Exit codes:
   0  success
-  1  error (unreachable store, unreadable file, wrong key ring, identity provider error …)
-  2  usage (unknown flag, missing or contradicting options)
-  3  interaction required (consent, MFA or a new sign-in is needed)
+  1  error (unreachable store, unreadable file, wrong key ring, identity provider error, a
+     refused or timed-out sign-in redirect …)
+  2  usage (unknown flag, missing or contradicting options, config file or profile errors)
+  3  interaction required (consent, MFA or a new sign-in is needed; a sign-in redirect with
+     access_denied or login_required)
   4  throttled (by the identity provider or tokenwell's client-side throttling)
 
 Environment: TOKENWELL_CACHE, TOKENWELL_CACHE_DIR, TOKENWELL_KEY_RING(_FILE), TOKENWELL_CLIENT_ID,
-TOKENWELL_AUTHORITY, TOKENWELL_OIDC_ISSUER, TOKENWELL_SCOPE, AZURE_CLIENT_ID, AZURE_TENANT_ID,
-AZURE_CLIENT_SECRET, AZURE_FEDERATED_TOKEN_FILE. NO_COLOR turns colour off.";
+TOKENWELL_AUTHORITY, TOKENWELL_OIDC_ISSUER, TOKENWELL_SCOPE, TOKENWELL_CONFIG, TOKENWELL_PROFILE,
+TOKENWELL_LOGIN_HINT, TOKENWELL_NO_BROWSER, AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_CLIENT_SECRET,
+AZURE_FEDERATED_TOKEN_FILE. NO_COLOR turns colour off.
+
+Config file (optional; --config FILE or TOKENWELL_CONFIG, else ~/.config/tokenwell/config.toml,
+~/Library/Application Support/tokenwell/config.toml or %APPDATA%\\tokenwell\\config.toml):
+  default_profile = \"orders\"        # used when neither --profile nor TOKENWELL_PROFILE
+  [profile.orders]
+  client_id = \"my-app\"
+  tenant = \"contoso\"                # or authority = \"https://…\" or oidc_issuer = \"https://…\"
+  scopes = [\"api://orders/.default\"]
+  client_secret_file = \"secrets/orders\"   # or certificate, federated_token_file
+  flow = \"client-credentials\"       # managed-identity, device-code, auth-code
+  cache = \"redis://127.0.0.1:6379\"  # or a file path; no_cache = true
+Other keys: managed_identity_client_id, login_hint, redirect_port, timeout, key_ring_file,
+redis_key_prefix. Relative paths are relative to the file; secrets only as files (client_secret
+is refused). Precedence: flags > environment > profile > defaults; the authority, the
+credential and the flow are each taken whole from the first that sets any part of them.
+Unknown keys, a malformed file or an unknown profile: exit 2.";
 
 /// Tokens, JWT decoding and token-cache administration for tokenwell (MSAL-compatible caches
 /// in SQLite, Redis or Redis Cluster).
 #[derive(Parser, Debug)]
 #[command(name = "tokenwell", version, after_help = TOP_EXAMPLES)]
 struct Cli {
+    /// Config file with named profiles [default: the platform config dir's
+    /// tokenwell/config.toml].
+    #[arg(long, global = true, env = "TOKENWELL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Take the settings of this profile of the config file (flags and variables still win).
+    #[arg(long, global = true, env = "TOKENWELL_PROFILE", value_name = "NAME")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Acquire a token (client credentials, managed identity or device code); cached.
+    /// Acquire a token (client credentials, managed identity, device code or authorization
+    /// code with PKCE); cached.
     #[command(after_help = token::EXAMPLES)]
-    Token(token::TokenArgs),
+    Token(Box<token::TokenArgs>),
     /// Show a JWT's header and claims, with times as dates and the time left.
     #[command(after_help = decode::EXAMPLES)]
     Decode(decode::DecodeArgs),
@@ -97,15 +128,15 @@ struct CacheArgs {
         value_name = "FILE"
     )]
     key_ring: Option<PathBuf>,
-    /// Key prefix of a Redis store configured with another than the default.
+    /// Key prefix of a Redis store configured with another than the default
+    /// [default: tokenwell:].
     #[arg(
         long,
         global = true,
         env = "TOKENWELL_REDIS_KEY_PREFIX",
-        value_name = "PREFIX",
-        default_value = "tokenwell:"
+        value_name = "PREFIX"
     )]
-    redis_key_prefix: String,
+    redis_key_prefix: Option<String>,
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -245,8 +276,13 @@ async fn emulator(args: EmulatorArgs) -> Outcome {
 }
 
 async fn run(cli: Cli) -> Outcome {
+    // The config file is read only by the commands that use profiles.
+    let profile = || -> Outcome<Option<config::Profile>> {
+        let profile = config::load(cli.config.as_deref(), cli.profile.as_deref())?;
+        Ok(profile.map(|(_, profile)| profile))
+    };
     match cli.command {
-        Command::Token(args) => token::run(args).await,
+        Command::Token(args) => token::run(*args, profile()?).await,
         Command::Decode(args) => decode::run(&args),
         Command::Emulator(args) => emulator(args).await,
         Command::Completions { shell } => {
@@ -255,7 +291,18 @@ async fn run(cli: Cli) -> Outcome {
             clap_complete::generate(shell, &mut command, "tokenwell", &mut buffer);
             util::out(String::from_utf8_lossy(&buffer).trim_end())
         }
-        Command::Cache(args) => {
+        Command::Cache(mut args) => {
+            if let Some(profile) = profile()? {
+                if args.cache.is_none() {
+                    args.cache = profile.cache;
+                }
+                if args.key_ring.is_none() && std::env::var_os("TOKENWELL_KEY_RING").is_none() {
+                    args.key_ring = profile.key_ring_file;
+                }
+                if args.redis_key_prefix.is_none() {
+                    args.redis_key_prefix = profile.redis_key_prefix;
+                }
+            }
             // An import file is read and parsed before the store is opened (or created).
             let imported = match &args.command {
                 CacheCommand::Import {
@@ -270,7 +317,7 @@ async fn run(cli: Cli) -> Outcome {
             let create = imported.is_some();
             let spec = util::cache_spec(args.cache.as_deref(), create)?;
             let codec = util::codec(args.key_ring.as_deref())?;
-            let store = spec.open(create, Some(&args.redis_key_prefix)).await?;
+            let store = spec.open(create, args.redis_key_prefix.as_deref()).await?;
             let cache = cache::Cache {
                 store,
                 codec,

@@ -10,13 +10,20 @@ use clap::Args;
 use serde_json::json;
 use tokenwell::app::L2Options;
 use tokenwell::{
-    AcquisitionError, AcquisitionResult, ClientCredential, Error, ManagedIdentityId, TokenSource,
+    Account, AcquisitionError, AcquisitionResult, AuthenticationResult, ClientCredential, Error,
+    ManagedIdentityId, Pkce, PublicClientApplication, TokenSource,
 };
+
+use crate::config::{Flow, Profile};
+use crate::loopback::{Loopback, open_browser, random_state};
 
 use crate::util::{
     EXIT_INTERACTION, EXIT_THROTTLED, Failure, Outcome, cache_spec, codec, date, out, print_json,
     span, unix,
 };
+
+/// --auth-code: how long to wait for the redirect by default.
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -32,6 +39,10 @@ Examples:
   tokenwell token --managed-identity --scope https://management.azure.com/
   # a user, with the device code flow
   tokenwell token --device-code --client-id my-cli --tenant organizations --scope User.Read
+  # a user, in a browser: authorization code + PKCE, redirected to http://127.0.0.1:PORT
+  tokenwell token --auth-code --client-id my-cli --tenant organizations --scope User.Read
+  # what a profile of the config file holds (see `tokenwell --help`)
+  tokenwell token --profile orders
   # as an HTTP header, or JSON with expiry, refresh_on, source and durations
   curl -H \"$(tokenwell token --header --scope …)\" https://api.example.com/
   tokenwell token --json --scope …
@@ -54,15 +65,9 @@ pub struct TokenArgs {
     /// Issuer of any OpenID Connect provider (discovery at ISSUER/.well-known/…).
     #[arg(long, env = "TOKENWELL_OIDC_ISSUER", value_name = "URL")]
     oidc_issuer: Option<String>,
-    /// Scope to ask for (repeatable; space-separated in TOKENWELL_SCOPE). Managed identity:
-    /// the resource.
-    #[arg(
-        long = "scope",
-        short,
-        env = "TOKENWELL_SCOPE",
-        value_delimiter = ' ',
-        required = true
-    )]
+    /// Scope to ask for (repeatable; space-separated in TOKENWELL_SCOPE; or the profile's
+    /// `scopes`). Managed identity: the resource.
+    #[arg(long = "scope", short, env = "TOKENWELL_SCOPE", value_delimiter = ' ')]
     scopes: Vec<String>,
     /// Read the client secret from this file (else AZURE_CLIENT_SECRET).
     #[arg(long, value_name = "FILE")]
@@ -75,7 +80,7 @@ pub struct TokenArgs {
     federated_token_file: Option<PathBuf>,
     /// Use the managed identity of this Azure resource (system-assigned unless
     /// --managed-identity-client-id).
-    #[arg(long, conflicts_with = "device_code")]
+    #[arg(long, conflicts_with_all = ["device_code", "auth_code"])]
     managed_identity: bool,
     /// A user-assigned managed identity, by client id.
     #[arg(long, requires = "managed_identity", value_name = "ID")]
@@ -84,8 +89,32 @@ pub struct TokenArgs {
     #[arg(long, requires = "managed_identity", value_name = "URL", hide = true)]
     imds_endpoint: Option<String>,
     /// Sign a user in with the device code flow (prints the code and a countdown on stderr).
-    #[arg(long)]
+    /// A user already signed in (see --login-hint) is served from the cache first.
+    #[arg(long, conflicts_with = "auth_code")]
     device_code: bool,
+    /// Sign a user in with the authorization code flow and PKCE in a browser, redirected to
+    /// http://127.0.0.1:PORT (register that redirect URI for the client). A user already
+    /// signed in is served from the cache first.
+    #[arg(long)]
+    auth_code: bool,
+    /// --auth-code: the loopback port of the redirect [default: a free one].
+    #[arg(long, env = "TOKENWELL_REDIRECT_PORT", value_name = "PORT")]
+    redirect_port: Option<u16>,
+    /// --auth-code: seconds to wait for the redirect [default: 300].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: Option<u64>,
+    /// --auth-code: only print the URL, open no browser (else $BROWSER, or xdg-open / open
+    /// when found on PATH).
+    #[arg(
+        long,
+        env = "TOKENWELL_NO_BROWSER",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    no_browser: bool,
+    /// The user to sign in (pre-filled on the sign-in page) and whose cached tokens to use
+    /// when several users are signed in.
+    #[arg(long, env = "TOKENWELL_LOGIN_HINT", value_name = "USERNAME")]
+    login_hint: Option<String>,
     /// Cache: a SQLite file, redis://…, redis+cluster://… [default: platform cache dir].
     #[arg(
         long,
@@ -97,14 +126,10 @@ pub struct TokenArgs {
     /// No persistent cache (every run asks the identity provider).
     #[arg(long)]
     no_cache: bool,
-    /// Key prefix of a Redis cache configured with another than the default.
-    #[arg(
-        long,
-        env = "TOKENWELL_REDIS_KEY_PREFIX",
-        value_name = "PREFIX",
-        default_value = "tokenwell:"
-    )]
-    redis_key_prefix: String,
+    /// Key prefix of a Redis cache configured with another than the default
+    /// [default: tokenwell:].
+    #[arg(long, env = "TOKENWELL_REDIS_KEY_PREFIX", value_name = "PREFIX")]
+    redis_key_prefix: Option<String>,
     /// Key ring sealing the cache's entries (KEY_ID=BASE64 lines).
     #[arg(long, env = "TOKENWELL_KEY_RING_FILE", value_name = "FILE")]
     key_ring: Option<PathBuf>,
@@ -122,7 +147,8 @@ pub struct TokenArgs {
 /// The exit code and line for a failed acquisition: the error, how many retries it took and
 /// the correlation id sent as `client-request-id` (for a support ticket), from the error's
 /// metadata (`token_failures_name_the_correlation_id_and_retries` in `cli/tests/cli.rs`).
-fn failure(error: &AcquisitionError) -> Failure {
+fn failure(error: impl Into<AcquisitionError>) -> Failure {
+    let error = error.into();
     let mut message = error.to_string().replace(['\n', '\r'], " ");
     let code = match error.kind() {
         Error::Throttled { .. } => EXIT_THROTTLED,
@@ -232,14 +258,188 @@ fn countdown(expires_in: Duration, stop: Arc<AtomicBool>) {
     });
 }
 
-pub async fn run(args: TokenArgs) -> Outcome {
+/// A variable that is set and not empty.
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+impl TokenArgs {
+    /// Fill what neither flags nor the environment gave from the profile. The authority, the
+    /// credential and the flow are each taken whole: any flag or variable for a part of one
+    /// replaces the profile's.
+    fn apply(&mut self, profile: Profile) {
+        let given = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.trim().is_empty());
+        if self.client_id.is_none() && !env_set("AZURE_CLIENT_ID") {
+            self.client_id = profile.client_id;
+        }
+        if !given(&self.authority) && !given(&self.oidc_issuer) && !given(&self.tenant) {
+            self.authority = profile.authority;
+            self.oidc_issuer = profile.oidc_issuer;
+            self.tenant = profile.tenant;
+        }
+        self.scopes.retain(|s| !s.is_empty());
+        if self.scopes.is_empty() {
+            self.scopes = profile.scopes.unwrap_or_default();
+        }
+        let credential_given = self.certificate.is_some()
+            || self.client_secret_file.is_some()
+            || self.federated_token_file.is_some()
+            || env_set("AZURE_CLIENT_SECRET");
+        if !credential_given {
+            self.certificate = profile.certificate;
+            self.client_secret_file = profile.client_secret_file;
+            self.federated_token_file = profile.federated_token_file;
+        }
+        if !self.managed_identity && !self.device_code && !self.auth_code {
+            match profile.flow {
+                Some(Flow::ManagedIdentity) => self.managed_identity = true,
+                Some(Flow::DeviceCode) => self.device_code = true,
+                Some(Flow::AuthCode) => self.auth_code = true,
+                Some(Flow::ClientCredentials) | None => {}
+            }
+        }
+        if self.managed_identity_client_id.is_none() {
+            self.managed_identity_client_id = profile.managed_identity_client_id;
+        }
+        self.login_hint = self.login_hint.take().or(profile.login_hint);
+        self.redirect_port = self.redirect_port.or(profile.redirect_port);
+        self.timeout = self.timeout.or(profile.timeout);
+        if self.cache.is_none() && !self.no_cache {
+            self.cache = profile.cache;
+            self.no_cache = profile.no_cache.unwrap_or(false) && self.cache.is_none();
+        }
+        if self.key_ring.is_none() && !env_set("TOKENWELL_KEY_RING") {
+            self.key_ring = profile.key_ring_file;
+        }
+        if self.redis_key_prefix.is_none() {
+            self.redis_key_prefix = profile.redis_key_prefix;
+        }
+    }
+}
+
+/// Build a public client for the user flows.
+fn public_app(args: &TokenArgs, l2: Option<L2Options>) -> Outcome<PublicClientApplication> {
+    let mut builder = tokenwell::public_client(client_id(args)?);
+    builder = match authority(args)? {
+        Authority::Url(url) => builder.authority(url),
+        Authority::Oidc(issuer) => builder.oidc_authority(issuer),
+    };
+    if let Some(l2) = l2 {
+        builder = builder.l2(l2);
+    }
+    builder.build().map_err(|e| failure(e))
+}
+
+/// A user's token: the signed-in account's from the cache (renewed with its refresh token
+/// when needed), else a sign-in with the device code or the authorization code flow.
+async fn user_token(
+    app: &PublicClientApplication,
+    args: &TokenArgs,
+    scopes: Vec<String>,
+) -> Outcome<AuthenticationResult> {
+    let accounts = app.load_accounts().await;
+    let hint = args.login_hint.as_deref();
+    let matching: Vec<&Account> = accounts
+        .iter()
+        .filter(|a| hint.is_none_or(|h| a.username.eq_ignore_ascii_case(h)))
+        .collect();
+    match matching.as_slice() {
+        [] => {}
+        [account] => {
+            let silent = app
+                .acquire_token_silent(scopes.clone(), account)
+                .with_force_refresh(args.force_refresh)
+                .await;
+            match silent {
+                Ok(result) => return Ok(result),
+                // Only a new sign-in helps (no refresh token, or it was refused).
+                Err(e) if e.is_interaction_required() => {}
+                Err(e) => return Err(failure(e)),
+            }
+        }
+        several => {
+            let names: Vec<&str> = several.iter().map(|a| a.username.as_str()).collect();
+            return Err(Failure::usage(format!(
+                "{} users are signed in ({}): pass --login-hint USERNAME",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+    }
+    if args.device_code {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_countdown = Arc::clone(&stop);
+        let result = app
+            .acquire_token_with_device_code(scopes, move |info| {
+                eprintln!("{}", info.message);
+                countdown(info.expires_in, stop_countdown);
+            })
+            .await;
+        stop.store(true, Ordering::Relaxed);
+        return result.map_err(|e| failure(e));
+    }
+    auth_code(app, args, scopes).await
+}
+
+/// The authorization code flow with PKCE on a loopback redirect.
+async fn auth_code(
+    app: &PublicClientApplication,
+    args: &TokenArgs,
+    scopes: Vec<String>,
+) -> Outcome<AuthenticationResult> {
+    let loopback = Loopback::bind(args.redirect_port.unwrap_or(0)).await?;
+    let redirect_uri = loopback.redirect_uri();
+    let pkce = Pkce::new();
+    let state = random_state();
+    let mut request = app
+        .authorization_url(scopes.clone(), redirect_uri.clone())
+        .pkce(&pkce)
+        .state(state.clone());
+    if let Some(hint) = &args.login_hint {
+        request = request.login_hint(hint.clone());
+    }
+    let url = request.build().await.map_err(|e| failure(e))?;
+    let timeout = Duration::from_secs(args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+    let opened = if args.no_browser {
+        None
+    } else {
+        open_browser(&url)
+    };
+    match opened {
+        Some(browser) => eprintln!(
+            "Sign in in the browser ({browser} was started; waiting up to {}), or open:",
+            span(timeout.as_secs())
+        ),
+        None => eprintln!(
+            "To sign in, open this URL in a browser (waiting up to {}):",
+            span(timeout.as_secs())
+        ),
+    }
+    eprintln!("{url}");
+    let code = loopback.wait(&state, timeout).await?;
+    app.acquire_token_by_authorization_code(code, scopes, redirect_uri)
+        .with_pkce_verifier(pkce.verifier())
+        .await
+        .map_err(|e| failure(e))
+}
+
+pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
     let started = Instant::now();
+    if let Some(profile) = profile {
+        args.apply(profile);
+    }
+    if args.scopes.is_empty() {
+        return Err(Failure::usage(
+            "no scope: pass --scope SCOPE (or set TOKENWELL_SCOPE, or scopes in the profile)",
+        ));
+    }
     let l2 = if args.no_cache {
         None
     } else {
         let spec = cache_spec(args.cache.as_deref(), true)?;
         let codec = codec(args.key_ring.as_deref())?;
-        let store = spec.open(true, Some(&args.redis_key_prefix)).await?;
+        let prefix = args.redis_key_prefix.as_deref();
+        let store = spec.open(true, prefix).await?;
         Some(L2Options::new(store).codec(codec))
     };
     let scopes = args.scopes.clone();
@@ -255,7 +455,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(&e.into()))?;
+        let app = builder.build().map_err(|e| failure(e))?;
         let resource = scopes.first().cloned().unwrap_or_default();
         let result = app
             .acquire_token(resource)
@@ -263,27 +463,11 @@ pub async fn run(args: TokenArgs) -> Outcome {
             .await;
         app.flush().await;
         result
-    } else if args.device_code {
-        let mut builder = tokenwell::public_client(client_id(&args)?);
-        builder = match authority(&args)? {
-            Authority::Url(url) => builder.authority(url),
-            Authority::Oidc(issuer) => builder.oidc_authority(issuer),
-        };
-        if let Some(l2) = l2 {
-            builder = builder.l2(l2);
-        }
-        let app = builder.build().map_err(|e| failure(&e.into()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_countdown = Arc::clone(&stop);
-        let result = app
-            .acquire_token_with_device_code(scopes, move |info| {
-                eprintln!("{}", info.message);
-                countdown(info.expires_in, stop_countdown);
-            })
-            .await;
-        stop.store(true, Ordering::Relaxed);
+    } else if args.device_code || args.auth_code {
+        let app = public_app(&args, l2)?;
+        let result = user_token(&app, &args, scopes).await;
         app.flush().await;
-        result
+        Ok(result?)
     } else {
         let mut builder = tokenwell::confidential_client(client_id(&args)?);
         builder = match authority(&args)? {
@@ -294,7 +478,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(&e.into()))?;
+        let app = builder.build().map_err(|e| failure(e))?;
         let result = app
             .acquire_token_for_client(scopes)
             .with_force_refresh(args.force_refresh)
@@ -302,7 +486,7 @@ pub async fn run(args: TokenArgs) -> Outcome {
         app.flush().await;
         result
     };
-    let result = result.map_err(|e| failure(&e))?;
+    let result = result.map_err(|e| failure(e))?;
     let secret = result.access_token().expose_secret();
     if args.header {
         return out(format!("Authorization: Bearer {secret}"));
@@ -338,5 +522,6 @@ pub async fn run(args: TokenArgs) -> Outcome {
             "command": started.elapsed().as_millis() as u64,
         },
         "retries": metadata.retries,
+        "account": result.account().map(|a| a.username.as_str()),
     }))
 }

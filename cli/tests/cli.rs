@@ -52,22 +52,7 @@ impl Fixture {
     }
 
     fn run_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenwell"));
-        command.args(args).env_clear();
-        for (name, value) in std::env::vars() {
-            if name == "PATH" || name == "SYSTEMROOT" {
-                command.env(name, value);
-            }
-        }
-        command
-            .env("HOME", self.home.path())
-            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
-            .env("AZURE_CLIENT_ID", CLIENT)
-            .env("AZURE_CLIENT_SECRET", SECRET)
-            .env("TOKENWELL_AUTHORITY", self.emulator.authority(TENANT));
-        for (name, value) in env {
-            command.env(name, value);
-        }
+        let mut command = self.command(args, env);
         command.stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -85,6 +70,27 @@ impl Fixture {
                 .unwrap();
         }
         child.wait_with_output().unwrap()
+    }
+
+    /// The command `run_with` runs (clean environment, the fixture's client), not started.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenwell"));
+        command.args(args).env_clear();
+        for (name, value) in std::env::vars() {
+            if name == "PATH" || name == "SYSTEMROOT" {
+                command.env(name, value);
+            }
+        }
+        command
+            .env("HOME", self.home.path())
+            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
+            .env("AZURE_CLIENT_ID", CLIENT)
+            .env("AZURE_CLIENT_SECRET", SECRET)
+            .env("TOKENWELL_AUTHORITY", self.emulator.authority(TENANT));
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command
     }
 }
 
@@ -761,6 +767,26 @@ fn device_code_approved_by_the_test() {
     assert_eq!(user["refresh_tokens"], 1, "{list}");
     let shown = fx.run(&["cache", "show", user["partition"].as_str().unwrap()]);
     assert!(stdout(&shown).contains("alice"), "{}", stdout(&shown));
+
+    // The next run is served from the cache: no new device code.
+    let again = fx.run_with(
+        &[
+            "token",
+            "--device-code",
+            "--client-id",
+            "cli-public",
+            "--scope",
+            "User.Read",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    let again = json(&again);
+    assert_eq!(again["source"], "cache", "{again}");
+    assert_eq!(again["account"], "alice");
+    assert_eq!(again["access_token"], token["access_token"]);
+    assert_eq!(fx.emulator.last_user_code(), Some(code), "no new code");
 }
 
 #[test]
@@ -916,4 +942,650 @@ fn token_failures_name_the_correlation_id_and_retries() {
     let id = log[0].client_request_id.clone().expect("sent");
     assert_eq!(log[1].client_request_id.as_deref(), Some(id.as_str()));
     assert!(err.contains(&id), "{err}");
+}
+
+// ---- authorization code + PKCE on a loopback redirect ----
+
+const PUBLIC: &str = "cli-public";
+
+/// GET `url` over HTTP/1.1 (loopback, plain HTTP): status, `Location` and body.
+fn http_get(url: &str) -> (u16, Option<String>, String) {
+    use std::io::{Read, Write};
+    let url = url::Url::parse(url).unwrap();
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {answer}"));
+    let location = head.lines().find_map(|line| {
+        line.split_once(':')
+            .filter(|(name, _)| name.eq_ignore_ascii_case("location"))
+            .map(|(_, value)| value.trim().to_owned())
+    });
+    (status, location, body.to_owned())
+}
+
+/// Play the browser: open the authorize URL, follow its redirect to the CLI's listener;
+/// returns the listener's answer.
+fn browse(url: &str) -> (u16, String) {
+    let (status, location, body) = http_get(url);
+    assert_eq!(status, 302, "the emulator signs in and redirects: {body}");
+    let (status, _, page) = http_get(&location.unwrap());
+    (status, page)
+}
+
+fn query(url: &str) -> std::collections::HashMap<String, String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// A running `tokenwell token --auth-code …` and its stderr, read up to the printed URL.
+struct SignIn {
+    child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    url: String,
+    printed: String,
+}
+
+impl SignIn {
+    fn start(fx: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> SignIn {
+        let mut args = vec![
+            "token",
+            "--auth-code",
+            "--client-id",
+            PUBLIC,
+            "--scope",
+            "User.Read",
+            "--json",
+        ];
+        args.extend(extra);
+        let mut env = env.to_vec();
+        env.push(("AZURE_CLIENT_SECRET", ""));
+        let mut command = fx.command(&args, &env);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut printed = String::new();
+        // Blocks until the line comes, or fails at EOF (the process ended without one).
+        let url = loop {
+            let mut line = String::new();
+            use std::io::BufRead;
+            let n = stderr.read_line(&mut line).unwrap();
+            assert!(n > 0, "no sign-in URL on stderr: {printed}");
+            printed.push_str(&line);
+            if line.starts_with("http://") {
+                break line.trim().to_owned();
+            }
+        };
+        SignIn {
+            child,
+            stderr,
+            url,
+            printed,
+        }
+    }
+
+    /// The listener's address, from the URL's `redirect_uri`.
+    fn redirect_uri(&self) -> String {
+        query(&self.url)["redirect_uri"].clone()
+    }
+
+    fn finish(mut self) -> Output {
+        use std::io::Read;
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        let mut output = self.child.wait_with_output().unwrap();
+        output.stderr = format!("{}{rest}", self.printed).into_bytes();
+        output
+    }
+}
+
+/// The last stderr line names the problem, with the exit code (the sign-in URL comes first).
+fn fails_after_url(output: &Output, code: i32, mentions: &str) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "stderr: {err}");
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(last.starts_with("error: "), "{err}");
+    assert!(last.contains(mentions), "{mentions:?} in {last:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn public_fixture() -> Fixture {
+    use tokenwell_idp_emulator::UserSpec;
+    let fx = Fixture::new();
+    fx.emulator.register_public_client(PUBLIC);
+    fx.emulator.add_user(UserSpec::new("alice"));
+    fx.emulator.add_user(UserSpec::new("bob"));
+    fx.emulator.set_default_user(Some("alice"));
+    fx
+}
+
+const NO_BROWSER: (&str, &str) = ("TOKENWELL_NO_BROWSER", "1");
+
+#[test]
+fn auth_code_with_pkce_on_a_loopback_redirect_then_from_the_cache() {
+    let fx = public_fixture();
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let params = query(&sign_in.url);
+    assert!(
+        sign_in
+            .url
+            .starts_with(&fx.emulator.authorize_endpoint(TENANT)),
+        "{}",
+        sign_in.url
+    );
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert_eq!(params["code_challenge"].len(), 43);
+    assert_eq!(params["state"].len(), 43, "a random state");
+    assert!(params["redirect_uri"].starts_with("http://127.0.0.1:"));
+    assert!(!sign_in.printed.contains("was started"), "no browser");
+    let (status, page) = browse(&sign_in.url);
+    assert_eq!(status, 200);
+    assert!(page.contains("Signed in"), "{page}");
+    let first = json(&sign_in.finish());
+    assert_eq!(first["source"], "identity_provider");
+    assert_eq!(first["account"], "alice");
+    assert_eq!(
+        fx.emulator.token_requests_for("authorization_code", PUBLIC),
+        1
+    );
+
+    // The next run finds alice in the persistent cache: no browser, no request.
+    let args = [
+        "token",
+        "--auth-code",
+        "--client-id",
+        PUBLIC,
+        "--scope",
+        "User.Read",
+        "--json",
+    ];
+    let second = json(&fx.run_with(&args, &[NO_BROWSER], None));
+    assert_eq!(second["source"], "cache", "{second}");
+    assert_eq!(second["account"], "alice");
+    assert_eq!(second["access_token"], first["access_token"]);
+    assert_eq!(fx.emulator.token_requests(), 1);
+
+    // Another user, through $BROWSER (a script that records the URL it is given).
+    let opened = fx.home.path().join("opened-url");
+    let script = fx.home.path().join("browser.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s' \"$1\" > {}.tmp && mv {0}.tmp {0}\n",
+            opened.display()
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let browser = script.to_str().unwrap().to_owned();
+    let sign_in = SignIn::start(&fx, &["--login-hint", "bob"], &[("BROWSER", &browser)]);
+    assert!(
+        sign_in.printed.contains("was started"),
+        "{}",
+        sign_in.printed
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let url = loop {
+        if let Ok(url) = std::fs::read_to_string(&opened) {
+            break url;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "$BROWSER was not started with the URL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(url, sign_in.url);
+    assert_eq!(query(&url)["login_hint"], "bob");
+    assert_eq!(browse(&url).0, 200);
+    let bob = json(&sign_in.finish());
+    assert_eq!(bob["account"], "bob");
+    assert_eq!(bob["source"], "identity_provider");
+
+    // Two users signed in: which one is for the caller to say.
+    let ambiguous = fx.run_with(&args, &[NO_BROWSER], None);
+    fails(&ambiguous, 2, "--login-hint");
+    let mut alice = args.to_vec();
+    alice.extend(["--login-hint", "ALICE"]);
+    let again = json(&fx.run_with(&alice, &[NO_BROWSER], None));
+    assert_eq!(again["account"], "alice");
+    assert_eq!(again["source"], "cache");
+}
+
+#[test]
+fn auth_code_refuses_a_wrong_state_and_reports_errors_and_timeouts() {
+    let fx = public_fixture();
+
+    // A redirect whose state is not this sign-in's: refused, nothing redeemed.
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let forged = format!("{}/?code=stolen&state=forged", sign_in.redirect_uri());
+    let (status, page) = http_get(&forged).into_status_and_body();
+    assert_eq!(status, 400);
+    assert!(page.contains("refused"), "{page}");
+    fails_after_url(&sign_in.finish(), 1, "state does not match");
+    assert_eq!(fx.emulator.token_requests(), 0);
+
+    // Other requests (a favicon, a page without code or error) are answered and ignored.
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let state = query(&sign_in.url)["state"].clone();
+    let base = sign_in.redirect_uri();
+    assert_eq!(http_get(&format!("{base}/favicon.ico")).0, 404);
+    assert_eq!(http_get(&format!("{base}/?hello=1")).0, 400);
+    // The user declines: exit 3, the description in the message.
+    let denied =
+        format!("{base}/?error=access_denied&error_description=the+user+declined&state={state}");
+    assert_eq!(http_get(&denied).0, 200);
+    fails_after_url(&sign_in.finish(), 3, "access_denied: the user declined");
+
+    // The identity provider's own error redirect (no user can sign in): exit 3 too.
+    fx.emulator.set_default_user(None);
+    let sign_in = SignIn::start(&fx, &[], &[NO_BROWSER]);
+    let (status, location, _) = http_get(&sign_in.url);
+    assert_eq!(status, 302);
+    let location = location.unwrap();
+    assert!(location.contains("error=login_required"), "{location}");
+    assert_eq!(http_get(&location).0, 200);
+    fails_after_url(&sign_in.finish(), 3, "login_required");
+
+    // Nobody comes back: a clear timeout.
+    let sign_in = SignIn::start(&fx, &["--timeout", "1"], &[NO_BROWSER]);
+    fails_after_url(&sign_in.finish(), 1, "timed out after 1s");
+    fails(
+        &fx.run(&["token", "--auth-code", "--device-code", "--scope", "x"]),
+        2,
+        "--device-code",
+    );
+    fails(
+        &fx.run(&["token", "--auth-code", "--scope", "x", "--timeout", "0"]),
+        2,
+        "--timeout",
+    );
+}
+
+trait StatusAndBody {
+    fn into_status_and_body(self) -> (u16, String);
+}
+
+impl StatusAndBody for (u16, Option<String>, String) {
+    fn into_status_and_body(self) -> (u16, String) {
+        (self.0, self.2)
+    }
+}
+
+// ---- config file with named profiles ----
+
+/// Writes the default config file (`$HOME/.config/tokenwell/config.toml`); returns its path.
+fn write_config(fx: &Fixture, text: &str) -> PathBuf {
+    let dir = fx.home.path().join(".config").join("tokenwell");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn profiles_fill_what_flags_and_environment_leave_open() {
+    let fx = Fixture::new();
+    let dir = fx.home.path();
+    let cache = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    // The profile's secret file is right; `wrong` holds a wrong one.
+    write_config(
+        &fx,
+        &format!(
+            "default_profile = \"dev\"\n\n\
+             [profile.dev]\nclient_id = \"{CLIENT}\"\nauthority = \"{authority}\"\n\
+             scopes = [\"{SCOPE}\"]\nclient_secret_file = \"secret\"\ncache = \"{dev}\"\n\n\
+             [profile.ops]\nclient_id = \"{CLIENT}\"\nauthority = \"{authority}\"\n\
+             scopes = [\"{SCOPE}\"]\nclient_secret_file = \"wrong\"\ncache = \"{ops}\"\n",
+            authority = fx.emulator.authority(TENANT),
+            dev = cache("dev.sqlite3"),
+            ops = cache("ops.sqlite3"),
+        ),
+    );
+    let config_dir = dir.join(".config").join("tokenwell");
+    std::fs::write(config_dir.join("secret"), format!("{SECRET}\n")).unwrap();
+    std::fs::write(config_dir.join("wrong"), "not-the-secret\n").unwrap();
+    // Nothing from the fixture's environment: the profile decides.
+    let bare = [
+        ("AZURE_CLIENT_ID", ""),
+        ("AZURE_CLIENT_SECRET", ""),
+        ("TOKENWELL_AUTHORITY", ""),
+    ];
+    let token = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["token", "--json"];
+        all.extend(args);
+        let mut vars = bare.to_vec();
+        vars.extend(env);
+        fx.run_with(&all, &vars, None)
+    };
+    let exists = |name: &str| dir.join(name).exists();
+
+    // Profile over defaults: the default profile's client, secret file, scope and cache.
+    assert_eq!(json(&token(&[], &[]))["source"], "identity_provider");
+    assert!(exists("dev.sqlite3") && !fx.cache_dir().exists());
+    assert_eq!(json(&token(&[], &[]))["source"], "cache");
+    // Environment over profile, flag over environment.
+    json(&token(&[], &[("TOKENWELL_CACHE", &cache("env.sqlite3"))]));
+    assert!(exists("env.sqlite3"));
+    json(&token(
+        &["--cache", &cache("flag.sqlite3")],
+        &[("TOKENWELL_CACHE", &cache("env2.sqlite3"))],
+    ));
+    assert!(exists("flag.sqlite3") && !exists("env2.sqlite3"));
+    // The profile is chosen by TOKENWELL_PROFILE, and --profile over it. `ops` has the wrong
+    // secret file: the credential from the environment replaces the profile's.
+    let ops_env = [("TOKENWELL_PROFILE", "ops")];
+    fails(&token(&[], &ops_env), 1, "cannot get a token");
+    assert_eq!(
+        json(&token(
+            &[],
+            &[
+                ("TOKENWELL_PROFILE", "ops"),
+                ("AZURE_CLIENT_SECRET", SECRET)
+            ]
+        ))["source"],
+        "identity_provider"
+    );
+    assert!(exists("ops.sqlite3"));
+    assert_eq!(
+        json(&token(&["--profile", "dev"], &ops_env))["source"],
+        "cache"
+    );
+    // Cache commands read the profile's cache too.
+    let listed = json(&fx.run(&["cache", "list", "--json"]));
+    assert_eq!(listed["store"], cache("dev.sqlite3"), "{listed}");
+    assert_eq!(listed["partitions"].as_array().unwrap().len(), 1);
+    // A --scope flag replaces the profile's scopes.
+    let other = json(&token(
+        &["--scope", "api://other/.default", "--no-cache"],
+        &[],
+    ));
+    let decoded = json(&fx.run_with(
+        &["decode", "-", "--json"],
+        &[],
+        Some(other["access_token"].as_str().unwrap()),
+    ));
+    assert!(
+        decoded["claims"]["aud"].to_string().contains("api://other"),
+        "{decoded}"
+    );
+
+    // Unknown profile, malformed files, inline secrets: exit 2, one line naming the problem.
+    fails(
+        &token(&["--profile", "nope"], &[]),
+        2,
+        "no profile \"nope\"",
+    );
+    fails(&token(&["--profile", "nope"], &[]), 2, "profiles: dev, ops");
+    let bad = dir.join("bad.toml");
+    let bad_path = bad.to_str().unwrap();
+    for (text, mentions) in [
+        (
+            "[profile.x]\nclient_id = \"a\"\nscope = \"b\"\n",
+            "unknown field `scope`",
+        ),
+        ("[profile.x]\nclient_id = \"a\"\nscope = \"b\"\n", "line 3"),
+        ("[profile.x\nclient_id = 1\n", "line 1"),
+        ("[profile.x]\nflow = \"telepathy\"\n", "telepathy"),
+        (
+            "[profile.x]\nclient_secret = \"hunter2\"\n",
+            "client_secret_file",
+        ),
+        ("colour = \"blue\"\n", "colour"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let output = token(&["--config", bad_path, "--profile", "x"], &[]);
+        fails(&output, 2, mentions);
+        assert!(!stderr(&output).contains("hunter2"), "no secret echoed");
+        assert_eq!(
+            stderr(&output).trim_end().lines().count(),
+            1,
+            "{}",
+            stderr(&output)
+        );
+    }
+    // The same through TOKENWELL_CONFIG, and for cache commands.
+    fails(
+        &fx.run_with(&["cache", "list"], &[("TOKENWELL_CONFIG", bad_path)], None),
+        2,
+        "colour",
+    );
+    fails(
+        &token(&["--config", "/nonexistent/tokenwell.toml"], &[]),
+        1,
+        "/nonexistent/tokenwell.toml",
+    );
+}
+
+// ---- cache import: all or nothing ----
+
+/// `(partition, access tokens)` of every partition of `cache`.
+fn partitions_of(fx: &Fixture, cache: &str) -> Vec<(String, Value)> {
+    let list = json(&fx.run(&["cache", "list", "--json", "--cache", cache]));
+    list["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_str().unwrap().to_owned(),
+                p["access_tokens"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The access tokens' secrets of one partition.
+fn secrets_of(fx: &Fixture, cache: &str, partition: &str) -> Vec<String> {
+    let show = json(&fx.run(&[
+        "cache", "show", partition, "--reveal", "--json", "--cache", cache,
+    ]));
+    show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "access_token")
+        .map(|e| e["secret"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `target` gets one token of `cli-app`; the returned MSAL file holds another token of
+/// `cli-app` (the same partition, written first) and one of `zz-app` (written second).
+/// Returns the file, the `cli-app` partition and the target's token.
+fn import_scenario(fx: &Fixture, target: &str) -> (PathBuf, String, String) {
+    fx.emulator.register_client_secret("zz-app", "zz-secret");
+    let dir = fx.home.path();
+    let source = dir.join("source.sqlite3");
+    let source = source.to_str().unwrap();
+    let kept = json(&fx.run(&["token", "--scope", SCOPE, "--json", "--cache", target]));
+    let kept = kept["access_token"].as_str().unwrap().to_owned();
+    json(&fx.run(&[
+        "token",
+        "--scope",
+        "api://other/.default",
+        "--json",
+        "--cache",
+        source,
+    ]));
+    json(&fx.run_with(
+        &["token", "--scope", SCOPE, "--json", "--cache", source],
+        &[
+            ("AZURE_CLIENT_ID", "zz-app"),
+            ("AZURE_CLIENT_SECRET", "zz-secret"),
+        ],
+        None,
+    ));
+    let file = dir.join("import.json");
+    let exported = fx.run(&[
+        "cache",
+        "export",
+        "--cache",
+        source,
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(exported.status.code(), Some(0), "{}", stderr(&exported));
+    let before = partitions_of(fx, target);
+    assert_eq!(before.len(), 1);
+    let partition = before[0].0.clone();
+    assert!(partition.starts_with("app:cli-app:"), "{partition}");
+    (file, partition, kept)
+}
+
+/// An import whose second partition the store refuses (a SQLite trigger that aborts inserts
+/// of that partition's rows: a real, deterministic store failure) leaves the cache exactly
+/// as it was: the partition written before is put back, the refused one never appears.
+#[test]
+fn a_failed_import_leaves_the_cache_as_it_was() {
+    let fx = Fixture::new();
+    let target = fx.home.path().join("target.sqlite3");
+    let target = target.to_str().unwrap();
+    let (file, partition, kept) = import_scenario(&fx, target);
+    let before = partitions_of(&fx, target);
+    let shown = |cache: &str| partitions_of(&fx, cache);
+
+    // Partitions are written in key order: `app:cli-app:…` first, then `app:zz-app:…`, which
+    // the store refuses.
+    let db = rusqlite::Connection::open(target).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_zz BEFORE INSERT ON entries
+         WHEN NEW.partition LIKE 'app:zz-app:%'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    drop(db);
+    let import = fx.run(&["cache", "import", file.to_str().unwrap(), "--cache", target]);
+    fails(&import, 1, "nothing was imported (rolled back)");
+    assert!(
+        stderr(&import).contains("app:zz-app:"),
+        "{}",
+        stderr(&import)
+    );
+    assert_eq!(shown(target), before, "the cache is as it was");
+    assert_eq!(
+        secrets_of(&fx, target, &partition),
+        std::slice::from_ref(&kept),
+        "the imported token was taken out again"
+    );
+
+    // When the store refuses the rollback too, the error names what still holds imported
+    // entries (and it does).
+    let db = rusqlite::Connection::open(target).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER keep_cli BEFORE DELETE ON entries
+         WHEN OLD.partition LIKE 'app:cli-app:%'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    drop(db);
+    let import = fx.run(&["cache", "import", file.to_str().unwrap(), "--cache", target]);
+    fails(&import, 1, "the rollback failed too");
+    assert!(
+        stderr(&import).contains(&format!("{partition} still hold(s) imported entries")),
+        "{}",
+        stderr(&import)
+    );
+    assert_eq!(shown(target), [(partition.clone(), serde_json::json!(2))]);
+
+    // Without the triggers the same import goes through whole.
+    let db = rusqlite::Connection::open(target).unwrap();
+    db.execute_batch("DROP TRIGGER refuse_zz; DROP TRIGGER keep_cli;")
+        .unwrap();
+    drop(db);
+    let imported = json(&fx.run(&[
+        "cache",
+        "import",
+        file.to_str().unwrap(),
+        "--json",
+        "--cache",
+        target,
+    ]));
+    assert_eq!(imported["partitions"], 2);
+    let after = shown(target);
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0], (partition, serde_json::json!(2)));
+}
+
+/// The same on Redis: an ACL user that may write only the `cli-app` partition's hash (a real
+/// NOPERM from the server for the second partition); the first is put back.
+#[test]
+fn a_failed_import_into_redis_is_rolled_back() {
+    if !RedisChild::available() {
+        eprintln!("skipped: no redis-server on PATH");
+        return;
+    }
+    let redis = RedisChild::start().unwrap();
+    let fx = Fixture::new();
+    let url = redis.url();
+    let (file, partition, kept) = import_scenario(&fx, &url);
+    let before = partitions_of(&fx, &url);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_connection().unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("importer")
+        .arg("on")
+        .arg(">import-pw")
+        .arg("+@all")
+        .arg("%R~*")
+        .arg(format!("~tokenwell:blob:{partition}"))
+        .query::<()>(&mut admin)
+        .unwrap();
+    let restricted = format!("redis://importer:import-pw@127.0.0.1:{}", redis.port());
+    let import = fx.run(&[
+        "cache",
+        "import",
+        file.to_str().unwrap(),
+        "--cache",
+        &restricted,
+    ]);
+    fails(&import, 1, "nothing was imported (rolled back)");
+    assert!(
+        stderr(&import).contains("app:zz-app:"),
+        "{}",
+        stderr(&import)
+    );
+    assert!(
+        !stderr(&import).contains("import-pw"),
+        "no password in messages"
+    );
+    assert_eq!(partitions_of(&fx, &url), before, "the cache is as it was");
+    assert_eq!(secrets_of(&fx, &url, &partition), [kept]);
+    let imported = json(&fx.run(&[
+        "cache",
+        "import",
+        file.to_str().unwrap(),
+        "--json",
+        "--cache",
+        &url,
+    ]));
+    assert_eq!(imported["partitions"], 2);
 }

@@ -130,7 +130,13 @@ impl RequestControls {
 /// The SHA-256 of an access token, as lower-case hex: what
 /// `with_access_token_sha256_to_refresh` expects.
 pub fn token_sha256_hex(access_token: &str) -> String {
-    hex(&Sha256::digest(access_token.as_bytes()))
+    sha256_hex(access_token)
+}
+
+/// The SHA-256 of `data` as lower-case hex (tokens to revoke, on-behalf-of partition and
+/// session keys): one string allocated.
+pub(crate) fn sha256_hex(data: &str) -> String {
+    hex(&Sha256::digest(data.as_bytes()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -582,6 +588,8 @@ pub(crate) struct AppControls {
     pub capabilities: Vec<String>,
     pub before_token_request: Option<BeforeTokenRequest>,
     pub background_refresh: Option<BackgroundRefreshHook>,
+    /// The `client_id` label of the application's metrics, when it opted in.
+    pub metrics_client_id: Option<Arc<str>>,
 }
 
 #[cfg(test)]

@@ -147,7 +147,6 @@ impl Throttler {
                 let remaining = Duration::from_nanos(
                     u64::try_from(w.until_nanos.saturating_sub(now)).unwrap_or(u64::MAX),
                 );
-                crate::telemetry::throttled();
                 Err(Error::Throttled {
                     retry_after: remaining,
                     cause: Box::new(w.cause.clone()),

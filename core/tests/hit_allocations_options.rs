@@ -1,6 +1,6 @@
 //! Allocations per hit of the request options of issue 16 (items 8 and 9): an on-behalf-of hit,
-//! whose result names the user (`account()`), and a client-credentials hit with
-//! `with_min_remaining_lifetime`, on a multi-threaded runtime with the runtime's real clock,
+//! whose result names the user (`account()`), a client-credentials hit with
+//! `with_min_remaining_lifetime`, and a long-running on-behalf-of session's hit (issue 13), on a multi-threaded runtime with the runtime's real clock,
 //! against the emulator. Counted by a per-thread counting allocator (a
 //! hit never yields, so its whole call runs on one thread). Alone in its test binary: L1
 //! writes of other tests would outdate this thread's copy of the token (the copies check a
@@ -69,6 +69,15 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
         .unwrap();
     let app_token = app.acquire_token_for_client([SCOPE]).await.unwrap();
     let lasting = Duration::from_secs(30 * 60);
+    let session = app
+        .initiate_long_running_process([downstream], assertion.as_str())
+        .await
+        .unwrap();
+    let session_key = session.session_key.as_str();
+    let session_token = app
+        .acquire_token_in_long_running_process([downstream], session_key)
+        .await
+        .unwrap();
     // Warm this thread.
     for _ in 0..2 {
         app.acquire_token_on_behalf_of([downstream], assertion.as_str())
@@ -76,6 +85,9 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
             .unwrap();
         app.acquire_token_for_client([SCOPE])
             .with_min_remaining_lifetime(lasting)
+            .await
+            .unwrap();
+        app.acquire_token_in_long_running_process([downstream], session_key)
             .await
             .unwrap();
     }
@@ -103,8 +115,17 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
             cc.access_token().expose_secret(),
             app_token.access_token().expose_secret()
         );
+        let long_running = app
+            .acquire_token_in_long_running_process([downstream], session_key)
+            .await
+            .expect("a hit succeeds");
+        assert_eq!(long_running.metadata().token_source, TokenSource::CacheL1);
+        assert_eq!(
+            long_running.access_token().expose_secret(),
+            session_token.access_token().expose_secret()
+        );
     }
     let allocated = allocations_here() - before;
     assert_eq!(std::thread::current().id(), thread, "hits never yield");
-    assert_eq!(allocated, 0, "{allocated} allocations in {HITS} × 2 hits");
+    assert_eq!(allocated, 0, "{allocated} allocations in {HITS} × 3 hits");
 }

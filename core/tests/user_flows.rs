@@ -39,6 +39,8 @@ over_each_transport!(
     msal_json_round_trip_of_a_user_partition,
     obo_and_silent_share_tokens_across_nodes_through_l2,
     forced_silent_on_a_new_node_redeems_the_refresh_token_from_l2,
+    public_client_auth_code_with_pkce_through_authorize_then_silent_on_a_new_process,
+    public_client_auth_code_with_the_wrong_verifier_is_invalid_grant,
 );
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -726,4 +728,131 @@ async fn forced_silent_on_a_new_node_redeems_the_refresh_token_from_l2(t: Transp
         "a forced request never returns the token it skipped"
     );
     assert_eq!(rig.grant_requests("refresh_token"), 1);
+    // A confidential client's new node finds the account through L2 as well.
+    let d = node();
+    assert!(d.accounts().is_empty());
+    let found = d.load_accounts().await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].home_account_id, account.home_account_id);
+}
+
+/// GET `url` over plain HTTP/1.1 (the emulator's `/authorize`, which answers with a redirect;
+/// a browser would follow it) and return the `Location` it redirects to.
+async fn authorize_redirect(url: &str) -> url::Url {
+    let url = url::Url::parse(url).unwrap();
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+        let mut stream = std::net::TcpStream::connect(&host).unwrap();
+        let target = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 302"), "{answer}");
+    let location = answer
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(name, _)| name.eq_ignore_ascii_case("location"))
+                .map(|(_, value)| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Location: {answer}"));
+    url::Url::parse(&location).unwrap()
+}
+
+/// A public client (no secret) signs a user in through the emulator's real `/authorize`
+/// with PKCE (S256) and `state`; a second application over the same L2 store (a CLI's next
+/// run) finds the account with `load_accounts` and is served silently from L2.
+async fn public_client_auth_code_with_pkce_through_authorize_then_silent_on_a_new_process(
+    t: Transport,
+) {
+    use tokenwell_core::L2Options;
+    let rig = Rig::start(t).await;
+    rig.emulator.set_default_user(Some(USER));
+    let store = Arc::new(tokenwell_cache_memory::MemoryStore::new());
+    let process = || {
+        rig.emulator.register_public_client(PUBLIC_CLIENT_ID);
+        PublicClientApplication::builder(PUBLIC_CLIENT_ID)
+            .authority(rig.emulator.authority(TENANT))
+            .transport(Arc::clone(&rig.transport))
+            .runtime(Arc::new(rig.clock.clone()))
+            .cache(Arc::new(tokenwell_cache_memory::MemoryCache::new()))
+            .l2(L2Options::new(store.clone()))
+            .http_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let first = process();
+    let pkce = Pkce::new();
+    let url = first
+        .authorization_url(["User.Read"], REDIRECT)
+        .pkce(&pkce)
+        .state("st-1")
+        .build()
+        .await
+        .unwrap();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    assert!(!url.contains(pkce.verifier()), "the verifier stays here");
+    let location = authorize_redirect(&url).await;
+    assert!(location.as_str().starts_with(REDIRECT), "{location}");
+    let query: std::collections::HashMap<String, String> =
+        location.query_pairs().into_owned().collect();
+    assert_eq!(query["state"], "st-1");
+    let result = first
+        .acquire_token_by_authorization_code(query["code"].clone(), ["User.Read"], REDIRECT)
+        .with_pkce_verifier(pkce.verifier())
+        .await
+        .unwrap();
+    assert_eq!(
+        result.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    assert_eq!(result.account().unwrap().username, USER);
+    assert_eq!(
+        rig.emulator
+            .token_requests_for("authorization_code", PUBLIC_CLIENT_ID),
+        1
+    );
+    first.flush().await;
+
+    let next = process();
+    assert!(next.accounts().is_empty(), "L1 of a new process is empty");
+    let accounts = next.load_accounts().await;
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].username, USER);
+    let silent = next
+        .acquire_token_silent(["User.Read"], &accounts[0])
+        .await
+        .unwrap();
+    assert_eq!(silent.metadata().token_source, TokenSource::CacheL2);
+    assert_eq!(
+        silent.access_token().expose_secret(),
+        result.access_token().expose_secret()
+    );
+    assert_eq!(rig.emulator.token_requests(), 1, "nobody asked again");
+}
+
+async fn public_client_auth_code_with_the_wrong_verifier_is_invalid_grant(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.public_app();
+    let pkce = Pkce::new();
+    let code = rig.emulator.issue_authorization_code(
+        PUBLIC_CLIENT_ID,
+        USER,
+        &["User.Read", "offline_access", "openid", "profile"],
+        REDIRECT,
+        Some(pkce.challenge()),
+    );
+    let err = app
+        .acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
+        .with_pkce_verifier(Pkce::new().verifier())
+        .await
+        .unwrap_err();
+    assert_eq!(err.idp_error().unwrap().error, "invalid_grant");
+    assert!(app.load_accounts().await.is_empty());
 }

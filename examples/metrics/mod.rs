@@ -84,6 +84,9 @@ pub struct LoadReport {
 /// Run `rounds` rounds of load, 200 ms apart: 8 scopes, 200 calls a round, one forced
 /// refresh a round, and every fifth round a throttling answer (429 + `Retry-After: 10`, longer than the
 /// 5 s a caller is held, so the call fails and the same request is refused locally for 10 s).
+/// Besides, each round, 20 managed-identity calls (the `flow` label tells them apart) and 20
+/// calls of a second application that opted in to the `client_id` label
+/// ([`LABELLED_CLIENT_ID`]); the first application's id never appears in a series.
 ///
 /// # Errors
 /// When the emulator cannot start or the application cannot be built.
@@ -99,6 +102,15 @@ pub async fn run_load(rounds: u64) -> Result<LoadReport, Box<dyn std::error::Err
     let scopes: Vec<String> = (0..8)
         .map(|i| format!("api://orders-{i}/.default"))
         .collect();
+    emulator.register_client_secret(LABELLED_CLIENT_ID, SECRET);
+    let labelled = tokenwell::confidential_client(LABELLED_CLIENT_ID)
+        .authority(emulator.authority("contoso"))
+        .credential(ClientCredential::secret(SECRET))
+        .metrics_client_id_label(true)
+        .build()?;
+    let identity = tokenwell::managed_identity(tokenwell::ManagedIdentityId::SystemAssigned)
+        .imds_endpoint(emulator.imds_endpoint())
+        .build()?;
     let mut report = LoadReport::default();
     for round in 0..rounds.max(1) {
         let throttle_round = round % 5 == 4;
@@ -118,11 +130,31 @@ pub async fn run_load(rounds: u64) -> Result<LoadReport, Box<dyn std::error::Err
                 report.failed += 1;
             }
         }
+        for _ in 0..20 {
+            for outcome in [
+                identity
+                    .acquire_token("https://vault.azure.net")
+                    .await
+                    .map(drop),
+                labelled
+                    .acquire_token_for_client(["api://reports/.default"])
+                    .await
+                    .map(drop),
+            ] {
+                report.calls += 1;
+                if outcome.is_err() {
+                    report.failed += 1;
+                }
+            }
+        }
         // Pacing for a human watching the scrape, not ordering: every call above has finished.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(report)
 }
+
+/// The application of the load that labels its series with its client id.
+pub const LABELLED_CLIENT_ID: &str = "metrics-labelled";
 
 /// The series an operator reads, in one list (the README's dashboard uses these).
 pub const SERIES: [&str; 6] = [

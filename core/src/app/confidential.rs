@@ -24,6 +24,7 @@ use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::scopes::{IntoScopeSet, Scopes};
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 pub use super::engine::DEFAULT_EXPIRY_BUFFER;
@@ -173,6 +174,13 @@ impl ConfidentialClientApplication {
         self.inner.core.accounts()
     }
 
+    /// Accounts signed in to this application, after reading the L2 store's copy of the
+    /// accounts index: a new process or another node finds accounts signed in elsewhere (the
+    /// same as [`accounts`](Self::accounts) without an L2).
+    pub async fn load_accounts(&self) -> Vec<Account> {
+        self.inner.core.load_accounts().await
+    }
+
     /// Forget `account` and its tokens (removals are remembered, so shared caches do not
     /// bring them back). Returns once the removal is written to L2, when there is one.
     pub async fn remove_account(&self, account: &Account) {
@@ -296,7 +304,7 @@ impl ConfidentialClientApplicationBuilder {
             self.partition_key.as_deref(),
             None,
         );
-        let engine = Arc::new(self.engine.build()?);
+        let engine = Arc::new(self.engine.build(&self.client_id)?);
         Ok(ConfidentialClientApplication {
             inner: Arc::new(Inner {
                 core: ClientCore {
@@ -451,6 +459,7 @@ impl<'a> AcquireTokenForClient<'a> {
         inner.core.engine.acquire_with(
             partition,
             &query,
+            MetricFlow::ClientCredentials,
             self.force_refresh,
             hot,
             self.min_remaining_lifetime,

@@ -43,7 +43,7 @@ use crate::result::{
 use crate::runtime::unix_seconds;
 use crate::scopes::ScopeTable;
 use crate::store::Lease;
-use crate::telemetry;
+use crate::telemetry::{self, MetricFlow, Tags};
 use crate::throttle::{FlowKind, ThrottleKey, Throttler, ThrottlingPolicy};
 
 /// A token counts as expired this long before `expires_on` (MSAL's default), so a token handed
@@ -306,6 +306,7 @@ impl Engine {
         self: &Arc<Self>,
         partition: &PartitionKey,
         query: &AccessTokenQuery<'_>,
+        flow: MetricFlow,
         force: bool,
         hot: bool,
         min_remaining: Duration,
@@ -338,7 +339,13 @@ impl Engine {
             } else {
                 Deadline::UnixSeconds(self.now())
             };
-            if let Some(result) = hot::get(self.id, &key, clock, TokenCache::generation) {
+            if let Some(result) = hot::get(
+                self.id,
+                &key,
+                clock,
+                self.tags(flow),
+                TokenCache::generation,
+            ) {
                 return Acquire::ready(result);
             }
             let stripe = TokenCache::stripe_of(partition);
@@ -374,6 +381,7 @@ impl Engine {
                         hot::put(self.id, &key, stripe, generation, until, &token);
                     }
                     return Acquire::ready(Self::cache_result(
+                        self.tags(flow),
                         token,
                         CacheRefreshReason::NotApplicable,
                         started,
@@ -382,6 +390,7 @@ impl Engine {
                 Lookup::PastRefreshOn(token) => {
                     self.refresh_in_background(&token, now, job);
                     return Acquire::ready(Self::cache_result(
+                        self.tags(flow),
                         token,
                         CacheRefreshReason::ProactivelyRefreshed,
                         started,
@@ -391,7 +400,7 @@ impl Engine {
             }
         };
         let lookup_duration = started.elapsed();
-        telemetry::cache_miss();
+        telemetry::cache_miss(self.tags(flow));
         let correlation_id = controls
             .as_ref()
             .and_then(|c| c.correlation_id)
@@ -400,6 +409,7 @@ impl Engine {
             let mut job = job();
             job.controls = controls;
             job.correlation_id = correlation_id;
+            job.metric = flow;
             Arc::new(job)
         };
         let engine = Arc::clone(self);
@@ -417,7 +427,7 @@ impl Engine {
                         let (flight, leader) =
                             engine.flight(&job, mode, started, job.correlation_id);
                         if !leader {
-                            telemetry::coalesced_waiter();
+                            telemetry::coalesced_waiter(engine.tags(flow));
                         }
                         match flight.await {
                             // A cached token (L1, L2) that does not last long enough: ask.
@@ -438,8 +448,15 @@ impl Engine {
                         outcome = engine.replacing(&job, outcome).await;
                     }
                     let now = engine.now();
-                    let mut result =
-                        Self::fetched_result(outcome, reason, stale, started, lookup_duration, now);
+                    let mut result = engine.fetched_result(
+                        &job,
+                        outcome,
+                        reason,
+                        stale,
+                        started,
+                        lookup_duration,
+                        now,
+                    );
                     match &mut result {
                         Ok(result) => result.metadata_mut().correlation_id = Some(correlation_id),
                         Err(error) => error.metadata_mut().correlation_id = Some(correlation_id),
@@ -587,11 +604,12 @@ impl Engine {
     /// A result for a token served from L1 by the lookup.
     #[inline]
     pub(crate) fn cache_result(
+        tags: Tags<'_>,
         token: Arc<AccessToken>,
         reason: CacheRefreshReason,
         started: Instant,
     ) -> AuthenticationResult {
-        telemetry::cache_hit_l1();
+        telemetry::cache_hit_l1(tags);
         let mut metadata = AuthenticationResultMetadata::new(TokenSource::CacheL1, reason);
         let elapsed = started.elapsed();
         metadata.total_duration = elapsed;
@@ -601,7 +619,10 @@ impl Engine {
 
     /// The result of the miss path, falling back on a still-valid cached token when the
     /// renewal failed for a transient reason.
+    #[allow(clippy::too_many_arguments)]
     fn fetched_result(
+        &self,
+        job: &Job,
         outcome: std::result::Result<Resolved, Failure>,
         reason: CacheRefreshReason,
         stale: Option<Arc<AccessToken>>,
@@ -622,6 +643,7 @@ impl Engine {
                 metadata.http_duration = resolved.stats.http_duration;
                 metadata.retries = resolved.stats.retries;
                 telemetry::remaining_lifetime(
+                    self.tags(job.metric),
                     source,
                     resolved.token.expires_on.saturating_sub(now),
                 );
@@ -636,8 +658,11 @@ impl Engine {
                 // the service down. Serve the cached token and say why.
                 Some(token) if error.is_transient() => {
                     tracing::warn!(error = %error, "token renewal failed; serving the cached token until it expires");
-                    telemetry::stale_served();
-                    telemetry::remaining_lifetime_stale(token.expires_on.saturating_sub(now));
+                    telemetry::stale_served(self.tags(job.metric));
+                    telemetry::remaining_lifetime_stale(
+                        self.tags(job.metric),
+                        token.expires_on.saturating_sub(now),
+                    );
                     let mut metadata = AuthenticationResultMetadata::new(
                         TokenSource::CacheL1,
                         CacheRefreshReason::Expired,
@@ -688,7 +713,7 @@ impl Engine {
             && let Ok(resolved) = flight.await
             && newer(&resolved)
         {
-            telemetry::coalesced_waiter();
+            telemetry::coalesced_waiter(self.tags(job.metric));
             return Ok(resolved);
         }
         // A forced flight that ended before this caller started has left the registry by the
@@ -696,7 +721,7 @@ impl Engine {
         for _ in 0..3 {
             let (flight, leader) = self.flight(job, Mode::Forced, started, job.correlation_id);
             if !leader {
-                telemetry::coalesced_waiter();
+                telemetry::coalesced_waiter(self.tags(job.metric));
             }
             let resolved = flight.await?;
             if leader || newer(&resolved) {
@@ -743,7 +768,7 @@ impl Engine {
             return;
         }
         let job = Arc::new(job());
-        if let Some(throttled) = self.throttled(job.throttle_key) {
+        if let Some(throttled) = self.throttled(job.throttle_key, job.metric) {
             let wait = throttled.retry_after().unwrap_or_default().as_secs();
             token
                 .refresh_gate
@@ -774,9 +799,9 @@ impl Engine {
                     correlation_id,
                 );
                 match outcome {
-                    Ok(_) => telemetry::background_refresh(true),
+                    Ok(_) => telemetry::background_refresh(engine.tags(job.metric), true),
                     Err(Failure { error, .. }) => {
-                        telemetry::background_refresh(false);
+                        telemetry::background_refresh(engine.tags(job.metric), false);
                         tracing::warn!(
                             error = %error,
                             "background token refresh failed; the cached token is still served"
@@ -812,7 +837,7 @@ impl Engine {
             }
             l2_duration = started.elapsed();
         }
-        if let Some(throttled) = self.throttled(job.throttle_key) {
+        if let Some(throttled) = self.throttled(job.throttle_key, job.metric) {
             return Err(Failure {
                 error: throttled,
                 l2_duration,
@@ -850,7 +875,8 @@ impl Engine {
                     engine.idp.runtime.now(),
                 );
             }))
-            .for_request(job.controls.clone(), correlation_id);
+            .for_request(job.controls.clone(), correlation_id)
+            .for_flow(job.metric);
         match job.flow.renew(&idp, cached).await {
             Ok(fetched) => {
                 self.throttler.record_success(job.throttle_key);
@@ -905,13 +931,21 @@ impl Engine {
         }
     }
 
+    /// Teach L1 what L2 holds for `partition` (sharing a read in flight for it); nothing
+    /// without an L2.
+    pub(crate) async fn load_from_l2(&self, partition: &PartitionKey) {
+        if let Some(l2) = &self.l2 {
+            l2.read_into_l1(partition).await;
+        }
+    }
+
     /// Read the partition from L2 and teach it to L1 (refresh tokens included, for every
     /// mode; a read already in flight for the partition is shared), then return the token the
     /// flight may adopt.
     async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
         let merged = l2.read_into_l1(&job.partition).await?;
         let token = self.adoptable(Some(&merged), job, mode)?;
-        telemetry::cache_hit_l2();
+        telemetry::cache_hit_l2(self.tags(job.metric));
         Some(token)
     }
 
@@ -1105,8 +1139,18 @@ impl Engine {
     }
 
     /// Whether a throttling window is open for `key` now.
-    pub(crate) fn throttled(&self, key: ThrottleKey) -> Option<Error> {
-        self.throttler.check(key, self.idp.runtime.now()).err()
+    pub(crate) fn throttled(&self, key: ThrottleKey, flow: MetricFlow) -> Option<Error> {
+        let throttled = self.throttler.check(key, self.idp.runtime.now()).err();
+        if throttled.is_some() {
+            telemetry::throttled(self.tags(flow));
+        }
+        throttled
+    }
+
+    /// The labels of this application's metrics for `flow`.
+    #[inline]
+    pub(crate) fn tags(&self, flow: MetricFlow) -> Tags<'_> {
+        Tags::new(flow, self.idp.app.metrics_client_id.as_deref())
     }
 
     /// Record the outcome of a request made outside a flight (device code), for throttling.
@@ -1254,7 +1298,7 @@ async fn refresh_ahead_loop(
             due = engine.refresh_ahead_due(&current);
             continue;
         }
-        if let Some(throttled) = engine.throttled(job.throttle_key) {
+        if let Some(throttled) = engine.throttled(job.throttle_key, job.metric) {
             due = now.saturating_add(throttled.retry_after().unwrap_or_default().as_secs().max(1));
             continue;
         }
@@ -1270,19 +1314,19 @@ async fn refresh_ahead_loop(
         );
         match outcome {
             Ok(resolved) => {
-                telemetry::background_refresh(true);
+                telemetry::background_refresh(engine.tags(job.metric), true);
                 after = resolved.token.cached_at;
                 due = engine.refresh_ahead_due(&resolved.token);
             }
             Err(Failure { error, .. }) if error.is_transient() => {
-                telemetry::background_refresh(false);
+                telemetry::background_refresh(engine.tags(job.metric), false);
                 tracing::warn!(error = %error, "refresh-ahead failed; retrying after back-off");
                 due = engine.now() + engine.refresh.failure_backoff.as_secs().max(1);
             }
             Err(Failure { error, .. }) => {
                 // Only a caller can fix this (a revoked credential, an ended user session):
                 // stop; the next successful acquisition of the key starts a new loop.
-                telemetry::background_refresh(false);
+                telemetry::background_refresh(engine.tags(job.metric), false);
                 tracing::warn!(error = %error, "refresh-ahead stopped: the renewal was refused");
                 engine.refresh_ahead.lock().remove(&job.flight_key);
                 return;

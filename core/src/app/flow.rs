@@ -17,6 +17,7 @@ use crate::cache::{
 use crate::controls::RequestControls;
 use crate::error::Result;
 use crate::scopes::ScopeSet;
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 /// A flow's renewal of one key at the identity provider.
@@ -84,6 +85,8 @@ pub(crate) struct Job {
     pub controls: Option<Arc<RequestControls>>,
     /// The request's correlation id (set by the engine on the miss path).
     pub correlation_id: uuid::Uuid,
+    /// The `flow` label of the request's metrics (set by the engine on the miss path).
+    pub metric: MetricFlow,
 }
 
 impl Job {
@@ -120,6 +123,7 @@ impl Job {
             flow,
             controls: None,
             correlation_id: uuid::Uuid::nil(),
+            metric: MetricFlow::ClientCredentials,
         }
     }
 

@@ -24,7 +24,7 @@ use crate::result::{
 };
 use crate::runtime::from_unix_seconds;
 use crate::scopes::{ScopeSet, quick_hash};
-use crate::telemetry;
+use crate::telemetry::{self, MetricFlow, Tags};
 
 /// Slots per thread: enough for the hot keys of a service, small enough to scan never.
 const SLOTS: usize = 64;
@@ -66,22 +66,27 @@ struct Front {
     slots: [Option<Slot>; SLOTS],
     /// Per set, the way used last.
     recent: [usize; SLOTS / 2],
-    uncounted_hits: u64,
+    /// Per [`MetricFlow`] (by index), the hits not yet counted.
+    uncounted_hits: [u64; FLOWS],
 }
+
+const FLOWS: usize = MetricFlow::ALL.len();
 
 thread_local! {
     static FRONT: RefCell<Front> = const {
-        RefCell::new(Front { slots: [const { None }; SLOTS], recent: [0; SLOTS / 2], uncounted_hits: 0 })
+        RefCell::new(Front { slots: [const { None }; SLOTS], recent: [0; SLOTS / 2], uncounted_hits: [0; FLOWS] })
     };
 }
 
 /// Report this thread's hits not yet counted.
 pub(crate) fn count_hits() {
     let _ = FRONT.try_with(|front| {
-        if let Ok(mut front) = front.try_borrow_mut()
-            && front.uncounted_hits > 0
-        {
-            telemetry::cache_hits_l1(std::mem::take(&mut front.uncounted_hits));
+        if let Ok(mut front) = front.try_borrow_mut() {
+            for (flow, hits) in MetricFlow::ALL.into_iter().zip(&mut front.uncounted_hits) {
+                if *hits > 0 {
+                    telemetry::cache_hits_l1(Tags::new(flow, None), std::mem::take(hits));
+                }
+            }
         }
     });
 }
@@ -134,6 +139,7 @@ pub(crate) fn get(
     engine: u64,
     key: &HotKey<'_>,
     now: Deadline,
+    tags: Tags<'_>,
     generation: impl FnOnce(usize) -> u64,
 ) -> Option<AuthenticationResult> {
     FRONT
@@ -152,9 +158,15 @@ pub(crate) fn get(
             if front.recent[set / 2] != way {
                 front.recent[set / 2] = way;
             }
-            front.uncounted_hits += 1;
-            if front.uncounted_hits >= COUNT_BATCH {
-                telemetry::cache_hits_l1(std::mem::take(&mut front.uncounted_hits));
+            if tags.client_id.is_some() {
+                // Batches know no application: a labelled hit is counted at once.
+                telemetry::cache_hit_l1(tags);
+            } else {
+                let hits = &mut front.uncounted_hits[tags.flow.index() % FLOWS];
+                *hits += 1;
+                if *hits >= COUNT_BATCH {
+                    telemetry::cache_hits_l1(tags, std::mem::take(hits));
+                }
             }
             // Durations are not measured for these hits (see `AuthenticationResultMetadata`).
             let mut metadata = AuthenticationResultMetadata::new(
@@ -221,6 +233,8 @@ pub(crate) enum KeySource {
     Account,
     /// A managed-identity resource.
     Resource,
+    /// A long-running on-behalf-of session key.
+    Session,
 }
 
 struct KeySlot {

@@ -17,7 +17,7 @@ use crate::response::{
 use crate::retry::DEFAULT_MAX_RETRY_AFTER;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
-use crate::telemetry;
+use crate::telemetry::{self, MetricFlow, Tags};
 
 /// SDK name sent to the identity provider (`x-client-SKU`), as MSALs do.
 const CLIENT_SKU: &str = "tokenwell.rust";
@@ -47,6 +47,13 @@ pub(crate) struct Spent {
     http_nanos: AtomicU64,
 }
 
+/// A copy of a client counts its own requests: a clone starts at zero.
+impl Clone for Spent {
+    fn clone(&self) -> Self {
+        Spent::default()
+    }
+}
+
 impl Spent {
     /// The counters so far.
     pub(crate) fn get(&self) -> FetchStats {
@@ -70,6 +77,7 @@ impl Spent {
 pub(crate) type BeforeRetry = Arc<dyn Fn(&Error) + Send + Sync>;
 
 /// Transport, clock and the policies that govern talking to the identity provider.
+#[derive(Clone)]
 pub(crate) struct Idp {
     pub transport: Arc<dyn HttpTransport>,
     pub runtime: Arc<dyn Runtime>,
@@ -89,6 +97,8 @@ pub(crate) struct Idp {
     pub correlation_id: Option<uuid::Uuid>,
     /// What this copy's requests have spent (each flight and one-shot grant has its copy).
     pub spent: Spent,
+    /// The `flow` label of this client's metrics.
+    pub flow: MetricFlow,
 }
 
 /// Retry rules of the managed-identity endpoints, which answer with their own statuses.
@@ -187,18 +197,18 @@ impl Idp {
 
     /// The same client with counters of its own ([`Spent`] starts at zero).
     pub(crate) fn copy(&self) -> Idp {
-        Idp {
-            transport: Arc::clone(&self.transport),
-            runtime: Arc::clone(&self.runtime),
-            send_options: self.send_options,
-            retry: self.retry.clone(),
-            before_retry: self.before_retry.clone(),
-            default_lifetime: self.default_lifetime,
-            app: Arc::clone(&self.app),
-            request: self.request.clone(),
-            correlation_id: self.correlation_id,
-            spent: Spent::default(),
-        }
+        self.clone()
+    }
+
+    /// The same client, labelling its metrics with `flow`.
+    pub(crate) fn for_flow(mut self, flow: MetricFlow) -> Idp {
+        self.flow = flow;
+        self
+    }
+
+    /// The labels of this client's metrics.
+    fn tags(&self) -> Tags<'_> {
+        Tags::new(self.flow, self.app.metrics_client_id.as_deref())
     }
 
     /// The same client, sending `request`'s controls and `correlation_id` (a flight's).
@@ -358,7 +368,7 @@ impl Idp {
             let elapsed = started.elapsed();
             stats.http_duration += elapsed;
             self.spent.attempt(elapsed);
-            telemetry::idp_request(outcome.is_ok(), elapsed.as_secs_f64());
+            telemetry::idp_request(self.tags(), outcome.is_ok(), elapsed.as_secs_f64());
             let error = match outcome {
                 Ok(response) => return Ok((response, stats)),
                 Err(error) => error.with_endpoint(endpoint),
@@ -375,7 +385,7 @@ impl Idp {
                         error = %error,
                         "token request failed; retrying"
                     );
-                    telemetry::retry();
+                    telemetry::retry(self.tags());
                     stats.retries += 1;
                     self.spent.retry();
                     self.runtime.sleep(delay).await;

@@ -17,6 +17,7 @@ use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
 use crate::controls::RequestControls;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 pub use super::flows::managed_identity::{
@@ -152,7 +153,7 @@ impl ManagedIdentityApplicationBuilder {
     /// # Errors
     /// [`Error::Configuration`] when transport, runtime or cache is missing.
     pub fn build(self) -> Result<ManagedIdentityApplication> {
-        let engine = self.engine.build()?;
+        let engine = self.engine.build(&self.identity.key())?;
         Ok(ManagedIdentityApplication {
             inner: Arc::new(Inner {
                 identity: self.identity,
@@ -231,6 +232,7 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
         inner.engine.acquire_with(
             &partition,
             &query,
+            MetricFlow::ManagedIdentity,
             self.force_refresh,
             scopes.is_borrowed(),
             self.min_remaining_lifetime,

@@ -1,5 +1,6 @@
 //! Public client applications (CLIs, desktop and device apps): no credential, user tokens via
-//! the device code flow, then silently from the cache and refresh tokens.
+//! the device code flow or the authorization code flow with PKCE, then silently from the cache
+//! and refresh tokens.
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
@@ -15,7 +16,10 @@ use super::idp::{FetchStats, Idp};
 use super::l2::L2Health;
 use super::settings::one_shot_controls;
 use super::settings::{AuthoritySource, EngineSettings, engine_setters};
-use super::user_flows::{AcquireTokenSilent, ClientCore, OneShot, attach_user, user_partition};
+use super::user_flows::{
+    AcquireTokenByAuthorizationCode, AcquireTokenSilent, AuthorizationUrl, ClientCore, OneShot,
+    attach_user, user_partition,
+};
 use crate::cache::{AccessToken, Account, PartitionKey, TokenCache, TokenSecret};
 use crate::controls::RequestControls;
 use crate::error::{AcquisitionResult, Error, Result};
@@ -23,12 +27,14 @@ use crate::response::parse_error_response;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 /// `slow_down` adds this to the polling interval (RFC 8628 §3.5).
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 
-/// A public client: signs users in with the device code flow and keeps their tokens.
+/// A public client: signs users in with the device code flow or the authorization code flow
+/// (PKCE) and keeps their tokens.
 ///
 /// Cloning is cheap and shares cache and configuration.
 #[derive(Clone)]
@@ -65,6 +71,29 @@ impl PublicClientApplication {
         }
     }
 
+    /// Start building the URL that sends a user to sign in with the authorization code flow
+    /// (with [`Pkce`](super::Pkce): a public client has no secret to protect the code).
+    pub fn authorization_url<'s>(
+        &self,
+        scopes: impl IntoScopeSet<'s>,
+        redirect_uri: impl Into<String>,
+    ) -> AuthorizationUrl {
+        AuthorizationUrl::new(&self.core, scopes.into_scope_set(), redirect_uri.into())
+    }
+
+    /// Redeem an authorization code (from the redirect of
+    /// [`authorization_url`](Self::authorization_url)) with the PKCE verifier. The tokens are
+    /// cached under the signed-in account, which [`accounts`](Self::accounts) then lists for
+    /// [`acquire_token_silent`](Self::acquire_token_silent).
+    pub fn acquire_token_by_authorization_code<'s>(
+        &self,
+        code: impl Into<String>,
+        scopes: impl IntoScopeSet<'s>,
+        redirect_uri: impl Into<String>,
+    ) -> AcquireTokenByAuthorizationCode<'_> {
+        AcquireTokenByAuthorizationCode::new(&self.core, code, scopes, redirect_uri)
+    }
+
     /// A token for `account` from the cache, renewed with its refresh token when needed.
     pub fn acquire_token_silent<'a>(
         &'a self,
@@ -77,6 +106,13 @@ impl PublicClientApplication {
     /// Accounts signed in to this application, from the cache.
     pub fn accounts(&self) -> Vec<Account> {
         self.core.accounts()
+    }
+
+    /// Accounts signed in to this application, after reading the L2 store's copy of the
+    /// accounts index: a new process (a CLI's next run) finds accounts signed in before it
+    /// (the same as [`accounts`](Self::accounts) without an L2).
+    pub async fn load_accounts(&self) -> Vec<Account> {
+        self.core.load_accounts().await
     }
 
     /// Forget `account` and its tokens.
@@ -169,7 +205,7 @@ impl PublicClientApplicationBuilder {
                  with the user's refresh token when the user's requests need them",
             ));
         }
-        let engine = self.engine.build()?;
+        let engine = self.engine.build(&self.client_id)?;
         Ok(PublicClientApplication {
             core: Arc::new(ClientCore {
                 identity: Arc::new(ClientIdentity::new(self.client_id, authority, None, None)),
@@ -242,7 +278,7 @@ impl AcquireTokenWithDeviceCode<'_> {
         if self.scopes.is_empty() {
             return Err(Error::configuration("no scopes requested").into());
         }
-        let grant = OneShot::start(&core.engine, self.controls)?;
+        let grant = OneShot::start(&core.engine, MetricFlow::DeviceCode, self.controls)?;
         match Self::run(core, &grant, &self.scopes, self.on_code).await {
             Ok((partition, token, stats)) => Ok(attach_user(
                 &core.engine,
@@ -266,7 +302,7 @@ impl AcquireTokenWithDeviceCode<'_> {
             scopes.normalized(),
             Some("device_code"),
         );
-        if let Some(throttled) = core.engine.throttled(throttle_key) {
+        if let Some(throttled) = core.engine.throttled(throttle_key, MetricFlow::DeviceCode) {
             return Err(throttled);
         }
         let outcome = device_code_flow(core, &grant.idp, scopes, on_code).await;

@@ -52,6 +52,8 @@ pub(crate) struct EngineSettings {
     pub default_lifetime: Option<Duration>,
     /// Client capabilities and hooks (issue 16).
     pub controls: AppControls,
+    /// Label the application's metrics with its client id.
+    pub metrics_client_id_label: bool,
 }
 
 impl Default for EngineSettings {
@@ -69,6 +71,7 @@ impl Default for EngineSettings {
             l2: None,
             default_lifetime: None,
             controls: AppControls::default(),
+            metrics_client_id_label: false,
         }
     }
 }
@@ -81,7 +84,8 @@ impl EngineSettings {
     /// # Errors
     /// [`Error::Configuration`] naming the missing part and where to get one, or the defaults'
     /// reason for not making it.
-    pub(crate) fn build(self) -> Result<Engine> {
+    /// `client_id` labels the metrics when the application asked for it.
+    pub(crate) fn build(self, client_id: &str) -> Result<Engine> {
         /// Set, else made by the defaults, else an error with a hint.
         fn part<T: ?Sized>(
             set: Option<Arc<T>>,
@@ -132,10 +136,14 @@ impl EngineSettings {
                 retry: self.retry,
                 before_retry: None,
                 default_lifetime: self.default_lifetime.map(|d| d.as_secs().max(1)),
-                app: Arc::new(self.controls),
+                app: Arc::new(AppControls {
+                    metrics_client_id: self.metrics_client_id_label.then(|| Arc::from(client_id)),
+                    ..self.controls
+                }),
                 request: None,
                 correlation_id: None,
                 spent: Default::default(),
+                flow: crate::telemetry::MetricFlow::Discovery,
             },
             TokenCache::new(cache),
             self.expiry_buffer,
@@ -168,6 +176,15 @@ macro_rules! engine_setters {
         /// share one: partitions are keyed by client id.
         pub fn cache(mut self, cache: std::sync::Arc<dyn crate::cache::PartitionCache>) -> Self {
             self.engine.cache = Some(cache);
+            self
+        }
+
+        /// Also label this application's metrics `client_id` (off by default: each application
+        /// then makes its own series, which a process hosting thousands of them cannot
+        /// afford; a counted hit then costs one small allocation). The labels are listed in
+        /// [`telemetry`](crate::telemetry).
+        pub fn metrics_client_id_label(mut self, enabled: bool) -> Self {
+            self.engine.metrics_client_id_label = enabled;
             self
         }
 

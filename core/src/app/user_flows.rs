@@ -30,6 +30,7 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::scopes::{IntoScopeSet, ScopeSet, Scopes};
+use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
 /// A client's identity and engine: what the user-flow requests of both application kinds
@@ -57,6 +58,15 @@ impl ClientCore {
             .unwrap_or_default();
         accounts.sort_by(|a, b| a.username.cmp(&b.username));
         accounts
+    }
+
+    /// [`accounts`](Self::accounts) after reading the accounts index from L2, so a new
+    /// process (or another node) finds the accounts signed in before it.
+    pub(crate) async fn load_accounts(&self) -> Vec<Account> {
+        self.engine
+            .load_from_l2(&self.identity.accounts_index())
+            .await;
+        self.accounts()
     }
 
     /// Forget `account`: its tokens and its index entry become tombstones, so no older copy
@@ -119,6 +129,7 @@ impl OneShot {
     /// anything is sent, with the metadata of a request that never started).
     pub(crate) fn start(
         engine: &Engine,
+        flow: MetricFlow,
         controls: Option<Box<RequestControls>>,
     ) -> std::result::Result<OneShot, AcquisitionError> {
         let started = Instant::now();
@@ -127,7 +138,11 @@ impl OneShot {
             .and_then(|c| c.correlation_id)
             .unwrap_or_else(uuid::Uuid::new_v4);
         let one_shot = |controls| OneShot {
-            idp: engine.idp.copy().for_request(controls, correlation_id),
+            idp: engine
+                .idp
+                .copy()
+                .for_flow(flow)
+                .for_request(controls, correlation_id),
             correlation_id,
             started,
         };
@@ -329,6 +344,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         let acquire = core.engine.acquire_with(
             &partition,
             &query,
+            MetricFlow::OnBehalfOf,
             self.force_refresh,
             // The thread's copy is named by partition and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
@@ -358,10 +374,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
 /// the hex SHA-256 of the assertion (what MSAL uses by default). The assertion's partition is
 /// the session's, so the tokens the start cached are the session's.
 fn session_key_of(user_assertion: &str) -> String {
-    Sha256::digest(user_assertion.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::controls::sha256_hex(user_assertion)
 }
 
 /// The start of a long-running on-behalf-of process
@@ -532,8 +545,15 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             Err(error) => return Acquire::failed(error),
         };
         let authority = overridden.as_ref().unwrap_or(&identity.authority);
-        // The partition the start wrote: the assertion's, named by its digest.
-        let partition = PartitionKey::for_on_behalf_of_session(&identity.client_id, key);
+        // The partition the start wrote: the assertion's, named by its digest; remembered per
+        // thread like the on-behalf-of key, so a hit builds no string.
+        let partition = hot::partition_key(
+            core.engine.id(),
+            KeySource::Session,
+            key,
+            identity.authority.realm(),
+            || PartitionKey::for_on_behalf_of_session(&identity.client_id, key),
+        );
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: authority.environment(),
@@ -545,8 +565,10 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
         let acquire = core.engine.acquire_with(
             &partition,
             &query,
+            MetricFlow::LongRunning,
             self.force_refresh,
-            false,
+            // The thread's copy is named by partition and scopes: the default tenant's only.
+            self.scopes.is_borrowed() && overridden.is_none(),
             self.min_remaining_lifetime,
             self.controls,
             || {
@@ -686,6 +708,7 @@ impl<'a> AcquireTokenSilent<'a> {
         let acquire = core.engine.acquire_with(
             &partition,
             &query,
+            MetricFlow::Silent,
             self.force_refresh,
             // The thread's copy is named by partition and scopes: the account's tenant only.
             self.scopes.is_borrowed() && overridden.is_none(),
@@ -764,7 +787,7 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
     /// `core/tests/request_controls.rs`).
     pub async fn execute(self) -> AcquisitionResult {
         let core = self.core;
-        let grant = OneShot::start(&core.engine, self.controls)?;
+        let grant = OneShot::start(&core.engine, MetricFlow::AuthorizationCode, self.controls)?;
         let redeemed = Self::redeem(
             core,
             &grant.idp,

@@ -5,7 +5,6 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use sha2::{Digest, Sha256};
 
 use super::entry::CacheEntry;
 use super::model::{AccessToken, Account, IdToken, RefreshToken};
@@ -25,9 +24,11 @@ impl PartitionKey {
 
     /// On-behalf-of: client id + SHA-256 of the incoming user assertion (never the assertion).
     pub fn for_on_behalf_of(client_id: &str, user_assertion: &str) -> Self {
-        let digest = Sha256::digest(user_assertion.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Self::build("obo", client_id, &hex)
+        Self::build(
+            "obo",
+            client_id,
+            &crate::controls::sha256_hex(user_assertion),
+        )
     }
 
     /// A long-running on-behalf-of session by its key: the partition
