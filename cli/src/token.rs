@@ -327,7 +327,7 @@ fn public_app(args: &TokenArgs, l2: Option<L2Options>) -> Outcome<PublicClientAp
     if let Some(l2) = l2 {
         builder = builder.l2(l2);
     }
-    builder.build().map_err(|e| failure(e))
+    builder.build().map_err(failure)
 }
 
 /// A user's token: the signed-in account's from the cache (renewed with its refresh token
@@ -376,7 +376,7 @@ async fn user_token(
             })
             .await;
         stop.store(true, Ordering::Relaxed);
-        return result.map_err(|e| failure(e));
+        return result.map_err(failure);
     }
     auth_code(app, args, scopes).await
 }
@@ -398,7 +398,7 @@ async fn auth_code(
     if let Some(hint) = &args.login_hint {
         request = request.login_hint(hint.clone());
     }
-    let url = request.build().await.map_err(|e| failure(e))?;
+    let url = request.build().await.map_err(failure)?;
     let timeout = Duration::from_secs(args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
     let opened = if args.no_browser {
         None
@@ -420,7 +420,7 @@ async fn auth_code(
     app.acquire_token_by_authorization_code(code, scopes, redirect_uri)
         .with_pkce_verifier(pkce.verifier())
         .await
-        .map_err(|e| failure(e))
+        .map_err(failure)
 }
 
 pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
@@ -455,7 +455,7 @@ pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(e))?;
+        let app = builder.build().map_err(failure)?;
         let resource = scopes.first().cloned().unwrap_or_default();
         let result = app
             .acquire_token(resource)
@@ -478,7 +478,7 @@ pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(e))?;
+        let app = builder.build().map_err(failure)?;
         let result = app
             .acquire_token_for_client(scopes)
             .with_force_refresh(args.force_refresh)
@@ -486,7 +486,7 @@ pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
         app.flush().await;
         result
     };
-    let result = result.map_err(|e| failure(e))?;
+    let result = result.map_err(failure)?;
     let secret = result.access_token().expose_secret();
     if args.header {
         return out(format!("Authorization: Bearer {secret}"));
