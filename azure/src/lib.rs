@@ -34,7 +34,7 @@ use azure_core::error::ErrorKind;
 use azure_core::http::StatusCode;
 use azure_core::time::OffsetDateTime;
 use tokenwell_core::runtime::unix_seconds;
-use tokenwell_core::{AuthenticationResult, Error, ScopeSet};
+use tokenwell_core::{AcquisitionError, AuthenticationResult, Error, ScopeSet};
 
 /// A tokenwell application as an Azure SDK credential.
 ///
@@ -110,9 +110,14 @@ fn access_token(result: &AuthenticationResult) -> azure_core::Result<AccessToken
 
 /// Map a tokenwell error to the SDK's kinds: the identity provider's answers keep their status
 /// and OAuth2 error code, transport failures are connection errors (safe to retry), the rest
-/// are credential errors. The message is tokenwell's (never a secret).
-pub fn to_azure_error(error: Error) -> azure_core::Error {
-    let kind = match &error {
+/// are credential errors. The message is tokenwell's (never a secret), and the SDK error's
+/// inner error is the [`AcquisitionError`] itself, metadata included: downcast it
+/// (`error.downcast_ref::<AcquisitionError>()`, or `into_inner()` then `downcast`) to read the
+/// correlation id, retries and durations of the failed acquisition
+/// (`a_failed_acquisition_keeps_its_metadata_in_the_sdk_error` in `azure/tests/pipeline.rs`).
+pub fn to_azure_error(error: impl Into<AcquisitionError>) -> azure_core::Error {
+    let error = error.into();
+    let kind = match error.kind() {
         Error::IdentityProvider(idp) => ErrorKind::HttpResponse {
             status: StatusCode::from(idp.status),
             error_code: Some(idp.error.clone()),

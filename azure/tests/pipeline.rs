@@ -251,6 +251,32 @@ async fn errors_map_to_azure_core_kinds() {
     ));
 }
 
+/// The SDK error's inner error is tokenwell's `AcquisitionError`: the failed acquisition's
+/// metadata (the correlation id the identity provider received, retries, durations) survives
+/// the mapping (issue 16, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_acquisition_keeps_its_metadata_in_the_sdk_error() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.register_client_secret(CLIENT_ID, "another-secret");
+    let app = app(&emulator, Arc::new(MemoryCache::new())).await;
+    let credential: Arc<dyn TokenCredential> = AzureCredential::new(app);
+    let error = credential.get_token(&[SCOPE], None).await.unwrap_err();
+    let failed = error
+        .downcast_ref::<tokenwell_core::AcquisitionError>()
+        .expect("the acquisition's error");
+    assert_eq!(
+        failed.idp_error().map(|e| e.error.as_str()),
+        Some("invalid_client")
+    );
+    let sent = emulator.last_token_request().unwrap();
+    assert_eq!(
+        failed.metadata().correlation_id.map(|id| id.to_string()),
+        sent.client_request_id
+    );
+    assert_eq!(failed.metadata().retries, 0);
+    assert!(failed.metadata().http_duration > std::time::Duration::ZERO);
+}
+
 /// A managed identity and the credential chain serve the SDK the same way: one resource per
 /// token (the `/.default` scope names it), cached by tokenwell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

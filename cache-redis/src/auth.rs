@@ -193,7 +193,7 @@ impl fmt::Debug for ApplicationCredentialProvider {
 impl RedisCredentialProvider for ApplicationCredentialProvider {
     async fn credentials(&self) -> Result<RedisCredentials, Error> {
         let scopes = [self.scope.as_str()];
-        let failed = |e: tokenwell_core::Error| {
+        let failed = |e: tokenwell_core::AcquisitionError| {
             Error::credentials_caused_by(
                 format!("acquiring a token for '{}' failed: {e}", self.scope),
                 e,

@@ -10,8 +10,8 @@ use clap::Args;
 use serde_json::json;
 use tokenwell::app::L2Options;
 use tokenwell::{
-    Account, AuthenticationResult, ClientCredential, Error, ManagedIdentityId, Pkce,
-    PublicClientApplication, TokenSource,
+    Account, AcquisitionError, AcquisitionResult, AuthenticationResult, ClientCredential, Error,
+    ManagedIdentityId, Pkce, PublicClientApplication, TokenSource,
 };
 
 use crate::config::{Flow, Profile};
@@ -144,15 +144,32 @@ pub struct TokenArgs {
     json: bool,
 }
 
-/// The exit code and line for a failed acquisition.
-fn failure(error: &Error) -> Failure {
-    let message = error.to_string().replace(['\n', '\r'], " ");
-    let code = match error {
+/// The exit code and line for a failed acquisition: the error, how many retries it took and
+/// the correlation id sent as `client-request-id` (for a support ticket), from the error's
+/// metadata (`token_failures_name_the_correlation_id_and_retries` in `cli/tests/cli.rs`).
+fn failure(error: impl Into<AcquisitionError>) -> Failure {
+    let error = error.into();
+    let mut message = error.to_string().replace(['\n', '\r'], " ");
+    let code = match error.kind() {
         Error::Throttled { .. } => EXIT_THROTTLED,
         Error::IdentityProvider(idp) if idp.status == 429 => EXIT_THROTTLED,
         e if e.is_interaction_required() => EXIT_INTERACTION,
         _ => crate::util::EXIT_ERROR,
     };
+    let metadata = error.metadata();
+    if metadata.retries > 0 {
+        let plural = if metadata.retries == 1 {
+            "retry"
+        } else {
+            "retries"
+        };
+        message.push_str(&format!(" (after {} {plural})", metadata.retries));
+    }
+    if let Some(id) = metadata.correlation_id
+        && !message.contains(&id.to_string())
+    {
+        message.push_str(&format!(" (correlation id {id})"));
+    }
     Failure {
         code,
         message: format!("cannot get a token: {message}"),
@@ -310,7 +327,7 @@ fn public_app(args: &TokenArgs, l2: Option<L2Options>) -> Outcome<PublicClientAp
     if let Some(l2) = l2 {
         builder = builder.l2(l2);
     }
-    builder.build().map_err(|e| failure(&e))
+    builder.build().map_err(failure)
 }
 
 /// A user's token: the signed-in account's from the cache (renewed with its refresh token
@@ -337,7 +354,7 @@ async fn user_token(
                 Ok(result) => return Ok(result),
                 // Only a new sign-in helps (no refresh token, or it was refused).
                 Err(e) if e.is_interaction_required() => {}
-                Err(e) => return Err(failure(&e)),
+                Err(e) => return Err(failure(e)),
             }
         }
         several => {
@@ -359,7 +376,7 @@ async fn user_token(
             })
             .await;
         stop.store(true, Ordering::Relaxed);
-        return result.map_err(|e| failure(&e));
+        return result.map_err(failure);
     }
     auth_code(app, args, scopes).await
 }
@@ -381,7 +398,7 @@ async fn auth_code(
     if let Some(hint) = &args.login_hint {
         request = request.login_hint(hint.clone());
     }
-    let url = request.build().await.map_err(|e| failure(&e))?;
+    let url = request.build().await.map_err(failure)?;
     let timeout = Duration::from_secs(args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
     let opened = if args.no_browser {
         None
@@ -403,7 +420,7 @@ async fn auth_code(
     app.acquire_token_by_authorization_code(code, scopes, redirect_uri)
         .with_pkce_verifier(pkce.verifier())
         .await
-        .map_err(|e| failure(&e))
+        .map_err(failure)
 }
 
 pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
@@ -426,7 +443,7 @@ pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
         Some(L2Options::new(store).codec(codec))
     };
     let scopes = args.scopes.clone();
-    let result: Result<AuthenticationResult, Error> = if args.managed_identity {
+    let result: AcquisitionResult = if args.managed_identity {
         let identity = match &args.managed_identity_client_id {
             Some(id) => ManagedIdentityId::ClientId(id.clone()),
             None => ManagedIdentityId::SystemAssigned,
@@ -438,7 +455,7 @@ pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(&e))?;
+        let app = builder.build().map_err(failure)?;
         let resource = scopes.first().cloned().unwrap_or_default();
         let result = app
             .acquire_token(resource)
@@ -461,7 +478,7 @@ pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
         if let Some(l2) = l2 {
             builder = builder.l2(l2);
         }
-        let app = builder.build().map_err(|e| failure(&e))?;
+        let app = builder.build().map_err(failure)?;
         let result = app
             .acquire_token_for_client(scopes)
             .with_force_refresh(args.force_refresh)
@@ -469,7 +486,7 @@ pub async fn run(mut args: TokenArgs, profile: Option<Profile>) -> Outcome {
         app.flush().await;
         result
     };
-    let result = result.map_err(|e| failure(&e))?;
+    let result = result.map_err(failure)?;
     let secret = result.access_token().expose_secret();
     if args.header {
         return out(format!("Authorization: Bearer {secret}"));

@@ -926,6 +926,24 @@ fn every_client_credential_and_any_oidc_provider() {
     assert_eq!(source(&fx.run_with(&oidc, &env, None)), "cache");
 }
 
+/// A failed acquisition names, on its one line, how many retries it made and the correlation
+/// id the identity provider received (`client-request-id`), for a support ticket.
+#[test]
+fn token_failures_name_the_correlation_id_and_retries() {
+    let fx = Fixture::new();
+    fx.emulator.push_fault(Fault::unavailable());
+    fx.emulator.push_fault(Fault::unavailable());
+    let failed = fx.run(&["token", "--scope", SCOPE, "--no-cache"]);
+    fails(&failed, 1, "cannot get a token");
+    let err = stderr(&failed);
+    assert!(err.contains("(after 1 retry)"), "{err}");
+    let log = fx.emulator.token_request_log();
+    assert_eq!(log.len(), 2);
+    let id = log[0].client_request_id.clone().expect("sent");
+    assert_eq!(log[1].client_request_id.as_deref(), Some(id.as_str()));
+    assert!(err.contains(&id), "{err}");
+}
+
 // ---- authorization code + PKCE on a loopback redirect ----
 
 const PUBLIC: &str = "cli-public";

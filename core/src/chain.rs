@@ -42,9 +42,8 @@ use crate::app::{
 };
 use crate::cache::PartitionCache;
 use crate::credential::{ClientCredential, EnvSecret, EnvVars};
-use crate::error::{Error, Result};
+use crate::error::{AcquisitionResult, Error, Result};
 use crate::http::HttpTransport;
-use crate::result::AuthenticationResult;
 use crate::runtime::Runtime;
 use crate::scopes::ScopeSet;
 
@@ -75,13 +74,15 @@ pub trait TokenCredential: Send + Sync + 'static {
     /// A token for `scopes` (from the cache when one is valid).
     ///
     /// # Errors
-    /// The [`Error`] of the underlying acquisition.
-    async fn get_token(&self, scopes: &ScopeSet) -> Result<AuthenticationResult>;
+    /// The [`AcquisitionError`](crate::AcquisitionError) of the underlying acquisition: its
+    /// [`Error`] and the failed acquisition's metadata
+    /// (`chain_errors_carry_the_metadata_of_the_link` in `core/tests/request_controls.rs`).
+    async fn get_token(&self, scopes: &ScopeSet) -> AcquisitionResult;
 }
 
 #[async_trait]
 impl TokenCredential for ConfidentialClientApplication {
-    async fn get_token(&self, scopes: &ScopeSet) -> Result<AuthenticationResult> {
+    async fn get_token(&self, scopes: &ScopeSet) -> AcquisitionResult {
         self.acquire_token_for_client(scopes).await
     }
 }
@@ -89,13 +90,14 @@ impl TokenCredential for ConfidentialClientApplication {
 /// A managed identity serves one resource per token: the single scope (`…/.default`) names it.
 #[async_trait]
 impl TokenCredential for crate::app::ManagedIdentityApplication {
-    async fn get_token(&self, scopes: &ScopeSet) -> Result<AuthenticationResult> {
+    async fn get_token(&self, scopes: &ScopeSet) -> AcquisitionResult {
         let mut requested = scopes.iter();
         match (requested.next(), requested.next()) {
             (Some(scope), None) => self.acquire_token(scope).await,
             _ => Err(Error::Configuration(format!(
                 "a managed identity takes exactly one resource scope, got '{scopes}'"
-            ))),
+            ))
+            .into()),
         }
     }
 }
@@ -186,7 +188,7 @@ impl DefaultCredential {
 
 #[async_trait]
 impl TokenCredential for DefaultCredential {
-    async fn get_token(&self, scopes: &ScopeSet) -> Result<AuthenticationResult> {
+    async fn get_token(&self, scopes: &ScopeSet) -> AcquisitionResult {
         self.credential.get_token(scopes).await
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::TransportError;
+use crate::result::{AuthenticationResult, AuthenticationResultMetadata};
 
 /// A boxed error from an adapter (store, credential provider …), shared so [`Error`] stays `Clone`.
 pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -265,6 +266,129 @@ impl fmt::Display for IdpError {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What an acquisition's future resolves to: the token, or the error with the metadata of the
+/// failed acquisition.
+pub type AcquisitionResult<T = AuthenticationResult> = std::result::Result<T, AcquisitionError>;
+
+/// The error of an acquisition (every token request's future, the credential chain, the
+/// facade crates): what went wrong ([`kind`](Self::kind), an [`Error`]) and how the failed
+/// acquisition went ([`metadata`](Self::metadata)), the same metadata a successful
+/// [`AuthenticationResult`] carries: durations, retries, the source it tried, the cache
+/// refresh reason and the correlation id sent as `client-request-id` (issue 16, item 4).
+///
+/// It dereferences to its [`Error`], so `error.is_transient()`, `error.idp_error()` … read as
+/// before; match the kind with `matches!(error.kind(), Error::Throttled { .. })` (or
+/// `*error`). `?` converts it into an [`Error`] (dropping the metadata) and an [`Error`] into
+/// it (with the metadata of a request that never started). `Display` and
+/// [`source`](std::error::Error::source) are the kind's. The metadata is boxed: the error is
+/// the size of an [`Error`] plus a pointer, and a `Result` of it costs no more than before.
+///
+/// Proved by `failures_carry_the_metadata_of_the_acquisition` and its siblings in
+/// `core/tests/request_controls.rs`.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AcquisitionError {
+    kind: Error,
+    metadata: Box<AuthenticationResultMetadata>,
+}
+
+impl AcquisitionError {
+    /// `kind` with the metadata of the acquisition that failed.
+    pub fn new(kind: Error, metadata: AuthenticationResultMetadata) -> Self {
+        AcquisitionError {
+            kind,
+            metadata: Box::new(metadata),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &Error {
+        &self.kind
+    }
+
+    /// What went wrong, without the metadata.
+    pub fn into_kind(self) -> Error {
+        self.kind
+    }
+
+    /// How the failed acquisition went. On failure:
+    /// - `token_source` is [`TokenSource::IdentityProvider`](crate::TokenSource): a cache never
+    ///   fails a request, it only misses, so a failure is always a token the identity provider
+    ///   did not give (asked and refused, refused locally by throttling, or not asked because
+    ///   the request was invalid);
+    /// - `cache_refresh_reason` is why the cache did not answer (`NoCachedAccessToken`,
+    ///   `Expired`, `ForceRefreshOrClaims`; `NotApplicable` for a request refused before it
+    ///   reached the cache, such as invalid arguments);
+    /// - `total_duration`, `cache_duration`, `http_duration` and `retries` count what the
+    ///   acquisition spent, every attempt included;
+    /// - `correlation_id` is the request's (`with_correlation_id`, else the one generated and
+    ///   sent as `client-request-id`); `None` for a request refused before it started
+    ///   (invalid arguments), which sent nothing;
+    /// - `refresh_on` and `refresh_failure` are `None`.
+    pub fn metadata(&self) -> &AuthenticationResultMetadata {
+        &self.metadata
+    }
+
+    /// The metadata, to complete (correlation id, durations).
+    pub(crate) fn metadata_mut(&mut self) -> &mut AuthenticationResultMetadata {
+        &mut self.metadata
+    }
+}
+
+impl From<Error> for AcquisitionError {
+    /// An error of a request that never started: no time spent, nothing sent.
+    fn from(kind: Error) -> Self {
+        AcquisitionError::new(
+            kind,
+            AuthenticationResultMetadata::new(
+                crate::result::TokenSource::IdentityProvider,
+                crate::result::CacheRefreshReason::NotApplicable,
+            ),
+        )
+    }
+}
+
+impl From<AcquisitionError> for Error {
+    fn from(error: AcquisitionError) -> Self {
+        error.kind
+    }
+}
+
+impl std::ops::Deref for AcquisitionError {
+    type Target = Error;
+
+    fn deref(&self) -> &Error {
+        &self.kind
+    }
+}
+
+impl AsRef<Error> for AcquisitionError {
+    fn as_ref(&self) -> &Error {
+        &self.kind
+    }
+}
+
+impl fmt::Display for AcquisitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+impl fmt::Debug for AcquisitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcquisitionError")
+            .field("kind", &self.kind)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+impl std::error::Error for AcquisitionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
+}
 
 #[cfg(test)]
 mod tests {

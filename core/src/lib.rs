@@ -44,7 +44,7 @@ pub use credential::{
     AssertionAlgorithm, Certificate, ClientAssertionProvider, ClientCredential, CredentialProvider,
     EnvVars, LoadedCredential, PrivateKey,
 };
-pub use error::{Error, IdpError, Result};
+pub use error::{AcquisitionError, AcquisitionResult, Error, IdpError, Result};
 pub use http::{HttpTransport, SendOptions, TransportError, TransportErrorKind};
 pub use result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,

@@ -13,8 +13,7 @@ use async_trait::async_trait;
 use tokenwell_core::chain::{ChainLink, CredentialUnavailable, DefaultCredential, TokenCredential};
 use tokenwell_core::credential::{CertificateFiles, EnvVars, FederatedTokenFile, LoadedCredential};
 use tokenwell_core::{
-    AuthenticationResult, ClientCredential, ConfidentialClientApplication, Error, ScopeSet,
-    TokenSource,
+    ClientCredential, ConfidentialClientApplication, Error, ScopeSet, TokenSource,
 };
 use tokenwell_idp_emulator::{Fault, fixtures};
 
@@ -313,7 +312,7 @@ async fn reload_composes_with_the_retry_policy(t: Transport) {
             .with_force_refresh(true)
             .await
             .unwrap_err();
-        assert!(!matches!(err, Error::Throttled { .. }), "{err:?}");
+        assert!(!matches!(err.kind(), Error::Throttled { .. }), "{err:?}");
     }
     assert_eq!(rig.cc_requests() - before, 2);
 }
@@ -480,7 +479,7 @@ struct Counting {
 
 #[async_trait]
 impl TokenCredential for Counting {
-    async fn get_token(&self, scopes: &ScopeSet) -> tokenwell_core::Result<AuthenticationResult> {
+    async fn get_token(&self, scopes: &ScopeSet) -> tokenwell_core::AcquisitionResult {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.app.get_token(scopes).await
     }
@@ -723,7 +722,7 @@ async fn bad_files_are_typed_credential_errors_without_a_request(t: Transport) {
         let app = rig.builder().credential(credential).build().unwrap();
         let err = app.acquire_token_for_client([SCOPE]).await.unwrap_err();
         assert!(
-            matches!(err, Error::Credential { .. }),
+            matches!(err.kind(), Error::Credential { .. }),
             "{case}: expected a credential error, got {err:?}"
         );
     }

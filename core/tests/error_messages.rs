@@ -108,7 +108,7 @@ async fn a_tls_handshake_with_a_plain_http_server_shows_its_root_cause(t: Transp
         .build()
         .unwrap();
     let err = app.acquire_token_for_client([SCOPE]).await.unwrap_err();
-    let Error::Transport(transport) = &err else {
+    let Error::Transport(transport) = err.kind() else {
         panic!("expected a transport error, got {err:?}");
     };
     assert_eq!(transport.kind(), TransportErrorKind::Connect);

@@ -271,7 +271,7 @@ async fn discovery_outage_never_stops_cache_hits(t: Transport) {
         .acquire_token_for_client(["orders.write"])
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::Discovery { .. }), "{error:?}");
+    assert!(matches!(error.kind(), Error::Discovery { .. }), "{error:?}");
     assert!(error.is_transient(), "{error}");
     assert!(
         error
@@ -301,7 +301,7 @@ async fn issuer_mismatch_is_a_clear_error(t: Transport) {
         .acquire_token_for_client([SCOPE])
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::Discovery { .. }), "{error:?}");
+    assert!(matches!(error.kind(), Error::Discovery { .. }), "{error:?}");
     assert!(!error.is_transient());
     let text = error.to_string();
     assert!(text.contains("https://impostor.example"), "{text}");

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,7 +19,8 @@ use tokenwell_core::{
     ClaimsChallenge, Error, ManagedIdentityId, RefreshOptions, TokenSource, TokenStore, Uuid,
     token_sha256_hex,
 };
-use tokenwell_idp_emulator::{Fault, TokenLifetimes};
+use tokenwell_core::{RetryPolicy, TokenCredential};
+use tokenwell_idp_emulator::{DeviceCodeSettings, Fault, TokenLifetimes};
 
 use support::{CLIENT_ID, CLIENT_SECRET, Rig, SCOPE, Transport, advance, wait_until};
 
@@ -36,6 +38,17 @@ over_each_transport!(
     the_cache_partition_key_keeps_applications_apart,
     the_before_token_request_hook_adds_fields_and_never_sees_the_secret,
     a_background_refresh_reports_its_completion,
+    failures_carry_the_metadata_of_the_acquisition,
+    a_request_refused_by_throttling_carries_its_metadata,
+    managed_identity_failures_carry_the_metadata_of_the_acquisition,
+    on_behalf_of_failures_carry_the_metadata_of_the_acquisition,
+    chain_errors_carry_the_metadata_of_the_link,
+    claims_and_correlation_reach_the_identity_provider_for_authorization_code,
+    a_failed_authorization_code_redemption_carries_its_metadata,
+    claims_and_correlation_reach_the_identity_provider_for_device_code,
+    a_failed_device_code_flow_carries_its_metadata,
+    long_running_on_behalf_of_takes_the_request_controls,
+    a_failed_long_running_request_carries_its_metadata,
 );
 
 const CLAIMS: &str = r#"{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}"#;
@@ -223,14 +236,14 @@ async fn invalid_claims_fail_before_the_network(t: Transport) {
             .with_claims(bad)
             .await
             .unwrap_err();
-        assert!(matches!(error, Error::Configuration(_)), "{error:?}");
+        assert!(matches!(error.kind(), Error::Configuration(_)), "{error:?}");
     }
     let error = app
         .acquire_token_for_client([SCOPE])
         .with_access_token_sha256_to_refresh("not-a-hash")
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::Configuration(_)), "{error:?}");
+    assert!(matches!(error.kind(), Error::Configuration(_)), "{error:?}");
     assert_eq!(rig.emulator.token_requests(), 0);
 }
 
@@ -511,7 +524,7 @@ async fn the_before_token_request_hook_adds_fields_and_never_sees_the_secret(t: 
         .acquire_token_for_client(["api://third/.default"])
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::Configuration(_)), "{error:?}");
+    assert!(matches!(error.kind(), Error::Configuration(_)), "{error:?}");
 }
 
 async fn a_background_refresh_reports_its_completion(t: Transport) {
@@ -564,4 +577,486 @@ async fn a_background_refresh_reports_its_completion(t: Transport) {
     let failed = &events[1];
     assert!(failed.error.is_some());
     assert!(failed.metadata.refresh_failure.is_some());
+    // With the metadata of the failed renewal: the id the identity provider received, the
+    // time its request took (issue 16, item 4).
+    let sent = rig.emulator.last_token_request().unwrap();
+    assert_eq!(
+        failed.metadata.correlation_id.map(|id| id.to_string()),
+        sent.client_request_id
+    );
+    assert!(failed.metadata.http_duration > Duration::ZERO, "{failed:?}");
+    assert_eq!(failed.metadata.retries, 0);
+}
+
+// Issue 16, item 4: metadata on failure. Every acquisition's error is an `AcquisitionError`
+// carrying the same metadata a result does; the correlation id in it is the one the emulator
+// received as `client-request-id`.
+
+/// The `client-request-id` of every request the emulator recorded, oldest first.
+fn sent_ids(rig: &Rig) -> Vec<Option<String>> {
+    rig.emulator
+        .token_request_log()
+        .into_iter()
+        .map(|r| r.client_request_id)
+        .collect()
+}
+
+/// A retry policy of `retries` retries without jitter (the manual clock skips the waits).
+fn retrying(retries: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_retries: retries,
+        ..RetryPolicy::default()
+    }
+}
+
+async fn failures_carry_the_metadata_of_the_acquisition(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.builder().retry_policy(retrying(3)).build().unwrap();
+    rig.emulator
+        .set_outage(Some(Fault::status(500, "server_error")));
+    let id = Uuid::new_v4();
+    let error = app
+        .acquire_token_for_client([SCOPE])
+        .with_correlation_id(id)
+        .await
+        .unwrap_err();
+    // The kind reads as before (Deref), and matches through kind().
+    assert!(
+        matches!(error.kind(), Error::IdentityProvider(_)),
+        "{error:?}"
+    );
+    assert_eq!(error.idp_error().unwrap().status, 500);
+    let metadata = error.metadata();
+    assert_eq!(metadata.retries, 3, "{metadata:?}");
+    assert_eq!(rig.cc_requests(), 4, "the first attempt and three retries");
+    assert_eq!(metadata.correlation_id, Some(id));
+    assert_eq!(sent_ids(&rig), vec![Some(id.to_string()); 4]);
+    assert_eq!(metadata.token_source, TokenSource::IdentityProvider);
+    assert_eq!(
+        metadata.cache_refresh_reason,
+        CacheRefreshReason::NoCachedAccessToken
+    );
+    assert!(metadata.http_duration > Duration::ZERO, "{metadata:?}");
+    assert!(
+        metadata.total_duration >= metadata.http_duration,
+        "{metadata:?}"
+    );
+    assert_eq!(metadata.refresh_on, None);
+    // `?` into an `Error` keeps the kind; the metadata box keeps the error small.
+    let kind: Error = error.clone().into();
+    assert_eq!(kind.to_string(), error.to_string());
+    assert!(
+        std::mem::size_of::<tokenwell_core::AcquisitionError>()
+            <= std::mem::size_of::<Error>() + std::mem::size_of::<usize>()
+    );
+
+    // Without an id of its own, the error names the one generated and sent on every attempt.
+    rig.emulator.reset_counts();
+    let error = app
+        .acquire_token_for_client(["api://other/.default"])
+        .await
+        .unwrap_err();
+    let sent = sent_ids(&rig);
+    assert_eq!(sent.len(), 4);
+    let generated = error.metadata().correlation_id.expect("an id").to_string();
+    assert!(
+        sent.iter()
+            .all(|s| s.as_deref() == Some(generated.as_str())),
+        "{sent:?}"
+    );
+
+    // The refresh reason is the request's: an expired token, a forced request.
+    rig.emulator.set_outage(None);
+    let scope = "api://third/.default";
+    app.acquire_token_for_client([scope]).await.unwrap();
+    advance(&rig, Duration::from_secs(2 * 3600));
+    rig.emulator
+        .set_outage(Some(Fault::status(500, "server_error")));
+    let expired = app.acquire_token_for_client([scope]).await.unwrap_err();
+    assert_eq!(
+        expired.metadata().cache_refresh_reason,
+        CacheRefreshReason::Expired
+    );
+    advance(&rig, Duration::from_secs(3600));
+    let forced = app
+        .acquire_token_for_client(["api://fourth/.default"])
+        .with_force_refresh(true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        forced.metadata().cache_refresh_reason,
+        CacheRefreshReason::ForceRefreshOrClaims
+    );
+    assert_eq!(forced.metadata().retries, 3);
+
+    // A request refused before the cache (invalid arguments) sent nothing, and says so.
+    rig.emulator.reset_counts();
+    let invalid = app
+        .acquire_token_for_client([SCOPE])
+        .with_claims("not json")
+        .await
+        .unwrap_err();
+    assert!(matches!(invalid.kind(), Error::Configuration(_)));
+    assert_eq!(
+        invalid.metadata().cache_refresh_reason,
+        CacheRefreshReason::NotApplicable
+    );
+    assert_eq!(invalid.metadata().retries, 0);
+    assert_eq!(invalid.metadata().http_duration, Duration::ZERO);
+    assert_eq!(rig.emulator.token_requests(), 0);
+}
+
+async fn a_request_refused_by_throttling_carries_its_metadata(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig
+        .builder()
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap();
+    rig.emulator.push_fault(Fault::throttled(60));
+    let answered = app.acquire_token_for_client([SCOPE]).await.unwrap_err();
+    assert_eq!(answered.idp_error().unwrap().status, 429);
+    // Inside the Retry-After the same request is refused locally: nothing sent, and the
+    // error still names the request's correlation id and why the cache did not answer.
+    rig.emulator.reset_counts();
+    let id = Uuid::new_v4();
+    let refused = app
+        .acquire_token_for_client([SCOPE])
+        .with_correlation_id(id)
+        .await
+        .unwrap_err();
+    assert!(matches!(*refused, Error::Throttled { .. }), "{refused:?}");
+    assert_eq!(rig.emulator.token_requests(), 0);
+    let metadata = refused.metadata();
+    assert_eq!(metadata.correlation_id, Some(id));
+    assert_eq!(metadata.retries, 0);
+    assert_eq!(metadata.http_duration, Duration::ZERO);
+    assert_eq!(
+        metadata.cache_refresh_reason,
+        CacheRefreshReason::NoCachedAccessToken
+    );
+}
+
+async fn managed_identity_failures_carry_the_metadata_of_the_acquisition(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig
+        .mi_builder(ManagedIdentityId::SystemAssigned)
+        .imds_endpoint(rig.emulator.imds_endpoint())
+        .build()
+        .unwrap();
+    // IMDS retries a 500 three times (1, 2, 4 s on the manual clock).
+    for _ in 0..4 {
+        rig.emulator.push_fault(Fault::status(500, "server_error"));
+    }
+    let id = Uuid::new_v4();
+    let error = app
+        .acquire_token("https://management.azure.com/")
+        .with_correlation_id(id)
+        .await
+        .unwrap_err();
+    assert_eq!(error.idp_error().unwrap().status, 500);
+    assert_eq!(rig.emulator.msi_requests(), 4);
+    let metadata = error.metadata();
+    assert_eq!(metadata.retries, 3, "{metadata:?}");
+    assert_eq!(metadata.correlation_id, Some(id));
+    assert_eq!(sent_ids(&rig), vec![Some(id.to_string()); 4]);
+    assert_eq!(metadata.token_source, TokenSource::IdentityProvider);
+    assert!(metadata.http_duration > Duration::ZERO);
+}
+
+async fn on_behalf_of_failures_carry_the_metadata_of_the_acquisition(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.builder().retry_policy(retrying(2)).build().unwrap();
+    let assertion = rig.emulator.user_access_token(
+        "ada@contoso.com",
+        CLIENT_ID,
+        &[&format!("api://{CLIENT_ID}/access_as_user")],
+    );
+    rig.emulator.set_outage(Some(Fault::unavailable()));
+    let error = app
+        .acquire_token_on_behalf_of(["api://downstream/Files.Read"], assertion.as_str())
+        .await
+        .unwrap_err();
+    assert!(error.is_transient());
+    assert_eq!(error.metadata().retries, 2);
+    let sent = sent_ids(&rig);
+    assert_eq!(sent.len(), 3);
+    let id = error.metadata().correlation_id.unwrap().to_string();
+    assert!(
+        sent.iter().all(|s| s.as_deref() == Some(id.as_str())),
+        "{sent:?}"
+    );
+}
+
+async fn chain_errors_carry_the_metadata_of_the_link(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.builder().retry_policy(retrying(1)).build().unwrap();
+    let chain = tokenwell_core::DefaultCredential::builder()
+        .env(tokenwell_core::EnvVars::from_map(
+            Vec::<(String, String)>::new(),
+        ))
+        .fallback(Arc::new(app))
+        .build()
+        .unwrap();
+    rig.emulator.set_outage(Some(Fault::unavailable()));
+    let error = chain
+        .get_token(&tokenwell_core::ScopeSet::parse(SCOPE))
+        .await
+        .unwrap_err();
+    assert_eq!(error.metadata().retries, 1);
+    let id = error.metadata().correlation_id.unwrap().to_string();
+    assert_eq!(sent_ids(&rig), vec![Some(id); 2]);
+}
+
+const REDIRECT: &str = "http://localhost:8400/callback";
+const USER: &str = "ada@contoso.com";
+
+async fn claims_and_correlation_reach_the_identity_provider_for_authorization_code(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.builder().client_capabilities(["cp1"]).build().unwrap();
+    let code = rig.emulator.issue_authorization_code(
+        CLIENT_ID,
+        USER,
+        &["User.Read", "offline_access", "openid", "profile"],
+        REDIRECT,
+        None,
+    );
+    let id = Uuid::new_v4();
+    let result = app
+        .acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
+        .with_claims(CLAIMS)
+        .with_correlation_id(id)
+        .await
+        .unwrap();
+    assert_eq!(
+        req_claims(&result),
+        Some(serde_json::from_str(CLAIMS).unwrap())
+    );
+    assert_eq!(claims_of(&result)["xms_cc"], serde_json::json!(["cp1"]));
+    assert_eq!(result.metadata().correlation_id, Some(id));
+    let sent = rig.emulator.last_token_request().unwrap();
+    assert_eq!(sent.client_request_id, Some(id.to_string()));
+    let claims: Value = serde_json::from_str(&sent.form["claims"]).unwrap();
+    assert_eq!(claims["access_token"]["nbf"]["essential"], true);
+    assert_eq!(claims["access_token"]["xms_cc"]["values"][0], "cp1");
+    // Invalid claims fail before anything is sent.
+    rig.emulator.reset_counts();
+    let error = app
+        .acquire_token_by_authorization_code("unused", ["User.Read"], REDIRECT)
+        .with_claims("[1]")
+        .await
+        .unwrap_err();
+    assert!(matches!(error.kind(), Error::Configuration(_)), "{error:?}");
+    assert_eq!(rig.emulator.token_requests(), 0);
+    // Refused before it started: nothing spent, no id, as for the cached-token requests.
+    assert_eq!(
+        error.metadata().cache_refresh_reason,
+        CacheRefreshReason::NotApplicable
+    );
+    assert_eq!(error.metadata().correlation_id, None);
+}
+
+async fn a_failed_authorization_code_redemption_carries_its_metadata(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.app();
+    let error = app
+        .acquire_token_by_authorization_code("not-a-code", ["User.Read"], REDIRECT)
+        .await
+        .unwrap_err();
+    assert_eq!(error.idp_error().unwrap().error, "invalid_grant");
+    let metadata = error.metadata();
+    assert_eq!(metadata.retries, 0);
+    assert_eq!(metadata.token_source, TokenSource::IdentityProvider);
+    assert!(metadata.http_duration > Duration::ZERO);
+    let id = metadata.correlation_id.expect("an id").to_string();
+    assert_eq!(sent_ids(&rig), vec![Some(id)]);
+}
+
+/// Device codes that expire in `expires_in` seconds, polled every second.
+fn fast_device_codes(rig: &Rig, expires_in: u64) {
+    rig.emulator.set_device_code_settings(DeviceCodeSettings {
+        expires_in,
+        interval: 1,
+        enforce_interval: false,
+    });
+}
+
+async fn claims_and_correlation_reach_the_identity_provider_for_device_code(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.public_app();
+    fast_device_codes(&rig, 600);
+    let id = Uuid::new_v4();
+    let (tx, rx) = futures::channel::oneshot::channel::<String>();
+    let acquire = app
+        .acquire_token_with_device_code(["User.Read"], move |info| {
+            let _ = tx.send(info.user_code.clone());
+        })
+        .with_claims(CLAIMS)
+        .with_correlation_id(id);
+    let approve = async {
+        let code = rx.await.expect("the code is shown");
+        assert!(rig.emulator.approve_device_code(&code, USER));
+    };
+    let (result, ()) = futures::join!(acquire.into_future(), approve);
+    let result = result.unwrap();
+    assert_eq!(
+        req_claims(&result),
+        Some(serde_json::from_str(CLAIMS).unwrap())
+    );
+    assert_eq!(result.metadata().correlation_id, Some(id));
+    let polls = rig.emulator.token_request_log();
+    assert!(!polls.is_empty());
+    for poll in &polls {
+        assert_eq!(poll.client_request_id, Some(id.to_string()));
+        assert_eq!(poll.form.get("claims").map(String::as_str), Some(CLAIMS));
+    }
+}
+
+async fn a_failed_device_code_flow_carries_its_metadata(t: Transport) {
+    let rig = Rig::start(t).await;
+    let app = rig.public_app();
+    fast_device_codes(&rig, 600);
+    let (tx, rx) = futures::channel::oneshot::channel::<String>();
+    let acquire = app.acquire_token_with_device_code(["User.Read"], move |info| {
+        let _ = tx.send(info.user_code.clone());
+    });
+    let decline = async {
+        let code = rx.await.expect("the code is shown");
+        assert!(rig.emulator.decline_device_code(&code));
+    };
+    let (result, ()) = futures::join!(acquire.into_future(), decline);
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error.kind(), Error::AuthorizationDeclined),
+        "{error:?}"
+    );
+    let id = error.metadata().correlation_id.expect("an id").to_string();
+    let sent = sent_ids(&rig);
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter().all(|s| s.as_deref() == Some(id.as_str())),
+        "{sent:?}"
+    );
+    assert!(error.metadata().http_duration > Duration::ZERO);
+}
+
+const DOWNSTREAM: &str = "api://downstream/Files.Read";
+
+/// A confidential app with a long-running on-behalf-of session started; its session key.
+async fn long_running_session(
+    rig: &Rig,
+) -> (tokenwell_core::ConfidentialClientApplication, String) {
+    let app = rig
+        .builder()
+        .client_capabilities(["cp1"])
+        .retry_policy(retrying(2))
+        .build()
+        .unwrap();
+    let assertion = rig.emulator.user_access_token(
+        USER,
+        CLIENT_ID,
+        &[&format!("api://{CLIENT_ID}/access_as_user")],
+    );
+    let started = app
+        .initiate_long_running_process([DOWNSTREAM], assertion.as_str())
+        .await
+        .unwrap();
+    (app, started.session_key)
+}
+
+async fn long_running_on_behalf_of_takes_the_request_controls(t: Transport) {
+    let rig = Rig::start(t).await;
+    let (app, session) = long_running_session(&rig).await;
+    let cached = app
+        .acquire_token_in_long_running_process([DOWNSTREAM], session.as_str())
+        .await
+        .unwrap();
+    assert_eq!(cached.metadata().token_source, TokenSource::CacheL1);
+
+    // Claims: the cached token is skipped, the claims and the id reach the identity provider.
+    let id = Uuid::new_v4();
+    let challenged = app
+        .acquire_token_in_long_running_process([DOWNSTREAM], session.as_str())
+        .with_claims(CLAIMS)
+        .with_correlation_id(id)
+        .await
+        .unwrap();
+    assert_eq!(
+        challenged.metadata().cache_refresh_reason,
+        CacheRefreshReason::ForceRefreshOrClaims
+    );
+    assert_eq!(challenged.metadata().correlation_id, Some(id));
+    assert_eq!(
+        req_claims(&challenged),
+        Some(serde_json::from_str(CLAIMS).unwrap())
+    );
+    let sent = rig.emulator.last_token_request().unwrap();
+    assert_eq!(sent.grant_type, "refresh_token");
+    assert_eq!(sent.client_request_id, Some(id.to_string()));
+    assert!(sent.form["claims"].contains("nbf"));
+
+    // Revocation: the token named by its hash is replaced; another is served from the cache.
+    advance(&rig, Duration::from_secs(10));
+    let hash = token_sha256_hex(&secret(&challenged));
+    let replaced = app
+        .acquire_token_in_long_running_process([DOWNSTREAM], session.as_str())
+        .with_access_token_sha256_to_refresh(&hash)
+        .await
+        .unwrap();
+    assert_ne!(secret(&replaced), secret(&challenged));
+    assert_eq!(
+        replaced.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    let kept = app
+        .acquire_token_in_long_running_process([DOWNSTREAM], session.as_str())
+        .with_access_token_sha256_to_refresh(&hash)
+        .await
+        .unwrap();
+    assert_eq!(secret(&kept), secret(&replaced));
+    assert_eq!(kept.metadata().token_source, TokenSource::CacheL1);
+
+    // The start of a session takes them too.
+    let assertion = rig.emulator.user_access_token(
+        "grace@contoso.com",
+        CLIENT_ID,
+        &[&format!("api://{CLIENT_ID}/access_as_user")],
+    );
+    let start_id = Uuid::new_v4();
+    let started = app
+        .initiate_long_running_process([DOWNSTREAM], assertion.as_str())
+        .with_claims(CLAIMS)
+        .with_correlation_id(start_id)
+        .await
+        .unwrap();
+    assert_eq!(started.result.metadata().correlation_id, Some(start_id));
+    assert_eq!(
+        req_claims(&started.result),
+        Some(serde_json::from_str(CLAIMS).unwrap())
+    );
+    let sent = rig.emulator.last_token_request().unwrap();
+    assert_eq!(sent.client_request_id, Some(start_id.to_string()));
+}
+
+async fn a_failed_long_running_request_carries_its_metadata(t: Transport) {
+    let rig = Rig::start(t).await;
+    let (app, session) = long_running_session(&rig).await;
+    rig.emulator.reset_counts();
+    rig.emulator.set_outage(Some(Fault::unavailable()));
+    let id = Uuid::new_v4();
+    let error = app
+        .acquire_token_in_long_running_process([DOWNSTREAM], session.as_str())
+        .with_force_refresh(true)
+        .with_correlation_id(id)
+        .await
+        .unwrap_err();
+    assert!(error.is_transient());
+    let metadata = error.metadata();
+    assert_eq!(metadata.retries, 2);
+    assert_eq!(metadata.correlation_id, Some(id));
+    assert_eq!(
+        metadata.cache_refresh_reason,
+        CacheRefreshReason::ForceRefreshOrClaims
+    );
+    assert_eq!(sent_ids(&rig), vec![Some(id.to_string()); 3]);
 }

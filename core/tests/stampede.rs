@@ -43,7 +43,7 @@ const USER: &str = "ada@contoso.com";
 const DOWNSTREAM: &str = "api://downstream/Files.Read";
 const REDIRECT: &str = "http://localhost:8400/callback";
 
-type Acquired = tokenwell_core::Result<AuthenticationResult>;
+type Acquired = tokenwell_core::AcquisitionResult;
 /// One acquisition in the README's shape, for one trial's key.
 type Call = Arc<dyn Fn() -> BoxFuture<'static, Acquired> + Send + Sync>;
 /// The token L1 holds for one trial's key right now, if any.

@@ -169,7 +169,10 @@ async fn obo_retry_after_throttles_the_same_request(t: Transport) {
         .acquire_token_on_behalf_of([DOWNSTREAM], assertion.clone())
         .await
         .unwrap_err();
-    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert!(
+        matches!(refused.kind(), Error::Throttled { .. }),
+        "{refused:?}"
+    );
     assert_eq!(rig.grant_requests(OBO_GRANT), 1);
     rig.clock.advance(Duration::from_secs(31));
     app.acquire_token_on_behalf_of([DOWNSTREAM], assertion)
@@ -293,7 +296,10 @@ async fn silent_invalid_grant_is_interaction_required_and_throttled_120s(t: Tran
         .acquire_token_silent(["User.Read"], &account)
         .await
         .unwrap_err();
-    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert!(
+        matches!(refused.kind(), Error::Throttled { .. }),
+        "{refused:?}"
+    );
     assert!(refused.is_interaction_required());
     assert_eq!(rig.grant_requests("refresh_token"), 1);
     rig.clock.advance(Duration::from_secs(121));
@@ -301,7 +307,7 @@ async fn silent_invalid_grant_is_interaction_required_and_throttled_120s(t: Tran
         .acquire_token_silent(["User.Read"], &account)
         .await
         .unwrap_err();
-    assert!(!matches!(again, Error::Throttled { .. }));
+    assert!(!matches!(again.kind(), Error::Throttled { .. }));
     assert_eq!(rig.grant_requests("refresh_token"), 2);
 }
 
@@ -315,7 +321,10 @@ async fn removed_account_needs_interaction(t: Transport) {
         .acquire_token_silent(["User.Read"], &account)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::InteractionRequired(_)), "{err:?}");
+    assert!(
+        matches!(err.kind(), Error::InteractionRequired(_)),
+        "{err:?}"
+    );
     assert_eq!(rig.grant_requests("refresh_token"), 0);
 }
 
@@ -351,7 +360,7 @@ fn fast_device_codes(rig: &Rig, expires_in: u64) {
 async fn device_code_with(
     app: &PublicClientApplication,
     decide: impl FnOnce(String),
-) -> tokenwell_core::Result<tokenwell_core::AuthenticationResult> {
+) -> tokenwell_core::AcquisitionResult {
     let (tx, rx) = futures::channel::oneshot::channel::<String>();
     let acquire = app.acquire_token_with_device_code(["User.Read"], move |info| {
         assert!(info.message.contains(&info.user_code));
@@ -412,7 +421,10 @@ async fn device_code_declined_is_typed(t: Transport) {
     })
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::AuthorizationDeclined), "{err:?}");
+    assert!(
+        matches!(err.kind(), Error::AuthorizationDeclined),
+        "{err:?}"
+    );
     assert!(app.accounts().is_empty());
 }
 
@@ -421,7 +433,7 @@ async fn device_code_expired_is_typed(t: Transport) {
     fast_device_codes(&rig, 3);
     let app = rig.public_app();
     let err = device_code_with(&app, |_| {}).await.unwrap_err();
-    assert!(matches!(err, Error::DeviceCodeExpired), "{err:?}");
+    assert!(matches!(err.kind(), Error::DeviceCodeExpired), "{err:?}");
 }
 
 /// Issue 14: a device-code answer's `expires_in` and `interval` obey the one lifetime cap of
@@ -441,7 +453,7 @@ async fn device_code_absurd_lifetimes_are_typed_errors(t: Transport) {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, Error::MalformedResponse { reason, .. } if reason.contains("implausibly large")),
+            matches!(err.kind(), Error::MalformedResponse { reason, .. } if reason.contains("implausibly large")),
             "{expires_in}/{interval}: {err:?}"
         );
     }
@@ -571,11 +583,17 @@ async fn public_client_5xx_without_retry_after_throttles_60s(t: Transport) {
     assert_eq!(err.idp_error().unwrap().status, 503);
     rig.emulator.set_outage(None);
     let refused = device_code_with(&app, |_| {}).await.unwrap_err();
-    assert!(matches!(refused, Error::Throttled { .. }), "{refused:?}");
+    assert!(
+        matches!(refused.kind(), Error::Throttled { .. }),
+        "{refused:?}"
+    );
     rig.clock.advance(Duration::from_secs(61));
     fast_device_codes(&rig, 2);
     let again = device_code_with(&app, |_| {}).await.unwrap_err();
-    assert!(matches!(again, Error::DeviceCodeExpired), "{again:?}");
+    assert!(
+        matches!(again.kind(), Error::DeviceCodeExpired),
+        "{again:?}"
+    );
 }
 
 async fn msal_json_round_trip_of_a_user_partition(t: Transport) {

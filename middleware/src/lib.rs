@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use tokenwell_core::controls::ClaimsChallenge;
 use tokenwell_core::{
-    ConfidentialClientApplication, Error, ManagedIdentityApplication, ScopeSet, TokenSecret,
+    AcquisitionError, ConfidentialClientApplication, Error, ManagedIdentityApplication, ScopeSet,
+    TokenSecret,
 };
 
 #[cfg(feature = "reqwest")]
@@ -66,13 +67,15 @@ pub trait BearerSource: Send + Sync + 'static {
     /// A token for `ask`.
     ///
     /// # Errors
-    /// The acquisition's [`Error`].
-    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, Error>;
+    /// The acquisition's [`AcquisitionError`]: its [`Error`] and the failed acquisition's
+    /// metadata (correlation id, retries, durations), which the adapters pass on
+    /// (`a_failed_acquisition_reaches_the_caller_with_its_metadata` in `tests/resource.rs`).
+    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, AcquisitionError>;
 }
 
 #[async_trait]
 impl BearerSource for ConfidentialClientApplication {
-    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, Error> {
+    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, AcquisitionError> {
         if let Some(assertion) = ask.assertion {
             let mut request = self
                 .acquire_token_on_behalf_of(ask.scopes, assertion)
@@ -94,7 +97,7 @@ impl BearerSource for ConfidentialClientApplication {
 
 #[async_trait]
 impl BearerSource for ManagedIdentityApplication {
-    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, Error> {
+    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, AcquisitionError> {
         // One resource per managed-identity token: the single scope without `/.default`.
         let scope = ask.scopes.iter().next().unwrap_or_default();
         let resource = scope.strip_suffix("/.default").unwrap_or(scope);
@@ -114,12 +117,14 @@ pub struct FnSource<F>(pub F);
 #[async_trait]
 impl<F> BearerSource for FnSource<F>
 where
-    F: for<'a> Fn(TokenAsk<'a>) -> futures::future::BoxFuture<'a, Result<TokenSecret, Error>>
+    F: for<'a> Fn(
+            TokenAsk<'a>,
+        ) -> futures::future::BoxFuture<'a, Result<TokenSecret, AcquisitionError>>
         + Send
         + Sync
         + 'static,
 {
-    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, Error> {
+    async fn bearer(&self, ask: TokenAsk<'_>) -> Result<TokenSecret, AcquisitionError> {
         (self.0)(ask).await
     }
 }
@@ -208,9 +213,13 @@ pub(crate) fn retry_for(status: http::StatusCode, headers: &http::HeaderMap) -> 
 }
 
 /// `Bearer {token}` as a sensitive header value (hidden from `Debug` by `http`).
-pub(crate) fn bearer_header(token: &TokenSecret) -> Result<HeaderValue, Error> {
-    let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
-        .map_err(|_| Error::Configuration("the token is not a valid header value".into()))?;
+pub(crate) fn bearer_header(token: &TokenSecret) -> Result<HeaderValue, AcquisitionError> {
+    let mut value =
+        HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| {
+            AcquisitionError::from(Error::Configuration(
+                "the token is not a valid header value".into(),
+            ))
+        })?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -221,7 +230,7 @@ pub(crate) async fn ask(
     scopes: &ScopeSet,
     assertion: Option<&UserAssertion>,
     retry: Option<&Retry>,
-) -> Result<TokenSecret, Error> {
+) -> Result<TokenSecret, AcquisitionError> {
     let ask = TokenAsk {
         scopes,
         assertion: assertion.map(|a| a.0.expose_secret()),

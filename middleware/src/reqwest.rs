@@ -27,7 +27,9 @@ impl BearerMiddleware {
     }
 }
 
-fn token_error(error: tokenwell_core::Error) -> reqwest_middleware::Error {
+/// The acquisition's error as the middleware's (`downcast_ref::<AcquisitionError>()` on it
+/// reads the failed acquisition's metadata).
+fn token_error(error: tokenwell_core::AcquisitionError) -> reqwest_middleware::Error {
     reqwest_middleware::Error::middleware(error)
 }
 

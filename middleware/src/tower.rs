@@ -53,9 +53,9 @@ pub enum BearerError<E> {
     /// The inner service failed.
     #[error(transparent)]
     Inner(E),
-    /// No token could be had.
+    /// No token could be had: the acquisition's error, with its metadata.
     #[error("no token for the request: {0}")]
-    Token(#[from] tokenwell_core::Error),
+    Token(#[from] tokenwell_core::AcquisitionError),
 }
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for BearerService<S>

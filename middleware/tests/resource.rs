@@ -249,3 +249,51 @@ async fn only_selected_hosts_get_a_token() {
     let by_port = ScopeSelector::by_host([(format!("127.0.0.1:{}", resource.port), SCOPE)]);
     assert_eq!(tower_get(tower_client(&app, by_port), &url).await, 200);
 }
+
+/// A token that cannot be had fails the request with the acquisition's error, metadata
+/// included (the correlation id the identity provider received), through both adapters
+/// (issue 16, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_acquisition_reaches_the_caller_with_its_metadata() {
+    let (emulator, app) = setup().await;
+    emulator.register_client_secret(CLIENT_ID, "another-secret");
+    emulator.retire_client_secret(CLIENT_ID, SECRET);
+    let resource = rotating().await;
+    let url = format!("http://127.0.0.1:{}/items", resource.port);
+    let sent_id = |emulator: &Emulator| emulator.last_token_request().unwrap().client_request_id;
+
+    let request = hyper::Request::get(&url).body(Body::default()).unwrap();
+    let error = tower_client(&app, ScopeSelector::fixed([SCOPE]))
+        .oneshot(request)
+        .await
+        .unwrap_err();
+    let tokenwell_middleware::tower::BearerError::Token(failed) = error else {
+        panic!("expected the token's error, got {error:?}");
+    };
+    assert!(failed.idp_error().is_some(), "{failed:?}");
+    assert_eq!(
+        failed.metadata().correlation_id.map(|id| id.to_string()),
+        sent_id(&emulator)
+    );
+
+    let error = reqwest_client(&app, ScopeSelector::fixed([SCOPE]))
+        .get(&url)
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("expected the middleware's error, got {error:?}");
+    };
+    let failed = error
+        .downcast_ref::<tokenwell_core::AcquisitionError>()
+        .expect("the acquisition's error");
+    assert_eq!(
+        failed.metadata().correlation_id.map(|id| id.to_string()),
+        sent_id(&emulator)
+    );
+    assert_eq!(
+        resource.requests.load(Ordering::SeqCst),
+        0,
+        "nothing sent without a token"
+    );
+}

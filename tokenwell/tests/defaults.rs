@@ -266,3 +266,27 @@ fn an_explicit_runtime_builds_outside_a_tokio_runtime() {
         .build();
     assert!(app.is_ok(), "{app:?}");
 }
+
+/// The facade's acquisitions fail with `tokenwell::AcquisitionError`, the failed
+/// acquisition's metadata included: the correlation id the identity provider received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_acquisition_carries_its_metadata() {
+    let idp = Emulator::start().await.unwrap();
+    idp.register_client_secret(CLIENT_ID, "another-secret");
+    let app = confidential(&idp).build().unwrap();
+    let id = tokenwell::Uuid::new_v4();
+    let error: tokenwell::AcquisitionError = app
+        .acquire_token_for_client([SCOPE])
+        .with_correlation_id(id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.kind(), Error::IdentityProvider(_)),
+        "{error:?}"
+    );
+    assert_eq!(error.metadata().correlation_id, Some(id));
+    assert_eq!(
+        idp.last_token_request().unwrap().client_request_id,
+        Some(id.to_string())
+    );
+}

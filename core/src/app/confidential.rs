@@ -394,8 +394,11 @@ impl<'a> AcquireTokenForClient<'a> {
     /// Run the request (the same as awaiting it).
     ///
     /// # Errors
-    /// [`Error`]: the identity provider's answer, transport failures, malformed responses,
-    /// credential problems, local throttling.
+    /// An [`AcquisitionError`](crate::AcquisitionError) whose kind is the [`Error`]: the
+    /// identity provider's answer, transport failures, malformed responses, credential
+    /// problems, local throttling; and whose metadata is the failed acquisition's (retries,
+    /// durations, refresh reason, correlation id:
+    /// `failures_carry_the_metadata_of_the_acquisition` in `core/tests/request_controls.rs`).
     pub fn execute(self) -> TokenFuture<'a> {
         self.into()
     }

@@ -36,7 +36,7 @@ use crate::cache::entry::CacheEntry;
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
 use crate::controls::{BackgroundRefreshEvent, BackgroundRefreshKind, RequestControls};
-use crate::error::{Error, Result};
+use crate::error::{AcquisitionError, AcquisitionResult, Error};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
@@ -128,12 +128,13 @@ pub(crate) struct Resolved {
     l2_duration: Duration,
 }
 
-/// A failed flight: the error, and the time it spent on L2 (part of a stale result's cache
-/// time).
+/// A failed flight: the error, the time it spent on L2 (part of a stale result's cache time)
+/// and what its requests to the identity provider cost (the error's metadata).
 #[derive(Clone)]
 pub(crate) struct Failure {
     error: Error,
     l2_duration: Duration,
+    stats: FetchStats,
 }
 
 impl From<Error> for Failure {
@@ -141,6 +142,7 @@ impl From<Error> for Failure {
         Failure {
             error,
             l2_duration: Duration::ZERO,
+            stats: FetchStats::default(),
         }
     }
 }
@@ -455,8 +457,9 @@ impl Engine {
                         lookup_duration,
                         now,
                     );
-                    if let Ok(result) = &mut result {
-                        result.metadata_mut().correlation_id = Some(correlation_id);
+                    match &mut result {
+                        Ok(result) => result.metadata_mut().correlation_id = Some(correlation_id),
+                        Err(error) => error.metadata_mut().correlation_id = Some(correlation_id),
                     }
                     result
                 },
@@ -626,7 +629,7 @@ impl Engine {
         started: Instant,
         lookup_duration: Duration,
         now: u64,
-    ) -> Result<AuthenticationResult> {
+    ) -> AcquisitionResult {
         match outcome {
             Ok(resolved) => {
                 let (source, reason) = match resolved.found {
@@ -646,7 +649,11 @@ impl Engine {
                 );
                 Ok(AuthenticationResult::new(resolved.token, metadata))
             }
-            Err(Failure { error, l2_duration }) => match stale {
+            Err(Failure {
+                error,
+                l2_duration,
+                stats,
+            }) => match stale {
                 // Inside the expiry buffer but still valid: a transient failure must not take
                 // the service down. Serve the cached token and say why.
                 Some(token) if error.is_transient() => {
@@ -662,10 +669,21 @@ impl Engine {
                     );
                     metadata.total_duration = started.elapsed();
                     metadata.cache_duration = lookup_duration + l2_duration;
+                    metadata.http_duration = stats.http_duration;
+                    metadata.retries = stats.retries;
                     metadata.refresh_failure = Some(error.to_string());
                     Ok(AuthenticationResult::new(token, metadata))
                 }
-                _ => Err(error),
+                // The acquisition's own metadata: what it tried, spent and why it asked.
+                _ => {
+                    let mut metadata =
+                        AuthenticationResultMetadata::new(TokenSource::IdentityProvider, reason);
+                    metadata.total_duration = started.elapsed();
+                    metadata.cache_duration = lookup_duration + l2_duration;
+                    metadata.http_duration = stats.http_duration;
+                    metadata.retries = stats.retries;
+                    Err(AcquisitionError::new(error, metadata))
+                }
             },
         }
     }
@@ -823,6 +841,7 @@ impl Engine {
             return Err(Failure {
                 error: throttled,
                 l2_duration,
+                stats: FetchStats::default(),
             });
         }
         if let Some(l2) = &self.l2
@@ -883,7 +902,11 @@ impl Engine {
                 if let (Some(l2), Some(lease)) = (&self.l2, lease) {
                     l2.release(&lease).await;
                 }
-                Err(Failure { error, l2_duration })
+                Err(Failure {
+                    error,
+                    l2_duration,
+                    stats: idp.spent.get(),
+                })
             }
         }
     }
@@ -1095,6 +1118,8 @@ impl Engine {
                     CacheRefreshReason::ProactivelyRefreshed,
                 );
                 metadata.cache_duration = failure.l2_duration;
+                metadata.http_duration = failure.stats.http_duration;
+                metadata.retries = failure.stats.retries;
                 metadata.refresh_failure = Some(failure.error.to_string());
                 (metadata, Some(failure.error.clone()))
             }
@@ -1181,8 +1206,8 @@ impl Engine {
 /// What [`Engine::acquire`] returns: a cache hit (or a refused request), done; or the miss
 /// path, to await.
 pub(crate) enum Acquire {
-    Ready(Result<AuthenticationResult>),
-    Pending(BoxFuture<'static, Result<AuthenticationResult>>),
+    Ready(AcquisitionResult),
+    Pending(BoxFuture<'static, AcquisitionResult>),
 }
 
 impl Acquire {
@@ -1193,7 +1218,7 @@ impl Acquire {
 
     /// A request refused before it reached the pipeline (bad arguments).
     pub(crate) fn failed(error: Error) -> Self {
-        Acquire::Ready(Err(error))
+        Acquire::Ready(Err(error.into()))
     }
 }
 

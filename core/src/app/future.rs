@@ -18,16 +18,18 @@ use super::managed_identity::AcquireTokenForManagedIdentity;
 use super::user_flows::{
     AcquireTokenInLongRunningProcess, AcquireTokenOnBehalfOf, AcquireTokenSilent,
 };
-use crate::error::{Error, Result};
-use crate::result::AuthenticationResult;
+use crate::error::{AcquisitionResult, Error};
 
-/// A token request in progress: await it (`.await` on a request does the same).
+/// A token request in progress: await it (`.await` on a request does the same). It resolves
+/// to the [`AuthenticationResult`](crate::AuthenticationResult), or an
+/// [`AcquisitionError`](crate::AcquisitionError): the error with the failed acquisition's
+/// metadata.
 #[must_use = "a request does nothing until awaited"]
 pub struct TokenFuture<'a> {
     /// The request, until the first poll starts it.
     request: Option<Request<'a>>,
     /// The miss path, once started.
-    running: Option<BoxFuture<'static, Result<AuthenticationResult>>>,
+    running: Option<BoxFuture<'static, AcquisitionResult>>,
 }
 
 enum Request<'a> {
@@ -60,7 +62,7 @@ macro_rules! token_requests {
         }
 
         impl<'a> IntoFuture for $request<'a> {
-            type Output = Result<AuthenticationResult>;
+            type Output = AcquisitionResult;
             type IntoFuture = TokenFuture<'a>;
 
             #[inline]
@@ -80,7 +82,7 @@ token_requests!(
 );
 
 impl Future for TokenFuture<'_> {
-    type Output = Result<AuthenticationResult>;
+    type Output = AcquisitionResult;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -101,7 +103,8 @@ impl Future for TokenFuture<'_> {
             None => {
                 return Poll::Ready(Err(Error::configuration(
                     "a token request was polled after it completed",
-                )));
+                )
+                .into()));
             }
         };
         match started {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +39,40 @@ pub(crate) struct FetchStats {
     pub retries: u32,
 }
 
+/// What every request of one client copy has spent so far (all attempts, discovery included),
+/// read when a request fails: the error then carries the retries and the time it cost.
+#[derive(Debug, Default)]
+pub(crate) struct Spent {
+    retries: AtomicU32,
+    http_nanos: AtomicU64,
+}
+
+/// A copy of a client counts its own requests: a clone starts at zero.
+impl Clone for Spent {
+    fn clone(&self) -> Self {
+        Spent::default()
+    }
+}
+
+impl Spent {
+    /// The counters so far.
+    pub(crate) fn get(&self) -> FetchStats {
+        FetchStats {
+            http_duration: Duration::from_nanos(self.http_nanos.load(Ordering::Relaxed)),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    fn attempt(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.http_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Called with the error of an attempt that will be retried, before the wait.
 pub(crate) type BeforeRetry = Arc<dyn Fn(&Error) + Send + Sync>;
 
@@ -60,6 +95,8 @@ pub(crate) struct Idp {
     /// Sent as `client-request-id` on every attempt of this client's requests (one per
     /// request: a fresh one per `token_request` when not set).
     pub correlation_id: Option<uuid::Uuid>,
+    /// What this copy's requests have spent (each flight and one-shot grant has its copy).
+    pub spent: Spent,
     /// The `flow` label of this client's metrics.
     pub flow: MetricFlow,
 }
@@ -153,18 +190,14 @@ impl StatusRetry {
 impl Idp {
     /// The same client, telling `before_retry` about each attempt it will retry.
     pub(crate) fn telling(&self, before_retry: BeforeRetry) -> Idp {
-        Idp {
-            transport: Arc::clone(&self.transport),
-            runtime: Arc::clone(&self.runtime),
-            send_options: self.send_options,
-            retry: self.retry.clone(),
-            before_retry: Some(before_retry),
-            default_lifetime: self.default_lifetime,
-            app: Arc::clone(&self.app),
-            request: self.request.clone(),
-            correlation_id: self.correlation_id,
-            flow: self.flow,
-        }
+        let mut copy = self.copy();
+        copy.before_retry = Some(before_retry);
+        copy
+    }
+
+    /// The same client with counters of its own ([`Spent`] starts at zero).
+    pub(crate) fn copy(&self) -> Idp {
+        self.clone()
     }
 
     /// The same client, labelling its metrics with `flow`.
@@ -189,6 +222,15 @@ impl Idp {
         self
     }
 
+    /// The `claims` this client's requests send: the request's with the application's client
+    /// capabilities merged in.
+    pub(crate) fn claims(&self) -> Result<Option<String>> {
+        merged_claims(
+            self.request.as_deref().and_then(|r| r.claims.as_deref()),
+            &self.app.capabilities,
+        )
+    }
+
     /// POST a token request to `endpoint`, building the form (and the `Authorization` header
     /// of `client_secret_basic`) anew for every attempt (client assertions must not be
     /// replayed), and retry as the policy allows.
@@ -204,10 +246,7 @@ impl Idp {
         // One id for every attempt of the request.
         let correlation_id = self.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
         let request = self.request.as_deref();
-        let claims = merged_claims(
-            request.and_then(|r| r.claims.as_deref()),
-            &self.app.capabilities,
-        )?;
+        let claims = self.claims()?;
         let url = match request.map(|r| r.extra_query.as_slice()) {
             Some(extra) if !extra.is_empty() => {
                 let mut query = form_urlencoded::Serializer::new(String::new());
@@ -328,6 +367,7 @@ impl Idp {
             let outcome = attempt().await;
             let elapsed = started.elapsed();
             stats.http_duration += elapsed;
+            self.spent.attempt(elapsed);
             telemetry::idp_request(self.tags(), outcome.is_ok(), elapsed.as_secs_f64());
             let error = match outcome {
                 Ok(response) => return Ok((response, stats)),
@@ -347,6 +387,7 @@ impl Idp {
                     );
                     telemetry::retry(self.tags());
                     stats.retries += 1;
+                    self.spent.retry();
                     self.runtime.sleep(delay).await;
                 }
                 None => return Err(error),

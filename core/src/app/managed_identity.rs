@@ -194,9 +194,12 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
     /// Run the request.
     ///
     /// # Errors
-    /// [`Error::IdentityProvider`] with the endpoint's status (400 for a missing header or an
-    /// unknown identity, 401 for a wrong `X-IDENTITY-HEADER`), transport failures, malformed
-    /// answers, local throttling.
+    /// An [`AcquisitionError`](crate::AcquisitionError): [`Error::IdentityProvider`] with the
+    /// endpoint's status (400 for a missing header or an unknown identity, 401 for a wrong
+    /// `X-IDENTITY-HEADER`), transport failures, malformed answers, local throttling; with the
+    /// failed acquisition's metadata
+    /// (`managed_identity_failures_carry_the_metadata_of_the_acquisition` in
+    /// `core/tests/request_controls.rs`).
     pub fn execute(self) -> TokenFuture<'a> {
         self.into()
     }

@@ -7,21 +7,23 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::flows::client::ClientIdentity;
+use super::idp::{FetchStats, Idp};
 use super::l2::L2Health;
+use super::settings::one_shot_controls;
 use super::settings::{AuthoritySource, EngineSettings, engine_setters};
 use super::user_flows::{
-    AcquireTokenByAuthorizationCode, AcquireTokenSilent, AuthorizationUrl, ClientCore, attach_user,
-    idp_result, user_partition,
+    AcquireTokenByAuthorizationCode, AcquireTokenSilent, AuthorizationUrl, ClientCore, OneShot,
+    attach_user, user_partition,
 };
-use crate::cache::{Account, TokenCache, TokenSecret};
-use crate::error::{Error, Result};
+use crate::cache::{AccessToken, Account, PartitionKey, TokenCache, TokenSecret};
+use crate::controls::RequestControls;
+use crate::error::{AcquisitionResult, Error, Result};
 use crate::response::parse_error_response;
-use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
@@ -65,6 +67,7 @@ impl PublicClientApplication {
             core: &self.core,
             scopes: scopes.into_scope_set(),
             on_code: Box::new(on_code),
+            controls: None,
         }
     }
 
@@ -248,6 +251,7 @@ pub struct AcquireTokenWithDeviceCode<'a> {
     core: &'a Arc<ClientCore>,
     scopes: ScopeSet,
     on_code: OnCode,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl fmt::Debug for AcquireTokenWithDeviceCode<'_> {
@@ -259,29 +263,49 @@ impl fmt::Debug for AcquireTokenWithDeviceCode<'_> {
 }
 
 impl AcquireTokenWithDeviceCode<'_> {
+    one_shot_controls!();
+
     /// Run the flow.
     ///
     /// # Errors
-    /// [`Error::DeviceCodeExpired`], [`Error::AuthorizationDeclined`], the identity provider's
-    /// other answers, transport failures, local throttling (60 s after a 5xx without
-    /// `Retry-After`).
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        let started = Instant::now();
+    /// An [`AcquisitionError`](crate::AcquisitionError) whose kind is [`Error::DeviceCodeExpired`],
+    /// [`Error::AuthorizationDeclined`], the identity provider's other answers, transport
+    /// failures, local throttling (60 s after a 5xx without `Retry-After`); with the flow's
+    /// metadata (its correlation id, sent on every request of the flow, retries, durations:
+    /// `a_failed_device_code_flow_carries_its_metadata` in `core/tests/request_controls.rs`).
+    pub async fn execute(self) -> AcquisitionResult {
         let core = self.core;
         if self.scopes.is_empty() {
-            return Err(Error::configuration("no scopes requested"));
+            return Err(Error::configuration("no scopes requested").into());
         }
+        let grant = OneShot::start(&core.engine, MetricFlow::DeviceCode, self.controls)?;
+        match Self::run(core, &grant, &self.scopes, self.on_code).await {
+            Ok((partition, token, stats)) => Ok(attach_user(
+                &core.engine,
+                &partition,
+                grant.result(token, stats),
+            )),
+            Err(error) => Err(grant.failed(error)),
+        }
+    }
+
+    async fn run(
+        core: &ClientCore,
+        grant: &OneShot,
+        scopes: &ScopeSet,
+        on_code: OnCode,
+    ) -> Result<(PartitionKey, Arc<AccessToken>, FetchStats)> {
         let identity = &core.identity;
         let throttle_key = ThrottleKey::new(
             &identity.client_id,
             &identity.authority.url(),
-            self.scopes.normalized(),
+            scopes.normalized(),
             Some("device_code"),
         );
         if let Some(throttled) = core.engine.throttled(throttle_key, MetricFlow::DeviceCode) {
             return Err(throttled);
         }
-        let outcome = device_code_flow(core, &self.scopes, self.on_code, started).await;
+        let outcome = device_code_flow(core, &grant.idp, scopes, on_code).await;
         core.engine
             .record_outcome(throttle_key, FlowKind::Public, outcome.as_ref().err());
         outcome
@@ -289,7 +313,7 @@ impl AcquireTokenWithDeviceCode<'_> {
 }
 
 impl<'a> IntoFuture for AcquireTokenWithDeviceCode<'a> {
-    type Output = Result<AuthenticationResult>;
+    type Output = AcquisitionResult;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
@@ -297,43 +321,44 @@ impl<'a> IntoFuture for AcquireTokenWithDeviceCode<'a> {
     }
 }
 
+/// The flow, with `idp`: the request's client (its claims and correlation id).
 async fn device_code_flow(
     core: &ClientCore,
+    idp: &Idp,
     scopes: &ScopeSet,
     on_code: OnCode,
-    started: Instant,
-) -> Result<AuthenticationResult> {
+) -> Result<(PartitionKey, Arc<AccessToken>, FetchStats)> {
     let engine = &core.engine;
     let identity = &core.identity;
-    let endpoints = identity
-        .endpoints_for(&engine.idp, &identity.authority)
-        .await?;
+    let endpoints = identity.endpoints_for(idp, &identity.authority).await?;
     let endpoint = endpoints.device_authorization.as_deref().ok_or_else(|| {
         Error::configuration(format!(
             "'{}' has no device authorization endpoint",
             identity.authority.url()
         ))
     })?;
-    let form = vec![
+    let mut form = vec![
         ("client_id", identity.client_id.clone()),
         ("scope", ClientIdentity::request_scope(scopes)),
     ];
-    let idp = engine.idp.clone().for_flow(MetricFlow::DeviceCode);
+    if let Some(claims) = idp.claims()? {
+        form.push(("claims", claims));
+    }
     let response = idp.post_form(endpoint, &form, None).await?;
-    let info = parse_device_code(&response, engine.idp.runtime.now())
-        .map_err(|e| e.with_endpoint(endpoint))?;
+    let info =
+        parse_device_code(&response, idp.runtime.now()).map_err(|e| e.with_endpoint(endpoint))?;
     let deadline = engine.now().saturating_add(info.expires_in.as_secs());
     let mut interval = info.interval;
     let device_code = info.device_code.clone();
     on_code(&info);
     loop {
-        engine.idp.runtime.sleep(interval).await;
+        idp.runtime.sleep(interval).await;
         if engine.now() >= deadline {
             return Err(Error::DeviceCodeExpired);
         }
         let polled = identity
             .token_request(
-                &idp,
+                idp,
                 &identity.authority,
                 vec![
                     (
@@ -350,11 +375,7 @@ async fn device_code_flow(
                 let fetched = identity.user_tokens(&response, scopes, engine.now(), stats, true)?;
                 let partition = user_partition(identity, &fetched)?;
                 let token = engine.store(&partition, fetched, None);
-                return Ok(attach_user(
-                    engine,
-                    &partition,
-                    idp_result(token, stats, started),
-                ));
+                return Ok((partition, token, stats));
             }
             Err(error) => match error.idp_error().map(|e| e.error.as_str()) {
                 Some("authorization_pending") => {}

@@ -142,6 +142,7 @@ impl EngineSettings {
                 }),
                 request: None,
                 correlation_id: None,
+                spent: Default::default(),
                 flow: crate::telemetry::MetricFlow::Discovery,
             },
             TokenCache::new(cache),
@@ -286,6 +287,26 @@ macro_rules! engine_setters {
 
 pub(crate) use engine_setters;
 
+/// `with_correlation_id`, written once for every request kind (cached-token requests and the
+/// one-shot grants), writing to the request's `controls: Option<Box<RequestControls>>`.
+macro_rules! correlation_control {
+    () => {
+        /// Sent as `client-request-id` on every attempt of this request (retries included)
+        /// and reported in the result's metadata, in the error's
+        /// ([`AcquisitionError::metadata`](crate::AcquisitionError::metadata)), in the
+        /// identity provider's errors and in the request's tracing span. Without it, each
+        /// request that reaches the network gets one of its own.
+        pub fn with_correlation_id(mut self, correlation_id: uuid::Uuid) -> Self {
+            self.controls
+                .get_or_insert_with(Default::default)
+                .correlation_id = Some(correlation_id);
+            self
+        }
+    };
+}
+
+pub(crate) use correlation_control;
+
 /// The options every cached-token request has (issue 16), writing to its
 /// `controls: Option<Box<RequestControls>>` field (unset: the request's fast path).
 macro_rules! request_controls {
@@ -304,16 +325,7 @@ macro_rules! request_controls {
             self
         }
 
-        /// Sent as `client-request-id` on every attempt of this request (retries included)
-        /// and reported in the result's metadata, in the identity provider's errors and in
-        /// the request's tracing span. Without it, each request that reaches the network
-        /// gets one of its own.
-        pub fn with_correlation_id(mut self, correlation_id: uuid::Uuid) -> Self {
-            self.controls
-                .get_or_insert_with(Default::default)
-                .correlation_id = Some(correlation_id);
-            self
-        }
+        $crate::app::settings::correlation_control!();
 
         /// Token revocation: when the cached access token's SHA-256 (lower-case hex, see
         /// [`token_sha256_hex`](crate::controls::token_sha256_hex)) is this, it is not
@@ -330,3 +342,27 @@ macro_rules! request_controls {
 }
 
 pub(crate) use request_controls;
+
+/// The options of the one-shot grants (authorization code, device code), which always reach
+/// the identity provider: claims and the correlation id, through the same controls (and the
+/// same identity-provider client plumbing) as the cached-token requests.
+macro_rules! one_shot_controls {
+    () => {
+        /// Ask for these claims (a JSON object: a resource's claims challenge, see
+        /// [`ClaimsChallenge`](crate::controls::ClaimsChallenge)): they are sent to the
+        /// identity provider with the application's client capabilities (in every token
+        /// request of the grant; the device code flow's device-authorization request too),
+        /// and the answer is cached as usual. Invalid JSON fails the request with a
+        /// configuration error before anything is sent.
+        pub fn with_claims(mut self, claims: impl AsRef<str>) -> Self {
+            self.controls
+                .get_or_insert_with(Default::default)
+                .set_claims(claims.as_ref());
+            self
+        }
+
+        $crate::app::settings::correlation_control!();
+    };
+}
+
+pub(crate) use one_shot_controls;

@@ -20,11 +20,12 @@ use super::flows::on_behalf_of::{LongRunningOnBehalfOf, OnBehalfOf};
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
 use super::hot::{self, KeySource};
-use super::settings::request_controls;
+use super::idp::{FetchStats, Idp};
+use super::settings::{one_shot_controls, request_controls};
 use crate::authority::Authority;
 use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::controls::RequestControls;
-use crate::error::{Error, Result};
+use crate::error::{AcquisitionError, AcquisitionResult, Error, Result};
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
@@ -113,21 +114,73 @@ impl ClientCore {
     }
 }
 
-/// A result for a token just obtained outside the coalesced path (authorization code, device
-/// code: one-shot grants nobody else can share).
-pub(crate) fn idp_result(
-    token: Arc<AccessToken>,
-    stats: super::idp::FetchStats,
+/// A one-shot grant (authorization code, device code: grants nobody else can share, run
+/// outside the coalesced path) in progress: its identity-provider client, carrying the
+/// request's controls (claims, correlation id) as a flight's does, and what it has spent, for
+/// the metadata of its result or its error.
+pub(crate) struct OneShot {
+    pub idp: Idp,
+    correlation_id: uuid::Uuid,
     started: Instant,
-) -> AuthenticationResult {
-    let mut metadata = AuthenticationResultMetadata::new(
-        TokenSource::IdentityProvider,
-        CacheRefreshReason::NoCachedAccessToken,
-    );
-    metadata.total_duration = started.elapsed();
-    metadata.http_duration = stats.http_duration;
-    metadata.retries = stats.retries;
-    AuthenticationResult::new(token, metadata)
+}
+
+impl OneShot {
+    /// Start a grant with `controls` (validated here: an invalid option fails it before
+    /// anything is sent, with the metadata of a request that never started).
+    pub(crate) fn start(
+        engine: &Engine,
+        flow: MetricFlow,
+        controls: Option<Box<RequestControls>>,
+    ) -> std::result::Result<OneShot, AcquisitionError> {
+        let started = Instant::now();
+        let correlation_id = controls
+            .as_ref()
+            .and_then(|c| c.correlation_id)
+            .unwrap_or_else(uuid::Uuid::new_v4);
+        let one_shot = |controls| OneShot {
+            idp: engine
+                .idp
+                .copy()
+                .for_flow(flow)
+                .for_request(controls, correlation_id),
+            correlation_id,
+            started,
+        };
+        match controls {
+            Some(controls) => match controls.check() {
+                Ok(()) => Ok(one_shot(Some(Arc::from(controls)))),
+                Err(error) => Err(error.into()),
+            },
+            None => Ok(one_shot(None)),
+        }
+    }
+
+    /// The metadata of the grant so far (a one-shot grant never reads the cache first).
+    fn metadata(&self, stats: FetchStats) -> AuthenticationResultMetadata {
+        let mut metadata = AuthenticationResultMetadata::new(
+            TokenSource::IdentityProvider,
+            CacheRefreshReason::NoCachedAccessToken,
+        );
+        metadata.total_duration = self.started.elapsed();
+        metadata.http_duration = stats.http_duration;
+        metadata.retries = stats.retries;
+        metadata.correlation_id = Some(self.correlation_id);
+        metadata
+    }
+
+    /// The result of the token the grant obtained (`stats`: the successful request's).
+    pub(crate) fn result(
+        &self,
+        token: Arc<AccessToken>,
+        stats: FetchStats,
+    ) -> AuthenticationResult {
+        AuthenticationResult::new(token, self.metadata(stats))
+    }
+
+    /// `error` with the metadata of the grant: every request it made counted.
+    pub(crate) fn failed(&self, error: Error) -> AcquisitionError {
+        AcquisitionError::new(error, self.metadata(self.idp.spent.get()))
+    }
 }
 
 /// The user a user-flow result is for, from the partition it was served from: its account
@@ -246,8 +299,11 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
     /// Run the request.
     ///
     /// # Errors
-    /// [`Error`]: the identity provider's answer (`invalid_grant` for a bad or expired
-    /// assertion), transport failures, local throttling.
+    /// An [`AcquisitionError`] whose kind is the [`Error`]: the identity provider's answer
+    /// (`invalid_grant` for a bad or expired assertion), transport failures, local throttling;
+    /// with the failed acquisition's metadata
+    /// (`on_behalf_of_failures_carry_the_metadata_of_the_acquisition` in
+    /// `core/tests/request_controls.rs`).
     pub fn execute(self) -> TokenFuture<'a> {
         self.into()
     }
@@ -363,12 +419,27 @@ impl<'a> InitiateLongRunningProcess<'a> {
         Self::new(self.request.with_min_remaining_lifetime(lifetime))
     }
 
+    /// See [`AcquireTokenOnBehalfOf::with_claims`].
+    pub fn with_claims(self, claims: impl AsRef<str>) -> Self {
+        Self::new(self.request.with_claims(claims))
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_correlation_id`].
+    pub fn with_correlation_id(self, correlation_id: uuid::Uuid) -> Self {
+        Self::new(self.request.with_correlation_id(correlation_id))
+    }
+
+    /// See [`AcquireTokenOnBehalfOf::with_access_token_sha256_to_refresh`].
+    pub fn with_access_token_sha256_to_refresh(self, sha256_hex: impl AsRef<str>) -> Self {
+        Self::new(self.request.with_access_token_sha256_to_refresh(sha256_hex))
+    }
+
     /// Run the request: the on-behalf-of exchange (or the cache), which keeps the refresh
     /// token under the session key in L1 and L2.
     ///
     /// # Errors
     /// As [`AcquireTokenOnBehalfOf::execute`].
-    pub async fn execute(self) -> Result<LongRunningProcess> {
+    pub async fn execute(self) -> AcquisitionResult<LongRunningProcess> {
         let session_key = session_key_of(&self.request.assertion);
         let result = self.request.execute().await?;
         Ok(LongRunningProcess {
@@ -379,7 +450,7 @@ impl<'a> InitiateLongRunningProcess<'a> {
 }
 
 impl<'a> IntoFuture for InitiateLongRunningProcess<'a> {
-    type Output = Result<LongRunningProcess>;
+    type Output = AcquisitionResult<LongRunningProcess>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
@@ -398,6 +469,7 @@ pub struct AcquireTokenInLongRunningProcess<'a> {
     force_refresh: bool,
     tenant: Option<String>,
     min_remaining_lifetime: Duration,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl fmt::Debug for AcquireTokenInLongRunningProcess<'_> {
@@ -425,8 +497,11 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             force_refresh: false,
             tenant: None,
             min_remaining_lifetime: Duration::ZERO,
+            controls: None,
         }
     }
+
+    request_controls!();
 
     /// Skip the cached access token and redeem the session's refresh token.
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
@@ -495,7 +570,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             // The thread's copy is named by partition and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
             self.min_remaining_lifetime,
-            None,
+            self.controls,
             || {
                 Job::new(
                     &partition,
@@ -520,7 +595,9 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
     /// [`Error::InteractionRequired`] when no session is cached under the key (in L1 or L2),
     /// or the identity provider's `invalid_grant` when the session's refresh token was
     /// revoked or expired (start a new session then); [`Error::Configuration`] for a key that
-    /// is not one; transport failures, local throttling.
+    /// is not one; transport failures, local throttling. Each an [`AcquisitionError`] with the
+    /// failed acquisition's metadata (`a_failed_long_running_request_carries_its_metadata` in
+    /// `core/tests/request_controls.rs`).
     pub fn execute(self) -> TokenFuture<'a> {
         self.into()
     }
@@ -594,6 +671,7 @@ impl<'a> AcquireTokenSilent<'a> {
     /// Run the request.
     ///
     /// # Errors
+    /// An [`AcquisitionError`] (the [`Error`] with the failed acquisition's metadata).
     /// [`Error::is_interaction_required`] is true when only a new sign-in can help: no cached
     /// refresh token ([`Error::InteractionRequired`]) or the identity provider refused it
     /// (`invalid_grant`); the same request is then refused locally for 120 s.
@@ -663,6 +741,7 @@ pub struct AcquireTokenByAuthorizationCode<'a> {
     scopes: ScopeSet,
     redirect_uri: String,
     pkce_verifier: Option<TokenSecret>,
+    controls: Option<Box<RequestControls>>,
 }
 
 impl fmt::Debug for AcquireTokenByAuthorizationCode<'_> {
@@ -687,8 +766,11 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
             scopes: scopes.into_scope_set(),
             redirect_uri: redirect_uri.into(),
             pkce_verifier: None,
+            controls: None,
         }
     }
+
+    one_shot_controls!();
 
     /// The PKCE verifier whose challenge the authorize URL carried ([`Pkce::verifier`]).
     pub fn with_pkce_verifier(mut self, verifier: impl Into<String>) -> Self {
@@ -699,38 +781,59 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
     /// Run the request. Codes are single-use: this always reaches the identity provider.
     ///
     /// # Errors
-    /// [`Error`]: `invalid_grant` for a used, expired or unknown code or a PKCE mismatch,
-    /// transport failures.
-    pub async fn execute(self) -> Result<AuthenticationResult> {
-        let started = Instant::now();
+    /// [`AcquisitionError`]: `invalid_grant` for a used, expired or unknown code or a PKCE
+    /// mismatch, transport failures; with the metadata of the redemption (correlation id,
+    /// retries, durations: `a_failed_authorization_code_redemption_carries_its_metadata` in
+    /// `core/tests/request_controls.rs`).
+    pub async fn execute(self) -> AcquisitionResult {
         let core = self.core;
+        let grant = OneShot::start(&core.engine, MetricFlow::AuthorizationCode, self.controls)?;
+        let redeemed = Self::redeem(
+            core,
+            &grant.idp,
+            &self.code,
+            &self.scopes,
+            &self.redirect_uri,
+            self.pkce_verifier.as_ref(),
+        )
+        .await;
+        match redeemed {
+            Ok((partition, token, stats)) => Ok(attach_user(
+                &core.engine,
+                &partition,
+                grant.result(token, stats),
+            )),
+            Err(error) => Err(grant.failed(error)),
+        }
+    }
+
+    /// The redemption: the token request, then the cache write.
+    async fn redeem(
+        core: &ClientCore,
+        idp: &Idp,
+        code: &TokenSecret,
+        scopes: &ScopeSet,
+        redirect_uri: &str,
+        pkce_verifier: Option<&TokenSecret>,
+    ) -> Result<(PartitionKey, Arc<AccessToken>, FetchStats)> {
         let identity = &core.identity;
         let mut grant = vec![
             ("grant_type", "authorization_code".to_owned()),
-            ("code", self.code.expose_secret().to_owned()),
-            ("redirect_uri", self.redirect_uri.clone()),
-            ("scope", ClientIdentity::request_scope(&self.scopes)),
+            ("code", code.expose_secret().to_owned()),
+            ("redirect_uri", redirect_uri.to_owned()),
+            ("scope", ClientIdentity::request_scope(scopes)),
         ];
-        if let Some(verifier) = &self.pkce_verifier {
+        if let Some(verifier) = pkce_verifier {
             grant.push(("code_verifier", verifier.expose_secret().to_owned()));
         }
         let engine = &core.engine;
         let (response, stats) = identity
-            .token_request(
-                &engine.idp.clone().for_flow(MetricFlow::AuthorizationCode),
-                &identity.authority,
-                grant,
-                true,
-            )
+            .token_request(idp, &identity.authority, grant, true)
             .await?;
-        let fetched = identity.user_tokens(&response, &self.scopes, engine.now(), stats, true)?;
+        let fetched = identity.user_tokens(&response, scopes, engine.now(), stats, true)?;
         let partition = user_partition(identity, &fetched)?;
         let token = engine.store(&partition, fetched, None);
-        Ok(attach_user(
-            engine,
-            &partition,
-            idp_result(token, stats, started),
-        ))
+        Ok((partition, token, stats))
     }
 }
 
@@ -752,7 +855,7 @@ pub(crate) fn user_partition(
 }
 
 impl<'a> IntoFuture for AcquireTokenByAuthorizationCode<'a> {
-    type Output = Result<AuthenticationResult>;
+    type Output = AcquisitionResult;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
