@@ -307,23 +307,34 @@ macro_rules! correlation_control {
 
 pub(crate) use correlation_control;
 
-/// The options every cached-token request has (issue 16), writing to its
-/// `controls: Option<Box<RequestControls>>` field (unset: the request's fast path).
-macro_rules! request_controls {
-    () => {
-        /// Ask for these claims (a JSON object: a resource's claims challenge, see
-        /// [`ClaimsChallenge`](crate::controls::ClaimsChallenge)): the cached access token is
-        /// skipped (`CacheRefreshReason::ForceRefreshOrClaims`), the claims are sent to the
-        /// identity provider with the application's client capabilities, and the answer is
-        /// cached. Concurrent requests without these claims never share its token, nor it
-        /// theirs. Invalid JSON fails the request with a configuration error. (Managed
-        /// identity endpoints take no claims: there they only skip the cache.)
+/// `with_claims`, documented by the caller (what the claims do differs by request kind).
+macro_rules! claims_control {
+    ($(#[$doc:meta])*) => {
+        $(#[$doc])*
         pub fn with_claims(mut self, claims: impl AsRef<str>) -> Self {
             self.controls
                 .get_or_insert_with(Default::default)
                 .set_claims(claims.as_ref());
             self
         }
+    };
+}
+
+pub(crate) use claims_control;
+
+/// The options every cached-token request has (issue 16), writing to its
+/// `controls: Option<Box<RequestControls>>` field (unset: the request's fast path).
+macro_rules! request_controls {
+    () => {
+        $crate::app::settings::claims_control!(
+            /// Ask for these claims (a JSON object: a resource's claims challenge, see
+            /// [`ClaimsChallenge`](crate::controls::ClaimsChallenge)): the cached access token is
+            /// skipped (`CacheRefreshReason::ForceRefreshOrClaims`), the claims are sent to the
+            /// identity provider with the application's client capabilities, and the answer is
+            /// cached. Concurrent requests without these claims never share its token, nor it
+            /// theirs. Invalid JSON fails the request with a configuration error. (Managed
+            /// identity endpoints take no claims: there they only skip the cache.)
+        );
 
         $crate::app::settings::correlation_control!();
 
@@ -348,18 +359,14 @@ pub(crate) use request_controls;
 /// same identity-provider client plumbing) as the cached-token requests.
 macro_rules! one_shot_controls {
     () => {
-        /// Ask for these claims (a JSON object: a resource's claims challenge, see
-        /// [`ClaimsChallenge`](crate::controls::ClaimsChallenge)): they are sent to the
-        /// identity provider with the application's client capabilities (in every token
-        /// request of the grant; the device code flow's device-authorization request too),
-        /// and the answer is cached as usual. Invalid JSON fails the request with a
-        /// configuration error before anything is sent.
-        pub fn with_claims(mut self, claims: impl AsRef<str>) -> Self {
-            self.controls
-                .get_or_insert_with(Default::default)
-                .set_claims(claims.as_ref());
-            self
-        }
+        $crate::app::settings::claims_control!(
+            /// Ask for these claims (a JSON object: a resource's claims challenge, see
+            /// [`ClaimsChallenge`](crate::controls::ClaimsChallenge)): they are sent to the
+            /// identity provider with the application's client capabilities (in every token
+            /// request of the grant; the device code flow's device-authorization request too),
+            /// and the answer is cached as usual. Invalid JSON fails the request with a
+            /// configuration error before anything is sent.
+        );
 
         $crate::app::settings::correlation_control!();
     };

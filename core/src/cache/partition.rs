@@ -353,34 +353,24 @@ struct Sections {
     entry_tombstones: HashMap<Box<str>, u64>,
 }
 
+/// Refresh tokens, ID tokens or accounts by their identity.
+type Section<T> = HashMap<Box<str>, Arc<T>>;
+/// Removals by identity, and when.
+type Removals = HashMap<Box<str>, u64>;
+
 /// What a partition without [`Sections`] reads.
 static NO_SECTIONS: std::sync::LazyLock<Sections> = std::sync::LazyLock::new(Sections::default);
 
 impl Sections {
-    fn refresh_tokens_and_removals(
-        &mut self,
-    ) -> (
-        &mut HashMap<Box<str>, Arc<RefreshToken>>,
-        &mut HashMap<Box<str>, u64>,
-    ) {
+    fn refresh_tokens_and_removals(&mut self) -> (&mut Section<RefreshToken>, &mut Removals) {
         (&mut self.refresh_tokens, &mut self.entry_tombstones)
     }
 
-    fn id_tokens_and_removals(
-        &mut self,
-    ) -> (
-        &mut HashMap<Box<str>, Arc<IdToken>>,
-        &mut HashMap<Box<str>, u64>,
-    ) {
+    fn id_tokens_and_removals(&mut self) -> (&mut Section<IdToken>, &mut Removals) {
         (&mut self.id_tokens, &mut self.entry_tombstones)
     }
 
-    fn accounts_and_removals(
-        &mut self,
-    ) -> (
-        &mut HashMap<Box<str>, Arc<Account>>,
-        &mut HashMap<Box<str>, u64>,
-    ) {
+    fn accounts_and_removals(&mut self) -> (&mut Section<Account>, &mut Removals) {
         (&mut self.accounts, &mut self.entry_tombstones)
     }
 
