@@ -190,14 +190,9 @@ impl StatusRetry {
 impl Idp {
     /// The same client, telling `before_retry` about each attempt it will retry.
     pub(crate) fn telling(&self, before_retry: BeforeRetry) -> Idp {
-        let mut copy = self.copy();
+        let mut copy = self.clone();
         copy.before_retry = Some(before_retry);
         copy
-    }
-
-    /// The same client with counters of its own ([`Spent`] starts at zero).
-    pub(crate) fn copy(&self) -> Idp {
-        self.clone()
     }
 
     /// The same client, labelling its metrics with `flow`.

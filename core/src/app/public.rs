@@ -18,7 +18,7 @@ use super::settings::one_shot_controls;
 use super::settings::{AuthoritySource, EngineSettings, engine_setters};
 use super::user_flows::{
     AcquireTokenByAuthorizationCode, AcquireTokenSilent, AuthorizationUrl, ClientCore, OneShot,
-    attach_user, user_partition,
+    user_partition,
 };
 use crate::cache::{AccessToken, Account, PartitionKey, TokenCache, TokenSecret};
 use crate::controls::RequestControls;
@@ -279,14 +279,8 @@ impl AcquireTokenWithDeviceCode<'_> {
             return Err(Error::configuration("no scopes requested").into());
         }
         let grant = OneShot::start(&core.engine, MetricFlow::DeviceCode, self.controls)?;
-        match Self::run(core, &grant, &self.scopes, self.on_code).await {
-            Ok((partition, token, stats)) => Ok(attach_user(
-                &core.engine,
-                &partition,
-                grant.result(token, stats),
-            )),
-            Err(error) => Err(grant.failed(error)),
-        }
+        let outcome = Self::run(core, &grant, &self.scopes, self.on_code).await;
+        grant.finish(&core.engine, outcome)
     }
 
     async fn run(

@@ -138,9 +138,10 @@ impl OneShot {
             .and_then(|c| c.correlation_id)
             .unwrap_or_else(uuid::Uuid::new_v4);
         let one_shot = |controls| OneShot {
+            // A clone counts its own requests (`Spent` starts at zero).
             idp: engine
                 .idp
-                .copy()
+                .clone()
                 .for_flow(flow)
                 .for_request(controls, correlation_id),
             correlation_id,
@@ -168,18 +169,24 @@ impl OneShot {
         metadata
     }
 
-    /// The result of the token the grant obtained (`stats`: the successful request's).
-    pub(crate) fn result(
+    /// What the grant answers: the token it cached (in `partition`; `stats`: the successful
+    /// request's) with its user, or the error with the metadata of every request it made.
+    pub(crate) fn finish(
         &self,
-        token: Arc<AccessToken>,
-        stats: FetchStats,
-    ) -> AuthenticationResult {
-        AuthenticationResult::new(token, self.metadata(stats))
-    }
-
-    /// `error` with the metadata of the grant: every request it made counted.
-    pub(crate) fn failed(&self, error: Error) -> AcquisitionError {
-        AcquisitionError::new(error, self.metadata(self.idp.spent.get()))
+        engine: &Engine,
+        outcome: Result<(PartitionKey, Arc<AccessToken>, FetchStats)>,
+    ) -> AcquisitionResult {
+        match outcome {
+            Ok((partition, token, stats)) => Ok(attach_user(
+                engine,
+                &partition,
+                AuthenticationResult::new(token, self.metadata(stats)),
+            )),
+            Err(error) => Err(AcquisitionError::new(
+                error,
+                self.metadata(self.idp.spent.get()),
+            )),
+        }
     }
 }
 
@@ -797,14 +804,7 @@ impl<'a> AcquireTokenByAuthorizationCode<'a> {
             self.pkce_verifier.as_ref(),
         )
         .await;
-        match redeemed {
-            Ok((partition, token, stats)) => Ok(attach_user(
-                &core.engine,
-                &partition,
-                grant.result(token, stats),
-            )),
-            Err(error) => Err(grant.failed(error)),
-        }
+        grant.finish(&core.engine, redeemed)
     }
 
     /// The redemption: the token request, then the cache write.
