@@ -339,13 +339,7 @@ impl Engine {
             } else {
                 Deadline::UnixSeconds(self.now())
             };
-            if let Some(result) = hot::get(
-                self.id,
-                &key,
-                clock,
-                self.tags(flow),
-                TokenCache::generation,
-            ) {
+            if let Some(result) = hot::get(self.id, &key, clock, flow, TokenCache::generation) {
                 return Acquire::ready(result);
             }
             let stripe = TokenCache::stripe_of(partition);
@@ -378,7 +372,15 @@ impl Engine {
                     if let Some((key, stripe, generation)) = front
                         && let Some(until) = self.fresh_until(&token, now, started)
                     {
-                        hot::put(self.id, &key, stripe, generation, until, &token);
+                        hot::put(
+                            self.id,
+                            &key,
+                            stripe,
+                            generation,
+                            until,
+                            &token,
+                            self.idp.app.metrics_client_id.as_ref(),
+                        );
                     }
                     return Acquire::ready(Self::cache_result(
                         self.tags(flow),

@@ -55,6 +55,9 @@ struct Slot {
     token: Arc<AccessToken>,
     /// Its `refresh_on` as the result reports it, converted once.
     refresh_on: Option<SystemTime>,
+    /// The application's `client_id` metric label, when it opted in (read here, so a hit
+    /// touches nothing of the application's).
+    client_id: Option<Arc<str>>,
 }
 
 /// Hits served from copies are counted in batches: the metrics facade costs as much as the
@@ -139,7 +142,7 @@ pub(crate) fn get(
     engine: u64,
     key: &HotKey<'_>,
     now: Deadline,
-    tags: Tags<'_>,
+    flow: MetricFlow,
     generation: impl FnOnce(usize) -> u64,
 ) -> Option<AuthenticationResult> {
     FRONT
@@ -158,14 +161,14 @@ pub(crate) fn get(
             if front.recent[set / 2] != way {
                 front.recent[set / 2] = way;
             }
-            if tags.client_id.is_some() {
+            if let Some(client_id) = &slot.client_id {
                 // Batches know no application: a labelled hit is counted at once.
-                telemetry::cache_hit_l1(tags);
+                telemetry::cache_hit_l1(Tags::new(flow, Some(client_id)));
             } else {
-                let hits = &mut front.uncounted_hits[tags.flow.index() % FLOWS];
+                let hits = &mut front.uncounted_hits[flow.index() % FLOWS];
                 *hits += 1;
                 if *hits >= COUNT_BATCH {
-                    telemetry::cache_hits_l1(tags, std::mem::take(hits));
+                    telemetry::cache_hits_l1(Tags::new(flow, None), std::mem::take(hits));
                 }
             }
             // Durations are not measured for these hits (see `AuthenticationResultMetadata`).
@@ -193,6 +196,7 @@ pub(crate) fn put(
     generation: u64,
     fresh_until: Deadline,
     token: &AccessToken,
+    client_id: Option<&Arc<str>>,
 ) {
     let _ = FRONT.try_with(|front| {
         if let Ok(mut front) = front.try_borrow_mut() {
@@ -219,6 +223,7 @@ pub(crate) fn put(
                 fresh_until,
                 token: Arc::new(token.clone()),
                 refresh_on: token.refresh_on.map(from_unix_seconds),
+                client_id: client_id.cloned(),
             });
         }
     });
