@@ -78,6 +78,18 @@ impl MetricFlow {
         MetricFlow::Discovery,
     ];
 
+    /// The flow's results name a user ([`AuthenticationResult::account`](crate::AuthenticationResult::account)).
+    pub(crate) const fn names_user(self) -> bool {
+        matches!(
+            self,
+            MetricFlow::OnBehalfOf
+                | MetricFlow::LongRunning
+                | MetricFlow::Silent
+                | MetricFlow::DeviceCode
+                | MetricFlow::AuthorizationCode
+        )
+    }
+
     /// The label's value.
     pub const fn as_str(self) -> &'static str {
         match self {

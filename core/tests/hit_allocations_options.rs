@@ -100,7 +100,14 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
             .await
             .expect("a hit succeeds");
         assert_eq!(obo.metadata().token_source, TokenSource::CacheL1);
+        // Served from this thread's copy, which was made with the user: the same account and
+        // ID token as the acquisition named.
         assert!(obo.account().is_some());
+        assert_eq!(obo.account(), first.account());
+        assert_eq!(
+            obo.id_token().map(|t| t.expose_secret()),
+            first.id_token().map(|t| t.expose_secret())
+        );
         assert_eq!(
             obo.access_token().expose_secret(),
             first.access_token().expose_secret()
@@ -120,6 +127,7 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
             .await
             .expect("a hit succeeds");
         assert_eq!(long_running.metadata().token_source, TokenSource::CacheL1);
+        assert_eq!(long_running.account(), session_token.account());
         assert_eq!(
             long_running.access_token().expose_secret(),
             session_token.access_token().expose_secret()

@@ -404,7 +404,7 @@ impl<'a> AcquireTokenForClient<'a> {
     }
 
     /// The request handed to the engine: a hit answers here, synchronously.
-    pub(crate) fn start(self) -> Acquire {
+    pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
         let identity = &inner.core.identity;
         if self.scopes.is_empty() {
@@ -463,7 +463,7 @@ impl<'a> AcquireTokenForClient<'a> {
             self.force_refresh,
             hot,
             self.min_remaining_lifetime,
-            self.controls,
+            self.controls.take(),
             || {
                 Job::new(
                     partition,

@@ -37,6 +37,7 @@ use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, Token
 use crate::coalesce::SingleFlight;
 use crate::controls::{BackgroundRefreshEvent, BackgroundRefreshKind, RequestControls};
 use crate::error::{AcquisitionError, AcquisitionResult, Error};
+use crate::result::user_of;
 use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
@@ -331,11 +332,10 @@ impl Engine {
             partition,
             scopes: query.scopes,
         });
-        let started = Instant::now();
         let mut front = None;
         if let Some(key) = hot.filter(|_| !force) {
             let clock = if self.system_clock {
-                Deadline::Monotonic(started)
+                Deadline::CoarseMillis(hot::coarse_millis())
             } else {
                 Deadline::UnixSeconds(self.now())
             };
@@ -345,6 +345,8 @@ impl Engine {
             let stripe = TokenCache::stripe_of(partition);
             front = Some((key, stripe, TokenCache::generation(stripe)));
         }
+        // Timed from here: a hit on the thread's copy reads only the coarse clock.
+        let started = Instant::now();
         hot::count_hits();
         let now = self.now();
         let mut skipped = None;
@@ -370,8 +372,15 @@ impl Engine {
                 }
                 Lookup::Fresh(token) => {
                     if let Some((key, stripe, generation)) = front
-                        && let Some(until) = self.fresh_until(&token, now, started)
+                        && let Some(until) = self.fresh_until(&token, now)
                     {
+                        let user = if flow.names_user() {
+                            self.cache
+                                .get(partition)
+                                .and_then(|snapshot| user_of(&snapshot, &token))
+                        } else {
+                            None
+                        };
                         hot::put(
                             self.id,
                             &key,
@@ -379,24 +388,27 @@ impl Engine {
                             generation,
                             until,
                             &token,
+                            user,
                             self.idp.app.metrics_client_id.as_ref(),
                         );
                     }
-                    return Acquire::ready(Self::cache_result(
+                    let result = Self::cache_result(
                         self.tags(flow),
                         token,
                         CacheRefreshReason::NotApplicable,
                         started,
-                    ));
+                    );
+                    return Acquire::ready(self.with_user_of(flow, partition, result));
                 }
                 Lookup::PastRefreshOn(token) => {
                     self.refresh_in_background(&token, now, job);
-                    return Acquire::ready(Self::cache_result(
+                    let result = Self::cache_result(
                         self.tags(flow),
                         token,
                         CacheRefreshReason::ProactivelyRefreshed,
                         started,
-                    ));
+                    );
+                    return Acquire::ready(self.with_user_of(flow, partition, result));
                 }
                 Lookup::Miss { reason, stale } => (reason, stale),
             }
@@ -415,6 +427,7 @@ impl Engine {
             Arc::new(job)
         };
         let engine = Arc::clone(self);
+        let partition = partition.clone();
         let span = tracing::debug_span!("acquire_token", correlation_id = %correlation_id);
         Acquire::Pending(
             tracing::Instrument::instrument(
@@ -463,12 +476,44 @@ impl Engine {
                         Ok(result) => result.metadata_mut().correlation_id = Some(correlation_id),
                         Err(error) => error.metadata_mut().correlation_id = Some(correlation_id),
                     }
-                    result
+                    result.map(|result| engine.with_user_of(flow, &partition, result))
                 },
                 span,
             )
             .boxed(),
         )
+    }
+
+    /// `result` naming its user when `flow`'s results do (a hit on the thread's copy of the
+    /// token already does: the copy was made with it).
+    #[inline]
+    fn with_user_of(
+        &self,
+        flow: MetricFlow,
+        partition: &PartitionKey,
+        result: AuthenticationResult,
+    ) -> AuthenticationResult {
+        if flow.names_user() {
+            self.attach_user(partition, result)
+        } else {
+            result
+        }
+    }
+
+    /// `result` naming the user of its token in `partition`'s snapshot (see [`user_of`]):
+    /// Arc clones only, so a hit stays allocation-free.
+    pub(crate) fn attach_user(
+        &self,
+        partition: &PartitionKey,
+        result: AuthenticationResult,
+    ) -> AuthenticationResult {
+        let Some(snapshot) = self.cache.get(partition) else {
+            return result;
+        };
+        match user_of(&snapshot, result.cache_entry()) {
+            Some((account, id_token)) => result.with_user(Some(account), id_token),
+            None => result,
+        }
     }
 
     /// A revocation request must never get back the token it asked to replace (a flight may
@@ -572,19 +617,22 @@ impl Engine {
 
     /// When `token` stops being [`Lookup::Fresh`] for this node (inside the expiry buffer, or
     /// past its jittered refresh point), on the clock the front reads: with the system's clock
-    /// the monotonic one, a second early (`now`, read after `started`, is floored to its
-    /// second).
-    fn fresh_until(&self, token: &AccessToken, now: u64, started: Instant) -> Option<Deadline> {
+    /// the coarse monotonic one, a second early (`now` is floored to its second) and a bit more
+    /// for the coarse clock's lag ([`hot::COARSE_LAG_MILLIS`]).
+    fn fresh_until(&self, token: &AccessToken, now: u64) -> Option<Deadline> {
         let expiring = token.expires_on.saturating_sub(self.expiry_buffer_secs);
         let until = match token.refresh_on {
             Some(r) => expiring.min(self.refresh_point(token, r)),
             None => expiring,
         };
         if self.system_clock {
-            let left = until.saturating_sub(now).saturating_sub(1);
-            started
-                .checked_add(Duration::from_secs(left))
-                .map(Deadline::Monotonic)
+            let left_seconds = until.saturating_sub(now).checked_sub(1)?;
+            let left_millis = left_seconds
+                .checked_mul(1000)?
+                .checked_sub(hot::COARSE_LAG_MILLIS)?;
+            hot::coarse_millis()
+                .checked_add(left_millis)
+                .map(Deadline::CoarseMillis)
         } else {
             Some(Deadline::UnixSeconds(until))
         }
@@ -673,7 +721,7 @@ impl Engine {
                     metadata.cache_duration = lookup_duration + l2_duration;
                     metadata.http_duration = stats.http_duration;
                     metadata.retries = stats.retries;
-                    metadata.refresh_failure = Some(error.to_string());
+                    metadata.refresh_failure = Some(error.to_string().into());
                     Ok(AuthenticationResult::new(token, metadata))
                 }
                 // The acquisition's own metadata: what it tried, spent and why it asked.
@@ -1122,7 +1170,7 @@ impl Engine {
                 metadata.cache_duration = failure.l2_duration;
                 metadata.http_duration = failure.stats.http_duration;
                 metadata.retries = failure.stats.retries;
-                metadata.refresh_failure = Some(failure.error.to_string());
+                metadata.refresh_failure = Some(failure.error.to_string().into());
                 (metadata, Some(failure.error.clone()))
             }
         };

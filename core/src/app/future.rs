@@ -26,10 +26,20 @@ use crate::error::{AcquisitionResult, Error};
 /// metadata.
 #[must_use = "a request does nothing until awaited"]
 pub struct TokenFuture<'a> {
-    /// The request, until the first poll starts it.
-    request: Option<Request<'a>>,
+    /// The request. Started in place on the first poll (moving it out would copy it on every
+    /// hit), and kept until the future is dropped.
+    request: Request<'a>,
+    state: State,
+}
+
+/// Where a [`TokenFuture`] is.
+enum State {
+    /// Not polled yet.
+    New,
     /// The miss path, once started.
-    running: Option<BoxFuture<'static, AcquisitionResult>>,
+    Running(BoxFuture<'static, AcquisitionResult>),
+    /// Completed.
+    Done,
 }
 
 enum Request<'a> {
@@ -44,8 +54,8 @@ impl<'a> From<Request<'a>> for TokenFuture<'a> {
     #[inline]
     fn from(request: Request<'a>) -> Self {
         TokenFuture {
-            request: Some(request),
-            running: None,
+            request,
+            state: State::New,
         }
     }
 }
@@ -87,33 +97,41 @@ impl Future for TokenFuture<'_> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(running) = &mut this.running {
-            let poll = running.as_mut().poll(cx);
-            if poll.is_ready() {
-                this.running = None;
+        match &mut this.state {
+            State::New => {}
+            State::Running(running) => {
+                let poll = running.as_mut().poll(cx);
+                if poll.is_ready() {
+                    this.state = State::Done;
+                }
+                return poll;
             }
-            return poll;
-        }
-        let started = match this.request.take() {
-            Some(Request::ForClient(request)) => request.start(),
-            Some(Request::OnBehalfOf(request)) => request.start(),
-            Some(Request::Silent(request)) => request.start(),
-            Some(Request::LongRunning(request)) => request.start(),
-            Some(Request::ManagedIdentity(request)) => request.start(),
-            None => {
+            State::Done => {
                 return Poll::Ready(Err(Error::configuration(
                     "a token request was polled after it completed",
                 )
                 .into()));
             }
+        }
+        let started = match &mut this.request {
+            Request::ForClient(request) => request.start(),
+            Request::OnBehalfOf(request) => request.start(),
+            Request::Silent(request) => request.start(),
+            Request::LongRunning(request) => request.start(),
+            Request::ManagedIdentity(request) => request.start(),
         };
         match started {
-            Acquire::Ready(result) => Poll::Ready(result),
+            Acquire::Ready(result) => {
+                this.state = State::Done;
+                Poll::Ready(result)
+            }
             Acquire::Pending(mut running) => {
                 let poll = running.as_mut().poll(cx);
-                if poll.is_pending() {
-                    this.running = Some(running);
-                }
+                this.state = if poll.is_pending() {
+                    State::Running(running)
+                } else {
+                    State::Done
+                };
                 poll
             }
         }

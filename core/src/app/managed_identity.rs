@@ -205,7 +205,7 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
     }
 
     /// The request handed to the engine: a hit answers here, synchronously.
-    pub(crate) fn start(self) -> Acquire {
+    pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
         let resource = self.resource.trim();
         let resource = resource.strip_suffix("/.default").unwrap_or(resource);
@@ -236,7 +236,7 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             self.force_refresh,
             scopes.is_borrowed(),
             self.min_remaining_lifetime,
-            self.controls,
+            self.controls.take(),
             || {
                 Job::new(
                     &partition,

@@ -177,8 +177,7 @@ impl OneShot {
         outcome: Result<(PartitionKey, Arc<AccessToken>, FetchStats)>,
     ) -> AcquisitionResult {
         match outcome {
-            Ok((partition, token, stats)) => Ok(attach_user(
-                engine,
+            Ok((partition, token, stats)) => Ok(engine.attach_user(
                 &partition,
                 AuthenticationResult::new(token, self.metadata(stats)),
             )),
@@ -187,50 +186,6 @@ impl OneShot {
                 self.metadata(self.idp.spent.get()),
             )),
         }
-    }
-}
-
-/// The user a user-flow result is for, from the partition it was served from: its account
-/// (the token's, or the partition's one user for on-behalf-of) and that account's ID token
-/// (the token's tenant first, then the newest). Arc clones only: a hit stays allocation-free.
-pub(crate) fn attach_user(
-    engine: &Engine,
-    partition: &PartitionKey,
-    result: AuthenticationResult,
-) -> AuthenticationResult {
-    let Some(snapshot) = engine.cache.get(partition) else {
-        return result;
-    };
-    let token = result.cache_entry();
-    let home = token.home_account_id.as_deref();
-    let Some(account) = snapshot
-        .accounts()
-        .find(|a| home.is_none_or(|h| a.home_account_id == h))
-        .cloned()
-    else {
-        return result;
-    };
-    let id_token = snapshot
-        .id_tokens()
-        .filter(|t| t.home_account_id == account.home_account_id)
-        .max_by_key(|t| (t.realm == token.realm, t.cached_at))
-        .cloned();
-    result.with_user(Some(account), id_token)
-}
-
-/// [`attach_user`] on what the engine answers: at once for a hit, after the miss path.
-fn with_user(engine: &Arc<Engine>, partition: &PartitionKey, acquire: Acquire) -> Acquire {
-    match acquire {
-        Acquire::Ready(Ok(result)) => Acquire::Ready(Ok(attach_user(engine, partition, result))),
-        Acquire::Pending(running) => {
-            let (engine, partition) = (Arc::clone(engine), partition.clone());
-            Acquire::Pending(Box::pin(async move {
-                running
-                    .await
-                    .map(|result| attach_user(&engine, &partition, result))
-            }))
-        }
-        failed => failed,
     }
 }
 
@@ -316,7 +271,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
     }
 
     /// The request handed to the engine: a hit answers here, synchronously.
-    pub(crate) fn start(self) -> Acquire {
+    pub(crate) fn start(&mut self) -> Acquire {
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
         }
@@ -348,7 +303,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             key_id: None,
             scopes: &self.scopes,
         };
-        let acquire = core.engine.acquire_with(
+        core.engine.acquire_with(
             &partition,
             &query,
             MetricFlow::OnBehalfOf,
@@ -356,7 +311,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             // The thread's copy is named by partition and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
             self.min_remaining_lifetime,
-            self.controls,
+            self.controls.take(),
             || {
                 Job::new(
                     &partition,
@@ -372,8 +327,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
                     }),
                 )
             },
-        );
-        with_user(&core.engine, &partition, acquire)
+        )
     }
 }
 
@@ -529,7 +483,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
     }
 
     /// The request handed to the engine.
-    pub(crate) fn start(self) -> Acquire {
+    pub(crate) fn start(&mut self) -> Acquire {
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
         }
@@ -569,7 +523,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             key_id: None,
             scopes: &self.scopes,
         };
-        let acquire = core.engine.acquire_with(
+        core.engine.acquire_with(
             &partition,
             &query,
             MetricFlow::LongRunning,
@@ -577,7 +531,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             // The thread's copy is named by partition and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
             self.min_remaining_lifetime,
-            self.controls,
+            self.controls.take(),
             || {
                 Job::new(
                     &partition,
@@ -592,8 +546,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
                     }),
                 )
             },
-        );
-        with_user(&core.engine, &partition, acquire)
+        )
     }
 
     /// Run the request.
@@ -687,7 +640,7 @@ impl<'a> AcquireTokenSilent<'a> {
     }
 
     /// The request handed to the engine: a hit answers here, synchronously.
-    pub(crate) fn start(self) -> Acquire {
+    pub(crate) fn start(&mut self) -> Acquire {
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
         }
@@ -712,7 +665,7 @@ impl<'a> AcquireTokenSilent<'a> {
             key_id: None,
             scopes: &self.scopes,
         };
-        let acquire = core.engine.acquire_with(
+        core.engine.acquire_with(
             &partition,
             &query,
             MetricFlow::Silent,
@@ -720,7 +673,7 @@ impl<'a> AcquireTokenSilent<'a> {
             // The thread's copy is named by partition and scopes: the account's tenant only.
             self.scopes.is_borrowed() && overridden.is_none(),
             self.min_remaining_lifetime,
-            self.controls,
+            self.controls.take(),
             || {
                 Job::new(
                     &partition,
@@ -735,8 +688,7 @@ impl<'a> AcquireTokenSilent<'a> {
                     }),
                 )
             },
-        );
-        with_user(&core.engine, &partition, acquire)
+        )
     }
 }
 
