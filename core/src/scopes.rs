@@ -392,7 +392,7 @@ impl<'a, S: AsRef<str>, const N: usize> IntoScopeSet<'a> for [S; N] {
     fn into_scope_set(self) -> ScopeSet {
         ScopeSet::new(self)
     }
-    #[inline]
+    #[inline(always)]
     fn into_scopes(self, table: &'a ScopeTable) -> Scopes<'a> {
         match self.as_slice() {
             [only] => table.get_one(only.as_ref()),

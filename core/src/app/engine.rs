@@ -334,12 +334,7 @@ impl Engine {
         });
         let mut front = None;
         if let Some(key) = hot.filter(|_| !force) {
-            let clock = if self.system_clock {
-                Deadline::CoarseMillis(hot::coarse_millis())
-            } else {
-                Deadline::UnixSeconds(self.now())
-            };
-            if let Some(result) = hot::get(self.id, &key, clock, flow, TokenCache::generation) {
+            if let Some(result) = self.hot_hit(key, flow) {
                 return Acquire::ready(result);
             }
             let stripe = TokenCache::stripe_of(partition);
@@ -482,6 +477,23 @@ impl Engine {
             )
             .boxed(),
         )
+    }
+
+    /// This thread's copy of the token for `key`, if it is fresh and still L1's: what every
+    /// request without options tries first (facades call it before building their query, and
+    /// [`acquire_with`](Self::acquire_with) for the rest).
+    #[inline(always)]
+    pub(crate) fn hot_hit(
+        &self,
+        key: HotKey<'_>,
+        flow: MetricFlow,
+    ) -> Option<AuthenticationResult> {
+        let clock = if self.system_clock {
+            Deadline::CoarseMillis(hot::coarse_millis())
+        } else {
+            Deadline::UnixSeconds(self.now())
+        };
+        hot::get(self.id, &key, clock, flow, TokenCache::generation)
     }
 
     /// `result` naming its user when `flow`'s results do (a hit on the thread's copy of the
@@ -1262,7 +1274,7 @@ pub(crate) enum Acquire {
 
 impl Acquire {
     #[inline]
-    fn ready(result: AuthenticationResult) -> Self {
+    pub(crate) fn ready(result: AuthenticationResult) -> Self {
         Acquire::Ready(Ok(result))
     }
 

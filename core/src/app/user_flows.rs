@@ -19,7 +19,7 @@ use super::flows::client::ClientIdentity;
 use super::flows::on_behalf_of::{LongRunningOnBehalfOf, OnBehalfOf};
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
-use super::hot::{self, KeySource};
+use super::hot::{self, HotKey, KeySource};
 use super::idp::{FetchStats, Idp};
 use super::settings::{one_shot_controls, request_controls};
 use crate::authority::Authority;
@@ -280,11 +280,6 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         }
         let core = self.core;
         let identity = &core.identity;
-        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
-            Ok(overridden) => overridden,
-            Err(error) => return Acquire::failed(error),
-        };
-        let authority = overridden.as_ref().unwrap_or(&identity.authority);
         let partition = hot::partition_key(
             core.engine.id(),
             KeySource::Assertion,
@@ -292,6 +287,27 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             identity.authority.realm(),
             || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
         );
+        // The plain request: this thread's copy of the token first.
+        if let Scopes::Borrowed(scopes) = self.scopes
+            && self.tenant.is_none()
+            && self.controls.is_none()
+            && !self.force_refresh
+            && self.min_remaining_lifetime.is_zero()
+            && let Some(result) = core.engine.hot_hit(
+                HotKey {
+                    partition: &partition,
+                    scopes,
+                },
+                MetricFlow::OnBehalfOf,
+            )
+        {
+            return Acquire::ready(result);
+        }
+        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+            Ok(overridden) => overridden,
+            Err(error) => return Acquire::failed(error),
+        };
+        let authority = overridden.as_ref().unwrap_or(&identity.authority);
         // The partition is the user's (one assertion, one user), so its access tokens are
         // found without knowing the user first: no account id in the query, the authority's
         // tenant as realm. A node that has not seen the user yet can then hit L2.
@@ -646,17 +662,33 @@ impl<'a> AcquireTokenSilent<'a> {
         }
         let core = self.core;
         let identity = &core.identity;
-        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
-            Ok(overridden) => overridden,
-            Err(error) => return Acquire::failed(error),
-        };
-        let authority = overridden.as_ref().unwrap_or(&identity.authority);
         let home = self.account.home_account_id.as_str();
         let realm = self.account.realm.as_str();
         let partition =
             hot::partition_key(core.engine.id(), KeySource::Account, home, realm, || {
                 PartitionKey::for_user(&identity.client_id, home)
             });
+        // The plain request: this thread's copy of the token first.
+        if let Scopes::Borrowed(scopes) = self.scopes
+            && self.tenant.is_none()
+            && self.controls.is_none()
+            && !self.force_refresh
+            && self.min_remaining_lifetime.is_zero()
+            && let Some(result) = core.engine.hot_hit(
+                HotKey {
+                    partition: &partition,
+                    scopes,
+                },
+                MetricFlow::Silent,
+            )
+        {
+            return Acquire::ready(result);
+        }
+        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+            Ok(overridden) => overridden,
+            Err(error) => return Acquire::failed(error),
+        };
+        let authority = overridden.as_ref().unwrap_or(&identity.authority);
         let query = AccessTokenQuery {
             home_account_id: Some(home),
             environment: identity.authority.environment(),
