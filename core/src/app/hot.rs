@@ -361,3 +361,48 @@ pub(crate) fn partition_key(
     });
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// The coarse clock follows the monotonic one within its lag allowance: after 50 ms on
+    /// `Instant`, it has advanced by 50 ms give or take [`COARSE_LAG_MILLIS`].
+    #[test]
+    fn the_coarse_clock_keeps_up_with_the_monotonic_clock() {
+        let (coarse_start, start) = (coarse_millis(), Instant::now());
+        let deadline = start + Duration::from_secs(5);
+        // Poll the clocks (no sleep): until 50 ms have passed on the precise one.
+        while start.elapsed() < Duration::from_millis(50) {
+            assert!(Instant::now() < deadline, "the monotonic clock stalled");
+            std::hint::spin_loop();
+        }
+        let coarse_elapsed = coarse_millis() - coarse_start;
+        let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap();
+        assert!(
+            coarse_elapsed + COARSE_LAG_MILLIS >= elapsed,
+            "coarse {coarse_elapsed} ms behind precise {elapsed} ms by more than the allowance"
+        );
+        assert!(
+            coarse_elapsed <= elapsed + COARSE_LAG_MILLIS,
+            "coarse {coarse_elapsed} ms ahead of precise {elapsed} ms"
+        );
+        // Never backwards.
+        let mut last = coarse_millis();
+        for _ in 0..10_000 {
+            let now = coarse_millis();
+            assert!(now >= last);
+            last = now;
+        }
+    }
+
+    #[test]
+    fn deadlines_compare_only_on_one_clock() {
+        let until = Deadline::CoarseMillis(1_000);
+        assert!(until.is_after(Deadline::CoarseMillis(999)));
+        assert!(!until.is_after(Deadline::CoarseMillis(1_000)));
+        assert!(!until.is_after(Deadline::UnixSeconds(0)));
+        assert!(!Deadline::UnixSeconds(10).is_after(Deadline::CoarseMillis(0)));
+    }
+}
