@@ -1,0 +1,238 @@
+//! The access-token index of a partition: identities, lookups, and a hash table that
+//! hashes and compares through the entries themselves.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::cache::model::AccessToken;
+use crate::scopes::ScopeSet;
+
+/// What identifies an access token inside a partition (everything but the scopes' order/case,
+/// and the token type's case).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AccessTokenKey {
+    home_account_id: Option<Box<str>>,
+    environment: Box<str>,
+    realm: Box<str>,
+    token_type: Box<str>,
+    key_id: Option<Box<str>>,
+    scopes: Box<str>,
+}
+
+/// The same identity as the partition's index and the entry id: the token type compares
+/// case-insensitively (it is not hashed), so maps keyed by `AccessTokenKey` (removals, the
+/// MSAL import's duplicates) agree with the index on which tokens are one.
+impl PartialEq for AccessTokenKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.home_account_id == other.home_account_id
+            && self.environment == other.environment
+            && self.realm == other.realm
+            && self.token_type.eq_ignore_ascii_case(&other.token_type)
+            && self.key_id == other.key_id
+            && self.scopes == other.scopes
+    }
+}
+
+impl Eq for AccessTokenKey {}
+
+/// A borrowed lookup for an access token: what a request asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct AccessTokenQuery<'a> {
+    /// `uid.utid` for user tokens, `None` for application tokens.
+    pub home_account_id: Option<&'a str>,
+    /// Authority host.
+    pub environment: &'a str,
+    /// Tenant.
+    pub realm: &'a str,
+    /// Token type, compared case-insensitively (`Bearer`).
+    pub token_type: &'a str,
+    /// Proof-of-possession key id.
+    pub key_id: Option<&'a str>,
+    /// Requested scopes.
+    pub scopes: &'a ScopeSet,
+}
+
+/// The hash covers only what varies within a partition (realm, scopes, account); environment,
+/// token type and key id are compared when a probe finds a candidate but not hashed, which
+/// keeps the hash short and case-insensitive token types free.
+pub(super) fn hash_key_fields<H: Hasher>(
+    state: &mut H,
+    home_account_id: Option<&str>,
+    realm: &str,
+    scopes: &str,
+) {
+    home_account_id.hash(state);
+    realm.hash(state);
+    scopes.hash(state);
+}
+
+impl Hash for AccessTokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_key_fields(
+            state,
+            self.home_account_id.as_deref(),
+            &self.realm,
+            &self.scopes,
+        )
+    }
+}
+
+impl AccessTokenQuery<'_> {
+    /// Everything but the scopes matches `entry`.
+    pub(super) fn matches_identity(&self, entry: &AccessToken) -> bool {
+        self.home_account_id == entry.home_account_id.as_deref()
+            && self.environment == entry.environment
+            && self.realm == entry.realm
+            && self.token_type.eq_ignore_ascii_case(&entry.token_type)
+            && self.key_id == entry.key_id.as_deref()
+    }
+}
+
+impl AccessTokenKey {
+    pub(crate) fn of(entry: &AccessToken) -> Self {
+        AccessTokenKey {
+            home_account_id: entry.home_account_id.as_deref().map(Into::into),
+            environment: entry.environment.as_str().into(),
+            realm: entry.realm.as_str().into(),
+            token_type: entry.token_type.as_str().into(),
+            key_id: entry.key_id.as_deref().map(Into::into),
+            scopes: entry.target.normalized().into(),
+        }
+    }
+}
+
+impl AccessTokenKey {
+    /// Feed the identity's parts, in a fixed order, to `sink` (entry ids). Absent optional
+    /// parts feed a marker no real value has; the token type is lowercased (compared
+    /// case-insensitively).
+    pub(crate) fn feed(&self, sink: &mut impl FnMut(&str)) {
+        sink(self.home_account_id.as_deref().unwrap_or("\u{1}none"));
+        sink(&self.environment);
+        sink(&self.realm);
+        sink(&self.token_type.to_ascii_lowercase());
+        sink(self.key_id.as_deref().unwrap_or("\u{1}none"));
+        sink(&self.scopes);
+    }
+
+    /// `entry` has this identity.
+    pub(super) fn matches(&self, entry: &AccessToken) -> bool {
+        self.home_account_id.as_deref() == entry.home_account_id.as_deref()
+            && *self.environment == *entry.environment
+            && *self.realm == *entry.realm
+            && self.token_type.eq_ignore_ascii_case(&entry.token_type)
+            && self.key_id.as_deref() == entry.key_id.as_deref()
+            && *self.scopes == *entry.target.normalized()
+    }
+}
+
+/// Access tokens by identity, hashed and compared through the entries themselves: the index
+/// holds no copy of their strings (a million tokens would otherwise carry a million keys).
+#[derive(Clone, Default)]
+pub(super) struct AccessTokenIndex {
+    pub(super) table: hashbrown::HashTable<Arc<AccessToken>>,
+    pub(super) hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl AccessTokenIndex {
+    pub(super) fn hash_of(
+        hasher: &hashbrown::DefaultHashBuilder,
+        home_account_id: Option<&str>,
+        realm: &str,
+        scopes: &str,
+    ) -> u64 {
+        use std::hash::BuildHasher;
+        let mut state = hasher.build_hasher();
+        hash_key_fields(&mut state, home_account_id, realm, scopes);
+        state.finish()
+    }
+
+    pub(super) fn hash_entry(hasher: &hashbrown::DefaultHashBuilder, entry: &AccessToken) -> u64 {
+        Self::hash_of(
+            hasher,
+            entry.home_account_id.as_deref(),
+            &entry.realm,
+            entry.target.normalized(),
+        )
+    }
+
+    pub(super) fn same_identity(a: &AccessToken, b: &AccessToken) -> bool {
+        a.home_account_id == b.home_account_id
+            && a.environment == b.environment
+            && a.realm == b.realm
+            && a.token_type.eq_ignore_ascii_case(&b.token_type)
+            && a.key_id == b.key_id
+            && a.target.normalized() == b.target.normalized()
+    }
+
+    #[inline]
+    pub(super) fn find(&self, query: &AccessTokenQuery<'_>) -> Option<&Arc<AccessToken>> {
+        let hash = Self::hash_of(
+            &self.hasher,
+            query.home_account_id,
+            query.realm,
+            query.scopes.normalized(),
+        );
+        self.table.find(hash, |t| {
+            t.target.normalized() == query.scopes.normalized() && query.matches_identity(t)
+        })
+    }
+
+    pub(super) fn get_key(&self, key: &AccessTokenKey) -> Option<&Arc<AccessToken>> {
+        let hash = Self::hash_of(
+            &self.hasher,
+            key.home_account_id.as_deref(),
+            &key.realm,
+            &key.scopes,
+        );
+        self.table.find(hash, |t| key.matches(t))
+    }
+
+    pub(super) fn get_same(&self, entry: &AccessToken) -> Option<&Arc<AccessToken>> {
+        let hash = Self::hash_entry(&self.hasher, entry);
+        self.table.find(hash, |t| Self::same_identity(t, entry))
+    }
+
+    /// Insert, returning the entry it replaced.
+    pub(super) fn insert(&mut self, token: Arc<AccessToken>) -> Option<Arc<AccessToken>> {
+        let hasher = &self.hasher;
+        let hash = Self::hash_entry(hasher, &token);
+        match self.table.entry(
+            hash,
+            |t| Self::same_identity(t, &token),
+            |t| Self::hash_entry(hasher, t),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                Some(std::mem::replace(slot.get_mut(), token))
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(token);
+                None
+            }
+        }
+    }
+
+    pub(super) fn remove_key(&mut self, key: &AccessTokenKey) -> Option<Arc<AccessToken>> {
+        let hash = Self::hash_of(
+            &self.hasher,
+            key.home_account_id.as_deref(),
+            &key.realm,
+            &key.scopes,
+        );
+        match self.table.find_entry(hash, |t| key.matches(t)) {
+            Ok(slot) => Some(slot.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Arc<AccessToken>> {
+        self.table.iter()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
