@@ -11,6 +11,7 @@ use rand::Rng;
 
 use serde::{Deserialize, Serialize};
 
+use crate::intern::SharedStr;
 use crate::scopes::ScopeSet;
 
 /// A token or secret string whose `Debug` never shows the value. Cloning is cheap.
@@ -59,6 +60,82 @@ impl<'de> Deserialize<'de> for ScopeSet {
     }
 }
 
+/// Fields of an entry this version does not know (name, raw JSON value). Almost every token
+/// has none, so until the first one it costs one pointer, not an empty `Vec`. Reads as a slice;
+/// serializes, compares and prints like the `Vec` it replaces.
+#[derive(Clone, Default)]
+pub struct ExtraFields(Option<Box<Vec<(String, String)>>>);
+
+impl ExtraFields {
+    /// No fields.
+    pub fn new() -> Self {
+        ExtraFields(None)
+    }
+
+    /// Add a field.
+    pub fn push(&mut self, field: (String, String)) {
+        self.0.get_or_insert_with(Box::default).push(field);
+    }
+
+    /// The fields, in order.
+    pub fn as_slice(&self) -> &[(String, String)] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::Deref for ExtraFields {
+    type Target = [(String, String)];
+    fn deref(&self) -> &Self::Target {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<(String, String)>> for ExtraFields {
+    fn from(fields: Vec<(String, String)>) -> Self {
+        ExtraFields((!fields.is_empty()).then(|| Box::new(fields)))
+    }
+}
+
+impl FromIterator<(String, String)> for ExtraFields {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(fields: I) -> Self {
+        ExtraFields::from(fields.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl<'a> IntoIterator for &'a ExtraFields {
+    type Item = &'a (String, String);
+    type IntoIter = std::slice::Iter<'a, (String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+impl PartialEq for ExtraFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for ExtraFields {}
+
+impl fmt::Debug for ExtraFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
+
+impl Serialize for ExtraFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExtraFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<(String, String)>::deserialize(deserializer).map(ExtraFields::from)
+    }
+}
+
 /// MSAL `credential_type` of an access token.
 pub const CREDENTIAL_TYPE_ACCESS_TOKEN: &str = "AccessToken";
 
@@ -68,16 +145,17 @@ pub const CREDENTIAL_TYPE_ACCESS_TOKEN: &str = "AccessToken";
 pub struct AccessToken {
     /// `uid.utid` of the user; `None` for application tokens.
     pub home_account_id: Option<String>,
-    /// Host of the authority the token came from (`login.microsoftonline.com`).
-    pub environment: String,
-    /// Client (application) id the token was issued to.
-    pub client_id: String,
+    /// Host of the authority the token came from (`login.microsoftonline.com`); shared by
+    /// every token that names it.
+    pub environment: SharedStr,
+    /// Client (application) id the token was issued to; shared like `environment`.
+    pub client_id: SharedStr,
     /// Tenant id.
     pub realm: String,
-    /// Granted scopes (MSAL's `target`).
+    /// Granted scopes (MSAL's `target`); equal sets are shared (see [`ScopeSet`]).
     pub target: ScopeSet,
-    /// `Bearer`, `pop` …
-    pub token_type: String,
+    /// `Bearer`, `pop` …; shared like `environment`.
+    pub token_type: SharedStr,
     /// The access token.
     pub secret: TokenSecret,
     /// When it was cached.
@@ -89,10 +167,10 @@ pub struct AccessToken {
     /// When to renew it proactively, if the identity provider or the lifetime calls for it.
     pub refresh_on: Option<u64>,
     /// Key id for proof-of-possession tokens.
-    pub key_id: Option<String>,
+    pub key_id: Option<SharedStr>,
     /// Fields this version does not know (name, raw JSON value), kept so an MSAL cache
     /// survives an import/export round trip.
-    pub extra: Vec<(String, String)>,
+    pub extra: ExtraFields,
     /// This process's proactive-refresh state for the entry (never stored or compared).
     #[serde(skip)]
     pub refresh_gate: RefreshGate,
@@ -193,11 +271,11 @@ impl AccessToken {
     /// A new entry; optional fields start empty.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        environment: impl Into<String>,
-        client_id: impl Into<String>,
+        environment: impl Into<SharedStr>,
+        client_id: impl Into<SharedStr>,
         realm: impl Into<String>,
         target: ScopeSet,
-        token_type: impl Into<String>,
+        token_type: impl Into<SharedStr>,
         secret: TokenSecret,
         cached_at: u64,
         expires_on: u64,
@@ -215,7 +293,7 @@ impl AccessToken {
             extended_expires_on: expires_on,
             refresh_on: None,
             key_id: None,
-            extra: Vec::new(),
+            extra: ExtraFields::new(),
             refresh_gate: RefreshGate::new(),
         }
     }
@@ -254,7 +332,7 @@ impl AccessToken {
             .saturating_add(self.target.normalized().len().saturating_mul(2))
             .saturating_add(self.token_type.len())
             .saturating_add(self.secret.len())
-            .saturating_add(self.key_id.as_ref().map_or(0, String::len))
+            .saturating_add(self.key_id.as_ref().map_or(0, |k| k.len()))
             .saturating_add(64)
     }
 }

@@ -28,7 +28,7 @@ impl MsalCacheFormat {
                 let (key, value) = self.access_token_to_json(token)?;
                 doc.section_mut(SECTION_ACCESS_TOKEN).insert(key, value);
                 let environment = self.to_msal_environment(&token.environment).to_owned();
-                app_metadata.push((environment, token.client_id.clone()));
+                app_metadata.push((environment, token.client_id.to_string()));
             }
             for rt in partition.refresh_tokens() {
                 let key = original_key(&rt.extra, self.refresh_token_key(rt));

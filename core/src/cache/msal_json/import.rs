@@ -1,6 +1,7 @@
 //! Import: MSAL cache JSON into partitions, raw sections and skipped entries.
 
 use super::*;
+use crate::intern::SharedStr;
 
 impl MsalCacheFormat {
     /// Import an MSAL cache document.
@@ -340,7 +341,7 @@ impl MsalCacheFormat {
             .map(str::to_owned);
         token.extended_expires_on = timestamp("extended_expires_on")?.unwrap_or(expires_on);
         token.refresh_on = timestamp("refresh_on")?;
-        token.key_id = string("key_id")?.map(str::to_owned);
+        token.key_id = string("key_id")?.map(SharedStr::from);
         token.extra = fields
             .iter()
             .filter(|(name, _)| !MODELLED_FIELDS.contains(&name.as_str()))
@@ -390,7 +391,7 @@ fn client_of(partition: &Partition) -> Option<String> {
         .refresh_tokens()
         .map(|t| t.client_id.clone())
         .chain(partition.id_tokens().map(|t| t.client_id.clone()))
-        .chain(partition.access_tokens().map(|t| t.client_id.clone()))
+        .chain(partition.access_tokens().map(|t| t.client_id.to_string()))
         .next()
 }
 

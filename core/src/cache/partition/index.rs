@@ -127,78 +127,59 @@ impl AccessTokenKey {
 
 /// Access tokens by identity, hashed and compared through the entries themselves: the index
 /// holds no copy of their strings (a million tokens would otherwise carry a million keys).
+///
+/// A partition of one token (an application's partition per tenant) holds it without a table:
+/// no allocation and no hashing; the table (boxed, so a small partition stays small) comes
+/// with the second token.
 #[derive(Clone, Default)]
-pub(super) struct AccessTokenIndex {
-    pub(super) table: hashbrown::HashTable<Arc<AccessToken>>,
-    pub(super) hasher: hashbrown::DefaultHashBuilder,
+pub(super) enum AccessTokenIndex {
+    /// No access token.
+    #[default]
+    Empty,
+    /// One access token.
+    One(Arc<AccessToken>),
+    /// Two or more.
+    Many(Box<Table>),
 }
 
-impl AccessTokenIndex {
-    pub(super) fn hash_of(
-        hasher: &hashbrown::DefaultHashBuilder,
-        home_account_id: Option<&str>,
-        realm: &str,
-        scopes: &str,
-    ) -> u64 {
+/// The hash table of a partition with two or more access tokens.
+#[derive(Clone, Default)]
+pub(super) struct Table {
+    table: hashbrown::HashTable<Arc<AccessToken>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Table {
+    fn hash_of(&self, home_account_id: Option<&str>, realm: &str, scopes: &str) -> u64 {
         use std::hash::BuildHasher;
-        let mut state = hasher.build_hasher();
+        let mut state = self.hasher.build_hasher();
         hash_key_fields(&mut state, home_account_id, realm, scopes);
         state.finish()
     }
 
-    pub(super) fn hash_entry(hasher: &hashbrown::DefaultHashBuilder, entry: &AccessToken) -> u64 {
-        Self::hash_of(
-            hasher,
+    fn hash_entry(hasher: &hashbrown::DefaultHashBuilder, entry: &AccessToken) -> u64 {
+        use std::hash::BuildHasher;
+        let mut state = hasher.build_hasher();
+        hash_key_fields(
+            &mut state,
             entry.home_account_id.as_deref(),
             &entry.realm,
             entry.target.normalized(),
-        )
-    }
-
-    pub(super) fn same_identity(a: &AccessToken, b: &AccessToken) -> bool {
-        a.home_account_id == b.home_account_id
-            && a.environment == b.environment
-            && a.realm == b.realm
-            && a.token_type.eq_ignore_ascii_case(&b.token_type)
-            && a.key_id == b.key_id
-            && a.target.normalized() == b.target.normalized()
-    }
-
-    #[inline]
-    pub(super) fn find(&self, query: &AccessTokenQuery<'_>) -> Option<&Arc<AccessToken>> {
-        let hash = Self::hash_of(
-            &self.hasher,
-            query.home_account_id,
-            query.realm,
-            query.scopes.normalized(),
         );
-        self.table.find(hash, |t| {
-            t.target.normalized() == query.scopes.normalized() && query.matches_identity(t)
-        })
+        state.finish()
     }
 
-    pub(super) fn get_key(&self, key: &AccessTokenKey) -> Option<&Arc<AccessToken>> {
-        let hash = Self::hash_of(
-            &self.hasher,
-            key.home_account_id.as_deref(),
-            &key.realm,
-            &key.scopes,
-        );
-        self.table.find(hash, |t| key.matches(t))
-    }
-
-    pub(super) fn get_same(&self, entry: &AccessToken) -> Option<&Arc<AccessToken>> {
-        let hash = Self::hash_entry(&self.hasher, entry);
-        self.table.find(hash, |t| Self::same_identity(t, entry))
+    fn key_hash(&self, key: &AccessTokenKey) -> u64 {
+        self.hash_of(key.home_account_id.as_deref(), &key.realm, &key.scopes)
     }
 
     /// Insert, returning the entry it replaced.
-    pub(super) fn insert(&mut self, token: Arc<AccessToken>) -> Option<Arc<AccessToken>> {
+    fn insert(&mut self, token: Arc<AccessToken>) -> Option<Arc<AccessToken>> {
         let hasher = &self.hasher;
         let hash = Self::hash_entry(hasher, &token);
         match self.table.entry(
             hash,
-            |t| Self::same_identity(t, &token),
+            |t| same_identity(t, &token),
             |t| Self::hash_entry(hasher, t),
         ) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
@@ -210,29 +191,118 @@ impl AccessTokenIndex {
             }
         }
     }
+}
+
+/// `a` and `b` are the same token identity (one replaces the other).
+fn same_identity(a: &AccessToken, b: &AccessToken) -> bool {
+    a.home_account_id == b.home_account_id
+        && a.environment == b.environment
+        && a.realm == b.realm
+        && a.token_type.eq_ignore_ascii_case(&b.token_type)
+        && a.key_id == b.key_id
+        && a.target.normalized() == b.target.normalized()
+}
+
+impl AccessTokenIndex {
+    /// The token of exactly the query's scopes.
+    #[inline]
+    pub(super) fn find(&self, query: &AccessTokenQuery<'_>) -> Option<&Arc<AccessToken>> {
+        let matches = |t: &AccessToken| {
+            t.target.normalized() == query.scopes.normalized() && query.matches_identity(t)
+        };
+        match self {
+            AccessTokenIndex::Empty => None,
+            AccessTokenIndex::One(token) => matches(token).then_some(token),
+            AccessTokenIndex::Many(table) => {
+                let hash = table.hash_of(
+                    query.home_account_id,
+                    query.realm,
+                    query.scopes.normalized(),
+                );
+                table.table.find(hash, |t| matches(t))
+            }
+        }
+    }
+
+    pub(super) fn get_key(&self, key: &AccessTokenKey) -> Option<&Arc<AccessToken>> {
+        match self {
+            AccessTokenIndex::Empty => None,
+            AccessTokenIndex::One(token) => key.matches(token).then_some(token),
+            AccessTokenIndex::Many(table) => {
+                table.table.find(table.key_hash(key), |t| key.matches(t))
+            }
+        }
+    }
+
+    pub(super) fn get_same(&self, entry: &AccessToken) -> Option<&Arc<AccessToken>> {
+        match self {
+            AccessTokenIndex::Empty => None,
+            AccessTokenIndex::One(token) => same_identity(token, entry).then_some(token),
+            AccessTokenIndex::Many(table) => {
+                let hash = Table::hash_entry(&table.hasher, entry);
+                table.table.find(hash, |t| same_identity(t, entry))
+            }
+        }
+    }
+
+    /// Insert, returning the entry it replaced.
+    pub(super) fn insert(&mut self, token: Arc<AccessToken>) -> Option<Arc<AccessToken>> {
+        match self {
+            AccessTokenIndex::Empty => {
+                *self = AccessTokenIndex::One(token);
+                None
+            }
+            AccessTokenIndex::One(one) if same_identity(one, &token) => {
+                Some(std::mem::replace(one, token))
+            }
+            AccessTokenIndex::One(one) => {
+                let first = Arc::clone(one);
+                let mut table = Box::<Table>::default();
+                table.insert(first);
+                table.insert(token);
+                *self = AccessTokenIndex::Many(table);
+                None
+            }
+            AccessTokenIndex::Many(table) => table.insert(token),
+        }
+    }
 
     pub(super) fn remove_key(&mut self, key: &AccessTokenKey) -> Option<Arc<AccessToken>> {
-        let hash = Self::hash_of(
-            &self.hasher,
-            key.home_account_id.as_deref(),
-            &key.realm,
-            &key.scopes,
-        );
-        match self.table.find_entry(hash, |t| key.matches(t)) {
-            Ok(slot) => Some(slot.remove().0),
-            Err(_) => None,
+        match self {
+            AccessTokenIndex::Empty => None,
+            AccessTokenIndex::One(token) if key.matches(token) => match std::mem::take(self) {
+                AccessTokenIndex::One(token) => Some(token),
+                _ => None,
+            },
+            AccessTokenIndex::One(_) => None,
+            AccessTokenIndex::Many(table) => {
+                let hash = table.key_hash(key);
+                match table.table.find_entry(hash, |t| key.matches(t)) {
+                    Ok(slot) => Some(slot.remove().0),
+                    Err(_) => None,
+                }
+            }
         }
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &Arc<AccessToken>> {
-        self.table.iter()
+        let (one, many) = match self {
+            AccessTokenIndex::Empty => (None, None),
+            AccessTokenIndex::One(token) => (Some(token), None),
+            AccessTokenIndex::Many(table) => (None, Some(table.table.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 
     pub(super) fn len(&self) -> usize {
-        self.table.len()
+        match self {
+            AccessTokenIndex::Empty => 0,
+            AccessTokenIndex::One(_) => 1,
+            AccessTokenIndex::Many(table) => table.table.len(),
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len() == 0
     }
 }
