@@ -213,7 +213,7 @@ pub(crate) fn attach_user(
     let id_token = snapshot
         .id_tokens()
         .filter(|t| t.home_account_id == account.home_account_id)
-        .max_by_key(|t| (t.realm == token.realm, t.cached_at))
+        .max_by_key(|t| (*t.realm == *token.realm, t.cached_at))
         .cloned();
     result.with_user(Some(account), id_token)
 }

@@ -161,7 +161,7 @@ impl MsalCacheFormat {
         );
         entry.insert("client_id".into(), Value::from(token.client_id.as_str()));
         entry.insert("target".into(), Value::from(self.export_target(token)));
-        entry.insert("realm".into(), Value::from(token.realm.as_str()));
+        entry.insert("realm".into(), Value::from(&*token.realm));
         entry.insert("token_type".into(), Value::from(token.token_type.as_str()));
         entry.insert("cached_at".into(), Value::from(token.cached_at.to_string()));
         entry.insert(

@@ -338,7 +338,7 @@ impl MsalCacheFormat {
         );
         token.home_account_id = string("home_account_id")?
             .filter(|h| !h.is_empty())
-            .map(str::to_owned);
+            .map(Into::into);
         token.extended_expires_on = timestamp("extended_expires_on")?.unwrap_or(expires_on);
         token.refresh_on = timestamp("refresh_on")?;
         token.key_id = string("key_id")?.map(SharedStr::from);

@@ -82,7 +82,7 @@ impl AccessTokenQuery<'_> {
     pub(super) fn matches_identity(&self, entry: &AccessToken) -> bool {
         self.home_account_id == entry.home_account_id.as_deref()
             && self.environment == entry.environment
-            && self.realm == entry.realm
+            && *self.realm == *entry.realm
             && self.token_type.eq_ignore_ascii_case(&entry.token_type)
             && self.key_id == entry.key_id.as_deref()
     }
@@ -93,7 +93,7 @@ impl AccessTokenKey {
         AccessTokenKey {
             home_account_id: entry.home_account_id.as_deref().map(Into::into),
             environment: entry.environment.as_str().into(),
-            realm: entry.realm.as_str().into(),
+            realm: (*entry.realm).into(),
             token_type: entry.token_type.as_str().into(),
             key_id: entry.key_id.as_deref().map(Into::into),
             scopes: entry.target.normalized().into(),

@@ -34,12 +34,18 @@ fn exact_and_superset_lookup() {
         .with_access_token(token("t2", "A", 5_000), 1_000);
     let exact = ScopeSet::parse("c b a");
     assert_eq!(
-        p.find_access_token(&query("t1", &exact)).unwrap().realm,
+        p.find_access_token(&query("t1", &exact))
+            .unwrap()
+            .realm
+            .as_ref(),
         "t1"
     );
     let subset = ScopeSet::parse("b");
     assert_eq!(
-        p.find_access_token(&query("t1", &subset)).unwrap().realm,
+        p.find_access_token(&query("t1", &subset))
+            .unwrap()
+            .realm
+            .as_ref(),
         "t1"
     );
     assert!(p.find_access_token(&query("t2", &subset)).is_none());
