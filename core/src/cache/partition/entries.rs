@@ -163,15 +163,15 @@ impl Partition {
                 CacheEntry::RefreshToken(token) => {
                     let (map, removals) =
                         sections_mut(&mut live.rare).refresh_tokens_and_removals();
-                    put_entry(map, removals, &mut live.approx_bytes, token);
+                    put_entry(map, removals, token);
                 }
                 CacheEntry::IdToken(token) => {
                     let (map, removals) = sections_mut(&mut live.rare).id_tokens_and_removals();
-                    put_entry(map, removals, &mut live.approx_bytes, token);
+                    put_entry(map, removals, token);
                 }
                 CacheEntry::Account(account) => {
                     let (map, removals) = sections_mut(&mut live.rare).accounts_and_removals();
-                    put_entry(map, removals, &mut live.approx_bytes, account);
+                    put_entry(map, removals, account);
                 }
                 CacheEntry::AccessTokenRemoved { key, at } => {
                     let slot = sections_mut(&mut removed.rare)

@@ -147,6 +147,8 @@ pub(super) enum AccessTokenIndex {
 pub(super) struct Table {
     table: hashbrown::HashTable<Arc<AccessToken>>,
     hasher: hashbrown::DefaultHashBuilder,
+    /// The latest `expires_on` inserted (read by every lookup's expiry check, so kept).
+    latest_expiry: u64,
 }
 
 impl Table {
@@ -175,6 +177,7 @@ impl Table {
 
     /// Insert, returning the entry it replaced.
     fn insert(&mut self, token: Arc<AccessToken>) -> Option<Arc<AccessToken>> {
+        self.latest_expiry = self.latest_expiry.max(token.expires_on);
         let hasher = &self.hasher;
         let hash = Self::hash_entry(hasher, &token);
         match self.table.entry(
@@ -299,6 +302,15 @@ impl AccessTokenIndex {
             AccessTokenIndex::Empty => 0,
             AccessTokenIndex::One(_) => 1,
             AccessTokenIndex::Many(table) => table.table.len(),
+        }
+    }
+
+    /// The latest `expires_on` of the tokens (of those ever inserted, with two or more).
+    pub(super) fn latest_expiry(&self) -> u64 {
+        match self {
+            AccessTokenIndex::Empty => 0,
+            AccessTokenIndex::One(token) => token.expires_on,
+            AccessTokenIndex::Many(table) => table.latest_expiry,
         }
     }
 

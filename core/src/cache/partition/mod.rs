@@ -41,8 +41,6 @@ pub struct Partition {
     access_tokens: AccessTokenIndex,
     /// Everything but access tokens; `None` while all of it is empty (see [`Sections`]).
     rare: Option<Box<Sections>>,
-    latest_expiry: u64,
-    approx_bytes: usize,
 }
 
 impl Partition {
@@ -106,7 +104,6 @@ impl Partition {
                 next.insert_access_token(Arc::clone(token));
             }
         }
-        next.approx_bytes += self.section_bytes();
         next.rare = self
             .rare
             .as_deref()
@@ -123,7 +120,6 @@ impl Partition {
         let key = AccessTokenKey::of(token);
         let mut removed_at = now.max(token.cached_at);
         if let Some(old) = next.access_tokens.remove_key(&key) {
-            next.approx_bytes = next.approx_bytes.saturating_sub(old.approx_bytes());
             removed_at = removed_at.max(old.cached_at);
         }
         sections_mut(&mut next.rare)
@@ -136,21 +132,21 @@ impl Partition {
     /// replaces an older: rotation keeps only the newest).
     pub fn with_refresh_token(mut self, token: RefreshToken) -> Partition {
         let (map, removals) = sections_mut(&mut self.rare).refresh_tokens_and_removals();
-        put_entry(map, removals, &mut self.approx_bytes, Arc::new(token));
+        put_entry(map, removals, Arc::new(token));
         self
     }
 
     /// A new snapshot with `token` (replacing the ID token of the same account, client, realm).
     pub fn with_id_token(mut self, token: IdToken) -> Partition {
         let (map, removals) = sections_mut(&mut self.rare).id_tokens_and_removals();
-        put_entry(map, removals, &mut self.approx_bytes, Arc::new(token));
+        put_entry(map, removals, Arc::new(token));
         self
     }
 
     /// A new snapshot with `account` (replacing the same account in the same realm).
     pub fn with_account(mut self, account: Account) -> Partition {
         let (map, removals) = sections_mut(&mut self.rare).accounts_and_removals();
-        put_entry(map, removals, &mut self.approx_bytes, Arc::new(account));
+        put_entry(map, removals, Arc::new(account));
         self
     }
 
@@ -197,7 +193,6 @@ impl Partition {
         drop_home(map, removals, home_account_id, now);
         let (map, removals) = sections_mut(&mut next.rare).accounts_and_removals();
         drop_home(map, removals, home_account_id, now);
-        next.recount();
         next
     }
 
@@ -242,18 +237,7 @@ impl Partition {
             + self.s().accounts.values().map(|e| e.bytes()).sum::<usize>()
     }
 
-    fn recount(&mut self) {
-        self.approx_bytes = self
-            .access_tokens
-            .values()
-            .map(|t| t.approx_bytes())
-            .sum::<usize>()
-            + self.section_bytes();
-    }
-
     fn insert_access_token(&mut self, token: Arc<AccessToken>) {
-        self.latest_expiry = self.latest_expiry.max(token.expires_on);
-        self.approx_bytes += token.approx_bytes();
         if let Some(rare) = &mut self.rare
             && !rare.tombstones.is_empty()
         {
@@ -266,9 +250,7 @@ impl Partition {
                 rare.tombstones.remove(&key);
             }
         }
-        if let Some(old) = self.access_tokens.insert(token) {
-            self.approx_bytes = self.approx_bytes.saturating_sub(old.approx_bytes());
-        }
+        self.access_tokens.insert(token);
     }
 
     /// All access tokens (no particular order).
@@ -301,15 +283,23 @@ impl Partition {
             .max();
         match user_entries {
             Some(written) => self
-                .latest_expiry
+                .access_tokens
+                .latest_expiry()
                 .max(written.saturating_add(USER_ENTRY_LIFETIME_SECS)),
-            None => self.latest_expiry,
+            None => self.access_tokens.latest_expiry(),
         }
     }
 
-    /// Approximate memory held, for the L1's byte bound.
+    /// Approximate memory held, for the L1's byte bound. Counted when asked (an L1 insert),
+    /// not kept: a partition per tenant stays two words.
     pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.approx_bytes
+        std::mem::size_of::<Self>()
+            + self
+                .access_tokens
+                .values()
+                .map(|t| t.approx_bytes())
+                .sum::<usize>()
+            + self.section_bytes()
     }
 }
 
@@ -320,7 +310,7 @@ impl fmt::Debug for Partition {
             .field("refresh_tokens", &self.s().refresh_tokens.len())
             .field("id_tokens", &self.s().id_tokens.len())
             .field("accounts", &self.s().accounts.len())
-            .field("latest_expiry", &self.latest_expiry)
+            .field("latest_expiry", &self.latest_expiry())
             .finish()
     }
 }

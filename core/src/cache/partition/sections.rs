@@ -142,7 +142,6 @@ impl SectionEntry for Account {
 pub(super) fn put_entry<T: SectionEntry>(
     map: &mut HashMap<Box<str>, Arc<T>>,
     tombstones: &mut HashMap<Box<str>, u64>,
-    bytes: &mut usize,
     entry: Arc<T>,
 ) {
     let key: Box<str> = entry.key().into();
@@ -152,10 +151,7 @@ pub(super) fn put_entry<T: SectionEntry>(
     {
         tombstones.remove(&key);
     }
-    *bytes += entry.bytes();
-    if let Some(old) = map.insert(key, entry) {
-        *bytes = bytes.saturating_sub(old.bytes());
-    }
+    map.insert(key, entry);
 }
 
 /// Merge two copies of a section: newest write per identity wins, removals newer than an entry
