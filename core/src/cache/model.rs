@@ -68,6 +68,8 @@ impl<'de> Deserialize<'de> for ScopeSet {
 /// has none, so until the first one it costs one pointer, not an empty `Vec`. Reads as a slice;
 /// serializes, compares and prints like the `Vec` it replaces.
 #[derive(Clone, Default)]
+// The box is the point: one pointer while empty, where a `Vec` is three words.
+#[allow(clippy::box_collection)]
 pub struct ExtraFields(Option<Box<Vec<(String, String)>>>);
 
 impl ExtraFields {
@@ -618,7 +620,7 @@ mod gate_tests {
     fn the_token_record_stays_compact() {
         assert_eq!(std::mem::size_of::<RefreshGate>(), 8);
         assert!(
-            std::mem::size_of::<AccessToken>() <= 152,
+            std::mem::size_of::<AccessToken>() <= 144,
             "{}",
             std::mem::size_of::<AccessToken>()
         );

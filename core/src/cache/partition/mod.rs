@@ -291,7 +291,7 @@ impl Partition {
     }
 
     /// Approximate memory held, for the L1's byte bound. Counted when asked (an L1 insert),
-    /// not kept: a partition per tenant stays two words.
+    /// not kept, so a partition is three words (`a_partition_is_three_words`).
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self

@@ -176,3 +176,29 @@ fn an_account_removal_supersedes_its_access_tokens_written_ahead_of_our_clock() 
         assert_eq!(after.merge(&before, 995).access_token_count(), 0);
     }
 }
+
+/// A partition per tenant (one token) costs its three words and the token: no table, no
+/// counters (`cargo bench --bench memory`).
+#[test]
+fn a_partition_is_three_words() {
+    assert_eq!(
+        std::mem::size_of::<Partition>(),
+        3 * std::mem::size_of::<usize>()
+    );
+    let one = Partition::from_access_tokens([token("t1", "a", 9_000)]);
+    assert_eq!(one.latest_expiry(), 9_000);
+    assert!(matches!(one.access_tokens, AccessTokenIndex::One(_)));
+    let two = one.with_access_token(token("t1", "b", 8_000), 1_000);
+    assert!(matches!(two.access_tokens, AccessTokenIndex::Many(_)));
+    assert_eq!(two.latest_expiry(), 9_000);
+    assert_eq!(two.access_token_count(), 2);
+    let q = ScopeSet::parse("a");
+    assert!(two.find_access_token(&query("t1", &q)).is_some());
+    let back = two.with_access_token_removed(&token("t1", "b", 8_000), 1_000);
+    assert_eq!(back.access_token_count(), 1);
+    assert!(back.find_access_token(&query("t1", &q)).is_some());
+    assert!(
+        back.approx_bytes() > std::mem::size_of::<Partition>(),
+        "counted when asked"
+    );
+}
