@@ -51,7 +51,7 @@ impl RedisCredentials {
     ) -> Self {
         RedisCredentials {
             username: username.into(),
-            token: TokenSecret::new(token),
+            token: TokenSecret::new(&*token.into()),
             expires_on,
             refresh_on: None,
             issued_at: None,

@@ -16,6 +16,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod intern;
 mod response;
 pub mod result;
 pub mod retry;

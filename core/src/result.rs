@@ -239,7 +239,7 @@ pub(crate) fn user_of(
     let id_token = partition
         .id_tokens()
         .filter(|t| t.home_account_id == account.home_account_id)
-        .max_by_key(|t| (t.realm == token.realm, t.cached_at))
+        .max_by_key(|t| (*t.realm == *token.realm, t.cached_at))
         .cloned();
     Some((account, id_token))
 }

@@ -5,15 +5,25 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use crate::intern::{InternTable, MAX_INTERNED_LEN};
+
+/// Slots of the process-wide table of shared scope sets.
+const SHARED_SET_SLOTS: usize = 4096;
+
+/// The process-wide table of shared scope sets.
+static SHARED_SETS: LazyLock<InternTable<ScopeSet>> =
+    LazyLock::new(|| InternTable::new(SHARED_SET_SLOTS));
 
 /// Scopes the identity provider adds on its own; they never decide a cache match.
 pub const RESERVED_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
 
 /// An immutable, normalized set of scopes. Cloning is one reference-count increment.
 ///
-/// Stored as one or two strings (normalized, and the original case when it differs): a cache of
-/// a million tokens holds a million of these, so they stay small.
+/// Stored as one or two strings (normalized, and the original case when it differs). Sets are
+/// shared process-wide (a bounded table): a cache of a million tokens granted the same scopes
+/// holds one set, not a million.
 #[derive(Clone)]
 pub struct ScopeSet(Arc<Inner>);
 
@@ -54,11 +64,28 @@ impl ScopeSet {
             .map(|(_, original)| original.as_str())
             .collect::<Vec<_>>()
             .join(" ");
-        let original = (original != joined).then(|| original.into_boxed_str());
-        ScopeSet(Arc::new(Inner {
-            joined: joined.into_boxed_str(),
-            original,
-        }))
+        let original = (original != joined).then_some(original);
+        Self::shared(&joined, original.as_deref())
+    }
+
+    /// The process-wide shared set of these strings (a fresh one when the table is full or
+    /// they are long): tokens of a million tenants granted the same scopes hold one set.
+    fn shared(joined: &str, original: Option<&str>) -> Self {
+        let make = || {
+            ScopeSet(Arc::new(Inner {
+                joined: joined.into(),
+                original: original.map(Into::into),
+            }))
+        };
+        if joined.len() > MAX_INTERNED_LEN {
+            return make();
+        }
+        let table = &*SHARED_SETS;
+        table.get(
+            table.hash_of(&(joined, original)),
+            |set| *set.0.joined == *joined && set.0.original.as_deref() == original,
+            make,
+        )
     }
 
     /// Parse a space-separated `scope` / `target` string.
@@ -460,6 +487,19 @@ mod tests {
             .filter(|s| !s.is_borrowed())
             .count();
         assert!(owned > 0, "a full table falls back to owned sets");
+    }
+
+    #[test]
+    fn equal_sets_of_the_same_spelling_are_shared() {
+        let a = ScopeSet::parse("api://shared-test/.default");
+        let b = ScopeSet::new(["api://shared-test/.default", "openid"]);
+        assert!(a.same_as(&b), "one set for both");
+        let upper = ScopeSet::parse("API://shared-test/.default");
+        assert_eq!(a, upper, "equality is unchanged");
+        assert!(!a.same_as(&upper), "another spelling keeps its own case");
+        assert_eq!(upper.to_target(), "API://shared-test/.default");
+        let long = format!("api://{}/.default", "x".repeat(MAX_INTERNED_LEN));
+        assert_eq!(ScopeSet::parse(&long).normalized(), long);
     }
 
     #[test]

@@ -220,7 +220,7 @@ fn user_partition(now: u64) -> Partition {
         now,
         now + 3600,
     );
-    access.home_account_id = Some(home.to_owned());
+    access.home_account_id = Some(home.into());
     access.refresh_on = Some(now + 1800);
     access
         .extra

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+pub use crate::intern::SharedStr;
 pub use blob::{BlobCodec, BlobError, KeyRing};
-pub use model::{AccessToken, Account, IdToken, RefreshToken, TokenSecret};
+pub use model::{AccessToken, Account, ExtraFields, IdToken, RefreshToken, TokenSecret};
 pub use partition::{AccessTokenQuery, Partition, PartitionKey};
 
 /// The in-memory L1 seam: a bounded, concurrent map of deserialized partitions.

@@ -4,23 +4,28 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rand::Rng;
 
 use serde::{Deserialize, Serialize};
 
+use crate::intern::SharedStr;
 use crate::scopes::ScopeSet;
 
-/// A token or secret string whose `Debug` never shows the value. Cloning is cheap.
+/// A token or secret string whose `Debug` never shows the value.
+///
+/// Owned, not reference-counted: a cached token's secret is shared through the token's own
+/// `Arc`, so a counted copy would only add its 16-byte header to every cached token. Cloning
+/// copies the string (never on a cache hit: `cargo bench --bench memory` counts allocations per
+/// hit).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct TokenSecret(Arc<str>);
+pub struct TokenSecret(Box<str>);
 
 impl TokenSecret {
     /// Wrap a secret value.
-    pub fn new(value: impl Into<Arc<str>>) -> Self {
+    pub fn new(value: impl Into<Box<str>>) -> Self {
         TokenSecret(value.into())
     }
 
@@ -59,6 +64,84 @@ impl<'de> Deserialize<'de> for ScopeSet {
     }
 }
 
+/// Fields of an entry this version does not know (name, raw JSON value). Almost every token
+/// has none, so until the first one it costs one pointer, not an empty `Vec`. Reads as a slice;
+/// serializes, compares and prints like the `Vec` it replaces.
+#[derive(Clone, Default)]
+// The box is the point: one pointer while empty, where a `Vec` is three words.
+#[allow(clippy::box_collection)]
+pub struct ExtraFields(Option<Box<Vec<(String, String)>>>);
+
+impl ExtraFields {
+    /// No fields.
+    pub fn new() -> Self {
+        ExtraFields(None)
+    }
+
+    /// Add a field.
+    pub fn push(&mut self, field: (String, String)) {
+        self.0.get_or_insert_with(Box::default).push(field);
+    }
+
+    /// The fields, in order.
+    pub fn as_slice(&self) -> &[(String, String)] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::Deref for ExtraFields {
+    type Target = [(String, String)];
+    fn deref(&self) -> &Self::Target {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<(String, String)>> for ExtraFields {
+    fn from(fields: Vec<(String, String)>) -> Self {
+        ExtraFields((!fields.is_empty()).then(|| Box::new(fields)))
+    }
+}
+
+impl FromIterator<(String, String)> for ExtraFields {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(fields: I) -> Self {
+        ExtraFields::from(fields.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl<'a> IntoIterator for &'a ExtraFields {
+    type Item = &'a (String, String);
+    type IntoIter = std::slice::Iter<'a, (String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+impl PartialEq for ExtraFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for ExtraFields {}
+
+impl fmt::Debug for ExtraFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
+
+impl Serialize for ExtraFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExtraFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<(String, String)>::deserialize(deserializer).map(ExtraFields::from)
+    }
+}
+
 /// MSAL `credential_type` of an access token.
 pub const CREDENTIAL_TYPE_ACCESS_TOKEN: &str = "AccessToken";
 
@@ -67,17 +150,18 @@ pub const CREDENTIAL_TYPE_ACCESS_TOKEN: &str = "AccessToken";
 #[non_exhaustive]
 pub struct AccessToken {
     /// `uid.utid` of the user; `None` for application tokens.
-    pub home_account_id: Option<String>,
-    /// Host of the authority the token came from (`login.microsoftonline.com`).
-    pub environment: String,
-    /// Client (application) id the token was issued to.
-    pub client_id: String,
+    pub home_account_id: Option<Box<str>>,
+    /// Host of the authority the token came from (`login.microsoftonline.com`); shared by
+    /// every token that names it.
+    pub environment: SharedStr,
+    /// Client (application) id the token was issued to; shared like `environment`.
+    pub client_id: SharedStr,
     /// Tenant id.
-    pub realm: String,
-    /// Granted scopes (MSAL's `target`).
+    pub realm: Box<str>,
+    /// Granted scopes (MSAL's `target`); equal sets are shared (see [`ScopeSet`]).
     pub target: ScopeSet,
-    /// `Bearer`, `pop` …
-    pub token_type: String,
+    /// `Bearer`, `pop` …; shared like `environment`.
+    pub token_type: SharedStr,
     /// The access token.
     pub secret: TokenSecret,
     /// When it was cached.
@@ -89,10 +173,10 @@ pub struct AccessToken {
     /// When to renew it proactively, if the identity provider or the lifetime calls for it.
     pub refresh_on: Option<u64>,
     /// Key id for proof-of-possession tokens.
-    pub key_id: Option<String>,
+    pub key_id: Option<SharedStr>,
     /// Fields this version does not know (name, raw JSON value), kept so an MSAL cache
     /// survives an import/export round trip.
-    pub extra: Vec<(String, String)>,
+    pub extra: ExtraFields,
     /// This process's proactive-refresh state for the entry (never stored or compared).
     #[serde(skip)]
     pub refresh_gate: RefreshGate,
@@ -107,8 +191,10 @@ pub struct AccessToken {
 pub struct RefreshGate {
     /// Jitter as a fraction of the configured maximum, in thousandths (-1000..=1000).
     jitter_permille: i16,
-    /// Unix seconds before which no new background refresh starts.
-    next_attempt: AtomicU64,
+    /// Unix seconds before which no new background refresh starts, saturated at `u32::MAX`
+    /// (the year 2106; a later time reads as that one, which only opens the gate early): 32
+    /// bits keep the gate, and every cached token, 8 bytes smaller.
+    next_attempt: AtomicU32,
 }
 
 impl RefreshGate {
@@ -116,7 +202,7 @@ impl RefreshGate {
     pub fn new() -> Self {
         RefreshGate {
             jitter_permille: rand::rng().random_range(-1000..=1000),
-            next_attempt: AtomicU64::new(0),
+            next_attempt: AtomicU32::new(0),
         }
     }
 
@@ -148,17 +234,28 @@ impl RefreshGate {
     #[inline]
     pub fn try_claim(&self, now: u64, hold_until: u64) -> bool {
         let next = self.next_attempt.load(Ordering::Relaxed);
-        now >= next
+        now >= u64::from(next)
             && self
                 .next_attempt
-                .compare_exchange(next, hold_until, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    saturate_u32(hold_until),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
     /// Keep the gate closed until `until` (after a failed refresh: back off).
     pub fn hold_until(&self, until: u64) {
-        self.next_attempt.store(until, Ordering::Release);
+        self.next_attempt
+            .store(saturate_u32(until), Ordering::Release);
     }
+}
+
+/// `value`, or `u32::MAX` when larger.
+fn saturate_u32(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
 }
 
 impl Default for RefreshGate {
@@ -193,11 +290,11 @@ impl AccessToken {
     /// A new entry; optional fields start empty.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        environment: impl Into<String>,
-        client_id: impl Into<String>,
-        realm: impl Into<String>,
+        environment: impl Into<SharedStr>,
+        client_id: impl Into<SharedStr>,
+        realm: impl Into<Box<str>>,
         target: ScopeSet,
-        token_type: impl Into<String>,
+        token_type: impl Into<SharedStr>,
         secret: TokenSecret,
         cached_at: u64,
         expires_on: u64,
@@ -215,7 +312,7 @@ impl AccessToken {
             extended_expires_on: expires_on,
             refresh_on: None,
             key_id: None,
-            extra: Vec::new(),
+            extra: ExtraFields::new(),
             refresh_gate: RefreshGate::new(),
         }
     }
@@ -247,14 +344,14 @@ impl AccessToken {
     /// Rough heap + inline size, for the L1's byte bound.
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            .saturating_add(self.home_account_id.as_ref().map_or(0, String::len))
+            .saturating_add(self.home_account_id.as_ref().map_or(0, |h| h.len()))
             .saturating_add(self.environment.len())
             .saturating_add(self.client_id.len())
             .saturating_add(self.realm.len())
             .saturating_add(self.target.normalized().len().saturating_mul(2))
             .saturating_add(self.token_type.len())
             .saturating_add(self.secret.len())
-            .saturating_add(self.key_id.as_ref().map_or(0, String::len))
+            .saturating_add(self.key_id.as_ref().map_or(0, |k| k.len()))
             .saturating_add(64)
     }
 }
@@ -502,5 +599,30 @@ mod gate_tests {
                 }
             }
         }
+    }
+
+    /// Times past `u32::MAX` saturate: the gate still closes, and opens no later than then.
+    #[test]
+    fn gate_times_saturate() {
+        let gate = RefreshGate::new();
+        assert!(gate.try_claim(100, 200));
+        assert!(!gate.try_claim(150, 300));
+        assert!(gate.try_claim(200, u64::MAX));
+        assert!(!gate.try_claim(u64::from(u32::MAX) - 1, 0));
+        assert!(gate.try_claim(u64::from(u32::MAX), 0));
+        gate.hold_until(1_000);
+        assert!(!gate.try_claim(999, 2_000));
+        assert!(gate.try_claim(1_000, 2_000));
+    }
+
+    /// The compact record this module promises: see `cargo bench --bench memory`.
+    #[test]
+    fn the_token_record_stays_compact() {
+        assert_eq!(std::mem::size_of::<RefreshGate>(), 8);
+        assert!(
+            std::mem::size_of::<AccessToken>() <= 144,
+            "{}",
+            std::mem::size_of::<AccessToken>()
+        );
     }
 }

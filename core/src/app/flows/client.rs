@@ -223,7 +223,7 @@ impl ClientIdentity {
             requested,
             now,
         );
-        access.home_account_id = Some(home.clone());
+        access.home_account_id = Some(home.as_str().into());
         let refresh = response.refresh_token.as_ref().map(|secret| {
             let mut rt = RefreshToken::new(
                 &home,

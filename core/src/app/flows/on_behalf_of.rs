@@ -66,7 +66,7 @@ fn obo_tokens(
     let now = unix_seconds(idp.runtime.now());
     let mut fetched = client.user_tokens_in(authority, response, scopes, now, stats, false)?;
     fetched.access.home_account_id = None;
-    authority.realm().clone_into(&mut fetched.access.realm);
+    fetched.access.realm = authority.realm().into();
     Ok(fetched)
 }
 
