@@ -238,6 +238,8 @@ struct Interned {
     hash: u64,
     /// The caller's strings as written (before splitting and normalizing).
     raw: Box<[Box<str>]>,
+    /// [`edge_words`] of the string when there is one.
+    words: [u64; 4],
     set: ScopeSet,
 }
 
@@ -288,10 +290,20 @@ impl ScopeTable {
     /// list): the hot path's lookup, one hash of the string and one comparison.
     #[inline]
     pub fn get_one<'t>(&'t self, raw: &str) -> Scopes<'t> {
-        let hash = quick_hash(self.seed, raw);
+        let words = edge_words(raw);
+        let hash = mix_words(self.seed, raw.len(), words);
         self.find(
             hash,
-            |interned| interned.raw.len() == 1 && *interned.raw[0] == *raw,
+            |interned| {
+                interned.raw.len() == 1
+                    && interned.raw[0].len() == raw.len()
+                    // A short string (most scopes) is compared by the words the hash read.
+                    && if raw.len() <= WORDS_COVER {
+                        interned.words == words
+                    } else {
+                        *interned.raw[0] == *raw
+                    }
+            },
             || Box::new([raw.into()]),
         )
     }
@@ -316,6 +328,10 @@ impl ScopeTable {
                         let raw = raw();
                         Interned {
                             hash,
+                            words: match &*raw {
+                                [only] => edge_words(only),
+                                _ => [0; 4],
+                            },
                             set: ScopeSet::new(raw.iter()),
                             raw,
                         }
@@ -335,6 +351,14 @@ impl ScopeTable {
 /// collision (even a crafted one) only costs a probe or a rebuild.
 #[inline]
 pub(crate) fn quick_hash(seed: u64, raw: &str) -> u64 {
+    mix_words(seed, raw.len(), edge_words(raw))
+}
+
+/// The words [`quick_hash`] reads: the first 16 and last 16 bytes (zero-padded below 16). For
+/// a string of at most [`WORDS_COVER`] bytes they are all of it, so equal lengths and equal
+/// words mean equal strings.
+#[inline]
+fn edge_words(raw: &str) -> [u64; 4] {
     let bytes = raw.as_bytes();
     let len = bytes.len();
     let word = |at: usize| -> u64 {
@@ -343,17 +367,24 @@ pub(crate) fn quick_hash(seed: u64, raw: &str) -> u64 {
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map_or(0, u64::from_le_bytes)
     };
-    let (a, b, c, d) = if len >= 16 {
-        (word(0), word(8), word(len - 16), word(len - 8))
+    if len >= 16 {
+        [word(0), word(8), word(len - 16), word(len - 8)]
     } else {
         let mut buf = [0u8; 16];
         buf[..len].copy_from_slice(bytes);
         let [lo, hi] =
             [&buf[..8], &buf[8..]].map(|h| <[u8; 8]>::try_from(h).map_or(0, u64::from_le_bytes));
-        (lo, hi, 0, 0)
-    };
+        [lo, hi, 0, 0]
+    }
+}
+
+/// Longest string [`edge_words`] covers entirely.
+const WORDS_COVER: usize = 32;
+
+#[inline]
+fn mix_words(seed: u64, len: usize, words: [u64; 4]) -> u64 {
     let mut h = seed ^ len as u64;
-    for w in [a, b, c, d] {
+    for w in words {
         h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
     }
     h
@@ -446,6 +477,37 @@ impl<'a, S: AsRef<str>> IntoScopeSet<'a> for Vec<S> {
 
 #[cfg(test)]
 mod tests {
+    /// The one-string lookup compares short strings by the words its hash read: strings of
+    /// every length up to past that cover, differing in any one byte, never share a set, and
+    /// the same spelling always finds its own.
+    #[test]
+    fn one_string_lookups_tell_every_byte_apart() {
+        for len in 1..=40usize {
+            // A table per length: the table is bounded (a full one builds sets per request).
+            let table = ScopeTable::new();
+            let base: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let first = table.get_one(&base);
+            assert!(first.is_borrowed());
+            assert_eq!(first.normalized(), base);
+            for at in 0..len {
+                let mut other = base.clone().into_bytes();
+                other[at] = b'Z';
+                let other = String::from_utf8(other).unwrap();
+                let set = table.get_one(&other);
+                assert_eq!(
+                    set.normalized(),
+                    other.to_ascii_lowercase(),
+                    "len {len} at {at}"
+                );
+            }
+            let again = table.get_one(&base.clone());
+            assert!(
+                std::ptr::eq(&*first, &*again),
+                "len {len}: same spelling, same set"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
