@@ -268,6 +268,33 @@ pub(crate) struct L2 {
 /// A partition read in flight: L1's snapshot after the read was merged into it.
 type SharedRead = Shared<BoxFuture<'static, Option<Arc<Partition>>>>;
 
+/// Takes a caller's read out of [`L2::loading`] when the caller is done with it: always once
+/// the read finished (`read` is `None`), else only when nobody else waits for it.
+struct Retire<'a> {
+    l2: &'a L2,
+    key: &'a PartitionKey,
+    id: u64,
+    /// The caller's clone while it waits (to count who else holds the read).
+    read: Option<SharedRead>,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.l2.loading.lock();
+        let Some((current, _)) = loading.get(self.key) else {
+            return;
+        };
+        // Held by the map, this caller's `read`, and the future it was polling: no one else.
+        let abandoned = self
+            .read
+            .as_ref()
+            .is_none_or(|read| read.strong_count().is_some_and(|holders| holders <= 3));
+        if *current == self.id && abandoned {
+            loading.remove(self.key);
+        }
+    }
+}
+
 impl L2 {
     pub(crate) fn new(
         options: L2Options,
@@ -462,12 +489,17 @@ impl L2 {
                 }
             }
         };
+        // Callers drive the read themselves (no task): whoever sees it finish first retires
+        // it, and the last caller to give up on it forgets it, so a later miss reads afresh
+        // instead of taking a result that waited unpolled.
+        let mut retire = Retire {
+            l2: self,
+            key,
+            id,
+            read: Some(read.clone()),
+        };
         let merged = read.await;
-        // Whoever sees the read finish first retires it (its starter may have been cancelled).
-        let mut loading = self.loading.lock();
-        if loading.get(key).is_some_and(|(current, _)| *current == id) {
-            loading.remove(key);
-        }
+        retire.read = None;
         merged
     }
 
@@ -519,19 +551,25 @@ impl L2 {
                 repair.len()
             ));
         }
-        let mut entries = Vec::with_capacity(stored.entries.len());
-        for entry in &stored.entries {
-            match codec.decode_entry(key, entry) {
-                Ok(decoded) => entries.push(decoded),
-                Err(error) => {
-                    if !self.undecodable(key, &error) {
-                        repair.push(Repair::Corrupt(entry.clone()));
-                    }
-                }
-            }
-        }
         let now = unix_seconds(self.runtime.now());
-        let found = !entries.is_empty();
+        let mut found = false;
+        // Decoded straight into the partition: no list of a large partition's entries between.
+        let entries =
+            stored
+                .entries
+                .iter()
+                .filter_map(|entry| match codec.decode_entry(key, entry) {
+                    Ok(decoded) => {
+                        found = true;
+                        Some(decoded)
+                    }
+                    Err(error) => {
+                        if !self.undecodable(key, &error) {
+                            repair.push(Repair::Corrupt(entry.clone()));
+                        }
+                        None
+                    }
+                });
         let mut partition = Partition::from_entries(entries, now);
         let mut migrate = false;
         let mut legacy_tokens = None;

@@ -14,9 +14,27 @@ use serde::{Deserialize, Serialize};
 use crate::scopes::ScopeSet;
 
 /// A token or secret string whose `Debug` never shows the value. Cloning is cheap.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct TokenSecret(Arc<str>);
+
+/// Decoded straight into its `Arc` (serde's `Arc<str>` builds a `String` first, then copies
+/// it: one allocation more per token of a partition read from L2).
+impl<'de> Deserialize<'de> for TokenSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Secret;
+        impl serde::de::Visitor<'_> for Secret {
+            type Value = TokenSecret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<TokenSecret, E> {
+                Ok(TokenSecret(Arc::from(value)))
+            }
+        }
+        deserializer.deserialize_str(Secret)
+    }
+}
 
 impl TokenSecret {
     /// Wrap a secret value.
@@ -55,7 +73,7 @@ impl Serialize for ScopeSet {
 impl<'de> Deserialize<'de> for ScopeSet {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let target = String::deserialize(deserializer)?;
-        Ok(ScopeSet::parse(&target))
+        Ok(ScopeSet::parse_owned(target))
     }
 }
 

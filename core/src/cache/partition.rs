@@ -297,6 +297,13 @@ impl AccessTokenIndex {
         }
     }
 
+    /// Room for `additional` more tokens (a decoded partition's size is known up front).
+    fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        self.table
+            .reserve(additional, |t| Self::hash_entry(hasher, t));
+    }
+
     fn remove_key(&mut self, key: &AccessTokenKey) -> Option<Arc<AccessToken>> {
         let hash = Self::hash_of(
             &self.hasher,
@@ -908,6 +915,10 @@ impl Partition {
     ) -> Partition {
         let mut removed = Partition::new();
         let mut live = Partition::new();
+        let entries = entries.into_iter();
+        // Most entries of a partition read from L2 are access tokens.
+        let (least, most) = entries.size_hint();
+        live.access_tokens.reserve(most.unwrap_or(least));
         for entry in entries {
             match entry {
                 CacheEntry::AccessToken(token) => {
