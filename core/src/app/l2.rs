@@ -92,7 +92,8 @@ impl L2Options {
         self
     }
 
-    /// Longest wait for a read; past it the read is a miss.
+    /// Longest wait for a read; past it the read is a miss (reads share timers, so one gives
+    /// up between this and a quarter more).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
         self
@@ -263,6 +264,8 @@ pub(crate) struct L2 {
     /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read).
     loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
     next_read: AtomicU64,
+    /// The timer reads share, and when it fires ([`read_timer`](Self::read_timer)).
+    read_deadline: Mutex<Option<(Instant, Shared<BoxFuture<'static, ()>>)>>,
 }
 
 /// A partition read in flight: L1's snapshot after the read was merged into it.
@@ -335,6 +338,7 @@ impl L2 {
             pending: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             next_read: AtomicU64::new(0),
+            read_deadline: Mutex::new(None),
         }
     }
 
@@ -454,6 +458,29 @@ impl L2 {
         );
     }
 
+    /// The timer that bounds a read starting now: it fires between the read timeout and a
+    /// quarter more after now. Reads share one timer while it fits (one per quarter of the
+    /// timeout however many reads start), because arming a runtime timer per read wakes the
+    /// runtime's timer thread: a context switch that costs more than a small read itself.
+    fn read_timer(&self) -> Shared<BoxFuture<'static, ()>> {
+        let limit = self.options.read_timeout;
+        let now = Instant::now();
+        let mut slot = self.read_deadline.lock();
+        if let Some((fires_at, timer)) = &*slot
+            && now.checked_add(limit).is_some_and(|due| *fires_at >= due)
+            && timer.peek().is_none()
+        {
+            return timer.clone();
+        }
+        let wait = limit.saturating_add(limit / 4);
+        let timer = self.runtime.io_timeout(wait).shared();
+        match now.checked_add(wait) {
+            Some(fires_at) => *slot = Some((fires_at, timer.clone())),
+            None => *slot = None,
+        }
+        timer
+    }
+
     /// Bound `operation` by `limit` of real time.
     async fn bounded<T>(
         runtime: &dyn Runtime,
@@ -517,12 +544,16 @@ impl L2 {
     /// Read and decode the partition: `None` when absent, unreadable or undecodable (counted).
     /// Broken entries and a legacy blob are remembered for the partition's next write.
     pub(crate) async fn load(&self, key: &PartitionKey) -> Option<Partition> {
-        let loaded = Self::bounded(
-            &*self.runtime,
-            self.options.read_timeout,
-            self.options.store.load(key),
-        )
-        .await;
+        let loaded = {
+            let operation = std::pin::pin!(self.options.store.load(key));
+            match select(operation, self.read_timer()).await {
+                Either::Left((result, _)) => result,
+                Either::Right(_) => Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("no answer within {:?}", self.options.read_timeout),
+                )),
+            }
+        };
         let stored = match loaded {
             Ok(stored) => stored,
             Err(error) => {
@@ -758,4 +789,93 @@ fn may_pass(error: &StoreError) -> bool {
         error.kind(),
         StoreErrorKind::Timeout | StoreErrorKind::Unavailable | StoreErrorKind::Busy
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::cache::PartitionCache;
+    use crate::store::{StoredPartition, WriteReport};
+
+    /// Counts the timers armed; they fire only when the test says so.
+    struct Timers {
+        armed: AtomicU64,
+        fire: futures::future::Shared<BoxFuture<'static, ()>>,
+    }
+
+    impl Runtime for Timers {
+        fn now(&self) -> SystemTime {
+            SystemTime::now()
+        }
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::pending().boxed()
+        }
+        fn spawn(&self, _: BoxFuture<'static, ()>) {}
+        fn io_timeout(&self, _: Duration) -> BoxFuture<'static, ()> {
+            self.armed.fetch_add(1, Ordering::SeqCst);
+            self.fire.clone().boxed()
+        }
+    }
+
+    struct Empty;
+
+    #[async_trait]
+    impl TokenStore for Empty {
+        async fn load(&self, _: &PartitionKey) -> Result<StoredPartition, StoreError> {
+            Ok(StoredPartition::default())
+        }
+        async fn write(&self, _: &PartitionKey, _: &EntryWrite) -> Result<WriteReport, StoreError> {
+            Ok(WriteReport::default())
+        }
+        async fn remove(&self, _: &PartitionKey) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoL1;
+
+    impl PartitionCache for NoL1 {
+        fn get(&self, _: &PartitionKey) -> Option<Arc<Partition>> {
+            None
+        }
+        fn insert(&self, _: PartitionKey, _: Arc<Partition>) {}
+        fn remove(&self, _: &PartitionKey) {}
+        fn partition_count(&self) -> usize {
+            0
+        }
+    }
+
+    /// Reads share one armed timer while it fires late enough for them; once it has fired, the
+    /// next read arms a new one (it never inherits an elapsed timer).
+    #[test]
+    fn reads_share_a_timer_until_it_fires() {
+        let (fire, fired) = futures::channel::oneshot::channel::<()>();
+        let runtime = Arc::new(Timers {
+            armed: AtomicU64::new(0),
+            fire: async move {
+                let _ = fired.await;
+            }
+            .boxed()
+            .shared(),
+        });
+        let l2 = L2::new(
+            L2Options::new(Arc::new(Empty)),
+            Arc::clone(&runtime) as Arc<dyn Runtime>,
+            Arc::new(Background::default()),
+            Arc::new(TokenCache::new(Arc::new(NoL1))),
+        );
+        let first = l2.read_timer();
+        let second = l2.read_timer();
+        assert_eq!(runtime.armed.load(Ordering::SeqCst), 1);
+        drop(fire);
+        assert!(first.now_or_never().is_some(), "the timer fired");
+        let _third = l2.read_timer();
+        assert_eq!(runtime.armed.load(Ordering::SeqCst), 2);
+        drop(second);
+    }
 }
