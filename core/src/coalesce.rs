@@ -125,6 +125,11 @@ where
         (flight, true)
     }
 
+    /// Whether a flight for `key` is in progress.
+    pub(crate) fn in_flight(&self, key: &K) -> bool {
+        self.registry.lock().flights.contains_key(key)
+    }
+
     /// The flight in progress for `key`, if any (joined, never started).
     pub(crate) fn join(&self, key: &K) -> Option<Flight<T, E>> {
         self.registry.lock().flights.get(key).cloned()

@@ -93,6 +93,35 @@ impl ScopeSet {
         Self::new(target.split_whitespace())
     }
 
+    /// [`parse`](Self::parse) of a string read from the cache: one already in normal form (what
+    /// the cache stores for lower-case scopes) goes to the shared sets as is, without splitting
+    /// and joining it again.
+    pub(crate) fn parse_owned(target: String) -> Self {
+        if !Self::is_normal(&target) {
+            return Self::parse(&target);
+        }
+        Self::shared(&target, None)
+    }
+
+    /// Whether `target` is what [`new`](Self::new) makes of it with no original case to keep:
+    /// lower-case scopes, none reserved, sorted without duplicates, joined by single spaces.
+    fn is_normal(target: &str) -> bool {
+        let mut previous: Option<&str> = None;
+        for part in target.split(' ') {
+            if part.is_empty()
+                || part
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_ascii_uppercase())
+                || RESERVED_SCOPES.contains(&part)
+                || previous.is_some_and(|p| p >= part)
+            {
+                return false;
+            }
+            previous = Some(part);
+        }
+        true
+    }
+
     /// The address of the shared set: identifies it while a clone is held.
     #[inline]
     pub(crate) fn address(&self) -> usize {
@@ -577,5 +606,36 @@ mod tests {
             ScopeSet::parse("B a").iter().collect::<Vec<_>>(),
             ["a", "B"]
         );
+    }
+
+    /// The owned parse (the cache decoder's) keeps a normal string as is and otherwise agrees
+    /// with `parse`, in both forms.
+    #[test]
+    fn parse_owned_agrees_with_parse() {
+        for target in [
+            "",
+            " ",
+            "a",
+            "a b",
+            "b a",
+            "a a",
+            "a  b",
+            " a b",
+            "a b ",
+            "a\tb",
+            "a\u{a0}b",
+            "api://resource-7/.default",
+            "Api://Resource/.default",
+            "openid",
+            "mail.send openid user.read",
+            "mail.send offline_access",
+            "user.read User.Read",
+            "\u{e9}t\u{e9} \u{c9}t\u{e9}",
+        ] {
+            let owned = ScopeSet::parse_owned(target.to_owned());
+            let parsed = ScopeSet::parse(target);
+            assert_eq!(owned.normalized(), parsed.normalized(), "{target:?}");
+            assert_eq!(owned.to_target(), parsed.to_target(), "{target:?}");
+        }
     }
 }

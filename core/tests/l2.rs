@@ -32,6 +32,9 @@ over_each_transport!(
     a_token_whose_write_failed_reaches_the_store_with_the_next_write,
     a_migration_after_l1_lost_the_partition_keeps_the_legacy_tokens,
     a_cold_node_reads_a_partition_once_for_all_its_misses,
+    an_l2_hit_is_read_by_the_caller_without_a_flight_task,
+    a_miss_reads_l2_once_before_the_identity_provider,
+    a_read_every_caller_abandoned_is_not_reused,
 );
 
 /// Every node shares one in-process store (the factory hands out the same instance).
@@ -591,4 +594,159 @@ async fn a_cold_node_reads_a_partition_once_for_all_its_misses(t: Transport) {
         200,
         "no call of the cold node went to the IdP"
     );
+}
+
+/// A runtime that counts the tasks the engine spawns (flights, writes behind the caller).
+struct CountingSpawns {
+    inner: Arc<dyn tokenwell_core::Runtime>,
+    spawned: std::sync::atomic::AtomicU64,
+}
+
+impl tokenwell_core::Runtime for CountingSpawns {
+    fn now(&self) -> std::time::SystemTime {
+        self.inner.now()
+    }
+    fn sleep(&self, duration: std::time::Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        self.spawned
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.spawn(task)
+    }
+    fn io_timeout(&self, duration: std::time::Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.inner.io_timeout(duration)
+    }
+}
+
+/// An L2 hit costs the store's read, not a flight task too: the caller reads L2 itself (no
+/// task is spawned), and a later miss of the same node still finds the token in L1.
+async fn an_l2_hit_is_read_by_the_caller_without_a_flight_task(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(MemoryStore::new());
+    let seed = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    seed.acquire_token_for_client([SCOPE]).await.unwrap();
+    seed.flush().await;
+    let runtime = Arc::new(CountingSpawns {
+        inner: Arc::new(rig.clock.clone()),
+        spawned: std::sync::atomic::AtomicU64::new(0),
+    });
+    let cold = farm::node_with(
+        &rig,
+        Arc::clone(&store) as Arc<dyn TokenStore>,
+        |b| b.runtime(Arc::clone(&runtime) as Arc<dyn tokenwell_core::Runtime>),
+        |o| o,
+    );
+    let r = cold.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    assert_eq!(
+        runtime.spawned.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an L2 hit spawned a task"
+    );
+    let again = cold.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(again.metadata().token_source, TokenSource::CacheL1);
+    assert_eq!(rig.cc_requests(), 1);
+}
+
+/// A store that counts its reads.
+struct CountedReads {
+    inner: Arc<MemoryStore>,
+    loads: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl TokenStore for CountedReads {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load(key).await
+    }
+    async fn write(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.inner.write(key, write).await
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// A miss that L2 cannot serve reads the store once: the caller's read, which the flight it
+/// then starts does not repeat.
+async fn a_miss_reads_l2_once_before_the_identity_provider(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(CountedReads {
+        inner: Arc::new(MemoryStore::new()),
+        loads: std::sync::atomic::AtomicU64::new(0),
+    });
+    let node = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    let r = node.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::IdentityProvider);
+    assert_eq!(store.loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(rig.cc_requests(), 1);
+}
+
+/// A store whose first read waits until released (the test decides when it answers).
+struct HeldRead {
+    inner: Arc<MemoryStore>,
+    loads: std::sync::atomic::AtomicU64,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl TokenStore for HeldRead {
+    async fn load(&self, key: &PartitionKey) -> Result<StoredPartition, StoreError> {
+        let n = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // What the store holds when the read starts.
+        let stored = self.inner.load(key).await;
+        if n == 0 {
+            let _permit = self.release.acquire().await;
+        }
+        stored
+    }
+    async fn write(
+        &self,
+        key: &PartitionKey,
+        write: &EntryWrite,
+    ) -> Result<WriteReport, StoreError> {
+        self.inner.write(key, write).await
+    }
+    async fn remove(&self, key: &PartitionKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// Callers drive a partition read themselves; when every caller of a read gives up on it (the
+/// request is cancelled), the read is forgotten: the next miss reads the store afresh and sees
+/// what it holds now, not what the abandoned read found.
+async fn a_read_every_caller_abandoned_is_not_reused(t: Transport) {
+    let rig = Rig::start(t).await;
+    let store = Arc::new(HeldRead {
+        inner: Arc::new(MemoryStore::new()),
+        loads: std::sync::atomic::AtomicU64::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let node = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    {
+        let call = node.acquire_token_for_client([SCOPE]).execute();
+        let mut call = std::pin::pin!(call);
+        // Polled until the store holds the read (the first load waits to be released).
+        assert!(futures::poll!(call.as_mut()).is_pending());
+        assert_eq!(store.loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    } // cancelled
+    // Another node writes the token meanwhile; the abandoned read saw an empty store.
+    let writer = farm::node(&rig, Arc::clone(&store.inner) as Arc<dyn TokenStore>, |o| o);
+    let written = writer.acquire_token_for_client([SCOPE]).await.unwrap();
+    writer.flush().await;
+    store.release.add_permits(1);
+    let r = node.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    assert_eq!(
+        r.access_token().expose_secret(),
+        written.access_token().expose_secret()
+    );
+    assert_eq!(store.loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(rig.cc_requests(), 1, "only the writer asked the IdP");
 }

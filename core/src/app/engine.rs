@@ -434,12 +434,7 @@ impl Engine {
                             Some(after) => Mode::Renew { after },
                             None => Mode::Miss,
                         };
-                        let (flight, leader) =
-                            engine.flight(&job, mode, started, job.correlation_id);
-                        if !leader {
-                            telemetry::coalesced_waiter(engine.tags(flow));
-                        }
-                        match flight.await {
+                        match engine.miss(&job, mode, started).await {
                             // A cached token (L1, L2) that does not last long enough: ask.
                             Ok(resolved)
                                 if resolved.found != Found::IdentityProvider
@@ -794,6 +789,52 @@ impl Engine {
         flight.await
     }
 
+    /// A caller's miss in `mode`: L2 first, read by the caller itself while no flight of the
+    /// key is under way (an L2 hit then costs the store's read, not a flight task's thread
+    /// hops too; concurrent misses of the partition still share the read), else the flight,
+    /// which then skips the L2 read the caller has just made.
+    async fn miss(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        mode: Mode,
+        started: Instant,
+    ) -> std::result::Result<Resolved, Failure> {
+        let (mut read_l2, mut l2_read) = (Duration::ZERO, false);
+        if let Some(l2) = &self.l2
+            && mode == Mode::Miss
+            && !self
+                .flights
+                .in_flight(&(job.flight_key.clone(), Lane::Plain))
+        {
+            // A flight that ended just before may have written what we need (as in `resolve`).
+            if let Some(token) =
+                self.adoptable(self.cache.get(&job.partition).as_deref(), job, mode)
+            {
+                return Ok(Resolved::cached(token, Found::L1, Duration::ZERO));
+            }
+            let reading = Instant::now();
+            let token = self.read_l2(l2, job, mode).await;
+            (read_l2, l2_read) = (reading.elapsed(), true);
+            if let Some(token) = token {
+                return Ok(Resolved::cached(token, Found::L2, read_l2));
+            }
+        }
+        let (flight, leader) = self.flight_with(job, mode, started, job.correlation_id, l2_read);
+        if !leader {
+            telemetry::coalesced_waiter(self.tags(job.metric));
+        }
+        match flight.await {
+            Ok(mut resolved) => {
+                resolved.l2_duration += read_l2;
+                Ok(resolved)
+            }
+            Err(mut failure) => {
+                failure.l2_duration += read_l2;
+                Err(failure)
+            }
+        }
+    }
+
     /// Join the flight of `job`, or start it in `mode`. The bool is true for the starter.
     /// `since`: when the caller's request began (see [`SingleFlight::join_or_start`]).
     /// `correlation_id`: sent on the identity-provider request if this call starts the flight.
@@ -803,6 +844,19 @@ impl Engine {
         mode: Mode,
         since: Instant,
         correlation_id: uuid::Uuid,
+    ) -> (Flight, bool) {
+        self.flight_with(job, mode, since, correlation_id, false)
+    }
+
+    /// [`flight`](Self::flight); a flight it starts skips L2 when `l2_read` (its starter has
+    /// just read it).
+    fn flight_with(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        mode: Mode,
+        since: Instant,
+        correlation_id: uuid::Uuid,
+        l2_read: bool,
     ) -> (Flight, bool) {
         let lane = match (mode, job.claims()) {
             (Mode::Forced, Some(claims)) => Lane::Claims(Arc::clone(claims)),
@@ -814,7 +868,7 @@ impl Engine {
         self.flights.join_or_start(id, since, spawn, || {
             let engine = Arc::clone(self);
             let job = Arc::clone(job);
-            async move { engine.resolve(&job, mode, correlation_id).await }.boxed()
+            async move { engine.resolve(&job, mode, correlation_id, l2_read).await }.boxed()
         })
     }
 
@@ -877,13 +931,14 @@ impl Engine {
         );
     }
 
-    /// The body of a flight: L1 again, L2, throttling, the farm lease, the identity provider,
-    /// the cache writes.
+    /// The body of a flight: L1 again, L2 (unless `l2_read`: the starter has just read it),
+    /// throttling, the farm lease, the identity provider, the cache writes.
     async fn resolve(
         self: &Arc<Self>,
         job: &Arc<Job>,
         mode: Mode,
         correlation_id: uuid::Uuid,
+        l2_read: bool,
     ) -> std::result::Result<Resolved, Failure> {
         // A flight that ended just before this one started may have written what we need:
         // joining a flight and re-checking L1 are thus one step for every caller.
@@ -892,7 +947,7 @@ impl Engine {
         }
         let mut l2_duration = Duration::ZERO;
         let mut lease = None;
-        if let Some(l2) = &self.l2 {
+        if let Some(l2) = self.l2.as_ref().filter(|_| !l2_read) {
             let started = Instant::now();
             if let Some(token) = self.read_l2(l2, job, mode).await {
                 return Ok(Resolved::cached(token, Found::L2, started.elapsed()));

@@ -92,7 +92,8 @@ impl L2Options {
         self
     }
 
-    /// Longest wait for a read; past it the read is a miss.
+    /// Longest wait for a read; past it the read is a miss (reads share timers, so one gives
+    /// up between this and a quarter more).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
         self
@@ -263,10 +264,39 @@ pub(crate) struct L2 {
     /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read).
     loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
     next_read: AtomicU64,
+    /// The timer reads share, and when it fires ([`read_timer`](Self::read_timer)).
+    read_deadline: Mutex<Option<(Instant, Shared<BoxFuture<'static, ()>>)>>,
 }
 
 /// A partition read in flight: L1's snapshot after the read was merged into it.
 type SharedRead = Shared<BoxFuture<'static, Option<Arc<Partition>>>>;
+
+/// Takes a caller's read out of [`L2::loading`] when the caller is done with it: always once
+/// the read finished (`read` is `None`), else only when nobody else waits for it.
+struct Retire<'a> {
+    l2: &'a L2,
+    key: &'a PartitionKey,
+    id: u64,
+    /// The caller's clone while it waits (to count who else holds the read).
+    read: Option<SharedRead>,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.l2.loading.lock();
+        let Some((current, _)) = loading.get(self.key) else {
+            return;
+        };
+        // Held by the map, this caller's `read`, and the future it was polling: no one else.
+        let abandoned = self
+            .read
+            .as_ref()
+            .is_none_or(|read| read.strong_count().is_some_and(|holders| holders <= 3));
+        if *current == self.id && abandoned {
+            loading.remove(self.key);
+        }
+    }
+}
 
 impl L2 {
     pub(crate) fn new(
@@ -308,6 +338,7 @@ impl L2 {
             pending: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             next_read: AtomicU64::new(0),
+            read_deadline: Mutex::new(None),
         }
     }
 
@@ -427,6 +458,29 @@ impl L2 {
         );
     }
 
+    /// The timer that bounds a read starting now: it fires between the read timeout and a
+    /// quarter more after now. Reads share one timer while it fits (one per quarter of the
+    /// timeout however many reads start), because arming a runtime timer per read wakes the
+    /// runtime's timer thread: a context switch that costs more than a small read itself.
+    fn read_timer(&self) -> Shared<BoxFuture<'static, ()>> {
+        let limit = self.options.read_timeout;
+        let now = Instant::now();
+        let mut slot = self.read_deadline.lock();
+        if let Some((fires_at, timer)) = &*slot
+            && now.checked_add(limit).is_some_and(|due| *fires_at >= due)
+            && timer.peek().is_none()
+        {
+            return timer.clone();
+        }
+        let wait = limit.saturating_add(limit / 4);
+        let timer = self.runtime.io_timeout(wait).shared();
+        match now.checked_add(wait) {
+            Some(fires_at) => *slot = Some((fires_at, timer.clone())),
+            None => *slot = None,
+        }
+        timer
+    }
+
     /// Bound `operation` by `limit` of real time.
     async fn bounded<T>(
         runtime: &dyn Runtime,
@@ -462,12 +516,17 @@ impl L2 {
                 }
             }
         };
+        // Callers drive the read themselves (no task): whoever sees it finish first retires
+        // it, and the last caller to give up on it forgets it, so a later miss reads afresh
+        // instead of taking a result that waited unpolled.
+        let mut retire = Retire {
+            l2: self,
+            key,
+            id,
+            read: Some(read.clone()),
+        };
         let merged = read.await;
-        // Whoever sees the read finish first retires it (its starter may have been cancelled).
-        let mut loading = self.loading.lock();
-        if loading.get(key).is_some_and(|(current, _)| *current == id) {
-            loading.remove(key);
-        }
+        retire.read = None;
         merged
     }
 
@@ -485,12 +544,16 @@ impl L2 {
     /// Read and decode the partition: `None` when absent, unreadable or undecodable (counted).
     /// Broken entries and a legacy blob are remembered for the partition's next write.
     pub(crate) async fn load(&self, key: &PartitionKey) -> Option<Partition> {
-        let loaded = Self::bounded(
-            &*self.runtime,
-            self.options.read_timeout,
-            self.options.store.load(key),
-        )
-        .await;
+        let loaded = {
+            let operation = std::pin::pin!(self.options.store.load(key));
+            match select(operation, self.read_timer()).await {
+                Either::Left((result, _)) => result,
+                Either::Right(_) => Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("no answer within {:?}", self.options.read_timeout),
+                )),
+            }
+        };
         let stored = match loaded {
             Ok(stored) => stored,
             Err(error) => {
@@ -519,19 +582,25 @@ impl L2 {
                 repair.len()
             ));
         }
-        let mut entries = Vec::with_capacity(stored.entries.len());
-        for entry in &stored.entries {
-            match codec.decode_entry(key, entry) {
-                Ok(decoded) => entries.push(decoded),
-                Err(error) => {
-                    if !self.undecodable(key, &error) {
-                        repair.push(Repair::Corrupt(entry.clone()));
-                    }
-                }
-            }
-        }
         let now = unix_seconds(self.runtime.now());
-        let found = !entries.is_empty();
+        let mut found = false;
+        // Decoded straight into the partition: no list of a large partition's entries between.
+        let entries =
+            stored
+                .entries
+                .iter()
+                .filter_map(|entry| match codec.decode_entry(key, entry) {
+                    Ok(decoded) => {
+                        found = true;
+                        Some(decoded)
+                    }
+                    Err(error) => {
+                        if !self.undecodable(key, &error) {
+                            repair.push(Repair::Corrupt(entry.clone()));
+                        }
+                        None
+                    }
+                });
         let mut partition = Partition::from_entries(entries, now);
         let mut migrate = false;
         let mut legacy_tokens = None;
@@ -720,4 +789,93 @@ fn may_pass(error: &StoreError) -> bool {
         error.kind(),
         StoreErrorKind::Timeout | StoreErrorKind::Unavailable | StoreErrorKind::Busy
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::cache::PartitionCache;
+    use crate::store::{StoredPartition, WriteReport};
+
+    /// Counts the timers armed; they fire only when the test says so.
+    struct Timers {
+        armed: AtomicU64,
+        fire: futures::future::Shared<BoxFuture<'static, ()>>,
+    }
+
+    impl Runtime for Timers {
+        fn now(&self) -> SystemTime {
+            SystemTime::now()
+        }
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::pending().boxed()
+        }
+        fn spawn(&self, _: BoxFuture<'static, ()>) {}
+        fn io_timeout(&self, _: Duration) -> BoxFuture<'static, ()> {
+            self.armed.fetch_add(1, Ordering::SeqCst);
+            self.fire.clone().boxed()
+        }
+    }
+
+    struct Empty;
+
+    #[async_trait]
+    impl TokenStore for Empty {
+        async fn load(&self, _: &PartitionKey) -> Result<StoredPartition, StoreError> {
+            Ok(StoredPartition::default())
+        }
+        async fn write(&self, _: &PartitionKey, _: &EntryWrite) -> Result<WriteReport, StoreError> {
+            Ok(WriteReport::default())
+        }
+        async fn remove(&self, _: &PartitionKey) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoL1;
+
+    impl PartitionCache for NoL1 {
+        fn get(&self, _: &PartitionKey) -> Option<Arc<Partition>> {
+            None
+        }
+        fn insert(&self, _: PartitionKey, _: Arc<Partition>) {}
+        fn remove(&self, _: &PartitionKey) {}
+        fn partition_count(&self) -> usize {
+            0
+        }
+    }
+
+    /// Reads share one armed timer while it fires late enough for them; once it has fired, the
+    /// next read arms a new one (it never inherits an elapsed timer).
+    #[test]
+    fn reads_share_a_timer_until_it_fires() {
+        let (fire, fired) = futures::channel::oneshot::channel::<()>();
+        let runtime = Arc::new(Timers {
+            armed: AtomicU64::new(0),
+            fire: async move {
+                let _ = fired.await;
+            }
+            .boxed()
+            .shared(),
+        });
+        let l2 = L2::new(
+            L2Options::new(Arc::new(Empty)),
+            Arc::clone(&runtime) as Arc<dyn Runtime>,
+            Arc::new(Background::default()),
+            Arc::new(TokenCache::new(Arc::new(NoL1))),
+        );
+        let first = l2.read_timer();
+        let second = l2.read_timer();
+        assert_eq!(runtime.armed.load(Ordering::SeqCst), 1);
+        drop(fire);
+        assert!(first.now_or_never().is_some(), "the timer fired");
+        let _third = l2.read_timer();
+        assert_eq!(runtime.armed.load(Ordering::SeqCst), 2);
+        drop(second);
+    }
 }

@@ -14,6 +14,7 @@
 //! read so a store written by an older release migrates on its first write (ADR 0006).
 #![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -328,13 +329,14 @@ impl BlobCodec {
         }
     }
 
-    /// Open the body of `blob` whose flags byte is at `at` (after magic and format).
-    fn open(
+    /// Open the body of `blob` whose flags byte is at `at` (after magic and format): a plain
+    /// body is borrowed, not copied (reading a large partition decodes every entry).
+    fn open<'b>(
         &self,
-        blob: &[u8],
+        blob: &'b [u8],
         at: usize,
         aad: impl FnOnce(&[u8]) -> Vec<u8>,
-    ) -> Result<Vec<u8>, BlobError> {
+    ) -> Result<Cow<'b, [u8]>, BlobError> {
         let Some((_, [flags, key_id_len, rest @ ..])) = blob.split_at_checked(at) else {
             return Err(BlobError::Truncated);
         };
@@ -361,12 +363,13 @@ impl BlobCodec {
                         aad: &aad,
                     },
                 )
+                .map(Cow::Owned)
                 .map_err(|_| BlobError::Tampered)
         } else {
             if self.keyring.as_ref().is_some_and(|r| r.require_sealed) {
                 return Err(BlobError::NotSealed);
             }
-            Ok(body.to_vec())
+            Ok(Cow::Borrowed(body))
         }
     }
 

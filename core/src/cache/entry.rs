@@ -14,6 +14,7 @@ use crate::store::EntryId;
 
 /// One entry of a partition. The variant order is the wire format: append only.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "WireEntry")]
 pub(crate) enum CacheEntry {
     AccessToken(Arc<AccessToken>),
     RefreshToken(Arc<RefreshToken>),
@@ -29,6 +30,32 @@ pub(crate) enum CacheEntry {
         key: Box<str>,
         at: u64,
     },
+}
+
+/// [`CacheEntry`] as decoded: the same variants, each value decoded in place and then moved
+/// into its `Arc` (serde's `Arc<T>` decodes a `Box<T>` and copies it into a second allocation,
+/// per entry of a partition read).
+#[derive(Deserialize)]
+enum WireEntry {
+    AccessToken(AccessToken),
+    RefreshToken(RefreshToken),
+    IdToken(IdToken),
+    Account(Account),
+    AccessTokenRemoved { key: AccessTokenKey, at: u64 },
+    EntryRemoved { key: Box<str>, at: u64 },
+}
+
+impl From<WireEntry> for CacheEntry {
+    fn from(entry: WireEntry) -> Self {
+        match entry {
+            WireEntry::AccessToken(token) => CacheEntry::AccessToken(Arc::new(token)),
+            WireEntry::RefreshToken(token) => CacheEntry::RefreshToken(Arc::new(token)),
+            WireEntry::IdToken(token) => CacheEntry::IdToken(Arc::new(token)),
+            WireEntry::Account(account) => CacheEntry::Account(Arc::new(account)),
+            WireEntry::AccessTokenRemoved { key, at } => CacheEntry::AccessTokenRemoved { key, at },
+            WireEntry::EntryRemoved { key, at } => CacheEntry::EntryRemoved { key, at },
+        }
+    }
 }
 
 /// The id of the access token identified by `key`.

@@ -60,7 +60,7 @@ impl Serialize for ScopeSet {
 impl<'de> Deserialize<'de> for ScopeSet {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let target = String::deserialize(deserializer)?;
-        Ok(ScopeSet::parse(&target))
+        Ok(ScopeSet::parse_owned(target))
     }
 }
 
