@@ -10,7 +10,6 @@ use super::flow::Job;
 use super::flows::client::ClientIdentity;
 use super::flows::client_credentials::ClientCredentials;
 use super::future::TokenFuture;
-use super::hot::HotKey;
 use super::l2::L2Health;
 use super::settings::{AuthoritySource, EngineSettings, engine_setters, request_controls};
 use super::user_flows::{
@@ -407,21 +406,17 @@ impl<'a> AcquireTokenForClient<'a> {
     /// The request handed to the engine: a hit answers here, synchronously.
     pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
-        // The plain request (the application's tenant, no options): this thread's copy of the
-        // token first, before anything else is looked at.
-        if let Scopes::Borrowed(scopes) = self.scopes
-            && self.tenant.is_none()
+        // The plain request (the default tenant, no options): this thread's copy first.
+        let plain = self.tenant.is_none()
             && self.controls.is_none()
             && !self.force_refresh
-            && self.min_remaining_lifetime.is_zero()
-            && let Some(result) = inner.core.engine.hot_hit(
-                HotKey {
-                    partition: &inner.default_partition,
-                    scopes,
-                },
-                MetricFlow::ClientCredentials,
-            )
-        {
+            && self.min_remaining_lifetime.is_zero();
+        if let Some(result) = inner.core.engine.plain_hit(
+            plain,
+            &inner.default_partition,
+            &self.scopes,
+            MetricFlow::ClientCredentials,
+        ) {
             return Acquire::ready(result);
         }
         let identity = &inner.core.identity;

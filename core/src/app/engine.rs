@@ -42,7 +42,7 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::runtime::unix_seconds;
-use crate::scopes::ScopeTable;
+use crate::scopes::{ScopeTable, Scopes};
 use crate::store::Lease;
 use crate::telemetry::{self, MetricFlow, Tags};
 use crate::throttle::{FlowKind, ThrottleKey, Throttler, ThrottlingPolicy};
@@ -489,6 +489,23 @@ impl Engine {
             Deadline::UnixSeconds(self.now())
         };
         hot::get(self.id, &key, clock, flow, TokenCache::generation)
+    }
+
+    /// [`hot_hit`](Self::hot_hit) for a facade's request when it is `plain` (no tenant, no
+    /// options) and its scopes are the table's: such a request tries this thread's copy
+    /// before it builds its query.
+    #[inline(always)]
+    pub(crate) fn plain_hit(
+        &self,
+        plain: bool,
+        partition: &PartitionKey,
+        scopes: &Scopes<'_>,
+        flow: MetricFlow,
+    ) -> Option<AuthenticationResult> {
+        match scopes {
+            Scopes::Borrowed(scopes) if plain => self.hot_hit(HotKey { partition, scopes }, flow),
+            _ => None,
+        }
     }
 
     /// `result` naming its user when `flow`'s results do (a hit on the thread's copy of the

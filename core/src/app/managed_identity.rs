@@ -10,14 +10,13 @@ use super::engine::{Acquire, Engine};
 use super::flow::Job;
 use super::flows::managed_identity::{MI_ENVIRONMENT, ManagedIdentity};
 use super::future::TokenFuture;
-use super::hot::{self, HotKey, KeySource};
+use super::hot::{self, KeySource};
 use super::l2::L2Health;
 use super::settings::{EngineSettings, engine_setters, request_controls};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
 use crate::controls::RequestControls;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
-use crate::scopes::Scopes;
 use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
@@ -223,17 +222,10 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
         });
         let scopes = engine.scopes.get_one(resource);
         // The plain request: this thread's copy of the token first.
-        if let Scopes::Borrowed(set) = scopes
-            && self.controls.is_none()
-            && !self.force_refresh
-            && self.min_remaining_lifetime.is_zero()
-            && let Some(result) = engine.hot_hit(
-                HotKey {
-                    partition: &partition,
-                    scopes: set,
-                },
-                MetricFlow::ManagedIdentity,
-            )
+        let plain =
+            self.controls.is_none() && !self.force_refresh && self.min_remaining_lifetime.is_zero();
+        if let Some(result) =
+            engine.plain_hit(plain, &partition, &scopes, MetricFlow::ManagedIdentity)
         {
             return Acquire::ready(result);
         }

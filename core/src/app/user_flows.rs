@@ -19,7 +19,7 @@ use super::flows::client::ClientIdentity;
 use super::flows::on_behalf_of::{LongRunningOnBehalfOf, OnBehalfOf};
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
-use super::hot::{self, HotKey, KeySource};
+use super::hot::{self, KeySource};
 use super::idp::{FetchStats, Idp};
 use super::settings::{one_shot_controls, request_controls};
 use crate::authority::Authority;
@@ -287,19 +287,14 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             identity.authority.realm(),
             || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
         );
-        // The plain request: this thread's copy of the token first.
-        if let Scopes::Borrowed(scopes) = self.scopes
-            && self.tenant.is_none()
+        // The plain request (the default tenant, no options): this thread's copy first.
+        let plain = self.tenant.is_none()
             && self.controls.is_none()
             && !self.force_refresh
-            && self.min_remaining_lifetime.is_zero()
-            && let Some(result) = core.engine.hot_hit(
-                HotKey {
-                    partition: &partition,
-                    scopes,
-                },
-                MetricFlow::OnBehalfOf,
-            )
+            && self.min_remaining_lifetime.is_zero();
+        if let Some(result) =
+            core.engine
+                .plain_hit(plain, &partition, &self.scopes, MetricFlow::OnBehalfOf)
         {
             return Acquire::ready(result);
         }
@@ -668,19 +663,14 @@ impl<'a> AcquireTokenSilent<'a> {
             hot::partition_key(core.engine.id(), KeySource::Account, home, realm, || {
                 PartitionKey::for_user(&identity.client_id, home)
             });
-        // The plain request: this thread's copy of the token first.
-        if let Scopes::Borrowed(scopes) = self.scopes
-            && self.tenant.is_none()
+        // The plain request (the default tenant, no options): this thread's copy first.
+        let plain = self.tenant.is_none()
             && self.controls.is_none()
             && !self.force_refresh
-            && self.min_remaining_lifetime.is_zero()
-            && let Some(result) = core.engine.hot_hit(
-                HotKey {
-                    partition: &partition,
-                    scopes,
-                },
-                MetricFlow::Silent,
-            )
+            && self.min_remaining_lifetime.is_zero();
+        if let Some(result) =
+            core.engine
+                .plain_hit(plain, &partition, &self.scopes, MetricFlow::Silent)
         {
             return Acquire::ready(result);
         }
