@@ -407,10 +407,12 @@ impl<'a> AcquireTokenForClient<'a> {
     pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
         // The plain request (the default tenant, no options): this thread's copy first.
-        let plain = self.tenant.is_none()
-            && self.controls.is_none()
-            && !self.force_refresh
-            && self.min_remaining_lifetime.is_zero();
+        let plain = || {
+            self.tenant.is_none()
+                && self.controls.is_none()
+                && !self.force_refresh
+                && self.min_remaining_lifetime.is_zero()
+        };
         if let Some(result) = inner.core.engine.plain_hit(
             plain,
             &inner.default_partition,

@@ -491,19 +491,19 @@ impl Engine {
         hot::get(self.id, &key, clock, flow, TokenCache::generation)
     }
 
-    /// [`hot_hit`](Self::hot_hit) for a facade's request when it is `plain` (no tenant, no
-    /// options) and its scopes are the table's: such a request tries this thread's copy
+    /// [`hot_hit`](Self::hot_hit) for a facade's request when it is `plain()` (no tenant, no
+    /// options; asked after the scopes) and its scopes are the table's: such a request tries this thread's copy
     /// before it builds its query.
     #[inline(always)]
     pub(crate) fn plain_hit(
         &self,
-        plain: bool,
+        plain: impl FnOnce() -> bool,
         partition: &PartitionKey,
         scopes: &Scopes<'_>,
         flow: MetricFlow,
     ) -> Option<AuthenticationResult> {
         match scopes {
-            Scopes::Borrowed(scopes) if plain => self.hot_hit(HotKey { partition, scopes }, flow),
+            Scopes::Borrowed(scopes) if plain() => self.hot_hit(HotKey { partition, scopes }, flow),
             _ => None,
         }
     }

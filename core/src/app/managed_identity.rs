@@ -222,8 +222,9 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
         });
         let scopes = engine.scopes.get_one(resource);
         // The plain request: this thread's copy of the token first.
-        let plain =
-            self.controls.is_none() && !self.force_refresh && self.min_remaining_lifetime.is_zero();
+        let plain = || {
+            self.controls.is_none() && !self.force_refresh && self.min_remaining_lifetime.is_zero()
+        };
         if let Some(result) =
             engine.plain_hit(plain, &partition, &scopes, MetricFlow::ManagedIdentity)
         {

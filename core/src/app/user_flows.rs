@@ -288,10 +288,12 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
         );
         // The plain request (the default tenant, no options): this thread's copy first.
-        let plain = self.tenant.is_none()
-            && self.controls.is_none()
-            && !self.force_refresh
-            && self.min_remaining_lifetime.is_zero();
+        let plain = || {
+            self.tenant.is_none()
+                && self.controls.is_none()
+                && !self.force_refresh
+                && self.min_remaining_lifetime.is_zero()
+        };
         if let Some(result) =
             core.engine
                 .plain_hit(plain, &partition, &self.scopes, MetricFlow::OnBehalfOf)
@@ -664,10 +666,12 @@ impl<'a> AcquireTokenSilent<'a> {
                 PartitionKey::for_user(&identity.client_id, home)
             });
         // The plain request (the default tenant, no options): this thread's copy first.
-        let plain = self.tenant.is_none()
-            && self.controls.is_none()
-            && !self.force_refresh
-            && self.min_remaining_lifetime.is_zero();
+        let plain = || {
+            self.tenant.is_none()
+                && self.controls.is_none()
+                && !self.force_refresh
+                && self.min_remaining_lifetime.is_zero()
+        };
         if let Some(result) =
             core.engine
                 .plain_hit(plain, &partition, &self.scopes, MetricFlow::Silent)
