@@ -113,6 +113,9 @@ impl Future for TokenFuture<'_> {
                 .into()));
             }
         }
+        // Known `New` here, so this drops nothing; set before starting, a hit's result goes
+        // straight to the caller (no copy around an assignment).
+        this.state = State::Done;
         let started = match &mut this.request {
             Request::ForClient(request) => request.start(),
             Request::OnBehalfOf(request) => request.start(),
@@ -121,17 +124,12 @@ impl Future for TokenFuture<'_> {
             Request::ManagedIdentity(request) => request.start(),
         };
         match started {
-            Acquire::Ready(result) => {
-                this.state = State::Done;
-                Poll::Ready(result)
-            }
+            Acquire::Ready(result) => Poll::Ready(result),
             Acquire::Pending(mut running) => {
                 let poll = running.as_mut().poll(cx);
-                this.state = if poll.is_pending() {
-                    State::Running(running)
-                } else {
-                    State::Done
-                };
+                if poll.is_pending() {
+                    this.state = State::Running(running);
+                }
                 poll
             }
         }
