@@ -11,7 +11,7 @@ use super::flows::client::ClientIdentity;
 use super::flows::client_credentials::ClientCredentials;
 use super::future::TokenFuture;
 use super::l2::L2Health;
-use super::settings::{AuthoritySource, EngineSettings, engine_setters, request_controls};
+use super::settings::{AuthoritySource, EngineSettings, Options, engine_setters, request_controls};
 use super::user_flows::{
     AcquireTokenByAuthorizationCode, AcquireTokenInLongRunningProcess, AcquireTokenOnBehalfOf,
     AcquireTokenSilent, AuthorizationUrl, ClientCore, InitiateLongRunningProcess,
@@ -19,7 +19,6 @@ use super::user_flows::{
 use crate::authority::Authority;
 use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenCache};
 use crate::client_auth::ClientAuthMethod;
-use crate::controls::RequestControls;
 use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
@@ -89,10 +88,7 @@ impl ConfidentialClientApplication {
         AcquireTokenForClient {
             app: self,
             scopes: scopes.into_scopes(&self.inner.core.engine.scopes),
-            force_refresh: false,
-            tenant: None,
-            min_remaining_lifetime: std::time::Duration::ZERO,
-            controls: None,
+            options: Options::default(),
         }
     }
 
@@ -328,10 +324,7 @@ impl ConfidentialClientApplicationBuilder {
 pub struct AcquireTokenForClient<'a> {
     app: &'a ConfidentialClientApplication,
     scopes: Scopes<'a>,
-    force_refresh: bool,
-    tenant: Option<String>,
-    min_remaining_lifetime: std::time::Duration,
-    controls: Option<Box<RequestControls>>,
+    options: Options,
 }
 
 /// An application-token partition, refined by the application's cache partition key and a
@@ -365,21 +358,19 @@ impl<'a> AcquireTokenForClient<'a> {
         mut self,
         parameters: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        self.controls
-            .get_or_insert_with(Default::default)
-            .set_extra_query(parameters);
+        self.controls_mut().set_extra_query(parameters);
         self
     }
 
     /// Skip the cache and ask the identity provider (the new token is cached).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
-        self.force_refresh = force_refresh;
+        self.options.force_refresh(force_refresh);
         self
     }
 
     /// Ask another tenant than the authority's (multi-tenant applications).
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant = Some(tenant.into());
+        self.options.tenant(tenant.into());
         self
     }
 
@@ -387,7 +378,7 @@ impl<'a> AcquireTokenForClient<'a> {
     /// authenticates once and lives that long): a cached token with less left is renewed, and
     /// not served stale if the renewal fails.
     pub fn with_min_remaining_lifetime(mut self, lifetime: std::time::Duration) -> Self {
-        self.min_remaining_lifetime = lifetime;
+        self.options.min_remaining_lifetime(lifetime);
         self
     }
 
@@ -403,32 +394,40 @@ impl<'a> AcquireTokenForClient<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously.
+    /// The request handed to the engine: a hit answers here, synchronously. Inlined into the
+    /// request's future, so a hit's result is written once, where the caller reads it; the
+    /// rest is [`start_miss`](Self::start_miss).
+    #[inline(always)]
     pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
-        // The plain request (the default tenant, no options): this thread's copy first.
-        let plain = || {
-            self.tenant.is_none()
-                && self.controls.is_none()
-                && !self.force_refresh
-                && self.min_remaining_lifetime.is_zero()
-        };
         if let Some(result) = inner.core.engine.plain_hit(
-            plain,
+            &self.options,
             &inner.default_partition,
             &self.scopes,
             MetricFlow::ClientCredentials,
         ) {
             return Acquire::ready(result);
         }
+        self.start_miss()
+    }
+
+    /// [`start`](Self::start) past the thread's copy.
+    #[inline(never)]
+    fn start_miss(&mut self) -> Acquire {
+        let inner = &self.app.inner;
         let identity = &inner.core.identity;
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
         }
         // Borrow the default partition key: no reference-count traffic on the hot path.
         let overridden;
-        let extra_query = self.controls.as_ref().and_then(|c| c.extra_query_digest());
-        let (authority, partition, hot) = match &self.tenant {
+        let extra_query = self
+            .options
+            .get()
+            .controls
+            .as_ref()
+            .and_then(|c| c.extra_query_digest());
+        let (authority, partition, hot) = match &self.options.get().tenant {
             Some(t) if Some(t.as_str()) != identity.authority.tenant() => {
                 let authority = match identity.authority.with_tenant(t) {
                     Ok(authority) => authority,
@@ -475,10 +474,10 @@ impl<'a> AcquireTokenForClient<'a> {
             partition,
             &query,
             MetricFlow::ClientCredentials,
-            self.force_refresh,
+            self.options.get().force_refresh,
             hot,
-            self.min_remaining_lifetime,
-            self.controls.take(),
+            self.options.min_lifetime(),
+            self.options.take_controls(),
             || {
                 Job::new(
                     partition,

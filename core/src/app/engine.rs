@@ -32,6 +32,7 @@ use super::flow::{Fetched, FlightKey, Job};
 use super::hot::{self, Deadline, HotKey};
 use super::idp::{FetchStats, Idp};
 use super::l2::{L2, L2Health, L2Options, LeaseOptions};
+use super::settings::Options;
 use crate::cache::entry::CacheEntry;
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
@@ -491,19 +492,21 @@ impl Engine {
         hot::get(self.id, &key, clock, flow, TokenCache::generation)
     }
 
-    /// [`hot_hit`](Self::hot_hit) for a facade's request when it is `plain()` (no tenant, no
-    /// options; asked after the scopes) and its scopes are the table's: such a request tries this thread's copy
-    /// before it builds its query.
+    /// [`hot_hit`](Self::hot_hit) for a facade's request when its `options` are plain (no
+    /// tenant, no controls, not forced, no minimum lifetime) and its scopes are the table's:
+    /// such a request tries this thread's copy before it builds its query.
     #[inline(always)]
     pub(crate) fn plain_hit(
         &self,
-        plain: impl FnOnce() -> bool,
+        options: &Options,
         partition: &PartitionKey,
         scopes: &Scopes<'_>,
         flow: MetricFlow,
     ) -> Option<AuthenticationResult> {
         match scopes {
-            Scopes::Borrowed(scopes) if plain() => self.hot_hit(HotKey { partition, scopes }, flow),
+            Scopes::Borrowed(scopes) if options.is_plain() => {
+                self.hot_hit(HotKey { partition, scopes }, flow)
+            }
             _ => None,
         }
     }

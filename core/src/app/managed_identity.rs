@@ -12,11 +12,11 @@ use super::flows::managed_identity::{MI_ENVIRONMENT, ManagedIdentity};
 use super::future::TokenFuture;
 use super::hot::{self, KeySource};
 use super::l2::L2Health;
-use super::settings::{EngineSettings, engine_setters, request_controls};
+use super::settings::{EngineSettings, Options, engine_setters, request_controls};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
-use crate::controls::RequestControls;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
+use crate::scopes::Scopes;
 use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
@@ -71,9 +71,7 @@ impl ManagedIdentityApplication {
         AcquireTokenForManagedIdentity {
             app: self,
             resource: resource.into(),
-            force_refresh: false,
-            min_remaining_lifetime: std::time::Duration::ZERO,
-            controls: None,
+            options: Options::default(),
         }
     }
 
@@ -170,9 +168,7 @@ impl ManagedIdentityApplicationBuilder {
 pub struct AcquireTokenForManagedIdentity<'a> {
     app: &'a ManagedIdentityApplication,
     resource: Cow<'a, str>,
-    force_refresh: bool,
-    min_remaining_lifetime: std::time::Duration,
-    controls: Option<Box<RequestControls>>,
+    options: Options,
 }
 
 impl<'a> AcquireTokenForManagedIdentity<'a> {
@@ -180,14 +176,14 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
 
     /// Skip the cache and ask the endpoint (the new token is cached).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
-        self.force_refresh = force_refresh;
+        self.options.force_refresh(force_refresh);
         self
     }
 
     /// Only a token valid for at least `lifetime` will do: a cached token with less left is
     /// renewed, and not served stale if the renewal fails.
     pub fn with_min_remaining_lifetime(mut self, lifetime: std::time::Duration) -> Self {
-        self.min_remaining_lifetime = lifetime;
+        self.options.min_remaining_lifetime(lifetime);
         self
     }
 
@@ -204,7 +200,9 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously.
+    /// The request handed to the engine: a hit answers here, synchronously (inlined into the
+    /// request's future: a hit's result is written once).
+    #[inline(always)]
     pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
         let resource = self.resource.trim();
@@ -221,15 +219,24 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             )
         });
         let scopes = engine.scopes.get_one(resource);
-        // The plain request: this thread's copy of the token first.
-        let plain = || {
-            self.controls.is_none() && !self.force_refresh && self.min_remaining_lifetime.is_zero()
-        };
-        if let Some(result) =
-            engine.plain_hit(plain, &partition, &scopes, MetricFlow::ManagedIdentity)
-        {
+        if let Some(result) = engine.plain_hit(
+            &self.options,
+            &partition,
+            &scopes,
+            MetricFlow::ManagedIdentity,
+        ) {
             return Acquire::ready(result);
         }
+        self.start_miss(partition, scopes)
+    }
+
+    /// [`start`](Self::start) past the thread's copy, for the resource's `partition` and
+    /// `scopes`.
+    #[inline(never)]
+    fn start_miss(&mut self, partition: PartitionKey, scopes: Scopes<'a>) -> Acquire {
+        let inner = &self.app.inner;
+        let resource = self.resource.trim();
+        let resource = resource.strip_suffix("/.default").unwrap_or(resource);
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: MI_ENVIRONMENT,
@@ -242,10 +249,10 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             &partition,
             &query,
             MetricFlow::ManagedIdentity,
-            self.force_refresh,
+            self.options.get().force_refresh,
             scopes.is_borrowed(),
-            self.min_remaining_lifetime,
-            self.controls.take(),
+            self.options.min_lifetime(),
+            self.options.take_controls(),
             || {
                 Job::new(
                     &partition,

@@ -21,7 +21,7 @@ use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
 use super::hot::{self, KeySource};
 use super::idp::{FetchStats, Idp};
-use super::settings::{one_shot_controls, request_controls};
+use super::settings::{Options, one_shot_controls, request_controls};
 use crate::authority::Authority;
 use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
 use crate::controls::RequestControls;
@@ -201,10 +201,7 @@ pub struct AcquireTokenOnBehalfOf<'a> {
     scopes: Scopes<'a>,
     /// The caller's assertion, borrowed or owned as given; a secret, never logged.
     assertion: Cow<'a, str>,
-    force_refresh: bool,
-    tenant: Option<String>,
-    min_remaining_lifetime: Duration,
-    controls: Option<Box<RequestControls>>,
+    options: Options,
 }
 
 impl fmt::Debug for AcquireTokenOnBehalfOf<'_> {
@@ -229,10 +226,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             core,
             scopes: scopes.into_scopes(&core.engine.scopes),
             assertion: user_assertion.into(),
-            force_refresh: false,
-            tenant: None,
-            min_remaining_lifetime: Duration::ZERO,
-            controls: None,
+            options: Options::default(),
         }
     }
 
@@ -240,21 +234,21 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
 
     /// Skip the cached access token (the cached refresh token is still used).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
-        self.force_refresh = force_refresh;
+        self.options.force_refresh(force_refresh);
         self
     }
 
     /// Ask the user's token in another tenant than the authority's (a GUID or a domain name;
     /// anything else, such as a path, fails the request with [`Error::Configuration`]).
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant = Some(tenant.into());
+        self.options.tenant(tenant.into());
         self
     }
 
     /// Only a token valid for at least `lifetime` will do: a cached one with less left is
     /// renewed (and not served stale if the renewal fails).
     pub fn with_min_remaining_lifetime(mut self, lifetime: Duration) -> Self {
-        self.min_remaining_lifetime = lifetime;
+        self.options.min_remaining_lifetime(lifetime);
         self
     }
 
@@ -270,7 +264,9 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously.
+    /// The request handed to the engine: a hit answers here, synchronously (inlined into the
+    /// request's future: a hit's result is written once).
+    #[inline(always)]
     pub(crate) fn start(&mut self) -> Acquire {
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
@@ -287,20 +283,23 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             identity.authority.realm(),
             || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
         );
-        // The plain request (the default tenant, no options): this thread's copy first.
-        let plain = || {
-            self.tenant.is_none()
-                && self.controls.is_none()
-                && !self.force_refresh
-                && self.min_remaining_lifetime.is_zero()
-        };
-        if let Some(result) =
-            core.engine
-                .plain_hit(plain, &partition, &self.scopes, MetricFlow::OnBehalfOf)
-        {
+        if let Some(result) = core.engine.plain_hit(
+            &self.options,
+            &partition,
+            &self.scopes,
+            MetricFlow::OnBehalfOf,
+        ) {
             return Acquire::ready(result);
         }
-        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+        self.start_miss(partition)
+    }
+
+    /// [`start`](Self::start) past the thread's copy, for the assertion's `partition`.
+    #[inline(never)]
+    fn start_miss(&mut self, partition: PartitionKey) -> Acquire {
+        let core = self.core;
+        let identity = &core.identity;
+        let overridden = match core.tenant_authority(self.options.get().tenant.as_deref()) {
             Ok(overridden) => overridden,
             Err(error) => return Acquire::failed(error),
         };
@@ -320,11 +319,11 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             &partition,
             &query,
             MetricFlow::OnBehalfOf,
-            self.force_refresh,
+            self.options.get().force_refresh,
             // The thread's copy is named by partition and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
-            self.min_remaining_lifetime,
-            self.controls.take(),
+            self.options.min_lifetime(),
+            self.options.take_controls(),
             || {
                 Job::new(
                     &partition,
@@ -440,17 +439,14 @@ pub struct AcquireTokenInLongRunningProcess<'a> {
     core: &'a ClientCore,
     scopes: Scopes<'a>,
     session_key: Cow<'a, str>,
-    force_refresh: bool,
-    tenant: Option<String>,
-    min_remaining_lifetime: Duration,
-    controls: Option<Box<RequestControls>>,
+    options: Options,
 }
 
 impl fmt::Debug for AcquireTokenInLongRunningProcess<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcquireTokenInLongRunningProcess")
             .field("scopes", &self.scopes)
-            .field("tenant", &self.tenant)
+            .field("tenant", &self.options.get().tenant)
             .finish_non_exhaustive()
     }
 }
@@ -468,10 +464,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             core,
             scopes: scopes.into_scopes(&core.engine.scopes),
             session_key: session_key.into(),
-            force_refresh: false,
-            tenant: None,
-            min_remaining_lifetime: Duration::ZERO,
-            controls: None,
+            options: Options::default(),
         }
     }
 
@@ -479,19 +472,19 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
 
     /// Skip the cached access token and redeem the session's refresh token.
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
-        self.force_refresh = force_refresh;
+        self.options.force_refresh(force_refresh);
         self
     }
 
     /// See [`AcquireTokenOnBehalfOf::with_tenant`].
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant = Some(tenant.into());
+        self.options.tenant(tenant.into());
         self
     }
 
     /// See [`AcquireTokenOnBehalfOf::with_min_remaining_lifetime`].
     pub fn with_min_remaining_lifetime(mut self, lifetime: Duration) -> Self {
-        self.min_remaining_lifetime = lifetime;
+        self.options.min_remaining_lifetime(lifetime);
         self
     }
 
@@ -514,7 +507,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
         }
         let core = self.core;
         let identity = &core.identity;
-        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+        let overridden = match core.tenant_authority(self.options.get().tenant.as_deref()) {
             Ok(overridden) => overridden,
             Err(error) => return Acquire::failed(error),
         };
@@ -540,11 +533,11 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             &partition,
             &query,
             MetricFlow::LongRunning,
-            self.force_refresh,
+            self.options.get().force_refresh,
             // The thread's copy is named by partition and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
-            self.min_remaining_lifetime,
-            self.controls.take(),
+            self.options.min_lifetime(),
+            self.options.take_controls(),
             || {
                 Job::new(
                     &partition,
@@ -582,11 +575,8 @@ pub struct AcquireTokenSilent<'a> {
     core: &'a ClientCore,
     scopes: Scopes<'a>,
     account: &'a Account,
-    force_refresh: bool,
     flow: FlowKind,
-    tenant: Option<String>,
-    min_remaining_lifetime: Duration,
-    controls: Option<Box<RequestControls>>,
+    options: Options,
 }
 
 impl fmt::Debug for AcquireTokenSilent<'_> {
@@ -609,11 +599,8 @@ impl<'a> AcquireTokenSilent<'a> {
             core,
             scopes: scopes.into_scopes(&core.engine.scopes),
             account,
-            force_refresh: false,
             flow,
-            tenant: None,
-            min_remaining_lifetime: Duration::ZERO,
-            controls: None,
+            options: Options::default(),
         }
     }
 
@@ -622,7 +609,7 @@ impl<'a> AcquireTokenSilent<'a> {
     /// Skip the cached access token and redeem the refresh token (read from L2 too, so a node
     /// that has not seen the user can renew).
     pub fn with_force_refresh(mut self, force_refresh: bool) -> Self {
-        self.force_refresh = force_refresh;
+        self.options.force_refresh(force_refresh);
         self
     }
 
@@ -630,14 +617,14 @@ impl<'a> AcquireTokenSilent<'a> {
     /// is redeemed there, and the token cached under that tenant. A GUID or a domain name;
     /// anything else, such as a path, fails the request with [`Error::Configuration`].
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant = Some(tenant.into());
+        self.options.tenant(tenant.into());
         self
     }
 
     /// Only a token valid for at least `lifetime` will do: a cached one with less left is
     /// renewed (and not served stale if the renewal fails).
     pub fn with_min_remaining_lifetime(mut self, lifetime: Duration) -> Self {
-        self.min_remaining_lifetime = lifetime;
+        self.options.min_remaining_lifetime(lifetime);
         self
     }
 
@@ -652,7 +639,9 @@ impl<'a> AcquireTokenSilent<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously.
+    /// The request handed to the engine: a hit answers here, synchronously (inlined into the
+    /// request's future: a hit's result is written once).
+    #[inline(always)]
     pub(crate) fn start(&mut self) -> Acquire {
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
@@ -665,20 +654,23 @@ impl<'a> AcquireTokenSilent<'a> {
             hot::partition_key(core.engine.id(), KeySource::Account, home, realm, || {
                 PartitionKey::for_user(&identity.client_id, home)
             });
-        // The plain request (the default tenant, no options): this thread's copy first.
-        let plain = || {
-            self.tenant.is_none()
-                && self.controls.is_none()
-                && !self.force_refresh
-                && self.min_remaining_lifetime.is_zero()
-        };
         if let Some(result) =
             core.engine
-                .plain_hit(plain, &partition, &self.scopes, MetricFlow::Silent)
+                .plain_hit(&self.options, &partition, &self.scopes, MetricFlow::Silent)
         {
             return Acquire::ready(result);
         }
-        let overridden = match core.tenant_authority(self.tenant.as_deref()) {
+        self.start_miss(partition)
+    }
+
+    /// [`start`](Self::start) past the thread's copy, for the account's `partition`.
+    #[inline(never)]
+    fn start_miss(&mut self, partition: PartitionKey) -> Acquire {
+        let core = self.core;
+        let identity = &core.identity;
+        let home = self.account.home_account_id.as_str();
+        let realm = self.account.realm.as_str();
+        let overridden = match core.tenant_authority(self.options.get().tenant.as_deref()) {
             Ok(overridden) => overridden,
             Err(error) => return Acquire::failed(error),
         };
@@ -695,11 +687,11 @@ impl<'a> AcquireTokenSilent<'a> {
             &partition,
             &query,
             MetricFlow::Silent,
-            self.force_refresh,
+            self.options.get().force_refresh,
             // The thread's copy is named by partition and scopes: the account's tenant only.
             self.scopes.is_borrowed() && overridden.is_none(),
-            self.min_remaining_lifetime,
-            self.controls.take(),
+            self.options.min_lifetime(),
+            self.options.take_controls(),
             || {
                 Job::new(
                     &partition,
