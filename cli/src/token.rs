@@ -59,7 +59,7 @@ pub struct TokenArgs {
     /// Entra tenant (id or domain); the authority becomes login.microsoftonline.com/TENANT.
     #[arg(long, env = "AZURE_TENANT_ID")]
     tenant: Option<String>,
-    /// Authority URL (wins over --tenant), e.g. https://login.microsoftonline.com/contoso.
+    /// Authority URL (wins over --tenant), e.g. `https://login.microsoftonline.com/contoso`.
     #[arg(long, env = "TOKENWELL_AUTHORITY", value_name = "URL")]
     authority: Option<String>,
     /// Issuer of any OpenID Connect provider (discovery at ISSUER/.well-known/…).

@@ -2,7 +2,7 @@
 //! (Continuous Access Evaluation), token revocation, correlation ids, extra query parameters,
 //! and the application's hooks on outgoing token requests and background refreshes.
 //!
-//! A request without any of them carries no [`RequestControls`] at all (`None`), so it takes
+//! A request without any of them carries no `RequestControls` at all (`None`), so it takes
 //! the pipeline's fast path unchanged; the engine (`app/engine.rs`) and the identity-provider
 //! client (`app/idp.rs`) apply them once, for every flow they concern.
 #![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]

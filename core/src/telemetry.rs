@@ -66,7 +66,7 @@ pub enum MetricFlow {
 }
 
 impl MetricFlow {
-    /// Every value, in the order of [`MetricFlow::index`].
+    /// Every value, in the order of `MetricFlow::index`.
     pub const ALL: [MetricFlow; 8] = [
         MetricFlow::ClientCredentials,
         MetricFlow::OnBehalfOf,

@@ -4,7 +4,7 @@
 //! on-behalf-of call per user, say) gives tokens; a [`ScopeSelector`] says which scopes a
 //! request needs (by host, or a closure) and leaves requests to other hosts alone, so a token
 //! never leaks to a host it was not meant for. The same choreography backs both adapters —
-//! [`tower`](crate::tower) (hyper, axum, tonic clients) and [`reqwest`](crate::reqwest)
+//! [`tower`] (hyper, axum, tonic clients) and [`reqwest`]
 //! (`reqwest-middleware`):
 //!
 //! 1. ask for a token (a cache hit almost always) and send `Authorization: Bearer …`;

@@ -1,4 +1,4 @@
-//! A `reqwest-middleware` [`Middleware`](reqwest_middleware::Middleware).
+//! A `reqwest-middleware` [`Middleware`].
 //!
 //! A request whose body is a stream cannot be replayed: it is sent once, and a `401` is
 //! returned as it is.

@@ -1,5 +1,5 @@
 //! The managed-identity application: a thin facade over the engine and the managed-identity
-//! flow ([`flows::managed_identity`](super::flows::managed_identity)).
+//! flow (`flows::managed_identity`).
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::borrow::Cow;

@@ -3,7 +3,7 @@
 //! Layers, each importing only those below it:
 //! - facades (`confidential`, `public`, `managed_identity`, `user_flows`): builders and
 //!   request types; they describe a request and hand it to the engine;
-//! - `flows`: what each grant sends and caches ([`flow::Flow`] implementations);
+//! - `flows`: what each grant sends and caches (`flow::Flow` implementations);
 //! - `engine`: the one acquisition pipeline (lookup, refresh, coalescing, throttling, L2,
 //!   lease, write-behind, refresh-ahead), with `l2` and `background`;
 //! - `idp`: the identity-provider client (form POST, retry), and `flow`: the plug-in contract.

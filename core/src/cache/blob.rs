@@ -30,7 +30,7 @@ use super::partition::{AccessTokenKey, Partition, PartitionKey};
 use crate::store::{StoreEntry, StoredPartition};
 
 const ENTRY_MAGIC: &[u8; 3] = b"TWE";
-/// Current entry body format: postcard of one [`CacheEntry`].
+/// Current entry body format: postcard of one `CacheEntry`.
 pub const ENTRY_FORMAT: u8 = 1;
 
 const MAGIC: &[u8; 4] = b"TWC1";

@@ -1,8 +1,8 @@
 //! Partitions: the unit of L1/L2 traffic, each an immutable snapshot with a hash index.
 //!
-//! [`key`] names partitions; [`index`] finds access tokens inside one; [`sections`] holds the
-//! rarely used rest (refresh tokens, ID tokens, accounts, removals); [`merge`] combines two
-//! copies; [`entries`] converts to and from the entries L2 stores.
+//! `key` names partitions; `index` finds access tokens inside one; `sections` holds the
+//! rarely used rest (refresh tokens, ID tokens, accounts, removals); `merge` combines two
+//! copies; `entries` converts to and from the entries L2 stores.
 
 use std::fmt;
 use std::sync::Arc;
