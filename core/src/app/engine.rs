@@ -60,6 +60,14 @@ const REFRESH_CLAIM_SECS: u64 = 600;
 /// must not make the loop ask the identity provider back to back.
 const MIN_REFRESH_AHEAD_INTERVAL_SECS: u64 = 60;
 
+/// A random (version 4) correlation id for a miss, from the thread's generator rather than
+/// the operating system's: a miss that L2 answers makes no system call for it
+/// (`correlation_ids_are_random_v4`).
+fn new_correlation_id() -> uuid::Uuid {
+    use rand::Rng;
+    uuid::Builder::from_random_bytes(rand::rng().random()).into_uuid()
+}
+
 /// Proactive-refresh settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefreshOptions {
@@ -413,7 +421,7 @@ impl Engine {
         let correlation_id = controls
             .as_ref()
             .and_then(|c| c.correlation_id)
-            .unwrap_or_else(uuid::Uuid::new_v4);
+            .unwrap_or_else(new_correlation_id);
         let job = {
             let mut job = job();
             job.controls = controls;
@@ -1094,8 +1102,9 @@ impl Engine {
     ) -> LeaseOutcome {
         let runtime = &*self.idp.runtime;
         let deadline = Instant::now() + options.max_wait;
+        let lease_key = job.lease_key();
         loop {
-            match l2.try_lease(&job.lease_key, options.ttl).await {
+            match l2.try_lease(&lease_key, options.ttl).await {
                 Ok(Some(lease)) => {
                     // The previous holder may have written just before we took the lease.
                     if let Some(token) = self.read_l2(l2, job, mode).await {
@@ -1466,5 +1475,22 @@ async fn refresh_ahead_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_correlation_id;
+
+    /// Correlation ids are version 4, RFC 4122 variant, and differ from call to call.
+    #[test]
+    fn correlation_ids_are_random_v4() {
+        let ids: Vec<uuid::Uuid> = (0..64).map(|_| new_correlation_id()).collect();
+        for id in &ids {
+            assert_eq!(id.get_version(), Some(uuid::Version::Random));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 }

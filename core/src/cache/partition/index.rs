@@ -270,6 +270,18 @@ impl AccessTokenIndex {
         }
     }
 
+    /// Room for `additional` more tokens once there is a table (a partition of one token
+    /// stays without one): a partition rebuilt from a large read grows its table once, not by
+    /// doubling.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        if let AccessTokenIndex::Many(table) = self {
+            let hasher = &table.hasher;
+            table
+                .table
+                .reserve(additional, |t| Table::hash_entry(hasher, t));
+        }
+    }
+
     pub(super) fn remove_key(&mut self, key: &AccessTokenKey) -> Option<Arc<AccessToken>> {
         match self {
             AccessTokenIndex::Empty => None,
