@@ -31,7 +31,7 @@ use super::background::Background;
 use super::flow::{Fetched, FlightKey, Job};
 use super::hot::{self, Deadline, HotKey};
 use super::idp::{FetchStats, Idp};
-use super::l2::{L2, L2Health, L2Options, LeaseOptions};
+use super::l2::{L2, L2Health, L2Options, LeaseOptions, Read};
 use crate::cache::entry::CacheEntry;
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
 use crate::coalesce::SingleFlight;
@@ -1085,8 +1085,14 @@ impl Engine {
     /// mode; a read already in flight for the partition is shared), then return the token the
     /// flight may adopt.
     async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
-        let merged = l2.read_into_l1(&job.partition).await?;
-        let token = self.adoptable(Some(&merged), job, mode)?;
+        let token = match l2.read_into_l1(&job.partition).await? {
+            Read::Merged(merged) => self.adoptable(Some(&merged), job, mode)?,
+            Read::Stored(stored) => {
+                let found = l2.find(&job.partition, &stored, &job.query.as_query())?;
+                let now = self.now();
+                self.adoptable(Some(&Partition::after_write(None, found, now)), job, mode)?
+            }
+        };
         telemetry::cache_hit_l2(self.tags(job.metric));
         Some(token)
     }

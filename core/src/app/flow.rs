@@ -161,16 +161,20 @@ impl OwnedQuery {
         }
     }
 
-    /// The matching token in `partition`, if any.
-    pub(crate) fn find(&self, partition: &Partition) -> Option<Arc<AccessToken>> {
-        let query = AccessTokenQuery {
+    /// The query, borrowed.
+    pub(crate) fn as_query(&self) -> AccessTokenQuery<'_> {
+        AccessTokenQuery {
             home_account_id: self.home_account_id.as_deref(),
             environment: &self.environment,
             realm: &self.realm,
             token_type: &self.token_type,
             key_id: self.key_id.as_deref(),
             scopes: &self.scopes,
-        };
-        partition.find_access_token(&query).cloned()
+        }
+    }
+
+    /// The matching token in `partition`, if any.
+    pub(crate) fn find(&self, partition: &Partition) -> Option<Arc<AccessToken>> {
+        partition.find_access_token(&self.as_query()).cloned()
     }
 }
