@@ -784,6 +784,18 @@ async fn an_l1_that_keeps_nothing_decodes_only_the_wanted_entry(t: Transport) {
     let wanted = seed.acquire_token_for_client([SCOPE]).await.unwrap();
     seed.flush().await;
     let wanted_id = store.load(&key).await.unwrap().entries[0].id();
+    let cold = |l1: Arc<dyn tokenwell_core::PartitionCache>| {
+        farm::node_with(
+            &rig,
+            Arc::clone(&store) as Arc<dyn TokenStore>,
+            |b| b.cache(l1),
+            |o| o,
+        )
+    };
+    let lazy = cold(Arc::new(KeepsNothing));
+    // A partition of one entry (decoded directly, without its id).
+    let r = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
     seed.acquire_token_for_client([OTHER]).await.unwrap();
     seed.flush().await;
     let stored = store.load(&key).await.unwrap();
@@ -805,16 +817,6 @@ async fn an_l1_that_keeps_nothing_decodes_only_the_wanted_entry(t: Transport) {
         .write(&key, &EntryWrite::new(vec![garbage.clone()], 0))
         .await
         .unwrap();
-    let cold = |l1: Arc<dyn tokenwell_core::PartitionCache>| {
-        farm::node_with(
-            &rig,
-            Arc::clone(&store) as Arc<dyn TokenStore>,
-            |b| b.cache(l1),
-            |o| o,
-        )
-    };
-
-    let lazy = cold(Arc::new(KeepsNothing));
     for _ in 0..2 {
         let r = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
         assert_eq!(r.metadata().token_source, TokenSource::CacheL2);

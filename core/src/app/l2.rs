@@ -563,10 +563,10 @@ impl L2 {
     }
 
     /// The token of `query` in `stored` (read for an L1 that keeps nothing): the entry with
-    /// the id of the query's exact identity, decoded and checked alone; the whole partition,
-    /// as [`load`](Self::load) decodes it, when that entry is missing, does not decode, does
-    /// not match, has expired, or a legacy blob may hold a newer copy. Damage elsewhere in the
-    /// partition is thus found only by reads that decode all of it
+    /// the id of the query's exact identity (or the only entry), decoded and checked alone;
+    /// the whole partition, as [`load`](Self::load) decodes it, when that entry is missing,
+    /// does not decode, does not match, has expired, or a legacy blob may hold a newer copy.
+    /// Damage elsewhere in the partition is thus found only by reads that decode all of it
     /// (`an_l1_that_keeps_nothing_decodes_only_the_wanted_entry`).
     pub(crate) fn find(
         &self,
@@ -575,18 +575,22 @@ impl L2 {
         query: &AccessTokenQuery<'_>,
     ) -> Option<Arc<AccessToken>> {
         let now = unix_seconds(self.runtime.now());
-        // One entry decodes for less than the id costs to hash.
-        if stored.legacy.is_none() && stored.entries.len() > 1 {
-            let id = access_token_id(&AccessTokenKey::of_query(query));
-            if let Some(entry) = stored.entries.iter().find(|entry| entry.id() == id)
-                && let Ok(CacheEntry::AccessToken(token)) =
-                    self.options.codec.decode_entry(key, entry)
-                && !token.is_hard_expired(now)
-            {
-                let one = Partition::after_write(None, token, now);
-                if let Some(found) = one.find_access_token(query) {
-                    return Some(Arc::clone(found));
-                }
+        let candidate = match stored.entries.as_slice() {
+            _ if stored.legacy.is_some() => None,
+            // One entry decodes for less than the id costs to hash.
+            [only] => Some(only),
+            entries => {
+                let id = access_token_id(&AccessTokenKey::of_query(query));
+                entries.iter().find(|entry| entry.id() == id)
+            }
+        };
+        if let Some(entry) = candidate
+            && let Ok(CacheEntry::AccessToken(token)) = self.options.codec.decode_entry(key, entry)
+            && !token.is_hard_expired(now)
+        {
+            let one = Partition::after_write(None, token, now);
+            if let Some(found) = one.find_access_token(query) {
+                return Some(Arc::clone(found));
             }
         }
         self.decode(key, stored)?.find_access_token(query).cloned()
