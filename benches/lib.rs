@@ -198,6 +198,9 @@ impl PartitionCache for NoL1 {
     fn partition_count(&self) -> usize {
         0
     }
+    fn keeps_partitions(&self) -> bool {
+        false
+    }
 }
 
 /// An application with no L1 over `l2` (the transport fails: only L2 hits succeed).

@@ -96,11 +96,11 @@ impl ScopeSet {
     /// [`parse`](Self::parse) of a string read from the cache: one already in normal form (what
     /// the cache stores for lower-case scopes) goes to the shared sets as is, without splitting
     /// and joining it again.
-    pub(crate) fn parse_owned(target: String) -> Self {
-        if !Self::is_normal(&target) {
-            return Self::parse(&target);
+    pub(crate) fn parse_stored(target: &str) -> Self {
+        if !Self::is_normal(target) {
+            return Self::parse(target);
         }
-        Self::shared(&target, None)
+        Self::shared(target, None)
     }
 
     /// Whether `target` is what [`new`](Self::new) makes of it with no original case to keep:
@@ -629,10 +629,10 @@ mod tests {
         );
     }
 
-    /// The owned parse (the cache decoder's) keeps a normal string as is and otherwise agrees
+    /// The stored parse (the cache decoder's) keeps a normal string as is and otherwise agrees
     /// with `parse`, in both forms.
     #[test]
-    fn parse_owned_agrees_with_parse() {
+    fn parse_stored_agrees_with_parse() {
         for target in [
             "",
             " ",
@@ -653,7 +653,7 @@ mod tests {
             "user.read User.Read",
             "\u{e9}t\u{e9} \u{c9}t\u{e9}",
         ] {
-            let owned = ScopeSet::parse_owned(target.to_owned());
+            let owned = ScopeSet::parse_stored(target);
             let parsed = ScopeSet::parse(target);
             assert_eq!(owned.normalized(), parsed.normalized(), "{target:?}");
             assert_eq!(owned.to_target(), parsed.to_target(), "{target:?}");

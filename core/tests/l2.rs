@@ -35,6 +35,7 @@ over_each_transport!(
     an_l2_hit_is_read_by_the_caller_without_a_flight_task,
     a_miss_reads_l2_once_before_the_identity_provider,
     a_read_every_caller_abandoned_is_not_reused,
+    an_l1_that_keeps_nothing_decodes_only_the_wanted_entry,
 );
 
 /// Every node shares one in-process store (the factory hands out the same instance).
@@ -749,4 +750,115 @@ async fn a_read_every_caller_abandoned_is_not_reused(t: Transport) {
     );
     assert_eq!(store.loads.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(rig.cc_requests(), 1, "only the writer asked the IdP");
+}
+
+/// An L1 that keeps nothing (every lookup misses).
+#[derive(Debug)]
+struct KeepsNothing;
+
+impl tokenwell_core::PartitionCache for KeepsNothing {
+    fn get(&self, _: &PartitionKey) -> Option<Arc<Partition>> {
+        None
+    }
+    fn insert(&self, _: PartitionKey, _: Arc<Partition>) {}
+    fn remove(&self, _: &PartitionKey) {}
+    fn partition_count(&self) -> usize {
+        0
+    }
+    fn keeps_partitions(&self) -> bool {
+        false
+    }
+}
+
+/// With an L1 that keeps nothing, an L2 hit decodes only the wanted entry: a corrupt entry
+/// of another token in the partition does not spoil the hit and goes unnoticed by it (no
+/// error, nothing to repair, left in the store), where a node whose L1 keeps the partition
+/// decodes it all and notices. Asking for the corrupt token itself is handled as before: a
+/// miss, and the next write replaces the entry.
+async fn an_l1_that_keeps_nothing_decodes_only_the_wanted_entry(t: Transport) {
+    const OTHER: &str = "api://other/.default";
+    let rig = Rig::start(t).await;
+    let store = Arc::new(MemoryStore::new());
+    let key = PartitionKey::for_app(support::CLIENT_ID, TENANT);
+    let seed = farm::node(&rig, Arc::clone(&store) as Arc<dyn TokenStore>, |o| o);
+    let wanted = seed.acquire_token_for_client([SCOPE]).await.unwrap();
+    seed.flush().await;
+    let wanted_id = store.load(&key).await.unwrap().entries[0].id();
+    let cold = |l1: Arc<dyn tokenwell_core::PartitionCache>| {
+        farm::node_with(
+            &rig,
+            Arc::clone(&store) as Arc<dyn TokenStore>,
+            |b| b.cache(l1),
+            |o| o,
+        )
+    };
+    let lazy = cold(Arc::new(KeepsNothing));
+    // A partition of one entry (decoded directly, without its id).
+    let r = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    seed.acquire_token_for_client([OTHER]).await.unwrap();
+    seed.flush().await;
+    let stored = store.load(&key).await.unwrap();
+    assert_eq!(stored.entries.len(), 2);
+    let other = stored
+        .entries
+        .iter()
+        .find(|e| e.id() != wanted_id)
+        .unwrap()
+        .clone();
+    let garbage = tokenwell_core::StoreEntry::new(
+        other.id(),
+        other.written_at(),
+        other.expires_at(),
+        false,
+        bytes::Bytes::from_static(b"definitely not an entry"),
+    );
+    store
+        .write(&key, &EntryWrite::new(vec![garbage.clone()], 0))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let r = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+        assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+        assert_eq!(
+            r.access_token().expose_secret(),
+            wanted.access_token().expose_secret()
+        );
+    }
+    lazy.flush().await;
+    let health = lazy.l2_health().unwrap();
+    assert_eq!(health.last_error, None, "{health:?}");
+    assert_eq!(health.repaired_entries, 0, "{health:?}");
+    let still = store.load(&key).await.unwrap();
+    assert!(
+        still
+            .entries
+            .iter()
+            .any(|e| e.payload() == garbage.payload()),
+        "the corrupt entry is left for a full read to find"
+    );
+    assert_eq!(rig.cc_requests(), 2);
+
+    let full = cold(Arc::new(tokenwell_cache_memory::MemoryCache::new()));
+    let r = full.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+    let health = full.l2_health().unwrap();
+    assert!(health.last_error.is_some(), "{health:?}");
+
+    // The corrupt token itself: a miss (the whole partition decoded), then replaced.
+    let r = lazy.acquire_token_for_client([OTHER]).await.unwrap();
+    assert_eq!(r.metadata().token_source, TokenSource::IdentityProvider);
+    assert_eq!(rig.cc_requests(), 3);
+    lazy.flush().await;
+    let health = lazy.l2_health().unwrap();
+    assert_eq!(health.repaired_entries, 1, "{health:?}");
+    let decoded = rig
+        .stored_partition(&*store, &key, &BlobCodec::plain())
+        .await
+        .expect("stored");
+    assert_eq!(
+        decoded.access_token_count(),
+        2,
+        "the bad entry was replaced"
+    );
 }

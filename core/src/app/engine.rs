@@ -31,7 +31,7 @@ use super::background::Background;
 use super::flow::{Fetched, FlightKey, Job};
 use super::hot::{self, Deadline, HotKey};
 use super::idp::{FetchStats, Idp};
-use super::l2::{L2, L2Health, L2Options, LeaseOptions};
+use super::l2::{L2, L2Health, L2Options, LeaseOptions, Read};
 use super::settings::Options;
 use crate::cache::entry::CacheEntry;
 use crate::cache::{AccessToken, AccessTokenQuery, Partition, PartitionKey, TokenCache};
@@ -60,6 +60,14 @@ const REFRESH_CLAIM_SECS: u64 = 600;
 /// moment it arrives (a lifetime inside the expiry buffer, a `refresh_in` below the jitter)
 /// must not make the loop ask the identity provider back to back.
 const MIN_REFRESH_AHEAD_INTERVAL_SECS: u64 = 60;
+
+/// A random (version 4) correlation id for a miss, from the thread's generator rather than
+/// the operating system's: a miss that L2 answers makes no system call for it
+/// (`correlation_ids_are_random_v4`).
+fn new_correlation_id() -> uuid::Uuid {
+    use rand::Rng;
+    uuid::Builder::from_random_bytes(rand::rng().random()).into_uuid()
+}
 
 /// Proactive-refresh settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -414,7 +422,7 @@ impl Engine {
         let correlation_id = controls
             .as_ref()
             .and_then(|c| c.correlation_id)
-            .unwrap_or_else(uuid::Uuid::new_v4);
+            .unwrap_or_else(new_correlation_id);
         let job = {
             let mut job = job();
             job.controls = controls;
@@ -1080,8 +1088,14 @@ impl Engine {
     /// mode; a read already in flight for the partition is shared), then return the token the
     /// flight may adopt.
     async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
-        let merged = l2.read_into_l1(&job.partition).await?;
-        let token = self.adoptable(Some(&merged), job, mode)?;
+        let token = match l2.read_into_l1(&job.partition).await? {
+            Read::Merged(merged) => self.adoptable(Some(&merged), job, mode)?,
+            Read::Stored(stored) => {
+                let found = l2.find(&job.partition, &stored, &job.query.as_query())?;
+                let now = self.now();
+                self.adoptable(Some(&Partition::after_write(None, found, now)), job, mode)?
+            }
+        };
         telemetry::cache_hit_l2(self.tags(job.metric));
         Some(token)
     }
@@ -1097,8 +1111,9 @@ impl Engine {
     ) -> LeaseOutcome {
         let runtime = &*self.idp.runtime;
         let deadline = Instant::now() + options.max_wait;
+        let lease_key = job.lease_key();
         loop {
-            match l2.try_lease(&job.lease_key, options.ttl).await {
+            match l2.try_lease(&lease_key, options.ttl).await {
                 Ok(Some(lease)) => {
                     // The previous holder may have written just before we took the lease.
                     if let Some(token) = self.read_l2(l2, job, mode).await {
@@ -1469,5 +1484,22 @@ async fn refresh_ahead_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_correlation_id;
+
+    /// Correlation ids are version 4, RFC 4122 variant, and differ from call to call.
+    #[test]
+    fn correlation_ids_are_random_v4() {
+        let ids: Vec<uuid::Uuid> = (0..64).map(|_| new_correlation_id()).collect();
+        for id in &ids {
+            assert_eq!(id.get_version(), Some(uuid::Version::Random));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 }

@@ -73,9 +73,6 @@ pub(crate) type FlightKey = (PartitionKey, Arc<str>, Arc<str>);
 /// Everything the engine needs to renew one key, built only on the miss path (never on a hit).
 pub(crate) struct Job {
     pub partition: PartitionKey,
-    /// The farm lease of this key (partition, realm and scopes), so renewals of other scopes
-    /// of one partition never wait for each other.
-    pub lease_key: PartitionKey,
     pub query: OwnedQuery,
     pub flight_key: FlightKey,
     pub throttle_key: ThrottleKey,
@@ -98,20 +95,8 @@ impl Job {
         kind: FlowKind,
         flow: Arc<dyn Flow>,
     ) -> Self {
-        let lease_key = {
-            use sha2::{Digest, Sha256};
-            let digest = Sha256::new()
-                .chain_update(query.realm.as_bytes())
-                .chain_update([0u8])
-                .chain_update(query.scopes.normalized().as_bytes())
-                .finalize();
-            let mut prefix = [0u8; 8];
-            prefix.copy_from_slice(&digest[..8]);
-            PartitionKey::from_raw(format!("{partition}#{:016x}", u64::from_be_bytes(prefix)))
-        };
         Job {
             partition: partition.clone(),
-            lease_key,
             flight_key: (
                 partition.clone(),
                 query.realm.into(),
@@ -125,6 +110,26 @@ impl Job {
             correlation_id: uuid::Uuid::nil(),
             metric: MetricFlow::ClientCredentials,
         }
+    }
+
+    /// The farm lease of this key (partition, realm and scopes), so renewals of other scopes
+    /// of one partition never wait for each other. Computed when a lease is taken, not per
+    /// miss: a miss that L2 answers needs no lease (a SHA-256 and a string saved).
+    pub(crate) fn lease_key(&self) -> PartitionKey {
+        use sha2::{Digest, Sha256};
+        let (_, realm, scopes) = &self.flight_key;
+        let digest = Sha256::new()
+            .chain_update(realm.as_bytes())
+            .chain_update([0u8])
+            .chain_update(scopes.as_bytes())
+            .finalize();
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&digest[..8]);
+        PartitionKey::from_raw(format!(
+            "{}#{:016x}",
+            self.partition,
+            u64::from_be_bytes(prefix)
+        ))
     }
 
     /// The claims the request asked for, if any.
@@ -156,16 +161,20 @@ impl OwnedQuery {
         }
     }
 
-    /// The matching token in `partition`, if any.
-    pub(crate) fn find(&self, partition: &Partition) -> Option<Arc<AccessToken>> {
-        let query = AccessTokenQuery {
+    /// The query, borrowed.
+    pub(crate) fn as_query(&self) -> AccessTokenQuery<'_> {
+        AccessTokenQuery {
             home_account_id: self.home_account_id.as_deref(),
             environment: &self.environment,
             realm: &self.realm,
             token_type: &self.token_type,
             key_id: self.key_id.as_deref(),
             scopes: &self.scopes,
-        };
-        partition.find_access_token(&query).cloned()
+        }
+    }
+
+    /// The matching token in `partition`, if any.
+    pub(crate) fn find(&self, partition: &Partition) -> Option<Arc<AccessToken>> {
+        partition.find_access_token(&self.as_query()).cloned()
     }
 }

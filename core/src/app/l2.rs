@@ -22,11 +22,15 @@ use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use super::background::Background;
-use crate::cache::entry::CacheEntry;
-use crate::cache::{BlobCodec, BlobError, Partition, PartitionKey, TokenCache};
+use crate::cache::entry::{CacheEntry, access_token_id};
+use crate::cache::partition::AccessTokenKey;
+use crate::cache::{
+    AccessToken, AccessTokenQuery, BlobCodec, BlobError, Partition, PartitionKey, TokenCache,
+};
 use crate::runtime::{Runtime, unix_seconds};
 use crate::store::{
-    EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, TokenStore, merge_rule,
+    EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, StoredPartition, TokenStore,
+    merge_rule,
 };
 use crate::telemetry;
 
@@ -268,8 +272,18 @@ pub(crate) struct L2 {
     read_deadline: Mutex<Option<(Instant, Shared<BoxFuture<'static, ()>>)>>,
 }
 
-/// A partition read in flight: L1's snapshot after the read was merged into it.
-type SharedRead = Shared<BoxFuture<'static, Option<Arc<Partition>>>>;
+/// A partition read in flight.
+type SharedRead = Shared<BoxFuture<'static, Option<Read>>>;
+
+/// What a partition read found.
+#[derive(Clone)]
+pub(crate) enum Read {
+    /// L1's snapshot after the read was merged into it.
+    Merged(Arc<Partition>),
+    /// The entries as stored, not decoded: the L1 keeps nothing, so each caller decodes only
+    /// the token it wants ([`L2::find`]).
+    Stored(Arc<StoredPartition>),
+}
 
 /// Takes a caller's read out of [`L2::loading`] when the caller is done with it: always once
 /// the read finished (`read` is `None`), else only when nobody else waits for it.
@@ -498,11 +512,9 @@ impl L2 {
     }
 
     /// Read the partition and merge it into L1, sharing a read already in flight for it;
-    /// returns L1's snapshot after the merge (`None` when L2 had nothing readable).
-    pub(crate) async fn read_into_l1(
-        self: &Arc<Self>,
-        key: &PartitionKey,
-    ) -> Option<Arc<Partition>> {
+    /// returns L1's snapshot after the merge (`None` when L2 had nothing readable), or the
+    /// stored entries when the L1 keeps nothing.
+    pub(crate) async fn read_into_l1(self: &Arc<Self>, key: &PartitionKey) -> Option<Read> {
         let (id, read) = {
             let mut loading = self.loading.lock();
             match loading.get(key) {
@@ -530,20 +542,69 @@ impl L2 {
         merged
     }
 
-    async fn load_into_l1(&self, key: &PartitionKey) -> Option<Arc<Partition>> {
+    async fn load_into_l1(&self, key: &PartitionKey) -> Option<Read> {
+        if !self.cache.keeps_partitions() {
+            return self
+                .read(key)
+                .await
+                .map(|stored| Read::Stored(Arc::new(stored)));
+        }
         let loaded = self.load(key).await?;
         let now = unix_seconds(self.runtime.now());
         // `loaded` holds no expired entry; with nothing in L1 it is the new snapshot as is.
         let mut loaded = Some(loaded);
-        Some(self.cache.update(key, |current| match current {
-            Some(current) => current.merge(loaded.as_ref().unwrap_or(&Partition::new()), now),
-            None => loaded.take().unwrap_or_default(),
-        }))
+        Some(Read::Merged(self.cache.update(
+            key,
+            |current| match current {
+                Some(current) => current.merge(loaded.as_ref().unwrap_or(&Partition::new()), now),
+                None => loaded.take().unwrap_or_default(),
+            },
+        )))
+    }
+
+    /// The token of `query` in `stored` (read for an L1 that keeps nothing): the entry with
+    /// the id of the query's exact identity (or the only entry), decoded and checked alone;
+    /// the whole partition, as [`load`](Self::load) decodes it, when that entry is missing,
+    /// does not decode, does not match, has expired, or a legacy blob may hold a newer copy.
+    /// Damage elsewhere in the partition is thus found only by reads that decode all of it
+    /// (`an_l1_that_keeps_nothing_decodes_only_the_wanted_entry`).
+    pub(crate) fn find(
+        &self,
+        key: &PartitionKey,
+        stored: &StoredPartition,
+        query: &AccessTokenQuery<'_>,
+    ) -> Option<Arc<AccessToken>> {
+        let now = unix_seconds(self.runtime.now());
+        let candidate = match stored.entries.as_slice() {
+            _ if stored.legacy.is_some() => None,
+            // One entry decodes for less than the id costs to hash.
+            [only] => Some(only),
+            entries => {
+                let id = access_token_id(&AccessTokenKey::of_query(query));
+                entries.iter().find(|entry| entry.id() == id)
+            }
+        };
+        if let Some(entry) = candidate
+            && let Ok(CacheEntry::AccessToken(token)) = self.options.codec.decode_entry(key, entry)
+            && !token.is_hard_expired(now)
+        {
+            let one = Partition::after_write(None, token, now);
+            if let Some(found) = one.find_access_token(query) {
+                return Some(Arc::clone(found));
+            }
+        }
+        self.decode(key, stored)?.find_access_token(query).cloned()
     }
 
     /// Read and decode the partition: `None` when absent, unreadable or undecodable (counted).
     /// Broken entries and a legacy blob are remembered for the partition's next write.
     pub(crate) async fn load(&self, key: &PartitionKey) -> Option<Partition> {
+        let stored = self.read(key).await?;
+        self.decode(key, &stored)
+    }
+
+    /// Read the partition's entries: `None` when absent or when the read failed (counted).
+    async fn read(&self, key: &PartitionKey) -> Option<StoredPartition> {
         let loaded = {
             let operation = std::pin::pin!(self.options.store.load(key));
             match select(operation, self.read_timer()).await {
@@ -566,9 +627,12 @@ impl L2 {
                 return None;
             }
         };
-        if stored.is_empty() {
-            return None;
-        }
+        (!stored.is_empty()).then_some(stored)
+    }
+
+    /// Decode `stored`: `None` when nothing in it is readable (counted). Broken entries and a
+    /// legacy blob are remembered for the partition's next write.
+    fn decode(&self, key: &PartitionKey, stored: &StoredPartition) -> Option<Partition> {
         let codec = &self.options.codec;
         let mut repair: Vec<Repair> = stored
             .unreadable

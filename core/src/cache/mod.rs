@@ -33,6 +33,13 @@ pub trait PartitionCache: Send + Sync + 'static {
 
     /// Number of partitions held.
     fn partition_count(&self) -> usize;
+
+    /// Whether [`insert`](Self::insert) keeps anything. An L1 that keeps nothing says `false`:
+    /// an L2 hit then decodes the wanted token alone instead of a whole partition that nobody
+    /// would keep (`an_l1_that_keeps_nothing_decodes_only_the_wanted_entry`).
+    fn keeps_partitions(&self) -> bool {
+        true
+    }
 }
 
 /// Number of writer locks; partitions hash onto them. Writers of different partitions rarely
@@ -120,6 +127,11 @@ impl TokenCache {
             self.l1.remove(key);
             Self::written(stripe);
         }
+    }
+
+    /// Whether the L1 keeps what it is given ([`PartitionCache::keeps_partitions`]).
+    pub(crate) fn keeps_partitions(&self) -> bool {
+        self.l1.keeps_partitions()
     }
 
     /// The L1 implementation.

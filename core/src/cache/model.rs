@@ -57,10 +57,21 @@ impl Serialize for ScopeSet {
     }
 }
 
+/// Read from the borrowed string where the format allows (postcard, every L2 entry): no
+/// `String` per decoded token, only the shared set.
 impl<'de> Deserialize<'de> for ScopeSet {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let target = String::deserialize(deserializer)?;
-        Ok(ScopeSet::parse_owned(target))
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = ScopeSet;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a space-separated scope string")
+            }
+            fn visit_str<E: serde::de::Error>(self, target: &str) -> Result<ScopeSet, E> {
+                Ok(ScopeSet::parse_stored(target))
+            }
+        }
+        deserializer.deserialize_str(Visit)
     }
 }
 

@@ -153,11 +153,21 @@ impl Partition {
     ) -> Partition {
         let mut removed = Partition::new();
         let mut live = Partition::new();
+        let entries = entries.into_iter();
+        // At most this many more tokens: the table, once there is one, is sized for them.
+        let (low, high) = entries.size_hint();
+        let mut expected = high.unwrap_or(low);
+        let mut reserved = false;
         for entry in entries {
+            expected = expected.saturating_sub(1);
             match entry {
                 CacheEntry::AccessToken(token) => {
                     if !token.is_hard_expired(now) {
                         live.insert_access_token(token);
+                        if !reserved && live.access_tokens.len() == 2 {
+                            live.access_tokens.reserve(expected);
+                            reserved = true;
+                        }
                     }
                 }
                 CacheEntry::RefreshToken(token) => {

@@ -89,6 +89,18 @@ impl AccessTokenQuery<'_> {
 }
 
 impl AccessTokenKey {
+    /// The identity a token must have to answer `query` with exactly its scopes.
+    pub(crate) fn of_query(query: &AccessTokenQuery<'_>) -> Self {
+        AccessTokenKey {
+            home_account_id: query.home_account_id.map(Into::into),
+            environment: query.environment.into(),
+            realm: query.realm.into(),
+            token_type: query.token_type.into(),
+            key_id: query.key_id.map(Into::into),
+            scopes: query.scopes.normalized().into(),
+        }
+    }
+
     pub(crate) fn of(entry: &AccessToken) -> Self {
         AccessTokenKey {
             home_account_id: entry.home_account_id.as_deref().map(Into::into),
@@ -267,6 +279,18 @@ impl AccessTokenIndex {
                 None
             }
             AccessTokenIndex::Many(table) => table.insert(token),
+        }
+    }
+
+    /// Room for `additional` more tokens once there is a table (a partition of one token
+    /// stays without one): a partition rebuilt from a large read grows its table once, not by
+    /// doubling.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        if let AccessTokenIndex::Many(table) = self {
+            let hasher = &table.hasher;
+            table
+                .table
+                .reserve(additional, |t| Table::hash_entry(hasher, t));
         }
     }
 
