@@ -171,7 +171,9 @@ impl FlowApps {
     }
 
     /// One hit of `flow`, polled once the way `.await` in an async fn polls it (with the
-    /// task's context; here a no-op waker): a hit completes in that first poll.
+    /// task's context; here a no-op waker): a hit completes in that first poll. The same
+    /// mechanics as [`first_poll`](crate::first_poll), with one match on the poll for every
+    /// flow.
     #[inline]
     pub fn hit(&self, flow: Flow) -> AuthenticationResult {
         let mut cx = Context::from_waker(Waker::noop());

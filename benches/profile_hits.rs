@@ -1,8 +1,9 @@
 //! A small binary for profilers: N hits (default 100,000; `HITS=n`) of one flow (`FLOW=`
 //! `client_credentials_readme_shape` (default) | `client_credentials_scope_set` |
 //! `on_behalf_of` | `silent` | `managed_identity` | `floor`), each token cached by a real
-//! acquisition from the emulator, inside one non-inlined function so callgrind can collect just
-//! it:
+//! acquisition from the emulator, or `l1_hit_shape`: the README shape on the `l1_hit` bench's
+//! application (1,000 tokens inserted into L1, one partition per tenant); inside one
+//! non-inlined function so callgrind can collect just it:
 //!
 //! ```text
 //! cargo bench --bench profile_hits --no-run
@@ -16,6 +17,7 @@
 use std::time::Instant;
 
 use tokenwell_benches::flows::{Floor, Flow, FlowApps};
+use tokenwell_benches::{Layout, app_with_cached_tokens, first_poll};
 
 #[inline(never)]
 fn run_hits(hits: usize, mut hit: impl FnMut()) {
@@ -36,6 +38,17 @@ fn main() {
         started = Instant::now();
         run_hits(hits, || {
             std::hint::black_box(floor.hit());
+        });
+    } else if flow == "l1_hit_shape" {
+        let (app, _) = app_with_cached_tokens(1_000, Layout::PartitionPerTenant);
+        let hit = || {
+            first_poll(app.acquire_token_for_client(["api://resource-0/.default"]))
+                .expect("a hit succeeds")
+        };
+        hit();
+        started = Instant::now();
+        run_hits(hits, || {
+            std::hint::black_box(hit());
         });
     } else {
         let flow = Flow::parse(&flow).unwrap_or_else(|| panic!("unknown FLOW {flow}"));
