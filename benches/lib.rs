@@ -205,24 +205,6 @@ pub fn bench_partition_key() -> PartitionKey {
     PartitionKey::for_app(CLIENT_ID, TENANT)
 }
 
-/// An L1 that keeps nothing: every lookup misses, so every call goes to L2.
-#[derive(Debug, Default)]
-pub struct NoL1;
-
-impl PartitionCache for NoL1 {
-    fn get(&self, _key: &PartitionKey) -> Option<Arc<Partition>> {
-        None
-    }
-    fn insert(&self, _key: PartitionKey, _partition: Arc<Partition>) {}
-    fn remove(&self, _key: &PartitionKey) {}
-    fn partition_count(&self) -> usize {
-        0
-    }
-    fn keeps_partitions(&self) -> bool {
-        false
-    }
-}
-
 /// An application with no L1 over `l2` (the transport fails: only L2 hits succeed).
 pub fn app_over_l2(
     l2: tokenwell_core::L2Options,
@@ -233,7 +215,7 @@ pub fn app_over_l2(
         .credential(ClientCredential::secret("bench"))
         .transport(Arc::new(Unreachable))
         .runtime(runtime)
-        .cache(Arc::new(NoL1))
+        .cache(Arc::new(tokenwell_core::NoPartitionCache))
         .l2(l2)
         .build()
         .expect("valid bench configuration")

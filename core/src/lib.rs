@@ -34,7 +34,7 @@ pub use app::{
     RefreshOptions,
 };
 pub use authority::{Authority, AuthorityKind};
-pub use cache::{Account, PartitionCache, TokenSecret};
+pub use cache::{Account, NoPartitionCache, PartitionCache, TokenSecret};
 pub use chain::{DefaultCredential, TokenCredential};
 pub use client_auth::ClientAuthMethod;
 pub use controls::{

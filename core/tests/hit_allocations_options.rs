@@ -1,6 +1,8 @@
 //! Allocations per hit of the request options of issue 16 (items 8 and 9): an on-behalf-of hit,
 //! whose result names the user (`account()`), a client-credentials hit with
-//! `with_min_remaining_lifetime`, and a long-running on-behalf-of session's hit (issue 13), on a multi-threaded runtime with the runtime's real clock,
+//! `with_min_remaining_lifetime`, one with options set to their defaults
+//! (`with_force_refresh(false)`: still a plain request), and a long-running on-behalf-of
+//! session's hit (issue 13), on a multi-threaded runtime with the runtime's real clock,
 //! against the emulator. Counted by a per-thread counting allocator (a
 //! hit never yields, so its whole call runs on one thread). Alone in its test binary: L1
 //! writes of other tests would outdate this thread's copy of the token (the copies check a
@@ -87,6 +89,10 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
             .with_min_remaining_lifetime(lasting)
             .await
             .unwrap();
+        app.acquire_token_for_client([SCOPE])
+            .with_force_refresh(false)
+            .await
+            .unwrap();
         app.acquire_token_in_long_running_process([downstream], session_key)
             .await
             .unwrap();
@@ -122,6 +128,14 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
             cc.access_token().expose_secret(),
             app_token.access_token().expose_secret()
         );
+        // Options set to their defaults leave the request plain (nothing boxed).
+        let defaults = app
+            .acquire_token_for_client([SCOPE])
+            .with_force_refresh(false)
+            .with_min_remaining_lifetime(Duration::ZERO)
+            .await
+            .expect("a hit succeeds");
+        assert_eq!(defaults.metadata().token_source, TokenSource::CacheL1);
         let long_running = app
             .acquire_token_in_long_running_process([downstream], session_key)
             .await
@@ -135,5 +149,5 @@ async fn user_and_min_lifetime_hits_allocate_nothing() {
     }
     let allocated = allocations_here() - before;
     assert_eq!(std::thread::current().id(), thread, "hits never yield");
-    assert_eq!(allocated, 0, "{allocated} allocations in {HITS} × 3 hits");
+    assert_eq!(allocated, 0, "{allocated} allocations in {HITS} × 4 hits");
 }

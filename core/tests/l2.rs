@@ -752,24 +752,6 @@ async fn a_read_every_caller_abandoned_is_not_reused(t: Transport) {
     assert_eq!(rig.cc_requests(), 1, "only the writer asked the IdP");
 }
 
-/// An L1 that keeps nothing (every lookup misses).
-#[derive(Debug)]
-struct KeepsNothing;
-
-impl tokenwell_core::PartitionCache for KeepsNothing {
-    fn get(&self, _: &PartitionKey) -> Option<Arc<Partition>> {
-        None
-    }
-    fn insert(&self, _: PartitionKey, _: Arc<Partition>) {}
-    fn remove(&self, _: &PartitionKey) {}
-    fn partition_count(&self) -> usize {
-        0
-    }
-    fn keeps_partitions(&self) -> bool {
-        false
-    }
-}
-
 /// With an L1 that keeps nothing, an L2 hit decodes only the wanted entry: a corrupt entry
 /// of another token in the partition does not spoil the hit and goes unnoticed by it (no
 /// error, nothing to repair, left in the store), where a node whose L1 keeps the partition
@@ -792,7 +774,7 @@ async fn an_l1_that_keeps_nothing_decodes_only_the_wanted_entry(t: Transport) {
             |o| o,
         )
     };
-    let lazy = cold(Arc::new(KeepsNothing));
+    let lazy = cold(Arc::new(tokenwell_core::NoPartitionCache));
     // A partition of one entry (decoded directly, without its id).
     let r = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
     assert_eq!(r.metadata().token_source, TokenSource::CacheL2);

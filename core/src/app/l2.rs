@@ -862,7 +862,6 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::cache::PartitionCache;
     use crate::store::{StoredPartition, WriteReport};
 
     /// Counts the timers armed; they fire only when the test says so.
@@ -900,20 +899,6 @@ mod tests {
         }
     }
 
-    #[derive(Debug)]
-    struct NoL1;
-
-    impl PartitionCache for NoL1 {
-        fn get(&self, _: &PartitionKey) -> Option<Arc<Partition>> {
-            None
-        }
-        fn insert(&self, _: PartitionKey, _: Arc<Partition>) {}
-        fn remove(&self, _: &PartitionKey) {}
-        fn partition_count(&self) -> usize {
-            0
-        }
-    }
-
     /// Reads share one armed timer while it fires late enough for them; once it has fired, the
     /// next read arms a new one (it never inherits an elapsed timer).
     #[test]
@@ -931,7 +916,7 @@ mod tests {
             L2Options::new(Arc::new(Empty)),
             Arc::clone(&runtime) as Arc<dyn Runtime>,
             Arc::new(Background::default()),
-            Arc::new(TokenCache::new(Arc::new(NoL1))),
+            Arc::new(TokenCache::new(Arc::new(crate::cache::NoPartitionCache))),
         );
         let first = l2.read_timer();
         let second = l2.read_timer();

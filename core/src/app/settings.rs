@@ -422,7 +422,8 @@ impl Options {
         self.set.get_or_insert_with(Default::default)
     }
 
-    /// `with_force_refresh` (`false` on a request that set nothing allocates nothing).
+    /// `with_force_refresh` (`false` on a request that set nothing allocates nothing:
+    /// `hit_allocations_options`).
     pub(crate) fn force_refresh(&mut self, force_refresh: bool) {
         if force_refresh || self.set.is_some() {
             self.set().force_refresh = force_refresh;

@@ -42,6 +42,41 @@ pub trait PartitionCache: Send + Sync + 'static {
     }
 }
 
+/// An L1 that keeps nothing (Microsoft.Identity.Web's `DisableL1Cache`): every token call
+/// reads the L2 store, so a farm's nodes see each other's writes at once, at the price of an
+/// L2 read per call. Such an L2 hit decodes only the token it wants, not the whole partition
+/// (`an_l1_that_keeps_nothing_decodes_only_the_wanted_entry` in `core/tests/l2.rs`). Without an
+/// L2 every call goes to the identity provider.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tokenwell_core::{ClientCredential, ConfidentialClientApplication, NoPartitionCache};
+///
+/// let builder = ConfidentialClientApplication::builder("my-client-id")
+///     .authority("https://login.microsoftonline.com/contoso.onmicrosoft.com")
+///     .credential(ClientCredential::secret("..."))
+///     .cache(Arc::new(NoPartitionCache));
+/// // Then `.l2(L2Options::new(store))` (the store every call reads), a transport and a runtime
+/// // (or start from the `tokenwell` crate, which fills those in), and `.build()`.
+/// # drop(builder);
+/// ```
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPartitionCache;
+
+impl PartitionCache for NoPartitionCache {
+    fn get(&self, _: &PartitionKey) -> Option<Arc<Partition>> {
+        None
+    }
+    fn insert(&self, _: PartitionKey, _: Arc<Partition>) {}
+    fn remove(&self, _: &PartitionKey) {}
+    fn partition_count(&self) -> usize {
+        0
+    }
+    fn keeps_partitions(&self) -> bool {
+        false
+    }
+}
+
 /// Number of writer locks; partitions hash onto them. Writers of different partitions rarely
 /// wait on each other, readers never do.
 const WRITE_STRIPES: usize = 64;
