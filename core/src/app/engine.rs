@@ -1091,9 +1091,8 @@ impl Engine {
         let token = match l2.read_into_l1(&job.partition).await? {
             Read::Merged(merged) => self.adoptable(Some(&merged), job, mode)?,
             Read::Stored(stored) => {
-                let found = l2.find(&job.partition, &stored, &job.query.as_query())?;
-                let now = self.now();
-                self.adoptable(Some(&Partition::after_write(None, found, now)), job, mode)?
+                let found = l2.partition_for(&job.partition, &stored, &job.query.as_query());
+                self.adoptable(found.as_ref(), job, mode)?
             }
         };
         telemetry::cache_hit_l2(self.tags(job.metric));

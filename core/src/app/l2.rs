@@ -24,9 +24,7 @@ use parking_lot::Mutex;
 use super::background::Background;
 use crate::cache::entry::{CacheEntry, access_token_id};
 use crate::cache::partition::AccessTokenKey;
-use crate::cache::{
-    AccessToken, AccessTokenQuery, BlobCodec, BlobError, Partition, PartitionKey, TokenCache,
-};
+use crate::cache::{AccessTokenQuery, BlobCodec, BlobError, Partition, PartitionKey, TokenCache};
 use crate::runtime::{Runtime, unix_seconds};
 use crate::store::{
     EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, StoredPartition, TokenStore,
@@ -281,7 +279,7 @@ pub(crate) enum Read {
     /// L1's snapshot after the read was merged into it.
     Merged(Arc<Partition>),
     /// The entries as stored, not decoded: the L1 keeps nothing, so each caller decodes only
-    /// the token it wants ([`L2::find`]).
+    /// the token it wants ([`L2::partition_for`]).
     Stored(Arc<StoredPartition>),
 }
 
@@ -562,18 +560,19 @@ impl L2 {
         )))
     }
 
-    /// The token of `query` in `stored` (read for an L1 that keeps nothing): the entry with
-    /// the id of the query's exact identity (or the only entry), decoded and checked alone;
-    /// the whole partition, as [`load`](Self::load) decodes it, when that entry is missing,
-    /// does not decode, does not match, has expired, or a legacy blob may hold a newer copy.
-    /// Damage elsewhere in the partition is thus found only by reads that decode all of it
+    /// A partition holding the token of `query` from `stored` (read for an L1 that keeps
+    /// nothing): the entry with the id of the query's exact identity (or the only entry),
+    /// decoded and checked alone, in a partition of its own; else the whole partition, as
+    /// [`load`](Self::load) decodes it (that entry missing, not decoding, not matching,
+    /// expired, or a legacy blob that may hold a newer copy). Damage elsewhere in the partition
+    /// is thus found only by reads that decode all of it
     /// (`an_l1_that_keeps_nothing_decodes_only_the_wanted_entry`).
-    pub(crate) fn find(
+    pub(crate) fn partition_for(
         &self,
         key: &PartitionKey,
         stored: &StoredPartition,
         query: &AccessTokenQuery<'_>,
-    ) -> Option<Arc<AccessToken>> {
+    ) -> Option<Partition> {
         let now = unix_seconds(self.runtime.now());
         let candidate = match stored.entries.as_slice() {
             _ if stored.legacy.is_some() => None,
@@ -589,11 +588,11 @@ impl L2 {
             && !token.is_hard_expired(now)
         {
             let one = Partition::after_write(None, token, now);
-            if let Some(found) = one.find_access_token(query) {
-                return Some(Arc::clone(found));
+            if one.find_access_token(query).is_some() {
+                return Some(one);
             }
         }
-        self.decode(key, stored)?.find_access_token(query).cloned()
+        self.decode(key, stored)
     }
 
     /// Read and decode the partition: `None` when absent, unreadable or undecodable (counted).
