@@ -205,8 +205,7 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
     #[inline(always)]
     pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
-        let resource = self.resource.trim();
-        let resource = resource.strip_suffix("/.default").unwrap_or(resource);
+        let resource = endpoint_resource(&self.resource);
         if resource.is_empty() {
             return Acquire::failed(Error::configuration("no resource requested"));
         }
@@ -235,8 +234,7 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
     #[inline(never)]
     fn start_miss(&mut self, partition: PartitionKey, scopes: Scopes<'a>) -> Acquire {
         let inner = &self.app.inner;
-        let resource = self.resource.trim();
-        let resource = resource.strip_suffix("/.default").unwrap_or(resource);
+        let resource = endpoint_resource(&self.resource);
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: MI_ENVIRONMENT,
@@ -273,4 +271,11 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             },
         )
     }
+}
+
+/// The resource as the endpoint takes it: trimmed, without a `/.default` suffix.
+#[inline]
+fn endpoint_resource(resource: &str) -> &str {
+    let resource = resource.trim();
+    resource.strip_suffix("/.default").unwrap_or(resource)
 }
