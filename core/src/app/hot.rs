@@ -76,10 +76,55 @@ struct ThreadUser {
 /// its next miss, and at `flush()`.
 const COUNT_BATCH: u64 = 64;
 
-struct Front {
-    slots: [Option<Slot>; SLOTS],
+/// [`SLOTS`] slots in two-way sets (a set is an even index and the next), with the way used
+/// last in each: two hot keys that hash alike (a service alternating between two scope sets,
+/// an assertion's and a session's key) do not evict each other. The front's copies and the
+/// remembered partition keys both live in one.
+struct TwoWay<T> {
+    slots: [Option<T>; SLOTS],
     /// Per set, the way used last.
     recent: [usize; SLOTS / 2],
+}
+
+impl<T> TwoWay<T> {
+    const EMPTY: Self = TwoWay {
+        slots: [const { None }; SLOTS],
+        recent: [0; SLOTS / 2],
+    };
+
+    /// The way of `set` whose slot `names` the key, and that slot.
+    #[inline(always)]
+    fn find(&self, set: usize, names: impl Fn(&T) -> bool) -> Option<(usize, &T)> {
+        match (&self.slots[set], &self.slots[set + 1]) {
+            (Some(slot), _) if names(slot) => Some((set, slot)),
+            (_, Some(slot)) if names(slot) => Some((set + 1, slot)),
+            _ => None,
+        }
+    }
+
+    /// Mark `way` of `set` used last.
+    #[inline(always)]
+    fn touch(&mut self, set: usize, way: usize) {
+        if self.recent[set / 2] != way {
+            self.recent[set / 2] = way;
+        }
+    }
+
+    /// Put `value` in the way of `set` whose slot `names` its key, else in the one not used
+    /// last.
+    fn put(&mut self, set: usize, names: impl Fn(&T) -> bool, value: T) {
+        let way = match self.find(set, names) {
+            Some((way, _)) => way,
+            None if self.recent[set / 2] == set => set + 1,
+            None => set,
+        };
+        self.recent[set / 2] = way;
+        self.slots[way] = Some(value);
+    }
+}
+
+struct Front {
+    copies: TwoWay<Slot>,
     /// Per [`MetricFlow`] (by index), the hits not yet counted.
     uncounted_hits: [u64; FLOWS],
 }
@@ -88,7 +133,7 @@ const FLOWS: usize = MetricFlow::ALL.len();
 
 thread_local! {
     static FRONT: RefCell<Front> = const {
-        RefCell::new(Front { slots: [const { None }; SLOTS], recent: [0; SLOTS / 2], uncounted_hits: [0; FLOWS] })
+        RefCell::new(Front { copies: TwoWay::EMPTY, uncounted_hits: [0; FLOWS] })
     };
 }
 
@@ -190,16 +235,9 @@ pub(crate) fn get(
             let mut front = front.try_borrow_mut().ok()?;
             let front = &mut *front;
             let set = index(engine, key);
-            let (way, slot) = match (&front.slots[set], &front.slots[set + 1]) {
-                (Some(slot), _) if slot.names(engine, key) => (set, slot),
-                (_, Some(slot)) if slot.names(engine, key) => (set + 1, slot),
-                _ => return None,
-            };
+            let (way, slot) = front.copies.find(set, |slot| slot.names(engine, key))?;
             if !(slot.fresh_until.is_after(now) && generation(slot.stripe) == slot.generation) {
                 return None;
-            }
-            if front.recent[set / 2] != way {
-                front.recent[set / 2] = way;
             }
             if let Some(client_id) = &slot.client_id {
                 // Batches know no application: a labelled hit is counted at once.
@@ -224,12 +262,14 @@ pub(crate) fn get(
                     user.id_token.as_ref().map(Arc::clone),
                 ),
             };
-            Some(AuthenticationResult::from_parts(
+            let result = AuthenticationResult::from_parts(
                 Arc::clone(&slot.token),
                 metadata,
                 account,
                 id_token,
-            ))
+            );
+            front.copies.touch(set, way);
+            Some(result)
         })
         .ok()
         .flatten()
@@ -253,35 +293,27 @@ pub(crate) fn put(
     let _ = FRONT.try_with(|front| {
         if let Ok(mut front) = front.try_borrow_mut() {
             let set = index(engine, key);
-            // The way that names the key, else the one not used last.
-            let way = (set..set + 2)
-                .find(|&i| {
-                    front.slots[i]
-                        .as_ref()
-                        .is_some_and(|slot| slot.names(engine, key))
-                })
-                .unwrap_or(if front.recent[set / 2] == set {
-                    set + 1
-                } else {
-                    set
-                });
-            front.recent[set / 2] = way;
-            front.slots[way] = Some(Slot {
-                engine,
-                partition: key.partition.clone(),
-                scopes: key.scopes.clone(),
-                stripe,
-                generation,
-                fresh_until,
-                token: Arc::new(token.clone()),
-                refresh_on: token.refresh_on.map(from_unix_seconds),
-                client_id: client_id.cloned(),
-                // Copies this thread owns: the partition's entries are shared.
-                user: user.map(|(account, id_token)| ThreadUser {
-                    account: Arc::new((*account).clone()),
-                    id_token: id_token.map(|t| Arc::new((*t).clone())),
-                }),
-            });
+            let names = |slot: &Slot| slot.names(engine, key);
+            front.copies.put(
+                set,
+                names,
+                Slot {
+                    engine,
+                    partition: key.partition.clone(),
+                    scopes: key.scopes.clone(),
+                    stripe,
+                    generation,
+                    fresh_until,
+                    token: Arc::new(token.clone()),
+                    refresh_on: token.refresh_on.map(from_unix_seconds),
+                    client_id: client_id.cloned(),
+                    // Copies this thread owns: the partition's entries are shared.
+                    user: user.map(|(account, id_token)| ThreadUser {
+                        account: Arc::new((*account).clone()),
+                        id_token: id_token.map(|t| Arc::new((*t).clone())),
+                    }),
+                },
+            );
         }
     });
 }
@@ -308,18 +340,9 @@ struct KeySlot {
     key: PartitionKey,
 }
 
-/// Remembered keys per thread: two-way sets, like the front's, so two keys a service uses
-/// together (an assertion's and a session's) never evict each other on every call.
-struct Keys {
-    slots: [Option<KeySlot>; SLOTS],
-    /// Per set, the way used last.
-    recent: [usize; SLOTS / 2],
-}
-
 thread_local! {
-    static KEYS: RefCell<Keys> = const {
-        RefCell::new(Keys { slots: [const { None }; SLOTS], recent: [0; SLOTS / 2] })
-    };
+    /// Remembered keys per thread, in two-way sets like the front's copies.
+    static KEYS: RefCell<TwoWay<KeySlot>> = const { RefCell::new(TwoWay::EMPTY) };
 }
 
 /// The first of the two slots where `raw` may live (hashed by [`quick_hash`]; slots compare
@@ -349,11 +372,10 @@ pub(crate) fn partition_key(
     let cached = KEYS
         .try_with(|keys| {
             let mut keys = keys.try_borrow_mut().ok()?;
-            let way = (set..set + 2).find(|&i| keys.slots[i].as_ref().is_some_and(names))?;
-            if keys.recent[set / 2] != way {
-                keys.recent[set / 2] = way;
-            }
-            keys.slots[way].as_ref().map(|slot| slot.key.clone())
+            let (way, slot) = keys.find(set, names)?;
+            let key = slot.key.clone();
+            keys.touch(set, way);
+            Some(key)
         })
         .ok()
         .flatten();
@@ -363,20 +385,17 @@ pub(crate) fn partition_key(
     let key = make();
     let _ = KEYS.try_with(|keys| {
         if let Ok(mut keys) = keys.try_borrow_mut() {
-            // The way not used last.
-            let way = if keys.recent[set / 2] == set {
-                set + 1
-            } else {
-                set
-            };
-            keys.recent[set / 2] = way;
-            keys.slots[way] = Some(KeySlot {
-                engine,
-                source,
-                raw: raw.into(),
-                realm: realm.into(),
-                key: key.clone(),
-            });
+            keys.put(
+                set,
+                names,
+                KeySlot {
+                    engine,
+                    source,
+                    raw: raw.into(),
+                    realm: realm.into(),
+                    key: key.clone(),
+                },
+            );
         }
     });
     key
