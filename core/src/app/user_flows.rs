@@ -217,6 +217,7 @@ impl fmt::Debug for AcquireTokenOnBehalfOf<'_> {
 }
 
 impl<'a> AcquireTokenOnBehalfOf<'a> {
+    #[inline]
     pub(crate) fn new(
         core: &'a ClientCore,
         scopes: impl IntoScopeSet<'a>,
@@ -275,13 +276,14 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             return Acquire::failed(Error::configuration("the user assertion is empty"));
         }
         let core = self.core;
-        let identity = &core.identity;
+        // No realm: the key and its query's default realm are the application's, which the
+        // engine id names (a tenant override is not plain, so it never uses a copy).
         let partition = hot::partition_key(
             core.engine.id(),
             KeySource::Assertion,
             &self.assertion,
-            identity.authority.realm(),
-            || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
+            "",
+            || PartitionKey::for_on_behalf_of(&core.identity.client_id, &self.assertion),
         );
         if let Some(result) = core.engine.plain_hit(
             &self.options,
@@ -455,6 +457,7 @@ impl fmt::Debug for AcquireTokenInLongRunningProcess<'_> {
 const MAX_SESSION_KEY_LEN: usize = 128;
 
 impl<'a> AcquireTokenInLongRunningProcess<'a> {
+    #[inline]
     pub(crate) fn new(
         core: &'a ClientCore,
         scopes: impl IntoScopeSet<'a>,
@@ -518,7 +521,8 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             core.engine.id(),
             KeySource::Session,
             key,
-            identity.authority.realm(),
+            // The application's realm, as for the assertion's key.
+            "",
             || PartitionKey::for_on_behalf_of_session(&identity.client_id, key),
         );
         let query = AccessTokenQuery {
@@ -589,6 +593,7 @@ impl fmt::Debug for AcquireTokenSilent<'_> {
 }
 
 impl<'a> AcquireTokenSilent<'a> {
+    #[inline]
     pub(crate) fn new(
         core: &'a ClientCore,
         scopes: impl IntoScopeSet<'a>,
