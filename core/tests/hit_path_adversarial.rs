@@ -863,6 +863,28 @@ async fn an_l1_that_keeps_nothing_renews_user_tokens_from_l2() {
     assert_eq!(rig.grant_requests("refresh_token"), 3);
     lazy.flush().await;
 
+    // A long-running session started on the node with an L1, continued here after expiry.
+    let session = a
+        .initiate_long_running_process([DOWNSTREAM], incoming_assertion(&rig, USER))
+        .await
+        .unwrap();
+    a.flush().await;
+    let hit = lazy
+        .acquire_token_in_long_running_process([DOWNSTREAM], session.session_key.as_str())
+        .await
+        .unwrap();
+    assert_eq!(hit.metadata().token_source, TokenSource::CacheL2);
+    advance(&rig, Duration::from_secs(3600));
+    let continued = lazy
+        .acquire_token_in_long_running_process([DOWNSTREAM], session.session_key.as_str())
+        .await
+        .expect("the session's refresh token in L2 is redeemed");
+    assert_eq!(
+        continued.metadata().token_source,
+        TokenSource::IdentityProvider
+    );
+    lazy.flush().await;
+
     // Removed on the node that keeps nothing: gone from L2 for every node.
     lazy.remove_account(&account).await;
     let err = lazy
@@ -901,4 +923,36 @@ async fn remove_account_on_a_cold_node_removes_the_tokens_from_l2() {
         .await
         .expect_err("a node served the removed account's token from L2");
     assert!(err.is_interaction_required(), "{err:?}");
+}
+
+/// With an L1 that keeps nothing, a token read from L2 past its `refresh_on` is renewed ahead
+/// of its expiry (as a hit on a node with an L1 would be), not only once every node finds it
+/// inside the expiry buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
+    let rig = Rig::start(Transport::Hyper).await;
+    rig.emulator
+        .set_token_lifetimes(tokenwell_idp_emulator::TokenLifetimes::new(3 * 3600));
+    let store = Arc::new(MemoryStore::new());
+    let lazy = rig
+        .builder()
+        .cache(Arc::new(NoPartitionCache))
+        .l2(L2Options::new(store.clone() as Arc<dyn TokenStore>))
+        .refresh_options(support::no_jitter(false))
+        .build()
+        .unwrap();
+    let first = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+    lazy.flush().await;
+    let refresh_on = first.metadata().refresh_on.expect("a 3-hour token has one");
+    let until = refresh_on
+        .duration_since(tokenwell_core::Runtime::now(&rig.clock))
+        .unwrap();
+    advance(&rig, until + Duration::from_secs(1));
+    let served = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(secret(&served), secret(&first), "still valid: served");
+    lazy.flush().await;
+    let next = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+    lazy.flush().await;
+    assert_ne!(secret(&next), secret(&first), "renewed past refresh_on");
+    assert_eq!(rig.cc_requests(), 2, "renewed past refresh_on");
 }

@@ -631,7 +631,7 @@ impl L2 {
 
     /// Decode `stored`: `None` when nothing in it is readable (counted). Broken entries and a
     /// legacy blob are remembered for the partition's next write.
-    fn decode(&self, key: &PartitionKey, stored: &StoredPartition) -> Option<Partition> {
+    pub(crate) fn decode(&self, key: &PartitionKey, stored: &StoredPartition) -> Option<Partition> {
         let codec = &self.options.codec;
         let mut repair: Vec<Repair> = stored
             .unreadable
