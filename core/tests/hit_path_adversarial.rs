@@ -956,3 +956,145 @@ async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
     assert_ne!(secret(&next), secret(&first), "renewed past refresh_on");
     assert_eq!(rig.cc_requests(), 2, "renewed past refresh_on");
 }
+
+/// User-flow and managed-identity copies do not outlive a write by another application sharing
+/// the L1 (another engine, same client id or identity): after its forced refresh, every worker
+/// of the first application serves the new token, with its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_by_another_application_outdates_user_and_managed_identity_copies() {
+    let rig = Rig::start(Transport::Hyper).await;
+    let (app, other) = (rig.app(), rig.app());
+    let mi = |rig: &Rig| {
+        rig.mi_builder(ManagedIdentityId::SystemAssigned)
+            .imds_endpoint(rig.emulator.imds_endpoint())
+            .build()
+            .unwrap()
+    };
+    let (mi_app, mi_other) = (mi(&rig), mi(&rig));
+    sign_in(&rig, &app).await;
+    let account = app.accounts().remove(0);
+    let assertion = incoming_assertion(&rig, USER);
+    const RESOURCE: &str = "https://vault.azure.net";
+    type Call = Arc<
+        dyn Fn(bool) -> futures::future::BoxFuture<'static, AuthenticationResult> + Send + Sync,
+    >;
+    let calls: Vec<(&str, Call, Call)> = {
+        let obo = |app: &ConfidentialClientApplication| -> Call {
+            let (app, assertion) = (app.clone(), assertion.clone());
+            Arc::new(move |forced| {
+                let (app, assertion) = (app.clone(), assertion.clone());
+                Box::pin(async move {
+                    app.acquire_token_on_behalf_of([DOWNSTREAM], assertion.as_str())
+                        .with_force_refresh(forced)
+                        .await
+                        .unwrap()
+                })
+            })
+        };
+        let silent = |app: &ConfidentialClientApplication| -> Call {
+            let (app, account) = (app.clone(), account.clone());
+            Arc::new(move |forced| {
+                let (app, account) = (app.clone(), account.clone());
+                Box::pin(async move {
+                    app.acquire_token_silent(["User.Read"], &account)
+                        .with_force_refresh(forced)
+                        .await
+                        .unwrap()
+                })
+            })
+        };
+        let managed = |app: &tokenwell_core::ManagedIdentityApplication| -> Call {
+            let app = app.clone();
+            Arc::new(move |forced| {
+                let app = app.clone();
+                Box::pin(async move {
+                    app.acquire_token(RESOURCE)
+                        .with_force_refresh(forced)
+                        .await
+                        .unwrap()
+                })
+            })
+        };
+        vec![
+            ("on-behalf-of", obo(&app), obo(&other)),
+            ("silent", silent(&app), silent(&other)),
+            ("managed identity", managed(&mi_app), managed(&mi_other)),
+        ]
+    };
+    for (name, mine, theirs) in calls {
+        mine(false).await;
+        for round in 0..5 {
+            on_workers(|_| {
+                let mine = Arc::clone(&mine);
+                async move {
+                    for _ in 0..3 {
+                        assert_eq!(
+                            mine(false).await.metadata().token_source,
+                            TokenSource::CacheL1
+                        );
+                    }
+                }
+            })
+            .await;
+            let newer = secret(&theirs(true).await);
+            on_workers(|_| {
+                let (mine, newer) = (Arc::clone(&mine), newer.clone());
+                async move {
+                    let r = mine(false).await;
+                    assert_eq!(secret(&r), newer, "{name} round {round}: an outdated copy");
+                    if name != "managed identity" {
+                        assert_eq!(r.account().map(|a| a.username.as_str()), Some(USER));
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// A revocation asked on one worker (`with_access_token_sha256_to_refresh` of the token every
+/// worker holds a copy of) is seen by every worker: none serves the revoked token afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_on_one_worker_is_seen_by_every_worker() {
+    let rig = Rig::start(Transport::Hyper).await;
+    let app = rig.app();
+    let mut current = secret(&app.acquire_token_for_client([SCOPE]).await.unwrap());
+    for round in 0..5 {
+        on_workers(|_| {
+            let (app, current) = (app.clone(), current.clone());
+            async move {
+                for _ in 0..3 {
+                    let r = app.acquire_token_for_client([SCOPE]).await.unwrap();
+                    assert_eq!(secret(&r), current);
+                }
+            }
+        })
+        .await;
+        let revoked = current.clone();
+        let replaced = tokio::spawn({
+            let app = app.clone();
+            let revoked = revoked.clone();
+            async move {
+                secret(
+                    &app.acquire_token_for_client([SCOPE])
+                        .with_access_token_sha256_to_refresh(token_sha256_hex(&revoked))
+                        .await
+                        .unwrap(),
+                )
+            }
+        })
+        .await
+        .unwrap();
+        assert_ne!(replaced, revoked);
+        on_workers(|_| {
+            let (app, revoked, replaced) = (app.clone(), revoked.clone(), replaced.clone());
+            async move {
+                let r = app.acquire_token_for_client([SCOPE]).await.unwrap();
+                assert_ne!(secret(&r), revoked, "round {round}: the revoked token");
+                assert_eq!(secret(&r), replaced);
+            }
+        })
+        .await;
+        current = replaced;
+    }
+}
