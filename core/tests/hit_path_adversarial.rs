@@ -805,6 +805,16 @@ async fn an_l1_that_keeps_nothing_serves_each_scope_its_own_token() {
     writer.flush().await;
     let r = lazy.acquire_token_for_client([OTHER]).await.unwrap();
     assert_eq!(secret(&r), secret(&forced));
+    // A revocation on the node that keeps nothing never gets the revoked token back from L2.
+    let replaced = lazy
+        .acquire_token_for_client([OTHER])
+        .with_access_token_sha256_to_refresh(token_sha256_hex(&secret(&forced)))
+        .await
+        .unwrap();
+    assert_ne!(secret(&replaced), secret(&forced));
+    lazy.flush().await;
+    let r = lazy.acquire_token_for_client([OTHER]).await.unwrap();
+    assert_eq!(secret(&r), secret(&replaced));
 }
 
 /// With an L1 that keeps nothing, a user's session lives in L2: the node finds the account
@@ -948,12 +958,28 @@ async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
         .duration_since(tokenwell_core::Runtime::now(&rig.clock))
         .unwrap();
     advance(&rig, until + Duration::from_secs(1));
-    let served = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
-    assert_eq!(secret(&served), secret(&first), "still valid: served");
+    // Every worker reads the token past refresh_on at once: each is served the old token from
+    // L2 or (joining the renewal in flight) the new one, and it is renewed once.
+    on_workers(|_| {
+        let (lazy, first) = (lazy.clone(), secret(&first));
+        async move {
+            for _ in 0..10 {
+                let served = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+                let source = served.metadata().token_source;
+                assert!(
+                    (source == TokenSource::CacheL2 && secret(&served) == first)
+                        || secret(&served) != first,
+                    "{source:?}"
+                );
+            }
+        }
+    })
+    .await;
     lazy.flush().await;
     let next = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
     lazy.flush().await;
     assert_ne!(secret(&next), secret(&first), "renewed past refresh_on");
+    assert_eq!(rig.cc_requests(), 2, "one renewal for every caller");
     assert_eq!(rig.cc_requests(), 2, "renewed past refresh_on");
 }
 

@@ -734,6 +734,12 @@ impl L2 {
         );
     }
 
+    /// Whether this node has changes of partition `key` not yet written (queued or being
+    /// written): a newer token of the partition is on its way to the store.
+    pub(crate) fn writing(&self, key: &PartitionKey) -> bool {
+        self.pending.lock().contains_key(key)
+    }
+
     /// Write `changes` to the store in one call (the store merges them), with the repairs and
     /// the migration a read found for this partition. Failures are logged and counted, never
     /// returned; repairs and migrations are kept for the next write.
