@@ -927,19 +927,13 @@ impl Engine {
         if self.cache.keeps_partitions() || job.controls.is_some() {
             return;
         }
-        // This node's renewal is being written: once it is, reads find the new token (and a
-        // renewal started after the write adopts it from L2 instead of asking).
-        if self
-            .l2
-            .as_ref()
-            .is_some_and(|l2| l2.writing(&job.partition))
-        {
-            return;
-        }
         let now = self.now();
         if let Some(refresh_on) = token.refresh_on
             && now >= self.refresh_point(token, refresh_on)
             && !token.is_expired(now, self.expiry_buffer_secs)
+            // This node's renewal is being written: once it is, reads find the new token (and
+            // a renewal started after the write adopts it from L2 instead of asking).
+            && !self.l2.as_ref().is_some_and(|l2| l2.writing(&job.partition))
             && token.refresh_gate.try_claim(now, now + REFRESH_CLAIM_SECS)
         {
             self.renew_behind(token, now, Arc::clone(job));
