@@ -1124,3 +1124,43 @@ async fn a_revocation_on_one_worker_is_seen_by_every_worker() {
         current = replaced;
     }
 }
+
+/// With an L1 that keeps nothing, a wanted entry that is expiring does not hide a newer copy of
+/// the token in a legacy blob next to it (an old node's write): the L2 read serves the newer
+/// one, as a node whose L1 keeps the partition does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_l1_that_keeps_nothing_finds_a_newer_token_in_a_legacy_blob() {
+    use tokenwell_core::cache::{AccessToken, BlobCodec, Partition, PartitionKey, TokenSecret};
+    let rig = Rig::start(Transport::Hyper).await;
+    let store = Arc::new(MemoryStore::new());
+    let writer = l1_node(&rig, &store);
+    let old = writer.acquire_token_for_client([SCOPE]).await.unwrap();
+    writer.flush().await;
+    // 58 minutes later the entry's token is inside the expiry buffer; an old node has written a
+    // fresh one as a legacy blob.
+    advance(&rig, Duration::from_secs(58 * 60));
+    let key = PartitionKey::for_app(CLIENT_ID, TENANT);
+    let now = rig.now();
+    let authority = tokenwell_core::Authority::parse(&rig.emulator.authority(TENANT)).unwrap();
+    let newer = AccessToken::new(
+        authority.environment(),
+        CLIENT_ID,
+        TENANT,
+        tokenwell_core::ScopeSet::parse(SCOPE),
+        "Bearer",
+        TokenSecret::new("legacy-newer"),
+        now,
+        now + 3600,
+    );
+    store.put_legacy(
+        &key,
+        BlobCodec::plain().encode_legacy(&key, &Partition::from_access_tokens([newer])),
+    );
+    for node in [no_l1_node(&rig, &store), l1_node(&rig, &store)] {
+        let r = node.acquire_token_for_client([SCOPE]).await.unwrap();
+        assert_eq!(r.metadata().token_source, TokenSource::CacheL2);
+        assert_eq!(r.access_token().expose_secret(), "legacy-newer");
+        assert_ne!(secret(&r), secret(&old));
+    }
+    assert_eq!(rig.cc_requests(), 1);
+}
