@@ -1164,3 +1164,32 @@ async fn an_l1_that_keeps_nothing_finds_a_newer_token_in_a_legacy_blob() {
     }
     assert_eq!(rig.cc_requests(), 1);
 }
+
+/// With an L1 that keeps nothing and refresh tokens that rotate (the emulator revokes a redeemed
+/// one), two renewals of one user in a row (two scopes, both expired, no wait between them)
+/// each redeem the newest refresh token: the second must not redeem the one the first spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_l1_that_keeps_nothing_redeems_the_rotated_refresh_token() {
+    const FILES: &str = "api://downstream/Files.Read";
+    let rig = Rig::start(Transport::Hyper).await;
+    let store = Arc::new(MemoryStore::new());
+    let a = l1_node(&rig, &store);
+    sign_in(&rig, &a).await;
+    a.flush().await;
+    let account = a.accounts().remove(0);
+    let lazy = no_l1_node(&rig, &store);
+    for round in 1..=5u64 {
+        advance(&rig, Duration::from_secs(3600));
+        for (i, scope) in ["User.Read", FILES].into_iter().enumerate() {
+            let r = lazy
+                .acquire_token_silent([scope], &account)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, {scope}: {e:?}"));
+            assert_eq!(r.metadata().token_source, TokenSource::IdentityProvider);
+            assert_eq!(
+                rig.grant_requests("refresh_token"),
+                2 * (round - 1) + i as u64 + 1
+            );
+        }
+    }
+}

@@ -1042,7 +1042,7 @@ impl Engine {
             && !self.cache.keeps_partitions()
             && let Some(l2) = &self.l2
         {
-            cached = l2.load(&job.partition).await.map(Arc::new);
+            cached = l2.load_with_unwritten(&job.partition).await.map(Arc::new);
         }
         // A `Retry-After` the flow waits out before its retry holds for every request of the
         // key from the moment it arrives, not only once the retry has failed too: other

@@ -231,6 +231,7 @@ impl Drop for Writer {
             return;
         }
         self.l2.pending.lock().remove(&self.key);
+        self.l2.in_flight.lock().remove(&self.key);
         self.l2.record_error(
             &self.l2.write_errors,
             "write",
@@ -262,6 +263,9 @@ pub(crate) struct L2 {
     warned: Mutex<HashMap<PartitionKey, Instant>>,
     /// Partitions with a writer task; `Some` while new changes wait for it.
     pending: Mutex<HashMap<PartitionKey, Option<PendingWrite>>>,
+    /// The entries of each partition's write under way (taken out of `pending`), so this node
+    /// still sees its own changes until the store has them ([`unwritten`](Self::unwritten)).
+    in_flight: Mutex<HashMap<PartitionKey, Vec<CacheEntry>>>,
     /// Reads of a partition in flight, shared by every flight of this node that needs the
     /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read).
     loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
@@ -348,6 +352,7 @@ impl L2 {
             fixes: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             next_read: AtomicU64::new(0),
             read_deadline: Mutex::new(None),
@@ -715,7 +720,15 @@ impl L2 {
                     let next = {
                         let mut pending = writer.l2.pending.lock();
                         match pending.get_mut(&writer.key).and_then(Option::take) {
-                            Some(next) => next,
+                            Some(next) => {
+                                // Under the `pending` lock: a reader of `unwritten` sees
+                                // the entries in one map or the other.
+                                writer.l2.in_flight.lock().insert(
+                                    writer.key.clone(),
+                                    next.entries.values().cloned().collect(),
+                                );
+                                next
+                            }
                             None => {
                                 pending.remove(&writer.key);
                                 drop(pending);
@@ -725,6 +738,7 @@ impl L2 {
                         }
                     };
                     writer.l2.write(&writer.key, next.entries).await;
+                    writer.l2.in_flight.lock().remove(&writer.key);
                     for lease in &next.leases {
                         writer.l2.release(lease).await;
                     }
@@ -732,6 +746,46 @@ impl L2 {
             }
             .boxed(),
         );
+    }
+
+    /// This node's changes of partition `key` that the store may not have yet: queued, being
+    /// written, or kept from a failed write for the next one.
+    fn unwritten(&self, key: &PartitionKey) -> Vec<CacheEntry> {
+        let mut entries = Vec::new();
+        {
+            // `pending` first, as the writer takes them: entries move from it to `in_flight`
+            // under its lock.
+            let pending = self.pending.lock();
+            if let Some(writing) = self.in_flight.lock().get(key) {
+                entries.extend(writing.iter().cloned());
+            }
+            if let Some(Some(queued)) = pending.get(key) {
+                entries.extend(queued.entries.values().cloned());
+            }
+        }
+        if let Some(fixes) = self.fixes.lock().get(key) {
+            entries.extend(fixes.unwritten.values().cloned());
+        }
+        entries
+    }
+
+    /// The partition as the store holds it with this node's changes not yet written on top:
+    /// what an L1 that keeps nothing (and so remembers none of its writes) renews from. (A
+    /// rotated refresh token this node just received, not its spent predecessor still in the
+    /// store.)
+    pub(crate) async fn load_with_unwritten(&self, key: &PartitionKey) -> Option<Partition> {
+        // Before the read: a write that lands meanwhile is in one or the other.
+        let unwritten = self.unwritten(key);
+        let loaded = self.load(key).await;
+        if unwritten.is_empty() {
+            return loaded;
+        }
+        let now = unix_seconds(self.runtime.now());
+        let mine = Partition::from_entries(unwritten, now);
+        Some(match loaded {
+            Some(stored) => mine.merge(&stored, now),
+            None => mine,
+        })
     }
 
     /// Whether this node has changes of partition `key` not yet written (queued or being
