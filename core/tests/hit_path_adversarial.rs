@@ -1193,3 +1193,28 @@ async fn an_l1_that_keeps_nothing_redeems_the_rotated_refresh_token() {
         }
     }
 }
+
+/// An L1 that keeps nothing reads its own writes: a token it just fetched (its write to L2
+/// still behind the caller) answers the next call, on every worker, without a second request;
+/// an account it just signed in is listed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_l1_that_keeps_nothing_reads_its_own_writes() {
+    let rig = Rig::start(Transport::Hyper).await;
+    for round in 0..10u64 {
+        let store = Arc::new(MemoryStore::new());
+        let lazy = no_l1_node(&rig, &store);
+        let first = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+        on_workers(|_| {
+            let (lazy, first) = (lazy.clone(), secret(&first));
+            async move {
+                let r = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+                assert_eq!(secret(&r), first, "round {round}: {:?}", r.metadata());
+            }
+        })
+        .await;
+        assert_eq!(rig.cc_requests(), round + 1, "round {round}: asked again");
+        sign_in(&rig, &lazy).await;
+        assert_eq!(lazy.load_accounts().await.len(), 1, "round {round}");
+        lazy.flush().await;
+    }
+}

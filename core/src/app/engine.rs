@@ -1116,13 +1116,24 @@ impl Engine {
     }
 
     /// Teach L1 what L2 holds for `partition` (sharing a read in flight for it), and return
-    /// the partition as read (merged into L1's, or decoded for an L1 that keeps nothing);
-    /// nothing without an L2.
+    /// the partition as read (merged into L1's, or for an L1 that keeps nothing decoded, with
+    /// this node's unwritten changes on top); nothing without an L2.
     pub(crate) async fn load_from_l2(&self, partition: &PartitionKey) -> Option<Arc<Partition>> {
         let l2 = self.l2.as_ref()?;
-        match l2.read_into_l1(partition).await? {
-            Read::Merged(merged) => Some(merged),
-            Read::Stored(stored) => l2.decode(partition, &stored).map(Arc::new),
+        // An L1 that keeps nothing remembers none of this node's writes: those the store may
+        // not have yet go on top of the read (taken before it: a write that lands meanwhile
+        // is in one or the other).
+        let unwritten = if self.cache.keeps_partitions() {
+            Vec::new()
+        } else {
+            l2.unwritten(partition)
+        };
+        match l2.read_into_l1(partition).await {
+            Some(Read::Merged(merged)) => Some(merged),
+            Some(Read::Stored(stored)) => l2
+                .overlay(l2.decode(partition, &stored), unwritten)
+                .map(Arc::new),
+            None => l2.overlay(None, unwritten).map(Arc::new),
         }
     }
 
@@ -1130,12 +1141,36 @@ impl Engine {
     /// mode; a read already in flight for the partition is shared), then return the token the
     /// flight may adopt.
     async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
-        let token = match l2.read_into_l1(&job.partition).await? {
-            Read::Merged(merged) => self.adoptable(Some(&merged), job, mode)?,
-            Read::Stored(stored) => {
-                let found = l2.partition_for(&job.partition, &stored, &job.query.as_query());
-                self.adoptable(found.as_ref(), job, mode)?
+        let mut attempt = 0;
+        let token = loop {
+            let landed = l2.writes_landed();
+            let read = l2.read_into_l1(&job.partition).await;
+            let adopted = match &read {
+                Some(Read::Merged(merged)) => self.adoptable(Some(merged), job, mode),
+                Some(Read::Stored(stored)) => {
+                    let found = l2.partition_for(&job.partition, stored, &job.query.as_query());
+                    self.adoptable(found.as_ref(), job, mode)
+                }
+                None => None,
+            };
+            if let Some(token) = adopted {
+                break token;
             }
+            if self.cache.keeps_partitions() {
+                return None;
+            }
+            // An L1 that keeps nothing remembers none of this node's writes: a token it
+            // fetched whose write is still behind its caller is adopted from there (else the
+            // next call asks the identity provider again); one that landed during the read is
+            // read again.
+            let mine = l2.overlay(None, l2.unwritten(&job.partition));
+            if let Some(token) = self.adoptable(mine.as_ref(), job, mode) {
+                break token;
+            }
+            if attempt > 0 || l2.writes_landed() == landed {
+                return None;
+            }
+            attempt += 1;
         };
         telemetry::cache_hit_l2(self.tags(job.metric));
         Some(token)

@@ -266,6 +266,8 @@ pub(crate) struct L2 {
     /// The entries of each partition's write under way (taken out of `pending`), so this node
     /// still sees its own changes until the store has them ([`unwritten`](Self::unwritten)).
     in_flight: Mutex<HashMap<PartitionKey, Vec<CacheEntry>>>,
+    /// Writes of this node that reached the store (or gave up), counted.
+    landed: AtomicU64,
     /// Reads of a partition in flight, shared by every flight of this node that needs the
     /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read).
     loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
@@ -353,6 +355,7 @@ impl L2 {
             warned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            landed: AtomicU64::new(0),
             loading: Mutex::new(HashMap::new()),
             next_read: AtomicU64::new(0),
             read_deadline: Mutex::new(None),
@@ -738,6 +741,7 @@ impl L2 {
                         }
                     };
                     writer.l2.write(&writer.key, next.entries).await;
+                    writer.l2.landed.fetch_add(1, Ordering::AcqRel);
                     writer.l2.in_flight.lock().remove(&writer.key);
                     for lease in &next.leases {
                         writer.l2.release(lease).await;
@@ -750,7 +754,7 @@ impl L2 {
 
     /// This node's changes of partition `key` that the store may not have yet: queued, being
     /// written, or kept from a failed write for the next one.
-    fn unwritten(&self, key: &PartitionKey) -> Vec<CacheEntry> {
+    pub(crate) fn unwritten(&self, key: &PartitionKey) -> Vec<CacheEntry> {
         let mut entries = Vec::new();
         {
             // `pending` first, as the writer takes them: entries move from it to `in_flight`
@@ -777,6 +781,16 @@ impl L2 {
         // Before the read: a write that lands meanwhile is in one or the other.
         let unwritten = self.unwritten(key);
         let loaded = self.load(key).await;
+        self.overlay(loaded, unwritten)
+    }
+
+    /// `loaded` (read from the store) with `unwritten` (this node's changes the store may not
+    /// have yet, taken before the read) on top.
+    pub(crate) fn overlay(
+        &self,
+        loaded: Option<Partition>,
+        unwritten: Vec<CacheEntry>,
+    ) -> Option<Partition> {
         if unwritten.is_empty() {
             return loaded;
         }
@@ -786,6 +800,12 @@ impl L2 {
             Some(stored) => mine.merge(&stored, now),
             None => mine,
         })
+    }
+
+    /// How many of this node's writes have ended (a read that saw none of its changes while
+    /// this moved may have missed one that landed during it).
+    pub(crate) fn writes_landed(&self) -> u64 {
+        self.landed.load(Ordering::Acquire)
     }
 
     /// Whether this node has changes of partition `key` not yet written (queued or being
