@@ -454,6 +454,11 @@ impl Engine {
                             outcome => outcome,
                         }
                     };
+                    if let Ok(resolved) = &outcome
+                        && resolved.found == Found::L2
+                    {
+                        engine.refresh_adopted(&job, &resolved.token);
+                    }
                     if job
                         .controls
                         .as_ref()
@@ -911,7 +916,32 @@ impl Engine {
         if !token.refresh_gate.try_claim(now, now + REFRESH_CLAIM_SECS) {
             return;
         }
-        let job = Arc::new(job());
+        self.renew_behind(token, now, Arc::new(job()));
+    }
+
+    /// An L2 hit for an L1 that keeps nothing: every call reads L2, so no L1 hit ever finds
+    /// the token past its refresh point to renew it behind the caller; such a hit does instead
+    /// (else a farm of such nodes renews only once the token enters the expiry buffer, all
+    /// nodes at once). `job` is the miss's (without controls).
+    fn refresh_adopted(self: &Arc<Self>, job: &Arc<Job>, token: &Arc<AccessToken>) {
+        if self.cache.keeps_partitions() || job.controls.is_some() {
+            return;
+        }
+        let now = self.now();
+        if let Some(refresh_on) = token.refresh_on
+            && now >= self.refresh_point(token, refresh_on)
+            && !token.is_expired(now, self.expiry_buffer_secs)
+            // This node's renewal is being written: once it is, reads find the new token (and
+            // a renewal started after the write adopts it from L2 instead of asking).
+            && !self.l2.as_ref().is_some_and(|l2| l2.writing(&job.partition))
+            && token.refresh_gate.try_claim(now, now + REFRESH_CLAIM_SECS)
+        {
+            self.renew_behind(token, now, Arc::clone(job));
+        }
+    }
+
+    /// The background renewal of `token` for `job` (its refresh gate claimed at `now`).
+    fn renew_behind(self: &Arc<Self>, token: &Arc<AccessToken>, now: u64, job: Arc<Job>) {
         if let Some(throttled) = self.throttled(job.throttle_key, job.metric) {
             let wait = throttled.retry_after().unwrap_or_default().as_secs();
             token
@@ -1004,7 +1034,16 @@ impl Engine {
                 LeaseOutcome::Alone => {}
             }
         }
-        let cached = self.cache.get(&job.partition);
+        let mut cached = self.cache.get(&job.partition);
+        // An L1 that keeps nothing has no refresh token to hand the flow: the partition L2
+        // holds (an L2 read teaches such an L1 nothing).
+        if cached.is_none()
+            && job.flow.renews_from_cache()
+            && !self.cache.keeps_partitions()
+            && let Some(l2) = &self.l2
+        {
+            cached = l2.load_with_unwritten(&job.partition).await.map(Arc::new);
+        }
         // A `Retry-After` the flow waits out before its retry holds for every request of the
         // key from the moment it arrives, not only once the retry has failed too: other
         // flights of the key (a forced one, a miss, a background refresh) honour it meanwhile.
@@ -1076,11 +1115,25 @@ impl Engine {
         }
     }
 
-    /// Teach L1 what L2 holds for `partition` (sharing a read in flight for it); nothing
-    /// without an L2.
-    pub(crate) async fn load_from_l2(&self, partition: &PartitionKey) {
-        if let Some(l2) = &self.l2 {
-            l2.read_into_l1(partition).await;
+    /// Teach L1 what L2 holds for `partition` (sharing a read in flight for it), and return
+    /// the partition as read (merged into L1's, or for an L1 that keeps nothing decoded, with
+    /// this node's unwritten changes on top); nothing without an L2.
+    pub(crate) async fn load_from_l2(&self, partition: &PartitionKey) -> Option<Arc<Partition>> {
+        let l2 = self.l2.as_ref()?;
+        // An L1 that keeps nothing remembers none of this node's writes: those the store may
+        // not have yet go on top of the read (taken before it: a write that lands meanwhile
+        // is in one or the other).
+        let unwritten = if self.cache.keeps_partitions() {
+            Vec::new()
+        } else {
+            l2.unwritten(partition)
+        };
+        match l2.read_into_l1(partition).await {
+            Some(Read::Merged(merged)) => Some(merged),
+            Some(Read::Stored(stored)) => l2
+                .overlay(l2.decode(partition, &stored), unwritten)
+                .map(Arc::new),
+            None => l2.overlay(None, unwritten).map(Arc::new),
         }
     }
 
@@ -1088,12 +1141,36 @@ impl Engine {
     /// mode; a read already in flight for the partition is shared), then return the token the
     /// flight may adopt.
     async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
-        let token = match l2.read_into_l1(&job.partition).await? {
-            Read::Merged(merged) => self.adoptable(Some(&merged), job, mode)?,
-            Read::Stored(stored) => {
-                let found = l2.partition_for(&job.partition, &stored, &job.query.as_query());
-                self.adoptable(found.as_ref(), job, mode)?
+        let mut attempt = 0;
+        let token = loop {
+            let landed = l2.writes_landed();
+            let read = l2.read_into_l1(&job.partition).await;
+            let adopted = match &read {
+                Some(Read::Merged(merged)) => self.adoptable(Some(merged), job, mode),
+                Some(Read::Stored(stored)) => {
+                    let found = l2.partition_for(&job.partition, stored, &job.query.as_query());
+                    self.adoptable(found.as_ref(), job, mode)
+                }
+                None => None,
+            };
+            if let Some(token) = adopted {
+                break token;
             }
+            if self.cache.keeps_partitions() {
+                return None;
+            }
+            // An L1 that keeps nothing remembers none of this node's writes: a token it
+            // fetched whose write is still behind its caller is adopted from there (else the
+            // next call asks the identity provider again); one that landed during the read is
+            // read again.
+            let mine = l2.overlay(None, l2.unwritten(&job.partition));
+            if let Some(token) = self.adoptable(mine.as_ref(), job, mode) {
+                break token;
+            }
+            if attempt > 0 || l2.writes_landed() == landed {
+                return None;
+            }
+            attempt += 1;
         };
         telemetry::cache_hit_l2(self.tags(job.metric));
         Some(token)

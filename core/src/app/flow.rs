@@ -35,6 +35,12 @@ pub(crate) trait Flow: Send + Sync + 'static {
     /// for the application's own tokens, false where a user must be present.
     fn renews_unattended(&self) -> bool;
 
+    /// Whether [`renew`](Self::renew) reads `cached` (a refresh token): with an L1 that keeps
+    /// nothing, the engine then decodes the partition L2 holds for it.
+    fn renews_from_cache(&self) -> bool {
+        true
+    }
+
     /// Until when (Unix seconds) unattended renewal makes sense: `None` for as long as the
     /// application lives; an on-behalf-of key ends with its user assertion.
     fn unattended_until(&self) -> Option<u64> {

@@ -231,6 +231,7 @@ impl Drop for Writer {
             return;
         }
         self.l2.pending.lock().remove(&self.key);
+        self.l2.in_flight.lock().remove(&self.key);
         self.l2.record_error(
             &self.l2.write_errors,
             "write",
@@ -262,6 +263,11 @@ pub(crate) struct L2 {
     warned: Mutex<HashMap<PartitionKey, Instant>>,
     /// Partitions with a writer task; `Some` while new changes wait for it.
     pending: Mutex<HashMap<PartitionKey, Option<PendingWrite>>>,
+    /// The entries of each partition's write under way (taken out of `pending`), so this node
+    /// still sees its own changes until the store has them ([`unwritten`](Self::unwritten)).
+    in_flight: Mutex<HashMap<PartitionKey, Vec<CacheEntry>>>,
+    /// Writes of this node that reached the store (or gave up), counted.
+    landed: AtomicU64,
     /// Reads of a partition in flight, shared by every flight of this node that needs the
     /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read).
     loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
@@ -348,6 +354,8 @@ impl L2 {
             fixes: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            landed: AtomicU64::new(0),
             loading: Mutex::new(HashMap::new()),
             next_read: AtomicU64::new(0),
             read_deadline: Mutex::new(None),
@@ -631,7 +639,7 @@ impl L2 {
 
     /// Decode `stored`: `None` when nothing in it is readable (counted). Broken entries and a
     /// legacy blob are remembered for the partition's next write.
-    fn decode(&self, key: &PartitionKey, stored: &StoredPartition) -> Option<Partition> {
+    pub(crate) fn decode(&self, key: &PartitionKey, stored: &StoredPartition) -> Option<Partition> {
         let codec = &self.options.codec;
         let mut repair: Vec<Repair> = stored
             .unreadable
@@ -715,7 +723,15 @@ impl L2 {
                     let next = {
                         let mut pending = writer.l2.pending.lock();
                         match pending.get_mut(&writer.key).and_then(Option::take) {
-                            Some(next) => next,
+                            Some(next) => {
+                                // Under the `pending` lock: a reader of `unwritten` sees
+                                // the entries in one map or the other.
+                                writer.l2.in_flight.lock().insert(
+                                    writer.key.clone(),
+                                    next.entries.values().cloned().collect(),
+                                );
+                                next
+                            }
                             None => {
                                 pending.remove(&writer.key);
                                 drop(pending);
@@ -725,6 +741,8 @@ impl L2 {
                         }
                     };
                     writer.l2.write(&writer.key, next.entries).await;
+                    writer.l2.landed.fetch_add(1, Ordering::AcqRel);
+                    writer.l2.in_flight.lock().remove(&writer.key);
                     for lease in &next.leases {
                         writer.l2.release(lease).await;
                     }
@@ -732,6 +750,68 @@ impl L2 {
             }
             .boxed(),
         );
+    }
+
+    /// This node's changes of partition `key` that the store may not have yet: queued, being
+    /// written, or kept from a failed write for the next one.
+    pub(crate) fn unwritten(&self, key: &PartitionKey) -> Vec<CacheEntry> {
+        let mut entries = Vec::new();
+        {
+            // `pending` first, as the writer takes them: entries move from it to `in_flight`
+            // under its lock.
+            let pending = self.pending.lock();
+            if let Some(writing) = self.in_flight.lock().get(key) {
+                entries.extend(writing.iter().cloned());
+            }
+            if let Some(Some(queued)) = pending.get(key) {
+                entries.extend(queued.entries.values().cloned());
+            }
+        }
+        if let Some(fixes) = self.fixes.lock().get(key) {
+            entries.extend(fixes.unwritten.values().cloned());
+        }
+        entries
+    }
+
+    /// The partition as the store holds it with this node's changes not yet written on top:
+    /// what an L1 that keeps nothing (and so remembers none of its writes) renews from. (A
+    /// rotated refresh token this node just received, not its spent predecessor still in the
+    /// store.)
+    pub(crate) async fn load_with_unwritten(&self, key: &PartitionKey) -> Option<Partition> {
+        // Before the read: a write that lands meanwhile is in one or the other.
+        let unwritten = self.unwritten(key);
+        let loaded = self.load(key).await;
+        self.overlay(loaded, unwritten)
+    }
+
+    /// `loaded` (read from the store) with `unwritten` (this node's changes the store may not
+    /// have yet, taken before the read) on top.
+    pub(crate) fn overlay(
+        &self,
+        loaded: Option<Partition>,
+        unwritten: Vec<CacheEntry>,
+    ) -> Option<Partition> {
+        if unwritten.is_empty() {
+            return loaded;
+        }
+        let now = unix_seconds(self.runtime.now());
+        let mine = Partition::from_entries(unwritten, now);
+        Some(match loaded {
+            Some(stored) => mine.merge(&stored, now),
+            None => mine,
+        })
+    }
+
+    /// How many of this node's writes have ended (a read that saw none of its changes while
+    /// this moved may have missed one that landed during it).
+    pub(crate) fn writes_landed(&self) -> u64 {
+        self.landed.load(Ordering::Acquire)
+    }
+
+    /// Whether this node has changes of partition `key` not yet written (queued or being
+    /// written): a newer token of the partition is on its way to the store.
+    pub(crate) fn writing(&self, key: &PartitionKey) -> bool {
+        self.pending.lock().contains_key(key)
     }
 
     /// Write `changes` to the store in one call (the store merges them), with the repairs and

@@ -23,7 +23,7 @@ use super::hot::{self, KeySource};
 use super::idp::{FetchStats, Idp};
 use super::settings::{Options, one_shot_controls, request_controls};
 use crate::authority::Authority;
-use crate::cache::{AccessToken, AccessTokenQuery, Account, PartitionKey, TokenSecret};
+use crate::cache::{AccessToken, AccessTokenQuery, Account, Partition, PartitionKey, TokenSecret};
 use crate::controls::RequestControls;
 use crate::error::{AcquisitionError, AcquisitionResult, Error, Result};
 use crate::result::{
@@ -50,10 +50,17 @@ impl Drop for ClientCore {
 impl ClientCore {
     /// Accounts signed in to this client (from the L1 index).
     pub(crate) fn accounts(&self) -> Vec<Account> {
-        let mut accounts: Vec<Account> = self
-            .engine
-            .cache
-            .get(&self.identity.accounts_index())
+        Self::accounts_in(
+            self.engine
+                .cache
+                .get(&self.identity.accounts_index())
+                .as_deref(),
+        )
+    }
+
+    /// The accounts listed in the accounts index `index`, by username.
+    fn accounts_in(index: Option<&Partition>) -> Vec<Account> {
+        let mut accounts: Vec<Account> = index
             .map(|p| p.accounts().map(|a| (**a).clone()).collect())
             .unwrap_or_default();
         accounts.sort_by(|a, b| a.username.cmp(&b.username));
@@ -61,33 +68,36 @@ impl ClientCore {
     }
 
     /// [`accounts`](Self::accounts) after reading the accounts index from L2, so a new
-    /// process (or another node) finds the accounts signed in before it.
+    /// process (or another node) finds the accounts signed in before it; with an L1 that keeps
+    /// nothing, the index as L2 holds it.
     pub(crate) async fn load_accounts(&self) -> Vec<Account> {
-        self.engine
-            .load_from_l2(&self.identity.accounts_index())
-            .await;
-        self.accounts()
+        let index = self.identity.accounts_index();
+        let loaded = self.engine.load_from_l2(&index).await;
+        match self.engine.cache.get(&index) {
+            Some(kept) => Self::accounts_in(Some(&kept)),
+            None => Self::accounts_in(loaded.as_deref()),
+        }
     }
 
     /// Forget `account`: its tokens and its index entry become tombstones, so no older copy
-    /// (another node, L2) brings them back. Returns once L2 has the removal.
+    /// (another node, L2) brings them back. Returns once L2 has the removal. What L2 holds is
+    /// read first: a node that never loaded the user (or whose L1 keeps nothing) removes the
+    /// tokens other nodes wrote.
     pub(crate) async fn remove_account(&self, account: &Account) {
-        let now = self.engine.now();
         let home = account.home_account_id.clone();
         let partition = PartitionKey::for_user(&self.identity.client_id, &home);
-        self.engine.write(&partition, |current| {
-            current
-                .cloned()
-                .unwrap_or_default()
-                .without_account(&home, now)
-        });
-        self.engine
-            .write(&self.identity.accounts_index(), |current| {
+        let index = self.identity.accounts_index();
+        for key in [&partition, &index] {
+            let loaded = self.engine.load_from_l2(key).await;
+            let now = self.engine.now();
+            self.engine.write(key, |current| {
                 current
+                    .or(loaded.as_deref())
                     .cloned()
                     .unwrap_or_default()
                     .without_account(&home, now)
             });
+        }
         self.engine.flush().await;
     }
 

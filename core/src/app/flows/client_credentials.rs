@@ -52,4 +52,9 @@ impl Flow for ClientCredentials {
     fn renews_unattended(&self) -> bool {
         true
     }
+
+    /// Asks with the application's own credential: nothing cached is needed.
+    fn renews_from_cache(&self) -> bool {
+        false
+    }
 }

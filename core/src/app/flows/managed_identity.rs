@@ -194,6 +194,11 @@ impl Flow for ManagedIdentity {
     fn renews_unattended(&self) -> bool {
         true
     }
+
+    /// Asks with the application's own credential: nothing cached is needed.
+    fn renews_from_cache(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
