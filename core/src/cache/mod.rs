@@ -21,6 +21,10 @@ pub use partition::{AccessTokenQuery, Partition, PartitionKey};
 ///
 /// Implementations must be cheap and synchronous on `get`: it is the hot path of every cache
 /// hit. `tokenwell-cache-memory` provides the default.
+///
+/// Change what an application caches through the application (`remove_account`, the
+/// requests): its threads keep copies of hot tokens that only its own writes outdate, so an
+/// entry inserted or removed directly in the `PartitionCache` may still be served while fresh.
 pub trait PartitionCache: Send + Sync + 'static {
     /// The current snapshot of `key`, if cached.
     fn get(&self, key: &PartitionKey) -> Option<Arc<Partition>>;
@@ -47,6 +51,15 @@ pub trait PartitionCache: Send + Sync + 'static {
 /// L2 read per call. Such an L2 hit decodes only the token it wants, not the whole partition
 /// (`an_l1_that_keeps_nothing_decodes_only_the_wanted_entry` in `core/tests/l2.rs`). Without an
 /// L2 every call goes to the identity provider.
+///
+/// Such a node still behaves as a caching one (`core/tests/hit_path_adversarial.rs`): user
+/// flows renew with the refresh token L2 holds, with this node's writes not yet in the store
+/// on top (`an_l1_that_keeps_nothing_renews_user_tokens_from_l2`,
+/// `an_l1_that_keeps_nothing_redeems_the_rotated_refresh_token`); a token read past its
+/// refresh point is renewed once, behind the caller
+/// (`an_l1_that_keeps_nothing_renews_a_token_past_refresh_on`); a token it just fetched is
+/// served before its write lands (`an_l1_that_keeps_nothing_reads_its_own_writes`); and
+/// `remove_account` removes what L2 holds.
 ///
 /// ```
 /// use std::sync::Arc;
