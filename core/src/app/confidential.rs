@@ -486,7 +486,7 @@ impl<'a> AcquireTokenForClient<'a> {
                     FlowKind::Confidential,
                     Arc::new(ClientCredentials {
                         client: Arc::clone(identity),
-                        authority: authority.clone(),
+                        authority: (!identity.is_own(authority)).then(|| authority.clone()),
                         scopes: (*self.scopes).clone(),
                     }),
                 )

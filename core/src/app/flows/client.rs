@@ -81,6 +81,11 @@ impl ClientIdentity {
             })
     }
 
+    /// Whether `authority` is the application's own (a request without another tenant).
+    pub(crate) fn is_own(&self, authority: &Authority) -> bool {
+        std::ptr::eq(authority, &self.authority) || *authority == self.authority
+    }
+
     /// The throttle key of a request to `authority` for `scopes` (and `account`): from the kept
     /// prefix for the application's own authority, else hashed whole.
     pub(crate) fn throttle_key(
@@ -89,7 +94,7 @@ impl ClientIdentity {
         scopes: &str,
         account: Option<&str>,
     ) -> ThrottleKey {
-        if std::ptr::eq(authority, &self.authority) || *authority == self.authority {
+        if self.is_own(authority) {
             self.throttle.key(scopes, account)
         } else {
             ThrottleKey::new(&self.client_id, &authority.url(), scopes, account)
