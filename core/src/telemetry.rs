@@ -139,8 +139,25 @@ fn labels(tags: Tags<'_>, extra: &[(&'static str, &'static str)]) -> Vec<Label> 
     labels
 }
 
-/// `hits` L1 hits. Without a client id the key is static for every flow (literal name and
-/// labels: no allocation, no hashing per call), which the hit path needs.
+/// `$record!` called with the flow's label as a literal: without a client id, the series of
+/// the L1 hit and of the miss path's every answer have static keys (literal name and labels:
+/// no allocation, no hashing per call).
+macro_rules! with_flow_literal {
+    ($flow:expr, $record:ident) => {
+        match $flow {
+            MetricFlow::ClientCredentials => $record!("client_credentials"),
+            MetricFlow::OnBehalfOf => $record!("on_behalf_of"),
+            MetricFlow::LongRunning => $record!("long_running"),
+            MetricFlow::Silent => $record!("silent"),
+            MetricFlow::ManagedIdentity => $record!("managed_identity"),
+            MetricFlow::DeviceCode => $record!("device_code"),
+            MetricFlow::AuthorizationCode => $record!("authorization_code"),
+            MetricFlow::Discovery => $record!("discovery"),
+        }
+    };
+}
+
+/// `hits` L1 hits.
 #[inline]
 pub(crate) fn cache_hits_l1(tags: Tags<'_>, hits: u64) {
     macro_rules! hit {
@@ -153,16 +170,7 @@ pub(crate) fn cache_hits_l1(tags: Tags<'_>, hits: u64) {
         metrics::counter!(CACHE_HITS, labels(tags, &[("level", "l1")])).increment(hits);
         return;
     }
-    match tags.flow {
-        MetricFlow::ClientCredentials => hit!("client_credentials"),
-        MetricFlow::OnBehalfOf => hit!("on_behalf_of"),
-        MetricFlow::LongRunning => hit!("long_running"),
-        MetricFlow::Silent => hit!("silent"),
-        MetricFlow::ManagedIdentity => hit!("managed_identity"),
-        MetricFlow::DeviceCode => hit!("device_code"),
-        MetricFlow::AuthorizationCode => hit!("authorization_code"),
-        MetricFlow::Discovery => hit!("discovery"),
-    }
+    with_flow_literal!(tags.flow, hit);
 }
 
 /// One L1 hit.
@@ -172,11 +180,30 @@ pub(crate) fn cache_hit_l1(tags: Tags<'_>) {
 }
 
 pub(crate) fn cache_hit_l2(tags: Tags<'_>) {
-    metrics::counter!(CACHE_HITS, labels(tags, &[("level", "l2")])).increment(1);
+    macro_rules! hit {
+        ($flow:literal) => {
+            metrics::counter!("tokenwell_cache_hits_total", "flow" => $flow, "level" => "l2")
+                .increment(1)
+        };
+    }
+    if tags.client_id.is_some() {
+        metrics::counter!(CACHE_HITS, labels(tags, &[("level", "l2")])).increment(1);
+        return;
+    }
+    with_flow_literal!(tags.flow, hit);
 }
 
 pub(crate) fn cache_miss(tags: Tags<'_>) {
-    metrics::counter!(CACHE_MISSES, labels(tags, &[])).increment(1);
+    macro_rules! miss {
+        ($flow:literal) => {
+            metrics::counter!("tokenwell_cache_misses_total", "flow" => $flow).increment(1)
+        };
+    }
+    if tags.client_id.is_some() {
+        metrics::counter!(CACHE_MISSES, labels(tags, &[])).increment(1);
+        return;
+    }
+    with_flow_literal!(tags.flow, miss);
 }
 
 pub(crate) fn idp_request(tags: Tags<'_>, ok: bool, seconds: f64) {
@@ -186,17 +213,39 @@ pub(crate) fn idp_request(tags: Tags<'_>, ok: bool, seconds: f64) {
 }
 
 pub(crate) fn remaining_lifetime(tags: Tags<'_>, source: crate::result::TokenSource, seconds: u64) {
-    let source = match source {
-        crate::result::TokenSource::CacheL1 => "l1",
-        crate::result::TokenSource::CacheL2 => "l2",
-        _ => "idp",
-    };
+    use crate::result::TokenSource;
     #[allow(clippy::cast_precision_loss)] // seconds below 2^53
-    metrics::histogram!(
-        TOKEN_REMAINING_LIFETIME,
-        labels(tags, &[("source", source)])
-    )
-    .record(seconds as f64);
+    let seconds = seconds as f64;
+    macro_rules! record {
+        ($flow:literal) => {
+            match source {
+                TokenSource::CacheL1 => metrics::histogram!(
+                    "tokenwell_token_remaining_lifetime_seconds", "flow" => $flow, "source" => "l1"
+                ),
+                TokenSource::CacheL2 => metrics::histogram!(
+                    "tokenwell_token_remaining_lifetime_seconds", "flow" => $flow, "source" => "l2"
+                ),
+                _ => metrics::histogram!(
+                    "tokenwell_token_remaining_lifetime_seconds", "flow" => $flow, "source" => "idp"
+                ),
+            }
+            .record(seconds)
+        };
+    }
+    if tags.client_id.is_some() {
+        let source = match source {
+            TokenSource::CacheL1 => "l1",
+            TokenSource::CacheL2 => "l2",
+            _ => "idp",
+        };
+        metrics::histogram!(
+            TOKEN_REMAINING_LIFETIME,
+            labels(tags, &[("source", source)])
+        )
+        .record(seconds);
+        return;
+    }
+    with_flow_literal!(tags.flow, record);
 }
 
 pub(crate) fn remaining_lifetime_stale(tags: Tags<'_>, seconds: u64) {
@@ -282,7 +331,7 @@ mod tests {
     }
 
     /// What each helper emits, read through a recorder, against the documented constants (the
-    /// hot-path helper uses literals per flow, which this keeps in step).
+    /// helpers without a client id use literals per flow, which this keeps in step).
     #[test]
     fn emitted_names_match_the_constants() {
         use super::*;
@@ -294,8 +343,20 @@ mod tests {
                 cache_hits_l1(Tags::new(flow, None), 3);
             }
             cache_hit_l1(mi);
-            cache_hit_l2(cc);
-            cache_miss(cc);
+            for flow in MetricFlow::ALL {
+                cache_hit_l2(Tags::new(flow, None));
+                cache_miss(Tags::new(flow, None));
+                for source in [
+                    crate::result::TokenSource::CacheL1,
+                    crate::result::TokenSource::CacheL2,
+                    crate::result::TokenSource::IdentityProvider,
+                ] {
+                    remaining_lifetime(Tags::new(flow, None), source, 10);
+                }
+            }
+            cache_hit_l2(mi);
+            cache_miss(mi);
+            remaining_lifetime(mi, crate::result::TokenSource::CacheL2, 10);
             idp_request(cc, true, 0.1);
             idp_request(mi, false, 0.1);
             retry(cc);
@@ -306,8 +367,6 @@ mod tests {
             background_refresh(cc, false);
             l2_error("write");
             l2_corrupt_blob();
-            remaining_lifetime(cc, crate::result::TokenSource::CacheL2, 10);
-            remaining_lifetime(cc, crate::result::TokenSource::IdentityProvider, 10);
             remaining_lifetime_stale(cc, 10);
         });
         let emitted = names.0.lock().unwrap().clone();
@@ -317,10 +376,21 @@ mod tests {
             .collect();
         let cc = "flow=client_credentials";
         let mi = "client_id=app-1,flow=managed_identity";
+        expected.push(format!("{CACHE_HITS}{{{mi},level=l1}}"));
+        for flow in MetricFlow::ALL {
+            let flow = format!("flow={}", flow.as_str());
+            expected.extend([
+                format!("{CACHE_HITS}{{{flow},level=l2}}"),
+                format!("{CACHE_MISSES}{{{flow}}}"),
+                format!("{TOKEN_REMAINING_LIFETIME}{{{flow},source=l1}}"),
+                format!("{TOKEN_REMAINING_LIFETIME}{{{flow},source=l2}}"),
+                format!("{TOKEN_REMAINING_LIFETIME}{{{flow},source=idp}}"),
+            ]);
+        }
         expected.extend([
-            format!("{CACHE_HITS}{{{mi},level=l1}}"),
-            format!("{CACHE_HITS}{{{cc},level=l2}}"),
-            format!("{CACHE_MISSES}{{{cc}}}"),
+            format!("{CACHE_HITS}{{{mi},level=l2}}"),
+            format!("{CACHE_MISSES}{{{mi}}}"),
+            format!("{TOKEN_REMAINING_LIFETIME}{{{mi},source=l2}}"),
             format!("{IDP_REQUESTS}{{{cc},outcome=ok}}"),
             format!("{IDP_DURATION}{{{cc}}}"),
             format!("{IDP_REQUESTS}{{{mi},outcome=error}}"),
@@ -333,8 +403,6 @@ mod tests {
             format!("{BACKGROUND_REFRESHES}{{{cc},outcome=error}}"),
             format!("{L2_ERRORS}{{op=write}}"),
             format!("{L2_CORRUPT_BLOBS}{{}}"),
-            format!("{TOKEN_REMAINING_LIFETIME}{{{cc},source=l2}}"),
-            format!("{TOKEN_REMAINING_LIFETIME}{{{cc},source=idp}}"),
             format!("{TOKEN_REMAINING_LIFETIME}{{{cc},source=stale}}"),
         ]);
         assert_eq!(emitted, expected);

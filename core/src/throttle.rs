@@ -98,9 +98,30 @@ pub struct ThrottleKey(u64);
 impl ThrottleKey {
     /// Compute the thumbprint.
     pub fn new(client_id: &str, authority: &str, scopes: &str, account: Option<&str>) -> Self {
-        // SipHash with fixed keys: stable within and across processes, and only on the miss path.
+        ThrottlePrefix::new(client_id, authority).key(scopes, account)
+    }
+}
+
+/// The client id and authority of a [`ThrottleKey`], hashed once: an application keeps its own
+/// authority's, so a miss hashes only its scopes and account (no authority URL to format).
+#[derive(Clone, Debug)]
+pub(crate) struct ThrottlePrefix(std::collections::hash_map::DefaultHasher);
+
+impl ThrottlePrefix {
+    pub(crate) fn new(client_id: &str, authority: &str) -> Self {
+        // SipHash with fixed keys: stable within and across processes, and only on the miss
+        // path. Fed as the tuple `(client_id, authority, scopes, account)` would be.
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (client_id, authority, scopes, account).hash(&mut h);
+        client_id.hash(&mut h);
+        authority.hash(&mut h);
+        ThrottlePrefix(h)
+    }
+
+    /// The thumbprint of a request for `scopes` (and `account`) under this prefix.
+    pub(crate) fn key(&self, scopes: &str, account: Option<&str>) -> ThrottleKey {
+        let mut h = self.0.clone();
+        scopes.hash(&mut h);
+        account.hash(&mut h);
         ThrottleKey(h.finish())
     }
 }
@@ -293,6 +314,33 @@ mod tests {
         t.record_failure(a, FlowKind::Confidential, &idp(429, "x", Some(30)), now);
         t.record_success(a);
         assert!(t.check(a, now).is_ok(), "success clears");
+    }
+
+    /// A key from a kept prefix is the key of the whole request hashed at once (the tuple's
+    /// hash, as before prefixes), so both ways name the same window.
+    #[test]
+    fn a_prefix_gives_the_whole_key() {
+        let whole = |client: &str, authority: &str, scopes: &str, account: Option<&str>| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (client, authority, scopes, account).hash(&mut h);
+            ThrottleKey(h.finish())
+        };
+        let prefix = ThrottlePrefix::new("client", "https://login.example/t");
+        for (scopes, account) in [("a b", None), ("a b", Some("uid.utid")), ("", Some(""))] {
+            let key = prefix.key(scopes, account);
+            assert_eq!(
+                key,
+                whole("client", "https://login.example/t", scopes, account)
+            );
+            assert_eq!(
+                key,
+                ThrottleKey::new("client", "https://login.example/t", scopes, account)
+            );
+        }
+        assert_ne!(
+            prefix.key("a", None),
+            ThrottlePrefix::new("client", "https://login.example/u").key("a", None)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::scopes::{IntoScopeSet, Scopes};
 use crate::telemetry::MetricFlow;
-use crate::throttle::{FlowKind, ThrottleKey};
+use crate::throttle::FlowKind;
 
 pub use super::engine::DEFAULT_EXPIRY_BUFFER;
 
@@ -482,16 +482,11 @@ impl<'a> AcquireTokenForClient<'a> {
                 Job::new(
                     partition,
                     &query,
-                    ThrottleKey::new(
-                        &identity.client_id,
-                        &authority.url(),
-                        self.scopes.normalized(),
-                        None,
-                    ),
+                    identity.throttle_key(authority, self.scopes.normalized(), None),
                     FlowKind::Confidential,
                     Arc::new(ClientCredentials {
                         client: Arc::clone(identity),
-                        authority: authority.clone(),
+                        authority: (!identity.is_own(authority)).then(|| authority.clone()),
                         scopes: (*self.scopes).clone(),
                     }),
                 )

@@ -28,7 +28,7 @@ use crate::retry::RetryPolicy;
 use crate::runtime::Runtime;
 use crate::scopes::{IntoScopeSet, ScopeSet};
 use crate::telemetry::MetricFlow;
-use crate::throttle::{FlowKind, ThrottleKey};
+use crate::throttle::FlowKind;
 
 /// `slow_down` adds this to the polling interval (RFC 8628 §3.5).
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
@@ -290,9 +290,8 @@ impl AcquireTokenWithDeviceCode<'_> {
         on_code: OnCode,
     ) -> Result<(PartitionKey, Arc<AccessToken>, FetchStats)> {
         let identity = &core.identity;
-        let throttle_key = ThrottleKey::new(
-            &identity.client_id,
-            &identity.authority.url(),
+        let throttle_key = identity.throttle_key(
+            &identity.authority,
             scopes.normalized(),
             Some("device_code"),
         );

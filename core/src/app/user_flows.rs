@@ -103,12 +103,8 @@ impl ClientCore {
 
     /// The throttle key of a user request to `authority`.
     fn throttle_key(&self, authority: &Authority, scopes: &ScopeSet, who: &str) -> ThrottleKey {
-        ThrottleKey::new(
-            &self.identity.client_id,
-            &authority.url(),
-            scopes.normalized(),
-            Some(who),
-        )
+        self.identity
+            .throttle_key(authority, scopes.normalized(), Some(who))
     }
 
     /// The authority of a request naming `tenant` (`with_tenant`): `None` for the

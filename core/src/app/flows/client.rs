@@ -18,6 +18,7 @@ use crate::credential::{AssertionContext, ClientCredential};
 use crate::error::{Error, Result};
 use crate::response::{TokenResponse, jwt_claims};
 use crate::scopes::ScopeSet;
+use crate::throttle::{ThrottleKey, ThrottlePrefix};
 
 /// Scopes MSAL adds to every user request: a refresh token, an ID token, the profile.
 pub(crate) const RESERVED_SCOPES: [&str; 3] = ["offline_access", "openid", "profile"];
@@ -38,6 +39,8 @@ pub(crate) struct ClientIdentity {
     /// The configured client authentication method (else chosen per authority).
     pub auth_method: Option<ClientAuthMethod>,
     pub endpoints: EndpointResolver,
+    /// The throttle keys' client id and authority, hashed once ([`Self::throttle_key`]).
+    throttle: ThrottlePrefix,
 }
 
 impl ClientIdentity {
@@ -48,6 +51,7 @@ impl ClientIdentity {
         auth_method: Option<ClientAuthMethod>,
     ) -> Self {
         ClientIdentity {
+            throttle: ThrottlePrefix::new(&client_id, &authority.url()),
             client_id,
             endpoints: EndpointResolver::new(&authority),
             authority,
@@ -75,6 +79,26 @@ impl ClientIdentity {
                     authority.url()
                 ))
             })
+    }
+
+    /// Whether `authority` is the application's own (a request without another tenant).
+    pub(crate) fn is_own(&self, authority: &Authority) -> bool {
+        std::ptr::eq(authority, &self.authority) || *authority == self.authority
+    }
+
+    /// The throttle key of a request to `authority` for `scopes` (and `account`): from the kept
+    /// prefix for the application's own authority, else hashed whole.
+    pub(crate) fn throttle_key(
+        &self,
+        authority: &Authority,
+        scopes: &str,
+        account: Option<&str>,
+    ) -> ThrottleKey {
+        if self.is_own(authority) {
+            self.throttle.key(scopes, account)
+        } else {
+            ThrottleKey::new(&self.client_id, &authority.url(), scopes, account)
+        }
     }
 
     /// The partition listing the client's signed-in accounts (what `accounts()` reads).

@@ -17,7 +17,8 @@ use crate::scopes::ScopeSet;
 /// One client-credentials key: the client, the (possibly per-request) authority, the scopes.
 pub(crate) struct ClientCredentials {
     pub client: Arc<ClientIdentity>,
-    pub authority: Authority,
+    /// A per-request tenant's authority; `None`: the client's own (not copied for every miss).
+    pub authority: Option<Authority>,
     pub scopes: ScopeSet,
 }
 
@@ -27,6 +28,7 @@ impl Flow for ClientCredentials {
         idp: &'a Idp,
         _cached: Option<Arc<Partition>>,
     ) -> BoxFuture<'a, Result<Fetched>> {
+        let authority = self.authority.as_ref().unwrap_or(&self.client.authority);
         async move {
             let grant = vec![
                 ("grant_type", "client_credentials".to_owned()),
@@ -34,13 +36,13 @@ impl Flow for ClientCredentials {
             ];
             let (response, stats) = self
                 .client
-                .token_request(idp, &self.authority, grant, false)
+                .token_request(idp, authority, grant, false)
                 .await?;
             let access = access_token_from_response(
                 &response,
-                self.authority.environment(),
+                authority.environment(),
                 &self.client.client_id,
-                self.authority.realm(),
+                authority.realm(),
                 &self.scopes,
                 unix_seconds(idp.runtime.now()),
             );
