@@ -23,6 +23,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// A future that completes after `duration` (retry back-off).
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 
+    /// A future that completes once [`now`](Self::now) has reached `at` (at once if it has):
+    /// a deadline, for waits due at a moment (refresh-ahead), so a clock that moves between
+    /// reading it and sleeping does not push the wake-up back by as much.
+    fn sleep_until(&self, at: SystemTime) -> BoxFuture<'static, ()> {
+        self.sleep(at.duration_since(self.now()).unwrap_or(Duration::ZERO))
+    }
+
     /// Run `task` in the background (proactive refresh). It must not be tied to the caller.
     fn spawn(&self, task: BoxFuture<'static, ()>);
 
@@ -46,6 +53,9 @@ impl<R: Runtime + ?Sized> Runtime for Arc<R> {
     }
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         (**self).sleep(duration)
+    }
+    fn sleep_until(&self, at: SystemTime) -> BoxFuture<'static, ()> {
+        (**self).sleep_until(at)
     }
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         (**self).spawn(task)
@@ -202,6 +212,18 @@ impl Runtime for ManualClock {
         .boxed()
     }
 
+    fn sleep_until(&self, at: SystemTime) -> BoxFuture<'static, ()> {
+        if self.auto_advance.load(Ordering::SeqCst) {
+            return self.sleep(at.duration_since(self.now()).unwrap_or(Duration::ZERO));
+        }
+        // The deadline as given: an `advance` racing this call cannot push it out.
+        ManualSleep {
+            clock: self.clone(),
+            deadline: Some(at),
+        }
+        .boxed()
+    }
+
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         self.inner.spawn(task)
     }
@@ -263,5 +285,36 @@ mod tests {
         assert!(never.as_mut().poll(&mut cx).is_ready());
         assert!(clock.sleep(Duration::MAX).as_mut().poll(&mut cx).is_ready());
         assert_eq!(Some(clock.now()), end);
+    }
+
+    /// A wait due at a moment ends there even when the clock moved between reading it and
+    /// sleeping (the refresh-ahead loop computed a duration, the test advanced the clock, and
+    /// the loop's sleep ended 30 minutes late: a flaky `refresh_ahead_renews_*` under load).
+    #[test]
+    fn sleep_until_is_not_pushed_out_by_a_clock_move_before_it() {
+        let clock = ManualClock::starting_at(Arc::new(Immediate), from_unix_seconds(1_000));
+        clock.auto_advance(false);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let due = from_unix_seconds(1_000 + 1_800);
+        let wait = Duration::from_secs(1_800);
+        // The clock moves between the wait's computation and the sleep.
+        clock.advance(wait);
+        let mut by_duration = clock.sleep(wait);
+        let mut by_deadline = clock.sleep_until(due);
+        assert!(by_deadline.as_mut().poll(&mut cx).is_ready());
+        assert!(
+            by_duration.as_mut().poll(&mut cx).is_pending(),
+            "a duration counts from the moved clock"
+        );
+        let mut later = clock.sleep_until(from_unix_seconds(1_000 + 3_600));
+        assert!(later.as_mut().poll(&mut cx).is_pending());
+        clock.advance(Duration::from_secs(1_799));
+        assert!(
+            later.as_mut().poll(&mut cx).is_pending(),
+            "one second early"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert!(later.as_mut().poll(&mut cx).is_ready());
     }
 }

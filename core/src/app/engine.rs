@@ -1486,8 +1486,12 @@ async fn refresh_ahead_loop(
             let Some(engine) = engine.upgrade() else {
                 return;
             };
-            let wait = due.saturating_sub(engine.now());
-            engine.idp.runtime.sleep(Duration::from_secs(wait))
+            // A deadline, not a duration: a clock moved between reading it and sleeping
+            // would push a duration's end out by as much (a test's manual clock did).
+            engine
+                .idp
+                .runtime
+                .sleep_until(crate::runtime::from_unix_seconds(due))
         };
         if let Either::Right(_) = select(sleep, &mut stopped).await {
             return;
