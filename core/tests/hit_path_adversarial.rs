@@ -12,16 +12,14 @@ use std::time::Duration;
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::{
     Account, AuthenticationResult, CacheRefreshReason, ClientCredential,
-    ConfidentialClientApplication, Error, L2Options, ManagedIdentityId, NoPartitionCache, Pkce,
+    ConfidentialClientApplication, Error, L2Options, ManagedIdentityId, NoPartitionCache,
     TokenSource, TokenStore, token_sha256_hex,
 };
 
-use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport, advance};
+use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport, USER, advance};
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const DOWNSTREAM: &str = "api://downstream/Files.Read";
-const REDIRECT: &str = "http://localhost:8400/callback";
-const USER: &str = "ada@contoso.com";
 const OTHER_USER: &str = "grace@contoso.com";
 const GUEST: &str = "fabrikam.onmicrosoft.com";
 /// Tasks per round: more than the runtime's worker threads, so every worker takes copies.
@@ -63,22 +61,6 @@ where
     for handle in handles {
         handle.await.expect("task");
     }
-}
-
-/// Sign `USER` in on `app` with an authorization code; returns the result.
-async fn sign_in(rig: &Rig, app: &ConfidentialClientApplication) -> AuthenticationResult {
-    let pkce = Pkce::new();
-    let code = rig.emulator.issue_authorization_code(
-        CLIENT_ID,
-        USER,
-        &["User.Read", "offline_access", "openid", "profile"],
-        REDIRECT,
-        Some(pkce.challenge()),
-    );
-    app.acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
-        .with_pkce_verifier(pkce.verifier())
-        .await
-        .unwrap()
 }
 
 /// Two assertions of one length with the same 16 bytes at each end (one the other with a byte
@@ -538,7 +520,7 @@ async fn user_and_managed_identity_options_never_take_a_warm_copy() {
         .imds_endpoint(rig.emulator.imds_endpoint())
         .build()
         .unwrap();
-    sign_in(&rig, &app).await;
+    rig.sign_in(&app).await;
     let account = app.accounts().remove(0);
     let assertion = incoming_assertion(&rig, USER);
     const RESOURCE: &str = "https://management.azure.com/";
@@ -652,7 +634,7 @@ async fn a_removed_account_is_not_served_from_any_threads_copy() {
     let rig = Rig::start(Transport::Hyper).await;
     for round in 0..5 {
         let app = rig.app();
-        sign_in(&rig, &app).await;
+        rig.sign_in(&app).await;
         let account = app.accounts().remove(0);
         on_workers(|_| {
             let (app, account) = (app.clone(), account.clone());
@@ -688,7 +670,7 @@ async fn a_removed_account_is_not_served_from_any_threads_copy() {
 async fn one_home_account_in_two_realms_never_shares_a_copy() {
     let rig = Rig::start(Transport::Hyper).await;
     let app = rig.app();
-    sign_in(&rig, &app).await;
+    rig.sign_in(&app).await;
     let home = app.accounts().remove(0);
     let home_token = secret(
         &app.acquire_token_silent(["User.Read"], &home)
@@ -825,7 +807,7 @@ async fn an_l1_that_keeps_nothing_renews_user_tokens_from_l2() {
     let rig = Rig::start(Transport::Hyper).await;
     let store = Arc::new(MemoryStore::new());
     let a = l1_node(&rig, &store);
-    let signed_in = sign_in(&rig, &a).await;
+    let signed_in = rig.sign_in(&a).await;
     let assertion = incoming_assertion(&rig, OTHER_USER);
     a.acquire_token_on_behalf_of([DOWNSTREAM], assertion.as_str())
         .await
@@ -918,7 +900,7 @@ async fn remove_account_on_a_cold_node_removes_the_tokens_from_l2() {
     let rig = Rig::start(Transport::Hyper).await;
     let store = Arc::new(MemoryStore::new());
     let a = l1_node(&rig, &store);
-    sign_in(&rig, &a).await;
+    rig.sign_in(&a).await;
     a.flush().await;
     let account = a.accounts().remove(0);
     let cold = l1_node(&rig, &store);
@@ -997,7 +979,7 @@ async fn a_write_by_another_application_outdates_user_and_managed_identity_copie
             .unwrap()
     };
     let (mi_app, mi_other) = (mi(&rig), mi(&rig));
-    sign_in(&rig, &app).await;
+    rig.sign_in(&app).await;
     let account = app.accounts().remove(0);
     let assertion = incoming_assertion(&rig, USER);
     const RESOURCE: &str = "https://vault.azure.net";
@@ -1174,7 +1156,7 @@ async fn an_l1_that_keeps_nothing_redeems_the_rotated_refresh_token() {
     let rig = Rig::start(Transport::Hyper).await;
     let store = Arc::new(MemoryStore::new());
     let a = l1_node(&rig, &store);
-    sign_in(&rig, &a).await;
+    rig.sign_in(&a).await;
     a.flush().await;
     let account = a.accounts().remove(0);
     let lazy = no_l1_node(&rig, &store);
@@ -1213,7 +1195,7 @@ async fn an_l1_that_keeps_nothing_reads_its_own_writes() {
         })
         .await;
         assert_eq!(rig.cc_requests(), round + 1, "round {round}: asked again");
-        sign_in(&rig, &lazy).await;
+        rig.sign_in(&lazy).await;
         assert_eq!(lazy.load_accounts().await.len(), 1, "round {round}");
         lazy.flush().await;
     }

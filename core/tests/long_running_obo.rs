@@ -11,12 +11,12 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::{
-    CacheRefreshReason, ConfidentialClientApplication, Error, L2Options, ManagedIdentityId, Pkce,
+    CacheRefreshReason, ConfidentialClientApplication, Error, L2Options, ManagedIdentityId,
     TokenSource,
 };
 use tokenwell_idp_emulator::Fault;
 
-use support::{CLIENT_ID, Rig, SCOPE, Transport, advance};
+use support::{CLIENT_ID, Rig, SCOPE, Transport, USER, advance};
 
 over_each_transport!(
     long_running_obo_continues_on_a_second_node_after_the_first_is_dropped_and_the_assertion_expired,
@@ -31,8 +31,6 @@ over_each_transport!(
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const DOWNSTREAM: &str = "api://downstream/Files.Read";
-const REDIRECT: &str = "http://localhost:8400/callback";
-const USER: &str = "ada@contoso.com";
 
 fn incoming_assertion(rig: &Rig) -> String {
     rig.emulator.user_access_token(
@@ -185,28 +183,10 @@ async fn long_running_obo_without_a_session_is_interaction_required(t: Transport
     assert_eq!(rig.emulator.token_requests(), 0);
 }
 
-async fn sign_in(
-    rig: &Rig,
-    app: &ConfidentialClientApplication,
-) -> tokenwell_core::AuthenticationResult {
-    let pkce = Pkce::new();
-    let code = rig.emulator.issue_authorization_code(
-        CLIENT_ID,
-        USER,
-        &["User.Read", "offline_access", "openid", "profile"],
-        REDIRECT,
-        Some(pkce.challenge()),
-    );
-    app.acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
-        .with_pkce_verifier(pkce.verifier())
-        .await
-        .unwrap()
-}
-
 async fn with_tenant_path_is_a_configuration_error(t: Transport) {
     let rig = Rig::start(t).await;
     let app = rig.app();
-    sign_in(&rig, &app).await;
+    rig.sign_in(&app).await;
     let account = app.accounts().remove(0);
     let assertion = incoming_assertion(&rig);
     let started = app
@@ -303,7 +283,7 @@ async fn obo_and_silent_with_tenant_ask_that_tenant(t: Transport) {
     );
 
     // Silent: the account's refresh token redeemed in the guest tenant.
-    sign_in(&rig, &app).await;
+    rig.sign_in(&app).await;
     let account = app.accounts().remove(0);
     let guest = app
         .acquire_token_silent(["User.Read"], &account)
@@ -462,7 +442,7 @@ async fn user_results_carry_the_account_and_id_token_claims(t: Transport) {
     let rig = Rig::start(t).await;
     let app = rig.app();
     // Authorization code: the signed-in user.
-    let signed_in = sign_in(&rig, &app).await;
+    let signed_in = rig.sign_in(&app).await;
     let account = signed_in
         .account()
         .expect("a user flow names the user")

@@ -24,11 +24,11 @@ use futures::future::BoxFuture;
 use tokenwell_core::cache::{AccessToken, PartitionKey};
 use tokenwell_core::{
     AuthenticationResult, CacheRefreshReason, ConfidentialClientApplication, ManagedIdentityId,
-    Pkce, ScopeSet, TokenSource,
+    ScopeSet, TokenSource,
 };
 use tokenwell_idp_emulator::{Fault, RefreshTokenRotation, TokenLifetimes};
 
-use support::{CLIENT_ID, Rig, TENANT, Transport};
+use support::{CLIENT_ID, Rig, TENANT, Transport, USER};
 
 /// Trials per flow and latency, each on a fresh cold key.
 const TRIALS: usize = 200;
@@ -39,9 +39,7 @@ const FORCED_TRIALS: usize = 100;
 /// Unforced callers racing the forced one.
 const FORCED_STAMPEDE: usize = 500;
 
-const USER: &str = "ada@contoso.com";
 const DOWNSTREAM: &str = "api://downstream/Files.Read";
-const REDIRECT: &str = "http://localhost:8400/callback";
 
 type Acquired = tokenwell_core::AcquisitionResult;
 /// One acquisition in the README's shape, for one trial's key.
@@ -217,18 +215,7 @@ async fn on_behalf_of_stampede_makes_one_request_latency_20ms() {
 /// Sign `USER` in with an authorization code and PKCE: the account then has a refresh token.
 async fn sign_in(rig: &Rig) -> ConfidentialClientApplication {
     let app = rig.app();
-    let pkce = Pkce::new();
-    let code = rig.emulator.issue_authorization_code(
-        CLIENT_ID,
-        USER,
-        &["User.Read", "offline_access", "openid", "profile"],
-        REDIRECT,
-        Some(pkce.challenge()),
-    );
-    app.acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
-        .with_pkce_verifier(pkce.verifier())
-        .await
-        .expect("sign-in");
+    rig.sign_in(&app).await;
     app
 }
 

@@ -20,6 +20,9 @@ pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "super-secret-value-never-logged";
 pub const TENANT: &str = "contoso";
 pub const SCOPE: &str = "api://downstream/.default";
+/// The user the emulator signs in, and the redirect URI of the sign-ins.
+pub const USER: &str = "ada@contoso.com";
+pub const REDIRECT: &str = "http://localhost:8400/callback";
 pub const PUBLIC_CLIENT_ID: &str = "99999999-8888-7777-6666-555555555555";
 
 /// Which transport a test runs over.
@@ -131,6 +134,26 @@ pub fn advance(rig: &Rig, by: Duration) {
 }
 
 impl Rig {
+    /// Sign [`USER`] in on `app` with an authorization code and PKCE (the account then has a
+    /// refresh token); returns the redeemed result.
+    pub async fn sign_in(
+        &self,
+        app: &ConfidentialClientApplication,
+    ) -> tokenwell_core::AuthenticationResult {
+        let pkce = tokenwell_core::Pkce::new();
+        let code = self.emulator.issue_authorization_code(
+            CLIENT_ID,
+            USER,
+            &["User.Read", "offline_access", "openid", "profile"],
+            REDIRECT,
+            Some(pkce.challenge()),
+        );
+        app.acquire_token_by_authorization_code(code, ["User.Read"], REDIRECT)
+            .with_pkce_verifier(pkce.verifier())
+            .await
+            .expect("sign-in")
+    }
+
     /// Unix seconds on the rig's (manual) clock.
     pub fn now(&self) -> u64 {
         tokenwell_core::runtime::unix_seconds(self.clock.now())
