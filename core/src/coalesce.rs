@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::channel::oneshot;
-use futures::future::{BoxFuture, Shared};
+use futures::future::BoxFuture;
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::http::{TransportError, TransportErrorKind};
+use crate::shared_future::SharedFuture;
 
-type Flight<T, E> = Shared<BoxFuture<'static, std::result::Result<T, E>>>;
+type Flight<T, E> = SharedFuture<std::result::Result<T, E>>;
 
 /// How long a failure is remembered for callers that began before it.
 const FAILURE_MEMORY: Duration = Duration::from_secs(60);
@@ -42,6 +43,14 @@ struct Registry<K, T: Clone, E: Clone> {
 /// the caller wants to carry with it).
 pub(crate) struct SingleFlight<K, T: Clone, E: Clone = Error> {
     registry: Arc<Mutex<Registry<K, T, E>>>,
+}
+
+/// The outcome of a flight that ended without a result (its task was dropped by the runtime).
+fn dropped_flight<T, E: From<Error>>() -> std::result::Result<T, E> {
+    Err(E::from(Error::Transport(TransportError::new(
+        TransportErrorKind::Other,
+        "the token request was dropped by the runtime before it finished",
+    ))))
 }
 
 impl<K, T, E> SingleFlight<K, T, E>
@@ -77,20 +86,17 @@ where
             && *ended >= since
         {
             let error = error.clone();
-            return (async move { Err(error) }.boxed().shared(), false);
+            return (
+                SharedFuture::new(async move { Err(error) }.boxed(), dropped_flight),
+                false,
+            );
         }
         let work = start();
         let (done, result) = oneshot::channel();
-        let flight = async move {
-            result.await.unwrap_or_else(|_| {
-                Err(E::from(Error::Transport(TransportError::new(
-                    TransportErrorKind::Other,
-                    "the token request was dropped by the runtime before it finished",
-                ))))
-            })
-        }
-        .boxed()
-        .shared();
+        let flight = SharedFuture::new(
+            async move { result.await.unwrap_or_else(|_| dropped_flight()) }.boxed(),
+            dropped_flight,
+        );
         registry.flights.insert(key.clone(), flight.clone());
         drop(registry);
         let registry = Arc::clone(&self.registry);

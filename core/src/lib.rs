@@ -22,6 +22,7 @@ pub mod result;
 pub mod retry;
 pub mod runtime;
 pub mod scopes;
+mod shared_future;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

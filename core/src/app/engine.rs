@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::channel::oneshot;
-use futures::future::{BoxFuture, Either, Shared, select};
+use futures::future::{BoxFuture, Either, select};
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
@@ -44,6 +44,7 @@ use crate::result::{
 };
 use crate::runtime::unix_seconds;
 use crate::scopes::{ScopeTable, Scopes};
+use crate::shared_future::SharedFuture;
 use crate::store::Lease;
 use crate::telemetry::{self, MetricFlow, Tags};
 use crate::throttle::{FlowKind, ThrottleKey, Throttler, ThrottlingPolicy};
@@ -173,7 +174,7 @@ enum Lane {
 /// flight that may answer from a cache, nor a claims request one without its claims.
 type FlightId = (FlightKey, Lane);
 
-type Flight = Shared<BoxFuture<'static, std::result::Result<Resolved, Failure>>>;
+type Flight = SharedFuture<std::result::Result<Resolved, Failure>>;
 
 /// How the farm lease went.
 enum LeaseOutcome {

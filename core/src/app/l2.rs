@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Either, Shared, select};
+use futures::future::{Either, select};
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
@@ -26,6 +26,7 @@ use crate::cache::entry::{CacheEntry, access_token_id};
 use crate::cache::partition::AccessTokenKey;
 use crate::cache::{AccessTokenQuery, BlobCodec, BlobError, Partition, PartitionKey, TokenCache};
 use crate::runtime::{Runtime, unix_seconds};
+use crate::shared_future::SharedFuture;
 use crate::store::{
     EntryId, EntryWrite, Lease, Repair, StoreError, StoreErrorKind, StoredPartition, TokenStore,
     merge_rule,
@@ -273,11 +274,11 @@ pub(crate) struct L2 {
     loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
     next_read: AtomicU64,
     /// The timer reads share, and when it fires ([`read_timer`](Self::read_timer)).
-    read_deadline: Mutex<Option<(Instant, Shared<BoxFuture<'static, ()>>)>>,
+    read_deadline: Mutex<Option<(Instant, SharedFuture<()>)>>,
 }
 
 /// A partition read in flight.
-type SharedRead = Shared<BoxFuture<'static, Option<Read>>>;
+type SharedRead = SharedFuture<Option<Read>>;
 
 /// What a partition read found.
 #[derive(Clone)]
@@ -306,10 +307,7 @@ impl Drop for Retire<'_> {
             return;
         };
         // Held by the map, this caller's `read`, and the future it was polling: no one else.
-        let abandoned = self
-            .read
-            .as_ref()
-            .is_none_or(|read| read.strong_count().is_some_and(|holders| holders <= 3));
+        let abandoned = self.read.as_ref().is_none_or(|read| read.handles() <= 3);
         if *current == self.id && abandoned {
             loading.remove(self.key);
         }
@@ -482,7 +480,7 @@ impl L2 {
     /// quarter more after now. Reads share one timer while it fits (one per quarter of the
     /// timeout however many reads start), because arming a runtime timer per read wakes the
     /// runtime's timer thread: a context switch that costs more than a small read itself.
-    fn read_timer(&self) -> Shared<BoxFuture<'static, ()>> {
+    fn read_timer(&self) -> SharedFuture<()> {
         let limit = self.options.read_timeout;
         let now = Instant::now();
         let mut slot = self.read_deadline.lock();
@@ -493,7 +491,7 @@ impl L2 {
             return timer.clone();
         }
         let wait = limit.saturating_add(limit / 4);
-        let timer = self.runtime.io_timeout(wait).shared();
+        let timer = SharedFuture::new(self.runtime.io_timeout(wait), || ());
         match now.checked_add(wait) {
             Some(fires_at) => *slot = Some((fires_at, timer.clone())),
             None => *slot = None,
@@ -528,7 +526,10 @@ impl L2 {
                 None => {
                     let id = self.next_read.fetch_add(1, Ordering::Relaxed);
                     let (l2, k) = (Arc::clone(self), key.clone());
-                    let read = async move { l2.load_into_l1(&k).await }.boxed().shared();
+                    let read =
+                        SharedFuture::new(async move { l2.load_into_l1(&k).await }.boxed(), || {
+                            None
+                        });
                     loading.insert(key.clone(), (id, read.clone()));
                     (id, read)
                 }
@@ -939,6 +940,7 @@ mod tests {
     use std::time::SystemTime;
 
     use async_trait::async_trait;
+    use futures::future::BoxFuture;
 
     use super::*;
     use crate::store::{StoredPartition, WriteReport};
