@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use tokenwell_benches::{
-    TENANT, app_over_l2, bench_partition_key, partition_of, record_figure, record_text, token,
+    TENANT, app_over_l2, bench_partition_key, fill, partition_of, record_figure, record_text, token,
 };
 use tokenwell_cache_memory::MemoryCache;
 use tokenwell_cache_redis::RedisStore;
@@ -110,17 +110,6 @@ fn median(mut samples: Vec<f64>) -> f64 {
 
 fn now() -> u64 {
     unix_seconds(std::time::SystemTime::now())
-}
-
-/// Fill partition `key` of `store` with `tokens` tokens, in writes of at most 2,000 entries.
-async fn fill(store: &dyn TokenStore, key: &PartitionKey, tokens: usize) {
-    let entries = BlobCodec::plain().encode_partition(key, &partition_of(tokens));
-    for chunk in entries.chunks(2_000) {
-        store
-            .write(key, &EntryWrite::new(chunk.to_vec(), now()))
-            .await
-            .expect("fill the partition");
-    }
 }
 
 /// The entry of one new token (`api://new-{n}/.default`) for `key`.

@@ -30,11 +30,13 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use tokenwell_cache_memory::MemoryCache;
-use tokenwell_core::cache::{AccessToken, Partition, PartitionCache, PartitionKey, TokenSecret};
+use tokenwell_core::cache::{
+    AccessToken, BlobCodec, Partition, PartitionCache, PartitionKey, TokenSecret,
+};
 use tokenwell_core::runtime::unix_seconds;
 use tokenwell_core::{
-    ClientCredential, ConfidentialClientApplication, HttpTransport, Runtime, ScopeSet, SendOptions,
-    TransportError, TransportErrorKind,
+    ClientCredential, ConfidentialClientApplication, EntryWrite, HttpTransport, Runtime, ScopeSet,
+    SendOptions, TokenStore, TransportError, TransportErrorKind,
 };
 
 /// Client id of the benched application.
@@ -203,6 +205,18 @@ pub fn partition_of(tokens: usize) -> Partition {
 /// The partition key of `TENANT` for the bench client.
 pub fn bench_partition_key() -> PartitionKey {
     PartitionKey::for_app(CLIENT_ID, TENANT)
+}
+
+/// Fill partition `key` of `store` with `tokens` tokens, in writes of at most 2,000 entries.
+pub async fn fill(store: &dyn TokenStore, key: &PartitionKey, tokens: usize) {
+    let now = unix_seconds(SystemTime::now());
+    let entries = BlobCodec::plain().encode_partition(key, &partition_of(tokens));
+    for chunk in entries.chunks(2_000) {
+        store
+            .write(key, &EntryWrite::new(chunk.to_vec(), now))
+            .await
+            .expect("fill the partition");
+    }
 }
 
 /// An application with no L1 over `l2` (the transport fails: only L2 hits succeed).
