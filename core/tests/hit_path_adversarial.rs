@@ -965,6 +965,55 @@ async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
     assert_eq!(rig.cc_requests(), 2, "renewed past refresh_on");
 }
 
+/// While this node's background renewal hangs at the identity provider, its callers are still
+/// served the old token from L2 at once (as a node with an L1 serves it from L1), rather than
+/// joining the renewal and waiting for the identity provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_l1_that_keeps_nothing_serves_the_old_token_during_a_hung_renewal() {
+    let rig = Rig::start(Transport::Hyper).await;
+    rig.emulator
+        .set_token_lifetimes(tokenwell_idp_emulator::TokenLifetimes::new(3 * 3600));
+    let store = Arc::new(MemoryStore::new());
+    let lazy = rig
+        .builder()
+        .cache(Arc::new(NoPartitionCache))
+        .l2(L2Options::new(store.clone() as Arc<dyn TokenStore>))
+        .refresh_options(support::no_jitter(false))
+        .build()
+        .unwrap();
+    let first = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+    lazy.flush().await;
+    let refresh_on = first.metadata().refresh_on.expect("a 3-hour token has one");
+    let until = refresh_on
+        .duration_since(tokenwell_core::Runtime::now(&rig.clock))
+        .unwrap();
+    advance(&rig, until + Duration::from_secs(1));
+    rig.emulator.push_fault(tokenwell_idp_emulator::Fault::Hang);
+    // This call starts the renewal behind itself and is served the old token.
+    let served = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+    assert_eq!(secret(&served), secret(&first));
+    support::wait_until("the renewal's request", 2, || rig.cc_requests()).await;
+    // The renewal hangs; every worker's callers still get the old token from L2.
+    let calls = on_workers(|_| {
+        let (lazy, first) = (lazy.clone(), secret(&first));
+        async move {
+            for _ in 0..5 {
+                let served = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
+                assert_eq!(served.metadata().token_source, TokenSource::CacheL2);
+                assert_eq!(secret(&served), first);
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), calls)
+        .await
+        .expect("callers were served while the renewal hung, not made to wait for it");
+    assert_eq!(
+        rig.cc_requests(),
+        2,
+        "no second renewal while one is under way"
+    );
+}
+
 /// User-flow and managed-identity copies do not outlive a write by another application sharing
 /// the L1 (another engine, same client id or identity): after its forced refresh, every worker
 /// of the first application serves the new token, with its user.

@@ -826,7 +826,10 @@ impl Engine {
     /// A caller's miss in `mode`: L2 first, read by the caller itself while no flight of the
     /// key is under way (an L2 hit then costs the store's read, not a flight task's thread
     /// hops too; concurrent misses of the partition still share the read), else the flight,
-    /// which then skips the L2 read the caller has just made.
+    /// which then skips the L2 read the caller has just made. When the L1 keeps nothing the
+    /// caller reads L2 even during a flight: the flight may be a renewal of the token L2 still
+    /// holds, valid, which a node with an L1 would serve from L1 meanwhile
+    /// (`an_l1_that_keeps_nothing_serves_the_old_token_during_a_hung_renewal`).
     async fn miss(
         self: &Arc<Self>,
         job: &Arc<Job>,
@@ -836,9 +839,10 @@ impl Engine {
         let (mut read_l2, mut l2_read) = (Duration::ZERO, false);
         if let Some(l2) = &self.l2
             && mode == Mode::Miss
-            && !self
-                .flights
-                .in_flight(&(job.flight_key.clone(), Lane::Plain))
+            && (!self.cache.keeps_partitions()
+                || !self
+                    .flights
+                    .in_flight(&(job.flight_key.clone(), Lane::Plain)))
         {
             // A flight that ended just before may have written what we need (as in `resolve`).
             if let Some(token) =
