@@ -29,6 +29,7 @@
 //! | `memory` | yes | L1: a bounded in-memory cache, one per application (`tokenwell::memory`) |
 //! | `hyper` | no | HTTP transport over hyper with rustls; the default when `reqwest` is off (`tokenwell::hyper`) |
 //! | `redis` | no | L2 on Redis or Redis Cluster (`tokenwell::redis`) |
+//! | `redis-tls` | no | `redis` with `rediss://` URLs (Azure Cache for Redis listens on TLS only) |
 //! | `sqlite` | no | L2 in a SQLite file (`tokenwell::sqlite`) |
 //!
 //! Building outside a tokio runtime, or with no transport or cache feature and none passed, is
