@@ -233,30 +233,43 @@ pub fn random_state() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Open `url` in a browser when one can be found: `$BROWSER` (a command; `%s` stands for the
-/// URL, else it is the last argument), else `xdg-open` (Linux, BSD) or `open` (macOS) on
-/// `PATH`. Returns what was started, if anything. Never waits for the browser.
+/// Open `url` in a browser when one can be found: `$BROWSER` (a list of commands separated
+/// by `:` — `;` on Windows — tried in order; in each, `%s` stands for the URL, else it is the
+/// last argument), else `xdg-open` (Linux, BSD) or `open` (macOS) on `PATH`. Returns what was
+/// started, if anything. Never waits for the browser.
 pub fn open_browser(url: &str) -> Option<String> {
-    let configured = std::env::var("BROWSER")
-        .ok()
-        .filter(|b| !b.trim().is_empty());
-    let (program, mut args): (String, Vec<String>) = match configured {
-        Some(command) => {
+    let configured = std::env::var("BROWSER").unwrap_or_default();
+    let mut commands = browser_commands(&configured);
+    if commands.is_empty() {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else if cfg!(unix) {
+            "xdg-open"
+        } else {
+            return None;
+        };
+        commands.push((opener.to_owned(), Vec::new()));
+    }
+    commands
+        .into_iter()
+        .find_map(|(program, args)| start_browser(program, args, url))
+}
+
+/// The commands of a `$BROWSER` value: program and arguments of each, empty entries skipped.
+fn browser_commands(value: &str) -> Vec<(String, Vec<String>)> {
+    let separator = if cfg!(windows) { ';' } else { ':' };
+    value
+        .split(separator)
+        .filter_map(|command| {
             let mut words = command.split_whitespace().map(str::to_owned);
             let program = words.next()?;
-            (program, words.collect())
-        }
-        None => {
-            let opener = if cfg!(target_os = "macos") {
-                "open"
-            } else if cfg!(unix) {
-                "xdg-open"
-            } else {
-                return None;
-            };
-            (opener.to_owned(), Vec::new())
-        }
-    };
+            Some((program, words.collect()))
+        })
+        .collect()
+}
+
+/// Start `program` with `args` and `url` when it can be found; returns its name.
+fn start_browser(program: String, mut args: Vec<String>, url: &str) -> Option<String> {
     if !program.contains(std::path::MAIN_SEPARATOR) && !on_path(&program) {
         return None;
     }
@@ -289,6 +302,32 @@ fn on_path(program: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browser_is_a_list_of_commands_tried_in_order() {
+        let separator = if cfg!(windows) { ';' } else { ':' };
+        let value = format!("w3m{separator}{separator} firefox --new-tab %s {separator}chromium");
+        assert_eq!(
+            browser_commands(&value),
+            vec![
+                ("w3m".to_owned(), vec![]),
+                (
+                    "firefox".to_owned(),
+                    vec!["--new-tab".to_owned(), "%s".to_owned()]
+                ),
+                ("chromium".to_owned(), vec![]),
+            ]
+        );
+        assert!(browser_commands("  ").is_empty());
+        // None of these exists: nothing is started.
+        let missing = format!("tokenwell-no-such-browser-1{separator}tokenwell-no-such-browser-2");
+        assert!(
+            browser_commands(&missing)
+                .into_iter()
+                .find_map(|(program, args)| start_browser(program, args, "http://x/"))
+                .is_none()
+        );
+    }
 
     #[test]
     fn only_a_redirect_with_the_right_state_decides() {

@@ -103,8 +103,8 @@ pub struct TokenArgs {
     /// --auth-code: seconds to wait for the redirect [default: 300].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: Option<u64>,
-    /// --auth-code: only print the URL, open no browser (else $BROWSER, or xdg-open / open
-    /// when found on PATH).
+    /// --auth-code: only print the URL, open no browser (else the first of $BROWSER's
+    /// `:`-separated commands found, or xdg-open / open when found on PATH).
     #[arg(
         long,
         env = "TOKENWELL_NO_BROWSER",

@@ -1145,7 +1145,8 @@ fn auth_code_with_pkce_on_a_loopback_redirect_then_from_the_cache() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let browser = script.to_str().unwrap().to_owned();
+    // A list, as $BROWSER may be: the first entry does not exist, the script is tried next.
+    let browser = format!("tokenwell-no-such-browser:{}", script.to_str().unwrap());
     let sign_in = SignIn::start(&fx, &["--login-hint", "bob"], &[("BROWSER", &browser)]);
     assert!(
         sign_in.printed.contains("was started"),
