@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use super::flow::{Fetched, FlightKey, Job};
-use super::hot::{self, Deadline, HotKey};
+use super::hot::{self, Deadline, Hit, HotKey};
 use super::idp::{FetchStats, Idp};
 use super::l2::{L2, L2Health, L2Options, LeaseOptions, Read};
 use super::settings::Options;
@@ -502,7 +502,7 @@ impl Engine {
         } else {
             Deadline::UnixSeconds(self.now())
         };
-        hot::get(self.id, &key, clock, flow, TokenCache::generation)
+        hot::get(self.id, &key, clock, flow, TokenCache::generation).map(Hit::into_result)
     }
 
     /// [`hot_hit`](Self::hot_hit) for a facade's request when its `options` are plain (no
