@@ -125,6 +125,9 @@ impl<T> TwoWay<T> {
 
 struct Front {
     copies: TwoWay<Slot>,
+    /// The remembered partition keys ([`partition_key`]), in this structure too so that one
+    /// lookup finds a key and its copy ([`get_keyed`]).
+    keys: TwoWay<KeySlot>,
     /// Per [`MetricFlow`] (by index), the hits not yet counted.
     uncounted_hits: [u64; FLOWS],
 }
@@ -133,7 +136,11 @@ const FLOWS: usize = MetricFlow::ALL.len();
 
 thread_local! {
     static FRONT: RefCell<Front> = const {
-        RefCell::new(Front { copies: TwoWay::EMPTY, uncounted_hits: [0; FLOWS] })
+        RefCell::new(Front {
+            copies: TwoWay::EMPTY,
+            keys: TwoWay::EMPTY,
+            uncounted_hits: [0; FLOWS],
+        })
     };
 }
 
@@ -272,6 +279,40 @@ pub(crate) fn get(
         .flatten()
 }
 
+/// [`get`] for a request whose partition key is remembered ([`partition_key`]): one lookup of
+/// this thread's front finds the key remembered for `raw` and the copy it names, with no
+/// clone of the key (the miss path asks [`partition_key`] again).
+#[inline]
+pub(crate) fn get_keyed(
+    engine: u64,
+    raw: &RawKey<'_>,
+    scopes: &ScopeSet,
+    now: Deadline,
+    flow: MetricFlow,
+    generation: impl FnOnce(usize) -> u64,
+) -> Option<Hit> {
+    let set = quick_index(engine, raw.source, raw.raw);
+    FRONT
+        .try_with(|front| {
+            let mut front = front.try_borrow_mut().ok()?;
+            let Front {
+                copies,
+                keys,
+                uncounted_hits,
+            } = &mut *front;
+            let (way, slot) = keys.find(set, |slot| slot.names(engine, raw))?;
+            let key = HotKey {
+                partition: &slot.key,
+                scopes,
+            };
+            let hit = serve(copies, uncounted_hits, engine, &key, now, flow, generation);
+            keys.touch(set, way);
+            hit
+        })
+        .ok()
+        .flatten()
+}
+
 /// [`get`] on the front's parts (borrowed by the caller).
 #[inline(always)]
 fn serve(
@@ -371,6 +412,16 @@ pub(crate) enum KeySource {
     Session,
 }
 
+/// What a remembered partition key is built from, as a request names it.
+#[derive(Clone, Copy)]
+pub(crate) struct RawKey<'a> {
+    pub source: KeySource,
+    /// The string the key is built from (an assertion, a home account id, a resource).
+    pub raw: &'a str,
+    /// What else the request's query holds that the key does not (an account's realm).
+    pub realm: &'a str,
+}
+
 struct KeySlot {
     engine: u64,
     source: KeySource,
@@ -380,9 +431,19 @@ struct KeySlot {
     key: PartitionKey,
 }
 
-thread_local! {
-    /// Remembered keys per thread, in two-way sets like the front's copies.
-    static KEYS: RefCell<TwoWay<KeySlot>> = const { RefCell::new(TwoWay::EMPTY) };
+impl KeySlot {
+    /// The slot remembers the key of `raw` for the application `engine` (the whole strings
+    /// compared).
+    #[inline(always)]
+    fn names(&self, engine: u64, raw: &RawKey<'_>) -> bool {
+        self.engine == engine
+            && self.source == raw.source
+            && self.raw.len() == raw.raw.len()
+            && self.realm.len() == raw.realm.len()
+            // No call for an empty realm (on-behalf-of, managed identity).
+            && (raw.realm.is_empty() || *self.realm == *raw.realm)
+            && *self.raw == *raw.raw
+    }
 }
 
 /// The first of the two slots where `raw` may live (hashed by [`quick_hash`]; slots compare
@@ -406,12 +467,12 @@ pub(crate) fn partition_key(
     make: impl FnOnce() -> PartitionKey,
 ) -> PartitionKey {
     let set = quick_index(engine, source, raw);
-    let names = |slot: &KeySlot| {
-        slot.engine == engine && slot.source == source && *slot.raw == *raw && *slot.realm == *realm
-    };
-    let cached = KEYS
-        .try_with(|keys| {
-            let mut keys = keys.try_borrow_mut().ok()?;
+    let named = RawKey { source, raw, realm };
+    let names = |slot: &KeySlot| slot.names(engine, &named);
+    let cached = FRONT
+        .try_with(|front| {
+            let mut front = front.try_borrow_mut().ok()?;
+            let keys = &mut front.keys;
             let (way, slot) = keys.find(set, names)?;
             let key = slot.key.clone();
             keys.touch(set, way);
@@ -423,9 +484,9 @@ pub(crate) fn partition_key(
         return key;
     }
     let key = make();
-    let _ = KEYS.try_with(|keys| {
-        if let Ok(mut keys) = keys.try_borrow_mut() {
-            keys.put(
+    let _ = FRONT.try_with(|front| {
+        if let Ok(mut front) = front.try_borrow_mut() {
+            front.keys.put(
                 set,
                 names,
                 KeySlot {
