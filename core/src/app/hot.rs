@@ -14,7 +14,7 @@
 //!   point, so everything that needs a decision (a background refresh, a renewal, stale
 //!   serving) still goes through the engine's lookup on the shared entry.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 #[cfg(not(target_os = "linux"))]
 use std::time::Instant;
@@ -25,7 +25,7 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::runtime::from_unix_seconds;
-use crate::scopes::{ScopeSet, quick_hash};
+use crate::scopes::{ScopeSet, edge_words};
 use crate::telemetry::{self, MetricFlow, Tags};
 
 /// Slots per thread: enough for the hot keys of a service, small enough to scan never.
@@ -270,6 +270,7 @@ pub(crate) fn get(
                 &mut front.uncounted_hits,
                 engine,
                 key,
+                None,
                 now,
                 flow,
                 generation,
@@ -277,6 +278,7 @@ pub(crate) fn get(
         })
         .ok()
         .flatten()
+        .map(|(hit, _)| hit)
 }
 
 /// [`get`] for a request whose partition key is remembered ([`partition_key`]): one lookup of
@@ -305,27 +307,59 @@ pub(crate) fn get_keyed(
                 partition: &slot.key,
                 scopes,
             };
-            let hit = serve(copies, uncounted_hits, engine, &key, now, flow, generation);
+            // The slot of the copy this key served last, for the same scope set.
+            let (last_scopes, last_way) = slot.last_copy.get();
+            let hint = (last_scopes == scopes.address()).then_some(last_way);
+            let served = serve(
+                copies,
+                uncounted_hits,
+                engine,
+                &key,
+                hint,
+                now,
+                flow,
+                generation,
+            );
+            let (hit, used) = served?;
+            if hint != Some(used) {
+                slot.last_copy.set((scopes.address(), used));
+            }
             keys.touch(set, way);
-            hit
+            Some(hit)
         })
         .ok()
         .flatten()
 }
 
-/// [`get`] on the front's parts (borrowed by the caller).
+/// [`get`] on the front's parts (borrowed by the caller), with the slot the key's copy was
+/// found in last if known (`hint`: it is checked like any other, and the key's set searched
+/// when it does not name the key). Also answers the slot of the copy.
 #[inline(always)]
+// The front's parts, the key and the hit's context.
+#[allow(clippy::too_many_arguments)]
 fn serve(
     copies: &mut TwoWay<Slot>,
     uncounted_hits: &mut [u64; FLOWS],
     engine: u64,
     key: &HotKey<'_>,
+    hint: Option<usize>,
     now: Deadline,
     flow: MetricFlow,
     generation: impl FnOnce(usize) -> u64,
-) -> Option<Hit> {
-    let set = index(engine, key);
-    let (way, slot) = copies.find(set, |slot| slot.names(engine, key))?;
+) -> Option<(Hit, usize)> {
+    let names = |slot: &Slot| slot.names(engine, key);
+    let hinted = hint.and_then(|way| {
+        copies
+            .slots
+            .get(way)
+            .and_then(Option::as_ref)
+            .filter(|slot| names(slot))
+            .map(|slot| (way, slot))
+    });
+    let (way, slot) = match hinted {
+        Some(found) => found,
+        None => copies.find(index(engine, key), names)?,
+    };
     if !(slot.fresh_until.is_after(now) && generation(slot.stripe) == slot.generation) {
         return None;
     }
@@ -352,8 +386,8 @@ fn serve(
         account,
         id_token,
     };
-    copies.touch(set, way);
-    Some(hit)
+    copies.touch(way & !1, way);
+    Some((hit, way))
 }
 
 /// Remember `token` (the shared L1 entry, fresh until `fresh_until`; for user flows with its
@@ -429,6 +463,9 @@ struct KeySlot {
     /// What else the request's query holds that the key does not (an account's realm).
     realm: Box<str>,
     key: PartitionKey,
+    /// The scope set (by address) of the copy a hit on this key found last, and that copy's
+    /// slot: a hint that spares hashing the copy's key ([`serve`] checks the slot it names).
+    last_copy: Cell<(usize, usize)>,
 }
 
 impl KeySlot {
@@ -446,11 +483,22 @@ impl KeySlot {
     }
 }
 
-/// The first of the two slots where `raw` may live (hashed by [`quick_hash`]; slots compare
-/// the whole string).
+/// The first of the two slots where `raw` may live (hashed by its length and
+/// [`edge_words`]; slots compare the whole string).
 #[inline]
 fn quick_index(engine: u64, source: KeySource, raw: &str) -> usize {
-    ((quick_hash(engine ^ (source as u64).rotate_left(56), raw) as usize) % (SLOTS / 2)) * 2
+    // One multiply: a set only has to spread the keys (slots compare the whole string; keys
+    // that share a set evict each other at worst, which costs their requests a key build).
+    let [a, b, c, d] = edge_words(raw);
+    let h = (engine
+        ^ (source as u64).rotate_left(56)
+        ^ raw.len() as u64
+        ^ a
+        ^ b.rotate_left(16)
+        ^ c.rotate_left(32)
+        ^ d.rotate_left(48))
+    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h >> 59) as usize % (SLOTS / 2)) * 2
 }
 
 /// The partition key built from `raw` by `make`, remembered per thread with the `realm` its
@@ -495,6 +543,7 @@ pub(crate) fn partition_key(
                     raw: raw.into(),
                     realm: realm.into(),
                     key: key.clone(),
+                    last_copy: Cell::new((0, 0)),
                 },
             );
         }
