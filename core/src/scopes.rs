@@ -396,19 +396,14 @@ impl ScopeTable {
     }
 }
 
-/// A cheap hash of one string: its length and up to 16 bytes from each end (a JWT ends in its
-/// signature), mixed with `seed`. For tables that compare the whole string on a match, so a
-/// collision (even a crafted one) only costs a probe or a rebuild.
+/// The words a cheap hash of one string reads (the scope table's, and the thread's remembered
+/// partition keys' in `app::hot`, for tables that compare the whole string on a match, so a
+/// collision, even a crafted one, only costs a probe or a rebuild): the first 16 and last 16
+/// bytes (zero-padded below 16; a JWT ends in its signature). For a string of at most
+/// [`WORDS_COVER`] bytes they are all of it, so equal lengths and equal words mean equal
+/// strings.
 #[inline]
-pub(crate) fn quick_hash(seed: u64, raw: &str) -> u64 {
-    mix_words(seed, raw.len(), edge_words(raw))
-}
-
-/// The words [`quick_hash`] reads: the first 16 and last 16 bytes (zero-padded below 16). For
-/// a string of at most [`WORDS_COVER`] bytes they are all of it, so equal lengths and equal
-/// words mean equal strings.
-#[inline]
-fn edge_words(raw: &str) -> [u64; 4] {
+pub(crate) fn edge_words(raw: &str) -> [u64; 4] {
     let bytes = raw.as_bytes();
     let len = bytes.len();
     let word = |at: usize| -> u64 {

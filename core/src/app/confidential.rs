@@ -21,6 +21,7 @@ use crate::cache::{AccessTokenQuery, Account, PartitionKey, TokenCache};
 use crate::client_auth::ClientAuthMethod;
 use crate::credential::ClientCredential;
 use crate::error::{Error, Result};
+use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
 use crate::scopes::{IntoScopeSet, Scopes};
 use crate::telemetry::MetricFlow;
@@ -394,26 +395,23 @@ impl<'a> AcquireTokenForClient<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously. Inlined into the
-    /// request's future, so a hit's result is written once, where the caller reads it; the
-    /// rest is [`start_miss`](Self::start_miss).
+    /// A hit on this thread's copy, answered synchronously. Inlined into the request's
+    /// future, which builds the result where its caller reads it; `None` for everything else,
+    /// which [`start`](Self::start) handles.
     #[inline(always)]
-    pub(crate) fn start(&mut self) -> Acquire {
+    pub(crate) fn try_hit(&self) -> Option<AuthenticationResult> {
         let inner = &self.app.inner;
-        if let Some(result) = inner.core.engine.plain_hit(
+        inner.core.engine.plain_hit(
             &self.options,
             &inner.default_partition,
             &self.scopes,
             MetricFlow::ClientCredentials,
-        ) {
-            return Acquire::ready(result);
-        }
-        self.start_miss()
+        )
     }
 
-    /// [`start`](Self::start) past the thread's copy.
+    /// The request handed to the engine, past [`try_hit`](Self::try_hit).
     #[inline(never)]
-    fn start_miss(&mut self) -> Acquire {
+    pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
         let identity = &inner.core.identity;
         if self.scopes.is_empty() {

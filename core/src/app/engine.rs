@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use super::flow::{Fetched, FlightKey, Job};
-use super::hot::{self, Deadline, HotKey};
+use super::hot::{self, Deadline, Hit, HotKey, RawKey};
 use super::idp::{FetchStats, Idp};
 use super::l2::{L2, L2Health, L2Options, LeaseOptions, Read};
 use super::settings::Options;
@@ -498,12 +498,48 @@ impl Engine {
         key: HotKey<'_>,
         flow: MetricFlow,
     ) -> Option<AuthenticationResult> {
-        let clock = if self.system_clock {
+        hot::get(
+            self.id,
+            &key,
+            self.hot_clock(),
+            flow,
+            TokenCache::generation,
+        )
+        .map(Hit::into_result)
+    }
+
+    /// The clock the thread's copies are compared with.
+    #[inline(always)]
+    fn hot_clock(&self) -> Deadline {
+        if self.system_clock {
             Deadline::CoarseMillis(hot::coarse_millis())
         } else {
             Deadline::UnixSeconds(self.now())
-        };
-        hot::get(self.id, &key, clock, flow, TokenCache::generation)
+        }
+    }
+
+    /// [`plain_hit`](Self::plain_hit) for a request whose partition key is remembered per
+    /// thread ([`hot::partition_key`]) under `raw`: one lookup finds the key and the copy.
+    #[inline(always)]
+    pub(crate) fn keyed_hit(
+        &self,
+        options: &Options,
+        raw: &RawKey<'_>,
+        scopes: &Scopes<'_>,
+        flow: MetricFlow,
+    ) -> Option<AuthenticationResult> {
+        match scopes {
+            Scopes::Borrowed(scopes) if options.is_plain() => hot::get_keyed(
+                self.id,
+                raw,
+                scopes,
+                self.hot_clock(),
+                flow,
+                TokenCache::generation,
+            )
+            .map(Hit::into_result),
+            _ => None,
+        }
     }
 
     /// [`hot_hit`](Self::hot_hit) for a facade's request when its `options` are plain (no

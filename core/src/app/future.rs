@@ -94,29 +94,36 @@ token_requests!(
 impl Future for TokenFuture<'_> {
     type Output = AcquisitionResult;
 
-    #[inline]
+    /// Inlined into the caller with only the hit path (the rest is out of line): the caller's
+    /// request variant is known there, so a hit is one request's lookup and its result is
+    /// built where the caller reads it.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        match &mut this.state {
-            State::New => {}
-            State::Running(running) => {
-                let poll = running.as_mut().poll(cx);
-                if poll.is_ready() {
-                    this.state = State::Done;
-                }
-                return poll;
-            }
-            State::Done => {
-                return Poll::Ready(Err(Error::configuration(
-                    "a token request was polled after it completed",
-                )
-                .into()));
-            }
+        if !matches!(this.state, State::New) {
+            return this.poll_again(cx);
         }
-        // Known `New` here, so this drops nothing; set before starting, a hit's result goes
-        // straight to the caller (no copy around an assignment).
+        // Known `New` here, so this drops nothing.
         this.state = State::Done;
-        let started = match &mut this.request {
+        let hit = match &this.request {
+            Request::ForClient(request) => request.try_hit(),
+            Request::OnBehalfOf(request) => request.try_hit(),
+            Request::Silent(request) => request.try_hit(),
+            Request::LongRunning(_) => None,
+            Request::ManagedIdentity(request) => request.try_hit(),
+        };
+        match hit {
+            Some(result) => Poll::Ready(Ok(result)),
+            None => this.start(cx),
+        }
+    }
+}
+
+impl TokenFuture<'_> {
+    /// The first poll past the thread's copy: start the request.
+    #[inline(never)]
+    fn start(&mut self, cx: &mut Context<'_>) -> Poll<AcquisitionResult> {
+        let started = match &mut self.request {
             Request::ForClient(request) => request.start(),
             Request::OnBehalfOf(request) => request.start(),
             Request::Silent(request) => request.start(),
@@ -128,10 +135,28 @@ impl Future for TokenFuture<'_> {
             Acquire::Pending(mut running) => {
                 let poll = running.as_mut().poll(cx);
                 if poll.is_pending() {
-                    this.state = State::Running(running);
+                    self.state = State::Running(running);
                 }
                 poll
             }
+        }
+    }
+
+    /// A later poll: the miss path running, or a completed request polled again.
+    #[inline(never)]
+    fn poll_again(&mut self, cx: &mut Context<'_>) -> Poll<AcquisitionResult> {
+        match &mut self.state {
+            State::Running(running) => {
+                let poll = running.as_mut().poll(cx);
+                if poll.is_ready() {
+                    self.state = State::Done;
+                }
+                poll
+            }
+            State::New | State::Done => Poll::Ready(Err(Error::configuration(
+                "a token request was polled after it completed",
+            )
+            .into())),
         }
     }
 }

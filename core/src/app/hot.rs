@@ -14,7 +14,7 @@
 //!   point, so everything that needs a decision (a background refresh, a renewal, stale
 //!   serving) still goes through the engine's lookup on the shared entry.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 #[cfg(not(target_os = "linux"))]
 use std::time::Instant;
@@ -25,7 +25,7 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::runtime::from_unix_seconds;
-use crate::scopes::{ScopeSet, quick_hash};
+use crate::scopes::{ScopeSet, edge_words};
 use crate::telemetry::{self, MetricFlow, Tags};
 
 /// Slots per thread: enough for the hot keys of a service, small enough to scan never.
@@ -125,6 +125,9 @@ impl<T> TwoWay<T> {
 
 struct Front {
     copies: TwoWay<Slot>,
+    /// The remembered partition keys ([`partition_key`]), in this structure too so that one
+    /// lookup finds a key and its copy ([`get_keyed`]).
+    keys: TwoWay<KeySlot>,
     /// Per [`MetricFlow`] (by index), the hits not yet counted.
     uncounted_hits: [u64; FLOWS],
 }
@@ -133,7 +136,11 @@ const FLOWS: usize = MetricFlow::ALL.len();
 
 thread_local! {
     static FRONT: RefCell<Front> = const {
-        RefCell::new(Front { copies: TwoWay::EMPTY, uncounted_hits: [0; FLOWS] })
+        RefCell::new(Front {
+            copies: TwoWay::EMPTY,
+            keys: TwoWay::EMPTY,
+            uncounted_hits: [0; FLOWS],
+        })
     };
 }
 
@@ -220,6 +227,30 @@ impl Slot {
     }
 }
 
+/// What a hit on this thread's copy hands out: the parts of its result, which the caller
+/// builds in place (a whole result returned from here was copied twice more on its way to the
+/// request's output, about 35 instructions a hit).
+pub(crate) struct Hit {
+    token: Arc<AccessToken>,
+    refresh_on: Option<SystemTime>,
+    account: Option<Arc<Account>>,
+    id_token: Option<Arc<IdToken>>,
+}
+
+impl Hit {
+    /// The result of the hit. Durations are not measured for these hits (see
+    /// `AuthenticationResultMetadata`).
+    #[inline(always)]
+    pub(crate) fn into_result(self) -> AuthenticationResult {
+        let mut metadata = AuthenticationResultMetadata::new(
+            TokenSource::CacheL1,
+            CacheRefreshReason::NotApplicable,
+        );
+        metadata.refresh_on = self.refresh_on;
+        AuthenticationResult::from_parts(self.token, metadata, self.account, self.id_token)
+    }
+}
+
 /// This thread's copy of the token for `key`, if it is still the one L1 holds and fresh at
 /// `now`. `generation` reads the current generation of an L1 stripe.
 #[inline]
@@ -229,50 +260,134 @@ pub(crate) fn get(
     now: Deadline,
     flow: MetricFlow,
     generation: impl FnOnce(usize) -> u64,
-) -> Option<AuthenticationResult> {
+) -> Option<Hit> {
     FRONT
         .try_with(|front| {
             let mut front = front.try_borrow_mut().ok()?;
             let front = &mut *front;
-            let set = index(engine, key);
-            let (way, slot) = front.copies.find(set, |slot| slot.names(engine, key))?;
-            if !(slot.fresh_until.is_after(now) && generation(slot.stripe) == slot.generation) {
-                return None;
-            }
-            if let Some(client_id) = &slot.client_id {
-                // Batches know no application: a labelled hit is counted at once.
-                telemetry::cache_hit_l1(Tags::new(flow, Some(client_id)));
-            } else {
-                let hits = &mut front.uncounted_hits[flow.index() % FLOWS];
-                *hits += 1;
-                if *hits >= COUNT_BATCH {
-                    telemetry::cache_hits_l1(Tags::new(flow, None), std::mem::take(hits));
-                }
-            }
-            // Durations are not measured for these hits (see `AuthenticationResultMetadata`).
-            let mut metadata = AuthenticationResultMetadata::new(
-                TokenSource::CacheL1,
-                CacheRefreshReason::NotApplicable,
-            );
-            metadata.refresh_on = slot.refresh_on;
-            let (account, id_token) = match &slot.user {
-                None => (None, None),
-                Some(user) => (
-                    Some(Arc::clone(&user.account)),
-                    user.id_token.as_ref().map(Arc::clone),
-                ),
-            };
-            let result = AuthenticationResult::from_parts(
-                Arc::clone(&slot.token),
-                metadata,
-                account,
-                id_token,
-            );
-            front.copies.touch(set, way);
-            Some(result)
+            serve(
+                &mut front.copies,
+                &mut front.uncounted_hits,
+                engine,
+                key,
+                None,
+                now,
+                flow,
+                generation,
+            )
         })
         .ok()
         .flatten()
+        .map(|(hit, _)| hit)
+}
+
+/// [`get`] for a request whose partition key is remembered ([`partition_key`]): one lookup of
+/// this thread's front finds the key remembered for `raw` and the copy it names, with no
+/// clone of the key (the miss path asks [`partition_key`] again).
+#[inline]
+pub(crate) fn get_keyed(
+    engine: u64,
+    raw: &RawKey<'_>,
+    scopes: &ScopeSet,
+    now: Deadline,
+    flow: MetricFlow,
+    generation: impl FnOnce(usize) -> u64,
+) -> Option<Hit> {
+    let set = quick_index(engine, raw.source, raw.raw);
+    FRONT
+        .try_with(|front| {
+            let mut front = front.try_borrow_mut().ok()?;
+            let Front {
+                copies,
+                keys,
+                uncounted_hits,
+            } = &mut *front;
+            let (way, slot) = keys.find(set, |slot| slot.names(engine, raw))?;
+            let key = HotKey {
+                partition: &slot.key,
+                scopes,
+            };
+            // The slot of the copy this key served last, for the same scope set.
+            let (last_scopes, last_way) = slot.last_copy.get();
+            let hint = (last_scopes == scopes.address()).then_some(last_way);
+            let served = serve(
+                copies,
+                uncounted_hits,
+                engine,
+                &key,
+                hint,
+                now,
+                flow,
+                generation,
+            );
+            let (hit, used) = served?;
+            if hint != Some(used) {
+                slot.last_copy.set((scopes.address(), used));
+            }
+            keys.touch(set, way);
+            Some(hit)
+        })
+        .ok()
+        .flatten()
+}
+
+/// [`get`] on the front's parts (borrowed by the caller), with the slot the key's copy was
+/// found in last if known (`hint`: it is checked like any other, and the key's set searched
+/// when it does not name the key). Also answers the slot of the copy.
+#[inline(always)]
+// The front's parts, the key and the hit's context.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    copies: &mut TwoWay<Slot>,
+    uncounted_hits: &mut [u64; FLOWS],
+    engine: u64,
+    key: &HotKey<'_>,
+    hint: Option<usize>,
+    now: Deadline,
+    flow: MetricFlow,
+    generation: impl FnOnce(usize) -> u64,
+) -> Option<(Hit, usize)> {
+    let names = |slot: &Slot| slot.names(engine, key);
+    let hinted = hint.and_then(|way| {
+        copies
+            .slots
+            .get(way)
+            .and_then(Option::as_ref)
+            .filter(|slot| names(slot))
+            .map(|slot| (way, slot))
+    });
+    let (way, slot) = match hinted {
+        Some(found) => found,
+        None => copies.find(index(engine, key), names)?,
+    };
+    if !(slot.fresh_until.is_after(now) && generation(slot.stripe) == slot.generation) {
+        return None;
+    }
+    if let Some(client_id) = &slot.client_id {
+        // Batches know no application: a labelled hit is counted at once.
+        telemetry::cache_hit_l1(Tags::new(flow, Some(client_id)));
+    } else {
+        let hits = &mut uncounted_hits[flow.index() % FLOWS];
+        *hits += 1;
+        if *hits >= COUNT_BATCH {
+            telemetry::cache_hits_l1(Tags::new(flow, None), std::mem::take(hits));
+        }
+    }
+    let (account, id_token) = match &slot.user {
+        None => (None, None),
+        Some(user) => (
+            Some(Arc::clone(&user.account)),
+            user.id_token.as_ref().map(Arc::clone),
+        ),
+    };
+    let hit = Hit {
+        token: Arc::clone(&slot.token),
+        refresh_on: slot.refresh_on,
+        account,
+        id_token,
+    };
+    copies.touch(way & !1, way);
+    Some((hit, way))
 }
 
 /// Remember `token` (the shared L1 entry, fresh until `fresh_until`; for user flows with its
@@ -331,6 +446,16 @@ pub(crate) enum KeySource {
     Session,
 }
 
+/// What a remembered partition key is built from, as a request names it.
+#[derive(Clone, Copy)]
+pub(crate) struct RawKey<'a> {
+    pub source: KeySource,
+    /// The string the key is built from (an assertion, a home account id, a resource).
+    pub raw: &'a str,
+    /// What else the request's query holds that the key does not (an account's realm).
+    pub realm: &'a str,
+}
+
 struct KeySlot {
     engine: u64,
     source: KeySource,
@@ -338,18 +463,42 @@ struct KeySlot {
     /// What else the request's query holds that the key does not (an account's realm).
     realm: Box<str>,
     key: PartitionKey,
+    /// The scope set (by address) of the copy a hit on this key found last, and that copy's
+    /// slot: a hint that spares hashing the copy's key ([`serve`] checks the slot it names).
+    last_copy: Cell<(usize, usize)>,
 }
 
-thread_local! {
-    /// Remembered keys per thread, in two-way sets like the front's copies.
-    static KEYS: RefCell<TwoWay<KeySlot>> = const { RefCell::new(TwoWay::EMPTY) };
+impl KeySlot {
+    /// The slot remembers the key of `raw` for the application `engine` (the whole strings
+    /// compared).
+    #[inline(always)]
+    fn names(&self, engine: u64, raw: &RawKey<'_>) -> bool {
+        self.engine == engine
+            && self.source == raw.source
+            && self.raw.len() == raw.raw.len()
+            && self.realm.len() == raw.realm.len()
+            // No call for an empty realm (on-behalf-of, managed identity).
+            && (raw.realm.is_empty() || *self.realm == *raw.realm)
+            && *self.raw == *raw.raw
+    }
 }
 
-/// The first of the two slots where `raw` may live (hashed by [`quick_hash`]; slots compare
-/// the whole string).
+/// The first of the two slots where `raw` may live (hashed by its length and
+/// [`edge_words`]; slots compare the whole string).
 #[inline]
 fn quick_index(engine: u64, source: KeySource, raw: &str) -> usize {
-    ((quick_hash(engine ^ (source as u64).rotate_left(56), raw) as usize) % (SLOTS / 2)) * 2
+    // One multiply: a set only has to spread the keys (slots compare the whole string; keys
+    // that share a set evict each other at worst, which costs their requests a key build).
+    let [a, b, c, d] = edge_words(raw);
+    let h = (engine
+        ^ (source as u64).rotate_left(56)
+        ^ raw.len() as u64
+        ^ a
+        ^ b.rotate_left(16)
+        ^ c.rotate_left(32)
+        ^ d.rotate_left(48))
+    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h >> 59) as usize % (SLOTS / 2)) * 2
 }
 
 /// The partition key built from `raw` by `make`, remembered per thread with the `realm` its
@@ -366,12 +515,12 @@ pub(crate) fn partition_key(
     make: impl FnOnce() -> PartitionKey,
 ) -> PartitionKey {
     let set = quick_index(engine, source, raw);
-    let names = |slot: &KeySlot| {
-        slot.engine == engine && slot.source == source && *slot.raw == *raw && *slot.realm == *realm
-    };
-    let cached = KEYS
-        .try_with(|keys| {
-            let mut keys = keys.try_borrow_mut().ok()?;
+    let named = RawKey { source, raw, realm };
+    let names = |slot: &KeySlot| slot.names(engine, &named);
+    let cached = FRONT
+        .try_with(|front| {
+            let mut front = front.try_borrow_mut().ok()?;
+            let keys = &mut front.keys;
             let (way, slot) = keys.find(set, names)?;
             let key = slot.key.clone();
             keys.touch(set, way);
@@ -383,9 +532,9 @@ pub(crate) fn partition_key(
         return key;
     }
     let key = make();
-    let _ = KEYS.try_with(|keys| {
-        if let Ok(mut keys) = keys.try_borrow_mut() {
-            keys.put(
+    let _ = FRONT.try_with(|front| {
+        if let Ok(mut front) = front.try_borrow_mut() {
+            front.keys.put(
                 set,
                 names,
                 KeySlot {
@@ -394,6 +543,7 @@ pub(crate) fn partition_key(
                     raw: raw.into(),
                     realm: realm.into(),
                     key: key.clone(),
+                    last_copy: Cell::new((0, 0)),
                 },
             );
         }

@@ -10,13 +10,13 @@ use super::engine::{Acquire, Engine};
 use super::flow::Job;
 use super::flows::managed_identity::{MI_ENVIRONMENT, ManagedIdentity};
 use super::future::TokenFuture;
-use super::hot::{self, KeySource};
+use super::hot::{self, KeySource, RawKey};
 use super::l2::L2Health;
 use super::settings::{EngineSettings, Options, engine_setters, request_controls};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
 use crate::error::{Error, Result};
+use crate::result::AuthenticationResult;
 use crate::retry::RetryPolicy;
-use crate::scopes::Scopes;
 use crate::telemetry::MetricFlow;
 use crate::throttle::{FlowKind, ThrottleKey};
 
@@ -200,41 +200,46 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously (inlined into the
-    /// request's future: a hit's result is written once).
+    /// A hit on this thread's copy, answered synchronously (inlined into the request's
+    /// future, which builds the result where its caller reads it); `None` for everything else,
+    /// which [`start`](Self::start) handles.
     #[inline(always)]
+    pub(crate) fn try_hit(&self) -> Option<AuthenticationResult> {
+        let resource = endpoint_resource(&self.resource);
+        if resource.is_empty() {
+            return None;
+        }
+        let engine = &self.app.inner.engine;
+        let raw = RawKey {
+            source: KeySource::Resource,
+            raw: resource,
+            realm: "",
+        };
+        engine.keyed_hit(
+            &self.options,
+            &raw,
+            &engine.scopes.get_one(resource),
+            MetricFlow::ManagedIdentity,
+        )
+    }
+
+    /// The request handed to the engine, past [`try_hit`](Self::try_hit).
+    #[inline(never)]
     pub(crate) fn start(&mut self) -> Acquire {
         let inner = &self.app.inner;
         let resource = endpoint_resource(&self.resource);
         if resource.is_empty() {
             return Acquire::failed(Error::configuration("no resource requested"));
         }
-        let engine = &inner.engine;
-        let partition = hot::partition_key(engine.id(), KeySource::Resource, resource, "", || {
-            super::confidential::app_partition(
-                PartitionKey::for_managed_identity(&inner.identity.key(), resource),
-                inner.partition_key.as_deref(),
-                None,
-            )
-        });
-        let scopes = engine.scopes.get_one(resource);
-        if let Some(result) = engine.plain_hit(
-            &self.options,
-            &partition,
-            &scopes,
-            MetricFlow::ManagedIdentity,
-        ) {
-            return Acquire::ready(result);
-        }
-        self.start_miss(partition, scopes)
-    }
-
-    /// [`start`](Self::start) past the thread's copy, for the resource's `partition` and
-    /// `scopes`.
-    #[inline(never)]
-    fn start_miss(&mut self, partition: PartitionKey, scopes: Scopes<'a>) -> Acquire {
-        let inner = &self.app.inner;
-        let resource = endpoint_resource(&self.resource);
+        let scopes = inner.engine.scopes.get_one(resource);
+        let partition =
+            hot::partition_key(inner.engine.id(), KeySource::Resource, resource, "", || {
+                super::confidential::app_partition(
+                    PartitionKey::for_managed_identity(&inner.identity.key(), resource),
+                    inner.partition_key.as_deref(),
+                    None,
+                )
+            });
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: MI_ENVIRONMENT,

@@ -19,7 +19,7 @@ use super::flows::client::ClientIdentity;
 use super::flows::on_behalf_of::{LongRunningOnBehalfOf, OnBehalfOf};
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
-use super::hot::{self, KeySource};
+use super::hot::{self, KeySource, RawKey};
 use super::idp::{FetchStats, Idp};
 use super::settings::{Options, one_shot_controls, request_controls};
 use crate::authority::Authority;
@@ -271,9 +271,28 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously (inlined into the
-    /// request's future: a hit's result is written once).
+    /// A hit on this thread's copy, answered synchronously (inlined into the request's
+    /// future, which builds the result where its caller reads it); `None` for everything else,
+    /// which [`start`](Self::start) handles.
     #[inline(always)]
+    pub(crate) fn try_hit(&self) -> Option<AuthenticationResult> {
+        if self.scopes.is_empty() || self.assertion.is_empty() {
+            return None;
+        }
+        // No realm: the key and its query's default realm are the application's, which the
+        // engine id names (a tenant override is not plain, so it never uses a copy).
+        let raw = RawKey {
+            source: KeySource::Assertion,
+            raw: &self.assertion,
+            realm: "",
+        };
+        self.core
+            .engine
+            .keyed_hit(&self.options, &raw, &self.scopes, MetricFlow::OnBehalfOf)
+    }
+
+    /// The request handed to the engine, past [`try_hit`](Self::try_hit).
+    #[inline(never)]
     pub(crate) fn start(&mut self) -> Acquire {
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
@@ -282,31 +301,14 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             return Acquire::failed(Error::configuration("the user assertion is empty"));
         }
         let core = self.core;
-        // No realm: the key and its query's default realm are the application's, which the
-        // engine id names (a tenant override is not plain, so it never uses a copy).
+        let identity = &core.identity;
         let partition = hot::partition_key(
             core.engine.id(),
             KeySource::Assertion,
             &self.assertion,
             "",
-            || PartitionKey::for_on_behalf_of(&core.identity.client_id, &self.assertion),
+            || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
         );
-        if let Some(result) = core.engine.plain_hit(
-            &self.options,
-            &partition,
-            &self.scopes,
-            MetricFlow::OnBehalfOf,
-        ) {
-            return Acquire::ready(result);
-        }
-        self.start_miss(partition)
-    }
-
-    /// [`start`](Self::start) past the thread's copy, for the assertion's `partition`.
-    #[inline(never)]
-    fn start_miss(&mut self, partition: PartitionKey) -> Acquire {
-        let core = self.core;
-        let identity = &core.identity;
         let overridden = match core.tenant_authority(self.options.get().tenant.as_deref()) {
             Ok(overridden) => overridden,
             Err(error) => return Acquire::failed(error),
@@ -650,9 +652,26 @@ impl<'a> AcquireTokenSilent<'a> {
         self.into()
     }
 
-    /// The request handed to the engine: a hit answers here, synchronously (inlined into the
-    /// request's future: a hit's result is written once).
+    /// A hit on this thread's copy, answered synchronously (inlined into the request's
+    /// future, which builds the result where its caller reads it); `None` for everything else,
+    /// which [`start`](Self::start) handles.
     #[inline(always)]
+    pub(crate) fn try_hit(&self) -> Option<AuthenticationResult> {
+        if self.scopes.is_empty() {
+            return None;
+        }
+        let raw = RawKey {
+            source: KeySource::Account,
+            raw: self.account.home_account_id.as_str(),
+            realm: self.account.realm.as_str(),
+        };
+        self.core
+            .engine
+            .keyed_hit(&self.options, &raw, &self.scopes, MetricFlow::Silent)
+    }
+
+    /// The request handed to the engine, past [`try_hit`](Self::try_hit).
+    #[inline(never)]
     pub(crate) fn start(&mut self) -> Acquire {
         if self.scopes.is_empty() {
             return Acquire::failed(Error::configuration("no scopes requested"));
@@ -665,22 +684,6 @@ impl<'a> AcquireTokenSilent<'a> {
             hot::partition_key(core.engine.id(), KeySource::Account, home, realm, || {
                 PartitionKey::for_user(&identity.client_id, home)
             });
-        if let Some(result) =
-            core.engine
-                .plain_hit(&self.options, &partition, &self.scopes, MetricFlow::Silent)
-        {
-            return Acquire::ready(result);
-        }
-        self.start_miss(partition)
-    }
-
-    /// [`start`](Self::start) past the thread's copy, for the account's `partition`.
-    #[inline(never)]
-    fn start_miss(&mut self, partition: PartitionKey) -> Acquire {
-        let core = self.core;
-        let identity = &core.identity;
-        let home = self.account.home_account_id.as_str();
-        let realm = self.account.realm.as_str();
         let overridden = match core.tenant_authority(self.options.get().tenant.as_deref()) {
             Ok(overridden) => overridden,
             Err(error) => return Acquire::failed(error),
