@@ -745,3 +745,62 @@ async fn two_cold_nodes_renew_a_token_past_refresh_on_at_most_once_each() {
         advance(&rig, Duration::from_secs(4 * 3600));
     }
 }
+
+/// A node whose L1 keeps nothing joins a partition read that began before the node's own write
+/// of a newer token landed (the read is held by the store, for another caller): the read's
+/// answer is older than the write, so the node must not take it as the store's word, and the
+/// token it just received (by a sign-in) is served without redeeming the refresh token (as it
+/// is to the caller whose read it was, which began before that write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_node_joining_a_read_older_than_its_own_write_sees_the_write() {
+    let rig = Rig::start(Transport::Hyper).await;
+    for round in 0..5u64 {
+        let store = Gated::new(Arc::new(MemoryStore::new()));
+        let lazy = node(
+            &rig,
+            &store,
+            Arc::new(NoPartitionCache),
+            Duration::from_secs(30),
+        );
+        rig.sign_in(&lazy).await;
+        lazy.flush().await;
+        let account = lazy.load_accounts().await.remove(0);
+        advance(&rig, Duration::from_secs(2 * 3600)); // the sign-in's token expired
+        let redeemed = rig.grant_requests("refresh_token");
+        // Another caller's read of the user's partition, held by the store.
+        store.hold_reads(true);
+        let loads = store.loads();
+        let other = {
+            let lazy = lazy.clone();
+            let account = account.clone();
+            tokio::spawn(async move { lazy.acquire_token_silent(["User.Read"], &account).await })
+        };
+        wait_until("the other caller's read", loads + 1, || store.loads()).await;
+        // Signed in again meanwhile: a new token, written (and landed) behind the read.
+        let signed = within("the second sign-in", rig.sign_in(&lazy)).await;
+        within("the sign-in's write", lazy.flush()).await;
+        let call = lazy.acquire_token_silent(["User.Read"], &account).execute();
+        let mut call = std::pin::pin!(call);
+        assert!(futures::poll!(call.as_mut()).is_pending(), "round {round}");
+        store.hold_reads(false);
+        let r = within("the call", call).await.unwrap();
+        let first = within("the other caller", other).await.unwrap().unwrap();
+        assert_eq!(secret(&first), secret(&signed), "round {round}");
+        assert_eq!(
+            secret(&r),
+            secret(&signed),
+            "round {round}: {:?} (the write this node just made was not seen)",
+            r.metadata().token_source
+        );
+        assert_eq!(
+            r.metadata().token_source,
+            TokenSource::CacheL2,
+            "round {round}"
+        );
+        assert_eq!(
+            rig.grant_requests("refresh_token"),
+            redeemed,
+            "round {round}: the refresh token was redeemed for a token this node holds"
+        );
+    }
+}

@@ -1124,12 +1124,20 @@ impl Engine {
         // An L1 that keeps nothing remembers none of this node's writes: those the store may
         // not have yet go on top of the read (taken before it: a write that lands meanwhile
         // is in one or the other).
-        let unwritten = if self.cache.keeps_partitions() {
+        let keeps = self.cache.keeps_partitions();
+        let landed = l2.writes_landed();
+        let unwritten = if keeps {
             Vec::new()
         } else {
             l2.unwritten(partition)
         };
-        match l2.read_into_l1(partition).await {
+        let (mut read, began) = l2.read_into_l1(partition).await;
+        if !keeps && began != landed {
+            // The shared read began before a write of this node landed (so neither it nor
+            // `unwritten` may hold that write): read again.
+            read = l2.read_into_l1(partition).await.0;
+        }
+        match read {
             Some(Read::Merged(merged)) => Some(merged),
             Some(Read::Stored(stored)) => l2
                 .overlay(l2.decode(partition, &stored), unwritten)
@@ -1144,8 +1152,8 @@ impl Engine {
     async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
         let mut attempt = 0;
         let token = loop {
-            let landed = l2.writes_landed();
-            let read = l2.read_into_l1(&job.partition).await;
+            // When the read began (a shared read may be older than this call).
+            let (read, landed) = l2.read_into_l1(&job.partition).await;
             let adopted = match &read {
                 Some(Read::Merged(merged)) => self.adoptable(Some(merged), job, mode),
                 Some(Read::Stored(stored)) => {
