@@ -804,3 +804,60 @@ async fn a_cold_node_joining_a_read_older_than_its_own_write_sees_the_write() {
         );
     }
 }
+
+/// Many rounds of every caller of a held read aborted at once (their futures dropped on
+/// several workers concurrently): the read is forgotten each time, so the next miss reads the
+/// store afresh instead of joining a read nobody drives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_aborted_together_forget_their_read() {
+    let rig = Rig::start(Transport::Hyper).await;
+    let inner = Arc::new(MemoryStore::new());
+    let secrets = seed(&rig, &inner, 1).await;
+    for keeps in [true, false] {
+        for round in 0..100 {
+            let l1: Arc<dyn PartitionCache> = if keeps {
+                Arc::new(MemoryCache::new())
+            } else {
+                Arc::new(NoPartitionCache)
+            };
+            let store = Gated::new(Arc::clone(&inner));
+            let cold = node(&rig, &store, l1, Duration::from_secs(30));
+            store.hold_reads(true);
+            let tasks: Vec<_> = (0..4)
+                .map(|_| {
+                    let cold = cold.clone();
+                    tokio::spawn(
+                        async move { cold.acquire_token_for_client([scope(0).as_str()]).await },
+                    )
+                })
+                .collect();
+            wait_until("the read started", 1, || store.loads()).await;
+            for t in &tasks {
+                t.abort();
+            }
+            for t in tasks {
+                let _ = within("an aborted call", t).await;
+            }
+            let loads = store.loads();
+            store.hold_reads(false);
+            let r = within(
+                "the next miss",
+                cold.acquire_token_for_client([scope(0).as_str()]).execute(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                r.metadata().token_source,
+                TokenSource::CacheL2,
+                "round {round}"
+            );
+            assert_eq!(secret(&r), secrets[0]);
+            assert_eq!(
+                store.loads(),
+                loads + 1,
+                "keeps {keeps}, round {round}: reused"
+            );
+        }
+    }
+    assert_eq!(rig.cc_requests(), 1);
+}
