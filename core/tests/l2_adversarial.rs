@@ -861,3 +861,41 @@ async fn callers_aborted_together_forget_their_read() {
     }
     assert_eq!(rig.cc_requests(), 1);
 }
+
+/// Refresh tokens rotate (the emulator revokes a redeemed one). One user's two tokens (two
+/// scopes) expire, and one task renews both at once (`join!`): two flights of one partition.
+/// Each must redeem the refresh token current when it redeems (the second the one the first
+/// received), never the same one as the other: with a keeping L1 and with one that keeps
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_renewals_of_one_user_never_redeem_a_spent_refresh_token() {
+    const FILES: &str = "api://downstream/Files.Read";
+    let rig = Rig::start(Transport::Hyper).await;
+    for keeps in [true, false] {
+        for round in 0..10 {
+            let l1: Arc<dyn PartitionCache> = if keeps {
+                Arc::new(MemoryCache::new())
+            } else {
+                Arc::new(NoPartitionCache)
+            };
+            let store = Gated::new(Arc::new(MemoryStore::new()));
+            let app = node(&rig, &store, l1, Duration::from_secs(2));
+            rig.sign_in(&app).await;
+            app.flush().await;
+            let account = app.load_accounts().await.remove(0);
+            app.acquire_token_silent([FILES], &account).await.unwrap();
+            app.flush().await;
+            advance(&rig, Duration::from_secs(2 * 3600));
+            let redeemed = rig.grant_requests("refresh_token");
+            let (a, b) = tokio::join!(
+                app.acquire_token_silent(["User.Read"], &account).execute(),
+                app.acquire_token_silent([FILES], &account).execute()
+            );
+            for (scope, r) in [("User.Read", a), (FILES, b)] {
+                let r = r.unwrap_or_else(|e| panic!("keeps {keeps}, round {round}, {scope}: {e}"));
+                assert_eq!(r.metadata().token_source, TokenSource::IdentityProvider);
+            }
+            assert_eq!(rig.grant_requests("refresh_token"), redeemed + 2);
+        }
+    }
+}

@@ -209,6 +209,9 @@ pub(crate) struct Engine {
     refresh_ahead: Mutex<HashMap<FlightKey, RefreshAheadLoop>>,
     /// Set when the application is dropped: no new refresh-ahead loop starts.
     stopped: AtomicBool,
+    /// One renewal from the cache (a refresh-token redemption) per partition at a time: a
+    /// refresh token that rotates is spent by the first, so the next must read its successor.
+    redeeming: Mutex<HashMap<PartitionKey, Arc<futures::lock::Mutex<()>>>>,
 }
 
 impl Engine {
@@ -240,6 +243,7 @@ impl Engine {
             expiry_buffer_secs: expiry_buffer.as_secs(),
             refresh,
             flights: SingleFlight::new(),
+            redeeming: Mutex::new(HashMap::new()),
             throttler: Throttler::new(throttling),
             l2,
             background,
@@ -1035,6 +1039,16 @@ impl Engine {
                 LeaseOutcome::Alone => {}
             }
         }
+        // Concurrent renewals of one partition's keys (two scopes of one user) would redeem
+        // the same refresh token; taken before the cache is read.
+        let gate = job
+            .flow
+            .renews_from_cache()
+            .then(|| self.redeem_gate(&job.partition));
+        let _redeeming = match &gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
         let mut cached = self.cache.get(&job.partition);
         // An L1 that keeps nothing has no refresh token to hand the flow: the partition L2
         // holds (an L2 read teaches such an L1 nothing).
@@ -1094,6 +1108,15 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// The lock that orders the renewals from the cache of `partition` (see `redeeming`).
+    fn redeem_gate(&self, partition: &PartitionKey) -> Arc<futures::lock::Mutex<()>> {
+        let mut redeeming = self.redeeming.lock();
+        if redeeming.len() >= 1024 {
+            redeeming.retain(|_, gate| Arc::strong_count(gate) > 1);
+        }
+        Arc::clone(redeeming.entry(partition.clone()).or_default())
     }
 
     /// The token in `partition` that a flight in `mode` may hand out instead of asking.
