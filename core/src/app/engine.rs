@@ -209,6 +209,9 @@ pub(crate) struct Engine {
     refresh_ahead: Mutex<HashMap<FlightKey, RefreshAheadLoop>>,
     /// Set when the application is dropped: no new refresh-ahead loop starts.
     stopped: AtomicBool,
+    /// One renewal from the cache (a refresh-token redemption) per partition at a time: a
+    /// refresh token that rotates is spent by the first, so the next must read its successor.
+    redeeming: Mutex<HashMap<PartitionKey, Arc<futures::lock::Mutex<()>>>>,
 }
 
 impl Engine {
@@ -240,6 +243,7 @@ impl Engine {
             expiry_buffer_secs: expiry_buffer.as_secs(),
             refresh,
             flights: SingleFlight::new(),
+            redeeming: Mutex::new(HashMap::new()),
             throttler: Throttler::new(throttling),
             l2,
             background,
@@ -1075,6 +1079,16 @@ impl Engine {
                 LeaseOutcome::Alone => {}
             }
         }
+        // Concurrent renewals of one partition's keys (two scopes of one user) would redeem
+        // the same refresh token; taken before the cache is read.
+        let gate = job
+            .flow
+            .renews_from_cache()
+            .then(|| self.redeem_gate(&job.partition));
+        let _redeeming = match &gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
         let mut cached = self.cache.get(&job.partition);
         // An L1 that keeps nothing has no refresh token to hand the flow: the partition L2
         // holds (an L2 read teaches such an L1 nothing).
@@ -1136,6 +1150,15 @@ impl Engine {
         }
     }
 
+    /// The lock that orders the renewals from the cache of `partition` (see `redeeming`).
+    fn redeem_gate(&self, partition: &PartitionKey) -> Arc<futures::lock::Mutex<()>> {
+        let mut redeeming = self.redeeming.lock();
+        if redeeming.len() >= 1024 {
+            redeeming.retain(|_, gate| Arc::strong_count(gate) > 1);
+        }
+        Arc::clone(redeeming.entry(partition.clone()).or_default())
+    }
+
     /// The token in `partition` that a flight in `mode` may hand out instead of asking.
     fn adoptable(
         &self,
@@ -1164,12 +1187,20 @@ impl Engine {
         // An L1 that keeps nothing remembers none of this node's writes: those the store may
         // not have yet go on top of the read (taken before it: a write that lands meanwhile
         // is in one or the other).
-        let unwritten = if self.cache.keeps_partitions() {
+        let keeps = self.cache.keeps_partitions();
+        let landed = l2.writes_landed();
+        let unwritten = if keeps {
             Vec::new()
         } else {
             l2.unwritten(partition)
         };
-        match l2.read_into_l1(partition).await {
+        let (mut read, began) = l2.read_into_l1(partition).await;
+        if !keeps && began != landed {
+            // The shared read began before a write of this node landed (so neither it nor
+            // `unwritten` may hold that write): read again.
+            read = l2.read_into_l1(partition).await.0;
+        }
+        match read {
             Some(Read::Merged(merged)) => Some(merged),
             Some(Read::Stored(stored)) => l2
                 .overlay(l2.decode(partition, &stored), unwritten)
@@ -1184,8 +1215,8 @@ impl Engine {
     async fn read_l2(&self, l2: &Arc<L2>, job: &Job, mode: Mode) -> Option<Arc<AccessToken>> {
         let mut attempt = 0;
         let token = loop {
-            let landed = l2.writes_landed();
-            let read = l2.read_into_l1(&job.partition).await;
+            // When the read began (a shared read may be older than this call).
+            let (read, landed) = l2.read_into_l1(&job.partition).await;
             let adopted = match &read {
                 Some(Read::Merged(merged)) => self.adoptable(Some(merged), job, mode),
                 Some(Read::Stored(stored)) => {

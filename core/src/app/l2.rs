@@ -270,8 +270,9 @@ pub(crate) struct L2 {
     /// Writes of this node that reached the store (or gave up), counted.
     landed: AtomicU64,
     /// Reads of a partition in flight, shared by every flight of this node that needs the
-    /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read).
-    loading: Mutex<HashMap<PartitionKey, (u64, SharedRead)>>,
+    /// partition meanwhile (a cold node's misses on 400 keys of one partition make one read),
+    /// with [`writes_landed`](Self::writes_landed) when each began.
+    loading: Mutex<HashMap<PartitionKey, (u64, SharedRead, u64)>>,
     next_read: AtomicU64,
     /// The timer reads share, and when it fires ([`read_timer`](Self::read_timer)).
     read_deadline: Mutex<Option<(Instant, SharedFuture<()>)>>,
@@ -303,7 +304,7 @@ struct Retire<'a> {
 impl Drop for Retire<'_> {
     fn drop(&mut self) {
         let mut loading = self.l2.loading.lock();
-        let Some((current, _)) = loading.get(self.key) else {
+        let Some((current, _, _)) = loading.get(self.key) else {
             return;
         };
         // Held by the map, this caller's `read`, and the future it was polling: no one else.
@@ -517,21 +518,25 @@ impl L2 {
 
     /// Read the partition and merge it into L1, sharing a read already in flight for it;
     /// returns L1's snapshot after the merge (`None` when L2 had nothing readable), or the
-    /// stored entries when the L1 keeps nothing.
-    pub(crate) async fn read_into_l1(self: &Arc<Self>, key: &PartitionKey) -> Option<Read> {
-        let (id, read) = {
+    /// stored entries when the L1 keeps nothing. Also returns
+    /// [`writes_landed`](Self::writes_landed) as it was when the read began: a read shared
+    /// with an earlier caller may have begun before one of this node's writes landed, and so
+    /// not hold it.
+    pub(crate) async fn read_into_l1(self: &Arc<Self>, key: &PartitionKey) -> (Option<Read>, u64) {
+        let (id, read, began) = {
             let mut loading = self.loading.lock();
             match loading.get(key) {
-                Some((id, read)) => (*id, read.clone()),
+                Some((id, read, began)) => (*id, read.clone(), *began),
                 None => {
+                    let began = self.writes_landed();
                     let id = self.next_read.fetch_add(1, Ordering::Relaxed);
                     let (l2, k) = (Arc::clone(self), key.clone());
                     let read =
                         SharedFuture::new(async move { l2.load_into_l1(&k).await }.boxed(), || {
                             None
                         });
-                    loading.insert(key.clone(), (id, read.clone()));
-                    (id, read)
+                    loading.insert(key.clone(), (id, read.clone(), began));
+                    (id, read, began)
                 }
             }
         };
@@ -546,7 +551,7 @@ impl L2 {
         };
         let merged = read.await;
         retire.read = None;
-        merged
+        (merged, began)
     }
 
     async fn load_into_l1(&self, key: &PartitionKey) -> Option<Read> {
