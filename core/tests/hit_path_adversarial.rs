@@ -917,11 +917,9 @@ async fn remove_account_on_a_cold_node_removes_the_tokens_from_l2() {
     assert!(err.is_interaction_required(), "{err:?}");
 }
 
-/// With an L1 that keeps nothing, a token read from L2 past its `refresh_on` is renewed ahead
-/// of its expiry (as a hit on a node with an L1 would be), not only once every node finds it
-/// inside the expiry buffer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
+/// A node whose L1 keeps nothing, over a memory L2, holding a 3-hour app token whose
+/// `refresh_on` has just passed (the clock moved past it); returns the token first fetched.
+async fn lazy_node_past_refresh_on() -> (Rig, ConfidentialClientApplication, AuthenticationResult) {
     let rig = Rig::start(Transport::Hyper).await;
     rig.emulator
         .set_token_lifetimes(tokenwell_idp_emulator::TokenLifetimes::new(3 * 3600));
@@ -940,6 +938,15 @@ async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
         .duration_since(tokenwell_core::Runtime::now(&rig.clock))
         .unwrap();
     advance(&rig, until + Duration::from_secs(1));
+    (rig, lazy, first)
+}
+
+/// With an L1 that keeps nothing, a token read from L2 past its `refresh_on` is renewed ahead
+/// of its expiry (as a hit on a node with an L1 would be), not only once every node finds it
+/// inside the expiry buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
+    let (rig, lazy, first) = lazy_node_past_refresh_on().await;
     // Every worker reads the token past refresh_on at once: each is served the old token from
     // L2 or (joining the renewal in flight) the new one, and it is renewed once.
     on_workers(|_| {
@@ -970,24 +977,7 @@ async fn an_l1_that_keeps_nothing_renews_a_token_past_refresh_on() {
 /// joining the renewal and waiting for the identity provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_l1_that_keeps_nothing_serves_the_old_token_during_a_hung_renewal() {
-    let rig = Rig::start(Transport::Hyper).await;
-    rig.emulator
-        .set_token_lifetimes(tokenwell_idp_emulator::TokenLifetimes::new(3 * 3600));
-    let store = Arc::new(MemoryStore::new());
-    let lazy = rig
-        .builder()
-        .cache(Arc::new(NoPartitionCache))
-        .l2(L2Options::new(store.clone() as Arc<dyn TokenStore>))
-        .refresh_options(support::no_jitter(false))
-        .build()
-        .unwrap();
-    let first = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
-    lazy.flush().await;
-    let refresh_on = first.metadata().refresh_on.expect("a 3-hour token has one");
-    let until = refresh_on
-        .duration_since(tokenwell_core::Runtime::now(&rig.clock))
-        .unwrap();
-    advance(&rig, until + Duration::from_secs(1));
+    let (rig, lazy, first) = lazy_node_past_refresh_on().await;
     rig.emulator.push_fault(tokenwell_idp_emulator::Fault::Hang);
     // This call starts the renewal behind itself and is served the old token.
     let served = lazy.acquire_token_for_client([SCOPE]).await.unwrap();
