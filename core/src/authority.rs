@@ -187,10 +187,10 @@ impl Authority {
                 ))),
             };
         }
-        if segments
-            .first()
-            .is_some_and(|s| s.eq_ignore_ascii_case("tfp"))
-        {
+        // `tfp` introduces `{tenant}/{policy}` only: with fewer segments after it, it is the
+        // tenant itself (`https://host/tfp` names a tenant called `tfp`), so that every
+        // authority's printed URL parses back to it.
+        if segments.len() == 3 && segments[0].eq_ignore_ascii_case("tfp") {
             segments.remove(0);
         }
         let b2c_host = host_name.ends_with(".b2clogin.com");
@@ -492,6 +492,39 @@ mod tests {
             let error = Authority::parse(bad).unwrap_err();
             assert!(matches!(error, Error::Configuration(_)), "{bad}: {error}");
         }
+    }
+
+    /// Found by the `authority` fuzz target: `httpS://L/tfp/tfp/` was read as the tenant `tfp`,
+    /// whose printed URL (`https://L/tfp`) no longer parsed. `tfp` is a prefix only before a
+    /// tenant and a policy.
+    #[test]
+    fn a_tenant_named_tfp_round_trips() {
+        for (url, kind, tenant) in [
+            ("https://login.example/tfp", AuthorityKind::Entra, "tfp"),
+            (
+                "https://x.b2clogin.com/tfp/tfp/B2C_1_a",
+                AuthorityKind::B2c,
+                "tfp",
+            ),
+            (
+                "https://x.b2clogin.com/tfp/B2C_1_a",
+                AuthorityKind::B2c,
+                "tfp",
+            ),
+        ] {
+            let authority = Authority::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(authority.kind(), kind, "{url}");
+            assert_eq!(authority.tenant(), Some(tenant), "{url}");
+            assert_eq!(
+                Authority::parse(&authority.url()).unwrap(),
+                authority,
+                "{url}"
+            );
+        }
+        // `tfp` then a tenant without a policy is refused, as a tenant and a second segment
+        // that is not a policy are.
+        let error = Authority::parse("httpS://L/tfp/tfp/").unwrap_err();
+        assert!(matches!(error, Error::Configuration(_)), "{error}");
     }
 
     #[test]
