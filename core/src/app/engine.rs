@@ -876,7 +876,7 @@ impl Engine {
         mode: Mode,
         started: Instant,
     ) -> std::result::Result<Resolved, Failure> {
-        let (mut read_l2, mut l2_read) = (Duration::ZERO, false);
+        let (mut read_l2, mut l2_read) = (Duration::ZERO, None);
         if let Some(l2) = &self.l2
             && mode == Mode::Miss
             && (!self.cache.keeps_partitions()
@@ -890,9 +890,14 @@ impl Engine {
             {
                 return Ok(Resolved::cached(token, Found::L1, Duration::ZERO));
             }
+            // Noted before the read: a flight of the key that ends after this wrote what the
+            // read may have missed (its write queued after the read looked at this node's
+            // unwritten changes), and an L1 that keeps nothing cannot show it to the flight
+            // this call may start, which then reads L2 again.
+            let ended = self.flights.ended(&(job.flight_key.clone(), Lane::Plain));
             let reading = Instant::now();
             let token = self.read_l2(l2, job, mode).await;
-            (read_l2, l2_read) = (reading.elapsed(), true);
+            (read_l2, l2_read) = (reading.elapsed(), Some(ended));
             if let Some(token) = token {
                 return Ok(Resolved::cached(token, Found::L2, read_l2));
             }
@@ -923,18 +928,19 @@ impl Engine {
         since: Instant,
         correlation_id: uuid::Uuid,
     ) -> (Flight, bool) {
-        self.flight_with(job, mode, since, correlation_id, false)
+        self.flight_with(job, mode, since, correlation_id, None)
     }
 
-    /// [`flight`](Self::flight); a flight it starts skips L2 when `l2_read` (its starter has
-    /// just read it).
+    /// [`flight`](Self::flight); a flight it starts skips L2 when its starter has just read it
+    /// (`l2_read`: the flights of the key that had ended when that read began) and no flight
+    /// of the key has ended since.
     fn flight_with(
         self: &Arc<Self>,
         job: &Arc<Job>,
         mode: Mode,
         since: Instant,
         correlation_id: uuid::Uuid,
-        l2_read: bool,
+        l2_read: Option<u64>,
     ) -> (Flight, bool) {
         let lane = match (mode, job.claims()) {
             (Mode::Forced, Some(claims)) => Lane::Claims(Arc::clone(claims)),
@@ -943,9 +949,10 @@ impl Engine {
         };
         let id = (job.flight_key.clone(), lane);
         let spawn = |task| self.background.spawn(&*self.idp.runtime, task);
-        self.flights.join_or_start(id, since, spawn, || {
+        self.flights.join_or_start(id, since, spawn, |ended| {
             let engine = Arc::clone(self);
             let job = Arc::clone(job);
+            let l2_read = l2_read == Some(ended);
             async move { engine.resolve(&job, mode, correlation_id, l2_read).await }.boxed()
         })
     }
