@@ -474,6 +474,7 @@ impl<'a> AcquireTokenForClient<'a> {
             MetricFlow::ClientCredentials,
             self.options.get().force_refresh,
             hot,
+            None,
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {

@@ -324,6 +324,7 @@ impl Engine {
         flow: MetricFlow,
         force: bool,
         hot: bool,
+        name: Option<RawKey<'_>>,
         min_remaining: Duration,
         controls: Option<Box<RequestControls>>,
         job: impl FnOnce() -> Job,
@@ -345,6 +346,7 @@ impl Engine {
         let hot = (hot && min_remaining == 0 && controls.is_none()).then_some(HotKey {
             partition,
             scopes: query.scopes,
+            name,
         });
         let mut front = None;
         if let Some(key) = hot.filter(|_| !force) {
@@ -502,24 +504,34 @@ impl Engine {
         key: HotKey<'_>,
         flow: MetricFlow,
     ) -> Option<AuthenticationResult> {
-        hot::get(
-            self.id,
-            &key,
-            self.hot_clock(),
-            flow,
-            TokenCache::generation,
-        )
+        match &key.name {
+            Some(raw) => hot::get_keyed(
+                self.id,
+                raw,
+                key.scopes,
+                self.hot_clock(),
+                flow,
+                TokenCache::generation,
+            ),
+            None => hot::get(
+                self.id,
+                &key,
+                self.hot_clock(),
+                flow,
+                TokenCache::generation,
+            ),
+        }
         .map(Hit::into_result)
     }
 
     /// The clock the thread's copies are compared with.
     #[inline(always)]
     fn hot_clock(&self) -> Deadline {
-        if self.system_clock {
-            Deadline::CoarseMillis(hot::coarse_millis())
+        Deadline(if self.system_clock {
+            hot::coarse_seconds()
         } else {
-            Deadline::UnixSeconds(self.now())
-        }
+            self.now()
+        })
     }
 
     /// [`plain_hit`](Self::plain_hit) for a request whose partition key is remembered per
@@ -558,9 +570,14 @@ impl Engine {
         flow: MetricFlow,
     ) -> Option<AuthenticationResult> {
         match scopes {
-            Scopes::Borrowed(scopes) if options.is_plain() => {
-                self.hot_hit(HotKey { partition, scopes }, flow)
-            }
+            Scopes::Borrowed(scopes) if options.is_plain() => self.hot_hit(
+                HotKey {
+                    partition,
+                    scopes,
+                    name: None,
+                },
+                flow,
+            ),
             _ => None,
         }
     }
@@ -698,8 +715,8 @@ impl Engine {
 
     /// When `token` stops being [`Lookup::Fresh`] for this node (inside the expiry buffer, or
     /// past its jittered refresh point), on the clock the front reads: with the system's clock
-    /// the coarse monotonic one, a second early (`now` is floored to its second) and a bit more
-    /// for the coarse clock's lag ([`hot::COARSE_LAG_MILLIS`]).
+    /// the coarse monotonic one, [`hot::COARSE_MARGIN_SECONDS`] early (`now` and the coarse
+    /// reading are floored to their seconds, and the coarse clock lags a timer tick).
     fn fresh_until(&self, token: &AccessToken, now: u64) -> Option<Deadline> {
         let expiring = token.expires_on.saturating_sub(self.expiry_buffer_secs);
         let until = match token.refresh_on {
@@ -707,15 +724,12 @@ impl Engine {
             None => expiring,
         };
         if self.system_clock {
-            let left_seconds = until.saturating_sub(now).checked_sub(1)?;
-            let left_millis = left_seconds
-                .checked_mul(1000)?
-                .checked_sub(hot::COARSE_LAG_MILLIS)?;
-            hot::coarse_millis()
-                .checked_add(left_millis)
-                .map(Deadline::CoarseMillis)
+            let left = until
+                .saturating_sub(now)
+                .checked_sub(hot::COARSE_MARGIN_SECONDS)?;
+            hot::coarse_seconds().checked_add(left).map(Deadline)
         } else {
-            Some(Deadline::UnixSeconds(until))
+            Some(Deadline(until))
         }
     }
 

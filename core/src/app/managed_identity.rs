@@ -254,6 +254,11 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             MetricFlow::ManagedIdentity,
             self.options.get().force_refresh,
             scopes.is_borrowed(),
+            Some(RawKey {
+                source: KeySource::Resource,
+                raw: resource,
+                realm: "",
+            }),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {

@@ -330,8 +330,13 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             &query,
             MetricFlow::OnBehalfOf,
             self.options.get().force_refresh,
-            // The thread's copy is named by partition and scopes: the default tenant's only.
+            // The thread's copy is named by the assertion and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
+            Some(RawKey {
+                source: KeySource::Assertion,
+                raw: &self.assertion,
+                realm: "",
+            }),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {
@@ -546,8 +551,14 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             &query,
             MetricFlow::LongRunning,
             self.options.get().force_refresh,
-            // The thread's copy is named by partition and scopes: the default tenant's only.
+            // The thread's copy is named by the session key and scopes: the default tenant's
+            // only.
             self.scopes.is_borrowed() && overridden.is_none(),
+            Some(RawKey {
+                source: KeySource::Session,
+                raw: key,
+                realm: "",
+            }),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {
@@ -702,8 +713,13 @@ impl<'a> AcquireTokenSilent<'a> {
             &query,
             MetricFlow::Silent,
             self.options.get().force_refresh,
-            // The thread's copy is named by partition and scopes: the account's tenant only.
+            // The thread's copy is named by the account and scopes: the account's tenant only.
             self.scopes.is_borrowed() && overridden.is_none(),
+            Some(RawKey {
+                source: KeySource::Account,
+                raw: home,
+                realm,
+            }),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {
