@@ -16,52 +16,13 @@ use tokenwell_core::{
     TokenSource, TokenStore, token_sha256_hex,
 };
 
+use support::hot::{changed_in_the_middle, incoming_assertion, on_workers, secret};
 use support::{CLIENT_ID, Rig, SCOPE, TENANT, Transport, USER, advance};
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const DOWNSTREAM: &str = "api://downstream/Files.Read";
 const OTHER_USER: &str = "grace@contoso.com";
 const GUEST: &str = "fabrikam.onmicrosoft.com";
-/// Tasks per round: more than the runtime's worker threads, so every worker takes copies.
-const TASKS: usize = 16;
-
-fn secret(result: &AuthenticationResult) -> String {
-    result.access_token().expose_secret().to_owned()
-}
-
-fn incoming_assertion(rig: &Rig, username: &str) -> String {
-    rig.emulator.user_access_token(
-        username,
-        CLIENT_ID,
-        &[&format!("api://{CLIENT_ID}/access_as_user")],
-    )
-}
-
-/// `raw` with the byte in its middle changed (to another byte of the base64url alphabet), so
-/// its length, first 16 and last 16 bytes are unchanged: what `quick_hash` reads.
-fn changed_in_the_middle(raw: &str, at: usize) -> String {
-    let mut bytes = raw.as_bytes().to_vec();
-    bytes[at] = if bytes[at] == b'Q' { b'R' } else { b'Q' };
-    let changed = String::from_utf8(bytes).unwrap();
-    assert_eq!(changed.len(), raw.len());
-    assert_eq!(changed[..16], raw[..16]);
-    assert_eq!(changed[raw.len() - 16..], raw[raw.len() - 16..]);
-    assert_ne!(changed, raw);
-    changed
-}
-
-/// Run `task(i)` for `i` in `0..TASKS` as tasks of the (multi-threaded) runtime; panics in a
-/// task fail the test.
-async fn on_workers<F, Fut>(task: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let handles: Vec<_> = (0..TASKS).map(|i| tokio::spawn(task(i))).collect();
-    for handle in handles {
-        handle.await.expect("task");
-    }
-}
 
 /// Two assertions of one length with the same 16 bytes at each end (one the other with a byte
 /// changed in the middle: what the remembered-key table hashes alike) never share a partition,

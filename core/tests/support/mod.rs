@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod farm;
+pub mod hot;
 
 use tokenwell_cache_memory::MemoryCache;
 use tokenwell_core::app::ConfidentialClientApplicationBuilder;
