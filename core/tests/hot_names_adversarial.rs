@@ -169,6 +169,191 @@ async fn names_spelled_alike_across_sources_never_share_a_copy() {
     }
 }
 
+/// Incoming assertions of `n` users (`{prefix}{k}@contoso.com`).
+fn assertions_of(rig: &Rig, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|k| incoming_assertion(rig, &format!("{prefix}{k}@contoso.com")))
+        .collect()
+}
+
+/// The names' hash mixes in their source, so a session key and the same string as an
+/// assertion land in one set of a thread's slots for about one string in 32: many session keys
+/// (each warm on the worker right before) asked for as assertions are all refused, on every
+/// worker, while each session keeps its own token. (Only their source tells the two names
+/// apart when they share a set.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_session_keys_asked_as_assertions_are_all_refused() {
+    const SESSIONS: usize = 150;
+    let rig = Rig::start(Transport::Hyper).await;
+    let app = rig.app();
+    let mut sessions = Vec::new();
+    for assertion in assertions_of(&rig, "session", SESSIONS) {
+        let started = app
+            .initiate_long_running_process([DOWNSTREAM], assertion.as_str())
+            .await
+            .unwrap();
+        sessions.push((started.session_key, secret(&started.result)));
+    }
+    let sessions = Arc::new(sessions);
+    for round in 0..2 {
+        on_workers(|i| {
+            let (app, sessions) = (app.clone(), Arc::clone(&sessions));
+            async move {
+                for step in 0..SESSIONS {
+                    let (key, token) = &sessions[(i * 11 + step) % SESSIONS];
+                    // The session's copy, then (on this thread: a hit does not yield) the same
+                    // string as an assertion.
+                    let s = app
+                        .acquire_token_in_long_running_process([DOWNSTREAM], key.as_str())
+                        .await
+                        .unwrap();
+                    assert_eq!(&secret(&s), token, "round {round}: the session's own");
+                    refused(
+                        &format!("round {round}: on-behalf-of with session key {step}"),
+                        app.acquire_token_on_behalf_of([DOWNSTREAM], key.as_str())
+                            .await,
+                    );
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Two applications' names share a set of a thread's slots for about one name in 32 (the
+/// application's id is mixed into the hash): many assertions, each asked of both applications
+/// (one client id, each with its own L1) one right after the other on one worker, are each
+/// served the asking application's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_assertions_asked_of_two_applications_get_each_applications_token() {
+    const USERS: usize = 120;
+    let rig = Rig::start(Transport::Hyper).await;
+    let apps = [
+        rig.app(),
+        rig.builder()
+            .cache(Arc::new(MemoryCache::new()))
+            .build()
+            .unwrap(),
+    ];
+    let assertions = assertions_of(&rig, "two-apps", USERS);
+    let mut tokens = Vec::new();
+    for assertion in &assertions {
+        let mut of_each = Vec::new();
+        for app in &apps {
+            let r = app
+                .acquire_token_on_behalf_of([DOWNSTREAM], assertion.as_str())
+                .await
+                .unwrap();
+            of_each.push(secret(&r));
+        }
+        assert_ne!(of_each[0], of_each[1]);
+        tokens.push(of_each);
+    }
+    let requests = rig.emulator.token_requests();
+    let (assertions, tokens) = (Arc::new(assertions), Arc::new(tokens));
+    for round in 0..2 {
+        on_workers(|i| {
+            let (apps, assertions, tokens) =
+                (apps.clone(), Arc::clone(&assertions), Arc::clone(&tokens));
+            async move {
+                for step in 0..USERS {
+                    let k = (i * 17 + step) % USERS;
+                    for which in [(i + step) % 2, (i + step + 1) % 2] {
+                        let r = apps[which]
+                            .acquire_token_on_behalf_of([DOWNSTREAM], assertions[k].as_str())
+                            .await
+                            .unwrap();
+                        assert_eq!(
+                            secret(&r),
+                            tokens[k][which],
+                            "round {round}: user {k}, application {which}"
+                        );
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    assert_eq!(rig.emulator.token_requests(), requests, "all hits");
+}
+
+/// More applications (one client id, each with its own L1) than a thread has sets of slots
+/// (32), asking the same assertion, scopes, account and session key: their copies share sets
+/// (only the application's id tells them apart there), and each application is served its own
+/// token on every worker, in orders that differ per task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn more_applications_than_sets_asking_one_name_get_their_own_tokens() {
+    const APPS: usize = 40;
+    let rig = Rig::start(Transport::Hyper).await;
+    let ada = incoming_assertion(&rig, USER);
+    let grace = incoming_assertion(&rig, "grace@contoso.com");
+    let mut apps = Vec::new();
+    // Per application: [on-behalf-of, session, silent].
+    let mut tokens = Vec::new();
+    let mut key = String::new();
+    let mut account = None;
+    for _ in 0..APPS {
+        let app = rig
+            .builder()
+            .cache(Arc::new(MemoryCache::new()))
+            .build()
+            .unwrap();
+        rig.sign_in(&app).await;
+        let signed_in = app.accounts().remove(0);
+        let obo = app
+            .acquire_token_on_behalf_of([DOWNSTREAM], ada.as_str())
+            .await
+            .unwrap();
+        let started = app
+            .initiate_long_running_process([DOWNSTREAM], grace.as_str())
+            .await
+            .unwrap();
+        let silent = app
+            .acquire_token_silent(["User.Read"], &signed_in)
+            .await
+            .unwrap();
+        tokens.push([obo, started.result, silent].map(|r| secret(&r)));
+        key = started.session_key;
+        account = Some(signed_in);
+        apps.push(app);
+    }
+    let account = account.unwrap();
+    let requests = rig.emulator.token_requests();
+    let (apps, tokens) = (Arc::new(apps), Arc::new(tokens));
+    for round in 0..3 {
+        on_workers(|i| {
+            let (apps, tokens) = (Arc::clone(&apps), Arc::clone(&tokens));
+            let (ada, key, account) = (ada.clone(), key.clone(), account.clone());
+            async move {
+                for step in 0..2 * APPS {
+                    let which = (i * 7 + step * 3) % APPS;
+                    let flow = (i + step) % 3;
+                    let app = &apps[which];
+                    let served = match flow {
+                        0 => {
+                            app.acquire_token_on_behalf_of([DOWNSTREAM], ada.as_str())
+                                .await
+                        }
+                        1 => {
+                            app.acquire_token_in_long_running_process([DOWNSTREAM], key.as_str())
+                                .await
+                        }
+                        _ => app.acquire_token_silent(["User.Read"], &account).await,
+                    }
+                    .unwrap();
+                    assert_eq!(
+                        secret(&served),
+                        tokens[which][flow],
+                        "round {round}: application {which}, flow {flow}"
+                    );
+                }
+            }
+        })
+        .await;
+    }
+    assert_eq!(rig.emulator.token_requests(), requests, "all hits");
+}
+
 /// A long-running session's key is its assertion's digest, so the session and the assertion's
 /// on-behalf-of requests read one partition under two names: whichever of them is refreshed
 /// (forced, on one worker), every worker then serves the new token for both names.
@@ -617,8 +802,8 @@ async fn named_copies_stop_at_refresh_on_and_at_the_expiry_buffer() {
     for &flow in &all {
         before.push(secret(&call(flow).await));
     }
-    // Past refresh_on (1800 s), before the expiry buffer (3300 s).
-    advance(&rig, Duration::from_secs(1801));
+    // At refresh_on (1800 s: due from that second on), before the expiry buffer (3300 s).
+    advance(&rig, Duration::from_secs(1800));
     on_every_worker(all.clone(), 3, "past refresh_on").await;
     let mut after = Vec::new();
     for &flow in &all {
@@ -631,9 +816,10 @@ async fn named_copies_stop_at_refresh_on_and_at_the_expiry_buffer() {
         }
     }
     on_every_worker(all.clone(), 3, "renewed").await;
-    // Inside the expiry buffer of the renewed tokens (issued 1801 s in, 3600 s long). The
-    // user's incoming assertion has expired by then: the on-behalf-of request cannot renew.
-    advance(&rig, Duration::from_secs(3301));
+    // The first second of the expiry buffer of the renewed tokens (issued 1800 s in, 3600 s
+    // long). The user's incoming assertion has expired by then: the on-behalf-of request
+    // cannot renew.
+    advance(&rig, Duration::from_secs(3300));
     let rest = vec![Named::Silent, Named::ManagedIdentity, Named::Session];
     on_every_worker(rest.clone(), 2, "inside the buffer").await;
     for (k, flow) in all.iter().enumerate() {
