@@ -176,11 +176,11 @@ fn assertions_of(rig: &Rig, prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// The names' hash mixes in their source, so a session key and the same string as an
-/// assertion land in one set of a thread's slots for about one string in 32: many session keys
-/// (each warm on the worker right before) asked for as assertions are all refused, on every
-/// worker, while each session keeps its own token. (Only their source tells the two names
-/// apart when they share a set.)
+/// Many session keys (each warm on the worker right before) asked for as assertions are all
+/// refused, on every worker, while each session keeps its own token. (Today the names' hash
+/// puts the source in bits 56 and 57, which moves the set of a string by a fixed nonzero
+/// amount, so a session's and an assertion's name never share a set and the source compare
+/// is not reached; this guards it if the hash changes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_session_keys_asked_as_assertions_are_all_refused() {
     const SESSIONS: usize = 150;
@@ -220,10 +220,10 @@ async fn many_session_keys_asked_as_assertions_are_all_refused() {
     }
 }
 
-/// Two applications' names share a set of a thread's slots for about one name in 32 (the
-/// application's id is mixed into the hash): many assertions, each asked of both applications
-/// (one client id, each with its own L1) one right after the other on one worker, are each
-/// served the asking application's token.
+/// Many assertions, each asked of two applications (one client id, each with its own L1) one
+/// right after the other on one worker, are each served the asking application's token.
+/// (Whether two applications' names share a set depends on their ids and the name: see
+/// `more_applications_than_sets_asking_one_name_get_their_own_tokens` for a sure collision.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_assertions_asked_of_two_applications_get_each_applications_token() {
     const USERS: usize = 120;
@@ -352,6 +352,53 @@ async fn more_applications_than_sets_asking_one_name_get_their_own_tokens() {
         .await;
     }
     assert_eq!(rig.emulator.token_requests(), requests, "all hits");
+}
+
+/// Managed-identity resources of one length with the same 16 bytes at each end (what the
+/// names' hash reads of a string): each is served its own token on every worker, also after
+/// one of them is refreshed (forced, on one worker), whose new token every worker then serves
+/// while the others keep theirs. (A resource is also its own scope set, whose address the
+/// names and their hash hold too: the resources' copies differ by that as well.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resources_alike_at_both_ends_keep_their_own_tokens_across_a_refresh() {
+    let rig = Rig::start(Transport::Hyper).await;
+    let mi = rig
+        .mi_builder(ManagedIdentityId::SystemAssigned)
+        .imds_endpoint(rig.emulator.imds_endpoint())
+        .build()
+        .unwrap();
+    let base = format!("https://{}.example.com/", "storage-".repeat(6));
+    let resources: Vec<String> = (0..4)
+        .map(|k| changed_in_the_middle(&base, 24 + 3 * k))
+        .chain(std::iter::once(base.clone()))
+        .collect();
+    let mut tokens = Vec::new();
+    for resource in &resources {
+        tokens.push(secret(&mi.acquire_token(resource.as_str()).await.unwrap()));
+    }
+    let resources = Arc::new(resources);
+    for round in 0..6 {
+        let shared = Arc::new(tokens.clone());
+        on_workers(|i| {
+            let (mi, resources, tokens) = (mi.clone(), Arc::clone(&resources), Arc::clone(&shared));
+            async move {
+                for step in 0..3 * resources.len() {
+                    let which = (i + step) % resources.len();
+                    let r = mi.acquire_token(resources[which].as_str()).await.unwrap();
+                    assert_eq!(secret(&r), tokens[which], "round {round}: resource {which}");
+                }
+            }
+        })
+        .await;
+        let which = round % resources.len();
+        let r = mi
+            .acquire_token(resources[which].as_str())
+            .with_force_refresh(true)
+            .await
+            .unwrap();
+        assert_ne!(secret(&r), tokens[which]);
+        tokens[which] = secret(&r);
+    }
 }
 
 /// A long-running session's key is its assertion's digest, so the session and the assertion's
