@@ -401,6 +401,71 @@ async fn resources_alike_at_both_ends_keep_their_own_tokens_across_a_refresh() {
     }
 }
 
+/// One account in three realms (its home tenant and two guest tenants): the names' hash reads
+/// the home account id only, so the three names share one set of two slots on every thread and
+/// evict each other; each realm is still served its own token, and once the account is removed
+/// no realm is served anything on any worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_account_in_three_realms_then_removed_is_never_served_another_realms_copy() {
+    let rig = Rig::start(Transport::Hyper).await;
+    let app = rig.app();
+    rig.sign_in(&app).await;
+    let home = app.accounts().remove(0);
+    let mut accounts = vec![home.clone()];
+    let mut tokens = vec![secret(
+        &app.acquire_token_silent(["User.Read"], &home)
+            .await
+            .unwrap(),
+    )];
+    // Two guest tenants of one length: only the realms' bytes tell their names apart.
+    for guest in ["guest-one.onmicrosoft.com", "guest-two.onmicrosoft.com"] {
+        let r = app
+            .acquire_token_silent(["User.Read"], &home)
+            .with_tenant(guest)
+            .await
+            .unwrap();
+        let mut account = home.clone();
+        account.realm = r.tenant_id().to_owned();
+        assert!(accounts.iter().all(|a| a.realm != account.realm));
+        accounts.push(account);
+        tokens.push(secret(&r));
+    }
+    assert_eq!(accounts[1].realm.len(), accounts[2].realm.len());
+    let (accounts, tokens) = (Arc::new(accounts), Arc::new(tokens));
+    for round in 0..5 {
+        on_workers(|i| {
+            let (app, accounts, tokens) = (app.clone(), Arc::clone(&accounts), Arc::clone(&tokens));
+            async move {
+                for step in 0..9 {
+                    let which = (i + step) % 3;
+                    let r = app
+                        .acquire_token_silent(["User.Read"], &accounts[which])
+                        .await
+                        .unwrap();
+                    assert_eq!(secret(&r), tokens[which], "round {round}: realm {which}");
+                    assert_eq!(r.tenant_id(), accounts[which].realm);
+                }
+            }
+        })
+        .await;
+    }
+    app.remove_account(&home).await;
+    on_workers(|i| {
+        let (app, accounts) = (app.clone(), Arc::clone(&accounts));
+        async move {
+            for step in 0..3 {
+                let which = (i + step) % 3;
+                refused(
+                    &format!("realm {which} after the account was removed"),
+                    app.acquire_token_silent(["User.Read"], &accounts[which])
+                        .await,
+                );
+            }
+        }
+    })
+    .await;
+}
+
 /// A long-running session's key is its assertion's digest, so the session and the assertion's
 /// on-behalf-of requests read one partition under two names: whichever of them is refreshed
 /// (forced, on one worker), every worker then serves the new token for both names.
