@@ -12,7 +12,7 @@
 //! hands it to such late callers instead of starting a second call.
 //!
 //! An L1 that keeps nothing has nothing to re-check, so the registry also counts the flights
-//! that ended, per bucket of keys ([`SingleFlight::ended`]): a caller that read L2 before it
+//! that ended, per bucket of keys ([`Look::ended`]): a caller that read L2 before it
 //! came here learns, under the registry's lock, whether a flight of its key ended since its
 //! read began (and so may have written what that read could not see).
 
@@ -38,7 +38,17 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(60);
 /// Failures remembered at most (the oldest are dropped first).
 const MAX_FAILURES: usize = 4096;
 
-/// Buckets of keys whose ended flights are counted together ([`SingleFlight::ended`]): two
+/// What [`SingleFlight::look`] found for a key.
+pub(crate) struct Look {
+    /// A flight of the key is in progress.
+    pub in_flight: bool,
+    /// How many flights of the key (and of the keys sharing its bucket) have ended: a caller
+    /// that notes this before reading a cache and hands it to the start of its own flight
+    /// ([`SingleFlight::join_or_start`]) learns whether one ended since.
+    pub ended: u64,
+}
+
+/// Buckets of keys whose ended flights are counted together ([`Look::ended`]): two
 /// keys of one bucket cost each other at most an extra cache read, never a wrong answer.
 const ENDED_BUCKETS: usize = 64;
 
@@ -161,16 +171,13 @@ where
         (flight, true)
     }
 
-    /// How many flights of `key` (and of the keys sharing its bucket) have ended: a caller
-    /// that notes this before reading a cache and hands it to the start of its own flight
-    /// ([`join_or_start`](Self::join_or_start)) learns whether one ended since.
-    pub(crate) fn ended(&self, key: &K) -> u64 {
-        self.registry.lock().ended(key)
-    }
-
-    /// Whether a flight for `key` is in progress.
-    pub(crate) fn in_flight(&self, key: &K) -> bool {
-        self.registry.lock().flights.contains_key(key)
+    /// What the registry knows of `key`, in one look.
+    pub(crate) fn look(&self, key: &K) -> Look {
+        let registry = self.registry.lock();
+        Look {
+            in_flight: registry.flights.contains_key(key),
+            ended: registry.ended(key),
+        }
     }
 
     /// The flight in progress for `key`, if any (joined, never started).
@@ -218,10 +225,10 @@ mod tests {
     #[test]
     fn a_start_learns_whether_a_flight_of_its_key_ended_since_its_caller_looked() {
         let flights = Flights::new();
-        let before = flights.ended(&"key");
+        let before = flights.look(&"key").ended;
         // Nothing ended in between: the start is told what the caller noted.
         assert_eq!(fly(&flights, "key", 1), before);
-        let noted = flights.ended(&"key");
+        let noted = flights.look(&"key").ended;
         assert_ne!(noted, before, "the flight's end was counted");
         // Another flight of the key ends between the caller's look and its start.
         fly(&flights, "key", 2);
@@ -233,7 +240,7 @@ mod tests {
     #[test]
     fn an_end_is_counted_when_the_flight_leaves() {
         let flights = Flights::new();
-        let before = flights.ended(&"key");
+        let before = flights.look(&"key").ended;
         let (done, result) = oneshot::channel::<u32>();
         let mut task = None;
         let (flight, leader) = flights.join_or_start(
@@ -252,10 +259,10 @@ mod tests {
             |_| panic!("a second flight was started"),
         );
         assert!(!joined_leader);
-        assert_eq!(flights.ended(&"key"), before, "still in flight");
+        assert_eq!(flights.look(&"key").ended, before, "still in flight");
         done.send(7).expect("the flight listens");
         assert!(task.now_or_never().is_some());
         assert_eq!(flight.now_or_never().expect("ended").expect("no error"), 7);
-        assert_ne!(flights.ended(&"key"), before);
+        assert_ne!(flights.look(&"key").ended, before);
     }
 }

@@ -43,7 +43,7 @@ use crate::result::{
     AuthenticationResult, AuthenticationResultMetadata, CacheRefreshReason, TokenSource,
 };
 use crate::runtime::unix_seconds;
-use crate::scopes::{ScopeTable, Scopes};
+use crate::scopes::{ScopeSet, ScopeTable, Scopes};
 use crate::shared_future::SharedFuture;
 use crate::store::Lease;
 use crate::telemetry::{self, MetricFlow, Tags};
@@ -505,22 +505,34 @@ impl Engine {
         flow: MetricFlow,
     ) -> Option<AuthenticationResult> {
         match &key.name {
-            Some(raw) => hot::get_keyed(
-                self.id,
-                raw,
-                key.scopes,
-                self.hot_clock(),
-                flow,
-                TokenCache::generation,
-            ),
+            Some(raw) => self.named_hit(raw, key.scopes, flow),
             None => hot::get(
                 self.id,
                 &key,
                 self.hot_clock(),
                 flow,
                 TokenCache::generation,
-            ),
+            )
+            .map(Hit::into_result),
         }
+    }
+
+    /// [`hot_hit`](Self::hot_hit) for a remembered key's copy, named by `raw`.
+    #[inline(always)]
+    fn named_hit(
+        &self,
+        raw: &RawKey<'_>,
+        scopes: &ScopeSet,
+        flow: MetricFlow,
+    ) -> Option<AuthenticationResult> {
+        hot::get_keyed(
+            self.id,
+            raw,
+            scopes,
+            self.hot_clock(),
+            flow,
+            TokenCache::generation,
+        )
         .map(Hit::into_result)
     }
 
@@ -545,15 +557,7 @@ impl Engine {
         flow: MetricFlow,
     ) -> Option<AuthenticationResult> {
         match scopes {
-            Scopes::Borrowed(scopes) if options.is_plain() => hot::get_keyed(
-                self.id,
-                raw,
-                scopes,
-                self.hot_clock(),
-                flow,
-                TokenCache::generation,
-            )
-            .map(Hit::into_result),
+            Scopes::Borrowed(scopes) if options.is_plain() => self.named_hit(raw, scopes, flow),
             _ => None,
         }
     }
@@ -893,10 +897,12 @@ impl Engine {
         let (mut read_l2, mut l2_read) = (Duration::ZERO, None);
         if let Some(l2) = &self.l2
             && mode == Mode::Miss
-            && (!self.cache.keeps_partitions()
-                || !self
-                    .flights
-                    .in_flight(&(job.flight_key.clone(), Lane::Plain)))
+            // Noted before the read: a flight of the key that ends after this wrote what the
+            // read may have missed (its write queued after the read looked at this node's
+            // unwritten changes), and an L1 that keeps nothing cannot show it to the flight
+            // this call may start, which then reads L2 again.
+            && let look = self.flights.look(&(job.flight_key.clone(), Lane::Plain))
+            && (!self.cache.keeps_partitions() || !look.in_flight)
         {
             // A flight that ended just before may have written what we need (as in `resolve`).
             if let Some(token) =
@@ -904,14 +910,9 @@ impl Engine {
             {
                 return Ok(Resolved::cached(token, Found::L1, Duration::ZERO));
             }
-            // Noted before the read: a flight of the key that ends after this wrote what the
-            // read may have missed (its write queued after the read looked at this node's
-            // unwritten changes), and an L1 that keeps nothing cannot show it to the flight
-            // this call may start, which then reads L2 again.
-            let ended = self.flights.ended(&(job.flight_key.clone(), Lane::Plain));
             let reading = Instant::now();
             let token = self.read_l2(l2, job, mode).await;
-            (read_l2, l2_read) = (reading.elapsed(), Some(ended));
+            (read_l2, l2_read) = (reading.elapsed(), Some(look.ended));
             if let Some(token) = token {
                 return Ok(Resolved::cached(token, Found::L2, read_l2));
             }

@@ -221,11 +221,20 @@ fn index(engine: u64, key: &HotKey<'_>) -> usize {
 }
 
 impl Slot {
+    /// The copy of `key` by address (the application's own partition key).
     #[inline(always)]
     fn names(&self, engine: u64, key: &HotKey<'_>) -> bool {
         self.engine == engine
             && self.partition.same_as(key.partition)
             && self.scopes.same_as(key.scopes)
+    }
+
+    /// The copy of a remembered key built from `raw`, for `scopes`.
+    #[inline(always)]
+    fn names_raw(&self, engine: u64, raw: &RawKey<'_>, scopes: &ScopeSet) -> bool {
+        self.engine == engine
+            && self.scopes.same_as(scopes)
+            && self.name.as_ref().is_some_and(|name| name.names(raw))
     }
 }
 
@@ -263,21 +272,13 @@ pub(crate) fn get(
     flow: MetricFlow,
     generation: impl FnOnce(usize) -> u64,
 ) -> Option<Hit> {
-    FRONT
-        .try_with(|front| {
-            let mut front = front.try_borrow_mut().ok()?;
-            let Front {
-                copies,
-                uncounted_hits,
-                ..
-            } = &mut *front;
-            let (way, slot) = copies.find(index(engine, key), |slot| slot.names(engine, key))?;
-            let hit = serve(slot, uncounted_hits, now, flow, generation)?;
-            copies.touch(way & !1, way);
-            Some(hit)
-        })
-        .ok()
-        .flatten()
+    lookup(
+        index(engine, key),
+        |slot| slot.names(engine, key),
+        now,
+        flow,
+        generation,
+    )
 }
 
 /// [`get`] for a request whose partition key is remembered ([`partition_key`]): its copy is
@@ -293,7 +294,25 @@ pub(crate) fn get_keyed(
     flow: MetricFlow,
     generation: impl FnOnce(usize) -> u64,
 ) -> Option<Hit> {
-    let set = keyed_index(engine, raw, scopes);
+    lookup(
+        keyed_index(engine, raw, scopes),
+        |slot| slot.names_raw(engine, raw, scopes),
+        now,
+        flow,
+        generation,
+    )
+}
+
+/// The hit on this thread's copy in `set` that `names` the request, if its copy is fresh at
+/// `now` and still the one L1 holds; counted.
+#[inline(always)]
+fn lookup(
+    set: usize,
+    names: impl Fn(&Slot) -> bool,
+    now: Deadline,
+    flow: MetricFlow,
+    generation: impl FnOnce(usize) -> u64,
+) -> Option<Hit> {
     FRONT
         .try_with(|front| {
             let mut front = front.try_borrow_mut().ok()?;
@@ -302,21 +321,16 @@ pub(crate) fn get_keyed(
                 uncounted_hits,
                 ..
             } = &mut *front;
-            let (way, slot) = copies.find(set, |slot| {
-                slot.engine == engine
-                    && slot.scopes.same_as(scopes)
-                    && slot.name.as_ref().is_some_and(|name| name.names(raw))
-            })?;
+            let (way, slot) = copies.find(set, names)?;
             let hit = serve(slot, uncounted_hits, now, flow, generation)?;
-            copies.touch(set, way);
+            copies.touch(way & !1, way);
             Some(hit)
         })
         .ok()
         .flatten()
 }
 
-/// The hit on `slot` (found by the caller's lookup), if its copy is fresh at `now` and still
-/// the one L1 holds; counted.
+/// The hit on `slot`, if its copy is fresh at `now` and still the one L1 holds; counted.
 #[inline(always)]
 fn serve(
     slot: &Slot,
@@ -376,12 +390,9 @@ pub(crate) fn put(
                 Some(raw) => keyed_index(engine, raw, key.scopes),
                 None => index(engine, key),
             };
-            let names = |slot: &Slot| match (&key.name, &slot.name) {
-                (Some(raw), Some(named)) => {
-                    slot.engine == engine && slot.scopes.same_as(key.scopes) && named.names(raw)
-                }
-                (None, None) => slot.names(engine, key),
-                _ => false,
+            let names = |slot: &Slot| match &key.name {
+                Some(raw) => slot.names_raw(engine, raw, key.scopes),
+                None => slot.name.is_none() && slot.names(engine, key),
             };
             front.copies.put(
                 set,
@@ -401,11 +412,7 @@ pub(crate) fn put(
                         account: Arc::new((*account).clone()),
                         id_token: id_token.map(|t| Arc::new((*t).clone())),
                     }),
-                    name: key.name.map(|raw| KeyName {
-                        source: raw.source,
-                        raw: raw.raw.into(),
-                        realm: raw.realm.into(),
-                    }),
+                    name: key.name.as_ref().map(KeyName::of),
                 },
             );
         }
@@ -425,7 +432,9 @@ pub(crate) enum KeySource {
     Session,
 }
 
-/// What a remembered partition key is built from, as a request names it.
+/// What a remembered partition key is built from, as a request names it: made by one
+/// constructor per source, used by the request's hit ([`get_keyed`]), its key
+/// ([`partition_key`]) and its copy ([`put`]) alike.
 #[derive(Clone, Copy)]
 pub(crate) struct RawKey<'a> {
     pub source: KeySource,
@@ -433,6 +442,42 @@ pub(crate) struct RawKey<'a> {
     pub raw: &'a str,
     /// What else the request's query holds that the key does not (an account's realm).
     pub realm: &'a str,
+}
+
+impl<'a> RawKey<'a> {
+    /// An on-behalf-of user assertion. No realm: the key and its query's default realm are
+    /// the application's, which the engine id names (a tenant override is not plain, so it
+    /// never uses a copy).
+    pub(crate) fn assertion(assertion: &'a str) -> Self {
+        Self::without_realm(KeySource::Assertion, assertion)
+    }
+
+    /// A long-running on-behalf-of session key (the application's realm, as an assertion).
+    pub(crate) fn session(key: &'a str) -> Self {
+        Self::without_realm(KeySource::Session, key)
+    }
+
+    /// A managed-identity resource.
+    pub(crate) fn resource(resource: &'a str) -> Self {
+        Self::without_realm(KeySource::Resource, resource)
+    }
+
+    /// A signed-in account: its home account id, and its realm, which its query holds.
+    pub(crate) fn account(home_account_id: &'a str, realm: &'a str) -> Self {
+        RawKey {
+            source: KeySource::Account,
+            raw: home_account_id,
+            realm,
+        }
+    }
+
+    fn without_realm(source: KeySource, raw: &'a str) -> Self {
+        RawKey {
+            source,
+            raw,
+            realm: "",
+        }
+    }
 }
 
 /// What a remembered partition key was built from, owned: kept by its [`KeySlot`] and by the
@@ -445,6 +490,14 @@ struct KeyName {
 }
 
 impl KeyName {
+    fn of(raw: &RawKey<'_>) -> Self {
+        KeyName {
+            source: raw.source,
+            raw: raw.raw.into(),
+            realm: raw.realm.into(),
+        }
+    }
+
     /// `raw` names this (the whole strings compared).
     #[inline(always)]
     fn names(&self, raw: &RawKey<'_>) -> bool {
@@ -507,23 +560,19 @@ fn keyed_index(engine: u64, raw: &RawKey<'_>, scopes: &ScopeSet) -> usize {
     )
 }
 
-/// The partition key built from `raw` by `make`, remembered per thread with the `realm` its
+/// The partition key built from `raw` by `make`, remembered per thread with the realm its
 /// request asks for: an on-behalf-of key is a SHA-256 of the whole assertion and the others
-/// are formatted strings, which would cost a hit more than everything else it does. A
-/// remembered key instance stands for (`raw`, `realm`): the copies of its tokens are named by
-/// those ([`put`] looks the key up by address), which is what lets a hit find them without
-/// building the key ([`get_keyed`]).
+/// are formatted strings, which would cost a miss path more than the rest of its look at the
+/// caches. The copies of its tokens are named by `raw` itself (the request hands it to
+/// [`put`] with the key), so a hit finds them without the key ([`get_keyed`]).
 #[inline]
 pub(crate) fn partition_key(
     engine: u64,
-    source: KeySource,
-    raw: &str,
-    realm: &str,
+    raw: &RawKey<'_>,
     make: impl FnOnce() -> PartitionKey,
 ) -> PartitionKey {
-    let set = quick_index(engine, source, raw);
-    let named = RawKey { source, raw, realm };
-    let names = |slot: &KeySlot| slot.names(engine, &named);
+    let set = quick_index(engine, raw.source, raw.raw);
+    let names = |slot: &KeySlot| slot.names(engine, raw);
     let cached = FRONT
         .try_with(|front| {
             let mut front = front.try_borrow_mut().ok()?;
@@ -546,11 +595,7 @@ pub(crate) fn partition_key(
                 names,
                 KeySlot {
                     engine,
-                    name: KeyName {
-                        source,
-                        raw: raw.into(),
-                        realm: realm.into(),
-                    },
+                    name: KeyName::of(raw),
                     key: key.clone(),
                 },
             );
@@ -603,7 +648,7 @@ mod tests {
         let built = std::cell::Cell::new(0);
         for _ in 0..10 {
             for raw in [&first, &second] {
-                partition_key(engine, KeySource::Assertion, raw, "realm", || {
+                partition_key(engine, &RawKey::assertion(raw), || {
                     built.set(built.get() + 1);
                     PartitionKey::from_raw(raw.as_str())
                 });

@@ -10,7 +10,7 @@ use super::engine::{Acquire, Engine};
 use super::flow::Job;
 use super::flows::managed_identity::{MI_ENVIRONMENT, ManagedIdentity};
 use super::future::TokenFuture;
-use super::hot::{self, KeySource, RawKey};
+use super::hot::{self, RawKey};
 use super::l2::L2Health;
 use super::settings::{EngineSettings, Options, engine_setters, request_controls};
 use crate::cache::{AccessTokenQuery, PartitionKey, TokenCache, TokenSecret};
@@ -210,14 +210,9 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             return None;
         }
         let engine = &self.app.inner.engine;
-        let raw = RawKey {
-            source: KeySource::Resource,
-            raw: resource,
-            realm: "",
-        };
         engine.keyed_hit(
             &self.options,
-            &raw,
+            &RawKey::resource(resource),
             &engine.scopes.get_one(resource),
             MetricFlow::ManagedIdentity,
         )
@@ -232,14 +227,14 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             return Acquire::failed(Error::configuration("no resource requested"));
         }
         let scopes = inner.engine.scopes.get_one(resource);
-        let partition =
-            hot::partition_key(inner.engine.id(), KeySource::Resource, resource, "", || {
-                super::confidential::app_partition(
-                    PartitionKey::for_managed_identity(&inner.identity.key(), resource),
-                    inner.partition_key.as_deref(),
-                    None,
-                )
-            });
+        let raw = RawKey::resource(resource);
+        let partition = hot::partition_key(inner.engine.id(), &raw, || {
+            super::confidential::app_partition(
+                PartitionKey::for_managed_identity(&inner.identity.key(), resource),
+                inner.partition_key.as_deref(),
+                None,
+            )
+        });
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: MI_ENVIRONMENT,
@@ -254,11 +249,7 @@ impl<'a> AcquireTokenForManagedIdentity<'a> {
             MetricFlow::ManagedIdentity,
             self.options.get().force_refresh,
             scopes.is_borrowed(),
-            Some(RawKey {
-                source: KeySource::Resource,
-                raw: resource,
-                realm: "",
-            }),
+            Some(raw),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {

@@ -19,7 +19,7 @@ use super::flows::client::ClientIdentity;
 use super::flows::on_behalf_of::{LongRunningOnBehalfOf, OnBehalfOf};
 use super::flows::refresh_token::RefreshTokenGrant;
 use super::future::TokenFuture;
-use super::hot::{self, KeySource, RawKey};
+use super::hot::{self, RawKey};
 use super::idp::{FetchStats, Idp};
 use super::settings::{Options, one_shot_controls, request_controls};
 use crate::authority::Authority;
@@ -279,16 +279,12 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         if self.scopes.is_empty() || self.assertion.is_empty() {
             return None;
         }
-        // No realm: the key and its query's default realm are the application's, which the
-        // engine id names (a tenant override is not plain, so it never uses a copy).
-        let raw = RawKey {
-            source: KeySource::Assertion,
-            raw: &self.assertion,
-            realm: "",
-        };
-        self.core
-            .engine
-            .keyed_hit(&self.options, &raw, &self.scopes, MetricFlow::OnBehalfOf)
+        self.core.engine.keyed_hit(
+            &self.options,
+            &RawKey::assertion(&self.assertion),
+            &self.scopes,
+            MetricFlow::OnBehalfOf,
+        )
     }
 
     /// The request handed to the engine, past [`try_hit`](Self::try_hit).
@@ -302,13 +298,10 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
         }
         let core = self.core;
         let identity = &core.identity;
-        let partition = hot::partition_key(
-            core.engine.id(),
-            KeySource::Assertion,
-            &self.assertion,
-            "",
-            || PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion),
-        );
+        let raw = RawKey::assertion(&self.assertion);
+        let partition = hot::partition_key(core.engine.id(), &raw, || {
+            PartitionKey::for_on_behalf_of(&identity.client_id, &self.assertion)
+        });
         let overridden = match core.tenant_authority(self.options.get().tenant.as_deref()) {
             Ok(overridden) => overridden,
             Err(error) => return Acquire::failed(error),
@@ -332,11 +325,7 @@ impl<'a> AcquireTokenOnBehalfOf<'a> {
             self.options.get().force_refresh,
             // The thread's copy is named by the assertion and scopes: the default tenant's only.
             self.scopes.is_borrowed() && overridden.is_none(),
-            Some(RawKey {
-                source: KeySource::Assertion,
-                raw: &self.assertion,
-                realm: "",
-            }),
+            Some(raw),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {
@@ -530,14 +519,10 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
         let authority = overridden.as_ref().unwrap_or(&identity.authority);
         // The partition the start wrote: the assertion's, named by its digest; remembered per
         // thread like the on-behalf-of key, so a hit builds no string.
-        let partition = hot::partition_key(
-            core.engine.id(),
-            KeySource::Session,
-            key,
-            // The application's realm, as for the assertion's key.
-            "",
-            || PartitionKey::for_on_behalf_of_session(&identity.client_id, key),
-        );
+        let raw = RawKey::session(key);
+        let partition = hot::partition_key(core.engine.id(), &raw, || {
+            PartitionKey::for_on_behalf_of_session(&identity.client_id, key)
+        });
         let query = AccessTokenQuery {
             home_account_id: None,
             environment: authority.environment(),
@@ -554,11 +539,7 @@ impl<'a> AcquireTokenInLongRunningProcess<'a> {
             // The thread's copy is named by the session key and scopes: the default tenant's
             // only.
             self.scopes.is_borrowed() && overridden.is_none(),
-            Some(RawKey {
-                source: KeySource::Session,
-                raw: key,
-                realm: "",
-            }),
+            Some(raw),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {
@@ -671,11 +652,7 @@ impl<'a> AcquireTokenSilent<'a> {
         if self.scopes.is_empty() {
             return None;
         }
-        let raw = RawKey {
-            source: KeySource::Account,
-            raw: self.account.home_account_id.as_str(),
-            realm: self.account.realm.as_str(),
-        };
+        let raw = RawKey::account(&self.account.home_account_id, &self.account.realm);
         self.core
             .engine
             .keyed_hit(&self.options, &raw, &self.scopes, MetricFlow::Silent)
@@ -691,10 +668,10 @@ impl<'a> AcquireTokenSilent<'a> {
         let identity = &core.identity;
         let home = self.account.home_account_id.as_str();
         let realm = self.account.realm.as_str();
-        let partition =
-            hot::partition_key(core.engine.id(), KeySource::Account, home, realm, || {
-                PartitionKey::for_user(&identity.client_id, home)
-            });
+        let raw = RawKey::account(home, realm);
+        let partition = hot::partition_key(core.engine.id(), &raw, || {
+            PartitionKey::for_user(&identity.client_id, home)
+        });
         let overridden = match core.tenant_authority(self.options.get().tenant.as_deref()) {
             Ok(overridden) => overridden,
             Err(error) => return Acquire::failed(error),
@@ -715,11 +692,7 @@ impl<'a> AcquireTokenSilent<'a> {
             self.options.get().force_refresh,
             // The thread's copy is named by the account and scopes: the account's tenant only.
             self.scopes.is_borrowed() && overridden.is_none(),
-            Some(RawKey {
-                source: KeySource::Account,
-                raw: home,
-                realm,
-            }),
+            Some(raw),
             self.options.min_lifetime(),
             self.options.take_controls(),
             || {
