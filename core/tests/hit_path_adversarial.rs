@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::{
     Account, AuthenticationResult, CacheRefreshReason, ClientCredential,
-    ConfidentialClientApplication, Error, L2Options, ManagedIdentityId, NoPartitionCache,
-    TokenSource, TokenStore, token_sha256_hex,
+    ConfidentialClientApplication, Error, L2Options, NoPartitionCache, TokenSource, TokenStore,
+    token_sha256_hex,
 };
 
 use support::hot::{changed_in_the_middle, incoming_assertion, on_workers, secret};
@@ -263,11 +263,7 @@ async fn long_scopes_differing_in_one_middle_byte_get_their_own_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn managed_identity_resources_alike_at_both_ends_keep_their_own_tokens() {
     let rig = Rig::start(Transport::Hyper).await;
-    let app = rig
-        .mi_builder(ManagedIdentityId::SystemAssigned)
-        .imds_endpoint(rig.emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let app = rig.imds_app();
     let base = format!("https://{}.example.com/", "vault-".repeat(6));
     let resources: Vec<String> = (0..3)
         .map(|k| changed_in_the_middle(&base, 20 + k))
@@ -476,11 +472,7 @@ async fn no_worker_serves_its_copy_inside_the_expiry_buffer() {
 async fn user_and_managed_identity_options_never_take_a_warm_copy() {
     let rig = Rig::start(Transport::Hyper).await;
     let app = rig.app();
-    let mi = rig
-        .mi_builder(ManagedIdentityId::SystemAssigned)
-        .imds_endpoint(rig.emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let mi = rig.imds_app();
     rig.sign_in(&app).await;
     let account = app.accounts().remove(0);
     let assertion = incoming_assertion(&rig, USER);
@@ -972,12 +964,7 @@ async fn an_l1_that_keeps_nothing_serves_the_old_token_during_a_hung_renewal() {
 async fn a_write_by_another_application_outdates_user_and_managed_identity_copies() {
     let rig = Rig::start(Transport::Hyper).await;
     let (app, other) = (rig.app(), rig.app());
-    let mi = |rig: &Rig| {
-        rig.mi_builder(ManagedIdentityId::SystemAssigned)
-            .imds_endpoint(rig.emulator.imds_endpoint())
-            .build()
-            .unwrap()
-    };
+    let mi = |rig: &Rig| rig.imds_app();
     let (mi_app, mi_other) = (mi(&rig), mi(&rig));
     rig.sign_in(&app).await;
     let account = app.accounts().remove(0);

@@ -81,11 +81,7 @@ fn assert_fresh_at(r: &AuthenticationResult, now: u64, what: &str) {
 async fn names_spelled_alike_across_sources_never_share_a_copy() {
     let rig = Rig::start(Transport::Hyper).await;
     let app = rig.app();
-    let mi = rig
-        .mi_builder(ManagedIdentityId::SystemAssigned)
-        .imds_endpoint(rig.emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let mi = rig.imds_app();
     rig.sign_in(&app).await;
     let account = app.accounts().remove(0);
     let home = account.home_account_id.clone();
@@ -362,11 +358,7 @@ async fn more_applications_than_sets_asking_one_name_get_their_own_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resources_alike_at_both_ends_keep_their_own_tokens_across_a_refresh() {
     let rig = Rig::start(Transport::Hyper).await;
-    let mi = rig
-        .mi_builder(ManagedIdentityId::SystemAssigned)
-        .imds_endpoint(rig.emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let mi = rig.imds_app();
     let base = format!("https://{}.example.com/", "storage-".repeat(6));
     let resources: Vec<String> = (0..4)
         .map(|k| changed_in_the_middle(&base, 24 + 3 * k))
@@ -535,10 +527,7 @@ async fn applications_with_their_own_l1_never_serve_each_others_named_copies() {
             .unwrap(),
     ];
     let mis = [
-        rig.mi_builder(ManagedIdentityId::SystemAssigned)
-            .imds_endpoint(rig.emulator.imds_endpoint())
-            .build()
-            .unwrap(),
+        rig.imds_app(),
         rig.mi_builder(ManagedIdentityId::SystemAssigned)
             .imds_endpoint(rig.emulator.imds_endpoint())
             .cache(Arc::new(MemoryCache::new()))

@@ -11,8 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokenwell_core::cache::PartitionKey;
 use tokenwell_core::{
-    CacheRefreshReason, ConfidentialClientApplication, Error, L2Options, ManagedIdentityId,
-    TokenSource,
+    CacheRefreshReason, ConfidentialClientApplication, Error, L2Options, TokenSource,
 };
 use tokenwell_idp_emulator::Fault;
 
@@ -407,11 +406,7 @@ async fn min_remaining_lifetime_on_obo_and_managed_identity(t: Transport) {
     app.acquire_token_on_behalf_of([DOWNSTREAM], assertion.as_str())
         .await
         .unwrap();
-    let mi = rig
-        .mi_builder(ManagedIdentityId::SystemAssigned)
-        .imds_endpoint(rig.emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let mi = rig.imds_app();
     const RESOURCE: &str = "https://management.azure.com/";
     mi.acquire_token(RESOURCE).await.unwrap();
     advance(&rig, Duration::from_secs(40 * 60));

@@ -16,8 +16,7 @@ use serde_json::Value;
 use tokenwell_cache_memory::{MemoryCache, MemoryStore};
 use tokenwell_core::{
     AuthenticationResult, BackgroundRefreshEvent, BackgroundRefreshKind, CacheRefreshReason,
-    ClaimsChallenge, Error, ManagedIdentityId, RefreshOptions, TokenSource, TokenStore, Uuid,
-    token_sha256_hex,
+    ClaimsChallenge, Error, RefreshOptions, TokenSource, TokenStore, Uuid, token_sha256_hex,
 };
 use tokenwell_core::{RetryPolicy, TokenCredential};
 use tokenwell_idp_emulator::{DeviceCodeSettings, Fault, TokenLifetimes};
@@ -322,11 +321,7 @@ async fn revocation_on_a_farm_sharing_an_l2_gives_every_node_the_new_token(t: Tr
 
 async fn managed_identity_sends_the_hash_of_the_token_to_refresh(t: Transport) {
     let rig = Rig::start(t).await;
-    let app = rig
-        .mi_builder(ManagedIdentityId::SystemAssigned)
-        .imds_endpoint(rig.emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let app = rig.imds_app();
     let resource = "https://management.azure.com/";
     let first = app.acquire_token(resource).await.unwrap();
     let plain = rig.emulator.last_token_request().unwrap();
@@ -739,11 +734,7 @@ async fn a_request_refused_by_throttling_carries_its_metadata(t: Transport) {
 
 async fn managed_identity_failures_carry_the_metadata_of_the_acquisition(t: Transport) {
     let rig = Rig::start(t).await;
-    let app = rig
-        .mi_builder(ManagedIdentityId::SystemAssigned)
-        .imds_endpoint(rig.emulator.imds_endpoint())
-        .build()
-        .unwrap();
+    let app = rig.imds_app();
     // IMDS retries a 500 three times (1, 2, 4 s on the manual clock).
     for _ in 0..4 {
         rig.emulator.push_fault(Fault::status(500, "server_error"));

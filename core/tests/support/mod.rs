@@ -108,6 +108,14 @@ impl Rig {
             .http_timeout(Duration::from_secs(10))
     }
 
+    /// A system-assigned managed identity on the emulator's IMDS endpoint, wired to the rig.
+    pub fn imds_app(&self) -> tokenwell_core::ManagedIdentityApplication {
+        self.mi_builder(tokenwell_core::ManagedIdentityId::SystemAssigned)
+            .imds_endpoint(self.emulator.imds_endpoint())
+            .build()
+            .expect("valid configuration")
+    }
+
     /// Requests of `grant_type` by the confidential test client.
     pub fn grant_requests(&self, grant_type: &str) -> u64 {
         self.emulator.token_requests_for(grant_type, CLIENT_ID)
